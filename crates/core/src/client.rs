@@ -1,0 +1,389 @@
+//! The token request: one `POST {auth}/connect/token`, with retries.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::StatusCode;
+use http::header::{ACCEPT, LOCATION, RETRY_AFTER};
+use secrecy::ExposeSecret;
+use tokio::time::Instant;
+use tracing::{Instrument, debug, info_span, warn};
+use url::Url;
+
+use crate::credentials::ClientCredentials;
+use crate::environment::{Environment, check_transport};
+use crate::error::{ConfigError, Error, InvalidResponse};
+use crate::response::{parse_oauth_error, parse_token_response};
+use crate::retry::{RetryPolicy, parse_retry_after};
+use crate::scope::Scopes;
+use crate::token::AccessToken;
+
+/// Requests payments access tokens (the `client_credentials` grant).
+///
+/// Holds one connection pool; clone it freely (clones share the pool). Requests are
+/// HTTPS-only (plain http to loopback hosts is allowed, for the emulator), follow no
+/// redirects, and have connect and total timeouts.
+///
+/// # Example
+///
+/// ```no_run
+/// use truelayer_auth::{ClientCredentials, Environment, Scopes, TokenClient};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let client = TokenClient::new()?;
+/// let creds = ClientCredentials::new("sandbox-acme-1a2b3c", std::env::var("SECRET")?.into())?;
+/// let token = client
+///     .request_token(&Environment::Sandbox, &creds, &Scopes::payments())
+///     .await?;
+/// println!("expires in {:?}", token.remaining());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct TokenClient {
+    http: reqwest::Client,
+    settings: Arc<Settings>,
+}
+
+#[derive(Debug)]
+struct Settings {
+    retry: RetryPolicy,
+    max_body_bytes: usize,
+}
+
+/// Builds a [`TokenClient`].
+#[derive(Debug, Clone)]
+pub struct TokenClientBuilder {
+    connect_timeout: Duration,
+    timeout: Duration,
+    retry: RetryPolicy,
+    max_body_bytes: usize,
+    user_agent: String,
+}
+
+impl Default for TokenClientBuilder {
+    fn default() -> Self {
+        TokenClientBuilder {
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(10),
+            retry: RetryPolicy::default(),
+            max_body_bytes: 64 * 1024,
+            user_agent: concat!("truelayer-auth/", env!("CARGO_PKG_VERSION")).to_owned(),
+        }
+    }
+}
+
+impl TokenClientBuilder {
+    /// Time allowed to establish a connection (TCP and TLS). Default 5 s.
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Time allowed for one whole attempt, from sending to the end of the body. Default 10 s.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How retryable failures are retried. Default: [`RetryPolicy::default`].
+    #[must_use]
+    pub fn retry_policy(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The largest response body read; larger ones are an error. Default 64 KiB.
+    #[must_use]
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body_bytes = bytes;
+        self
+    }
+
+    /// The `User-Agent` header. Default `truelayer-auth/<version>`.
+    #[must_use]
+    pub fn user_agent(mut self, user_agent: impl Into<String>) -> Self {
+        self.user_agent = user_agent.into();
+        self
+    }
+
+    /// Builds the client.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::InvalidSetting`] for a zero timeout or a user agent that is not a
+    /// valid header value, and when the TLS backend cannot be initialised.
+    pub fn build(self) -> Result<TokenClient, ConfigError> {
+        if self.timeout.is_zero() || self.connect_timeout.is_zero() {
+            return Err(ConfigError::InvalidSetting {
+                name: "timeout",
+                reason: "timeouts must be greater than zero",
+            });
+        }
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(self.connect_timeout)
+            .timeout(self.timeout)
+            .user_agent(self.user_agent)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(|_| ConfigError::InvalidSetting {
+                name: "http client",
+                reason: "the HTTP client could not be built (invalid user agent or TLS setup)",
+            })?;
+        Ok(TokenClient {
+            http,
+            settings: Arc::new(Settings {
+                retry: self.retry,
+                max_body_bytes: self.max_body_bytes,
+            }),
+        })
+    }
+}
+
+impl TokenClient {
+    /// A client with the default settings.
+    ///
+    /// # Errors
+    ///
+    /// As [`TokenClientBuilder::build`].
+    pub fn new() -> Result<Self, ConfigError> {
+        Self::builder().build()
+    }
+
+    /// A builder for a client with custom timeouts, retries or limits.
+    pub fn builder() -> TokenClientBuilder {
+        TokenClientBuilder::default()
+    }
+
+    /// The retry policy in use.
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.settings.retry
+    }
+
+    /// Requests a token, retrying retryable failures as the [`RetryPolicy`] says.
+    ///
+    /// # Errors
+    ///
+    /// The last attempt's [`Error`] once retries are exhausted, or at once for errors that are
+    /// not retryable.
+    pub async fn request_token(
+        &self,
+        environment: &Environment,
+        credentials: &ClientCredentials,
+        scopes: &Scopes,
+    ) -> Result<AccessToken, Error> {
+        let policy = self.settings.retry;
+        let started = Instant::now();
+        let mut attempt = 1;
+        loop {
+            let error = match self
+                .request_token_once(environment, credentials, scopes)
+                .await
+            {
+                Ok(token) => return Ok(token),
+                Err(e) => e,
+            };
+            if !error.is_retryable() || attempt >= policy.max_attempts() {
+                return Err(error);
+            }
+            let delay = policy.backoff(attempt, error.retry_after());
+            if started.elapsed() + delay > policy.deadline() {
+                debug!(
+                    kind = error.kind_name(),
+                    delay_ms = delay.as_millis() as u64,
+                    "token request failed; the next retry would start past the deadline"
+                );
+                return Err(error);
+            }
+            warn!(
+                client_id = credentials.client_id(),
+                attempt,
+                kind = error.kind_name(),
+                delay_ms = delay.as_millis() as u64,
+                "token request failed; retrying"
+            );
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+
+    /// Requests a token once, without retries.
+    ///
+    /// # Errors
+    ///
+    /// The [`Error`] for what went wrong.
+    pub async fn request_token_once(
+        &self,
+        environment: &Environment,
+        credentials: &ClientCredentials,
+        scopes: &Scopes,
+    ) -> Result<AccessToken, Error> {
+        let url = environment.token_url();
+        check_transport(&url)?;
+        let span = info_span!(
+            "token_request",
+            client_id = credentials.client_id(),
+            scope = scopes.as_str(),
+            environment = %environment,
+        );
+        self.send(url, credentials, scopes).instrument(span).await
+    }
+
+    async fn send(
+        &self,
+        url: Url,
+        credentials: &ClientCredentials,
+        scopes: &Scopes,
+    ) -> Result<AccessToken, Error> {
+        let secret = credentials.client_secret().expose_secret();
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("client_id", credentials.client_id()),
+            ("client_secret", secret),
+            ("scope", scopes.as_str()),
+        ];
+        let sent_at = Instant::now();
+        let mut response = self
+            .http
+            .post(url)
+            .header(ACCEPT, "application/json")
+            .form(&form)
+            .send()
+            .await
+            .map_err(classify_send_error)?;
+        let status = response.status();
+        debug!(status = status.as_u16(), "token endpoint answered");
+
+        if status.is_redirection() {
+            let location = response
+                .headers()
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(sanitize_location);
+            return Err(Error::RedirectRefused { status, location });
+        }
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            return Err(Error::RateLimited { retry_after });
+        }
+        if status.is_server_error() {
+            return Err(Error::ServerError {
+                status,
+                retry_after,
+            });
+        }
+
+        let body = self.read_body(&mut response, status).await?;
+        if !status.is_success() {
+            return Err(match parse_oauth_error(status, &body, secret) {
+                Some(oauth) => Error::OAuth(oauth),
+                None => Error::UnexpectedStatus { status },
+            });
+        }
+        let invalid = |problem| Error::InvalidResponse { status, problem };
+        let parsed = match parse_token_response(&body) {
+            Ok(parsed) => parsed,
+            // Some servers answer 200 with an OAuth2 error body.
+            Err(problem) => {
+                return Err(match parse_oauth_error(status, &body, secret) {
+                    Some(oauth) => Error::OAuth(oauth),
+                    None => invalid(problem),
+                });
+            }
+        };
+        let token = AccessToken::new(
+            parsed.access_token,
+            parsed.expires_in,
+            sent_at,
+            parsed.scope,
+        )
+        .map_err(invalid)?;
+        debug!(
+            lifetime_s = parsed.expires_in.as_secs(),
+            granted_scope = token.granted_scope().unwrap_or(""),
+            "token issued"
+        );
+        Ok(token)
+    }
+
+    async fn read_body(
+        &self,
+        response: &mut reqwest::Response,
+        status: StatusCode,
+    ) -> Result<Vec<u8>, Error> {
+        let limit = self.settings.max_body_bytes;
+        let too_large = Error::InvalidResponse {
+            status,
+            problem: InvalidResponse::BodyTooLarge { limit },
+        };
+        if response
+            .content_length()
+            .is_some_and(|len| len > limit as u64)
+        {
+            return Err(too_large);
+        }
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > limit {
+                        return Err(too_large);
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(body),
+                Err(e) if e.is_timeout() => return Err(Error::Timeout),
+                Err(_) => {
+                    return Err(Error::InvalidResponse {
+                        status,
+                        problem: InvalidResponse::Truncated,
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn classify_send_error(e: reqwest::Error) -> Error {
+    if e.is_timeout() {
+        Error::Timeout
+    } else if e.is_connect() {
+        Error::Connect(Arc::new(e.without_url()))
+    } else {
+        Error::Transport(Arc::new(e.without_url()))
+    }
+}
+
+/// Keeps scheme, host, port and path of a redirect target: no query, no user info.
+fn sanitize_location(location: &str) -> String {
+    match Url::parse(location) {
+        Ok(url) => format!(
+            "{}://{}{}{}",
+            url.scheme(),
+            url.host_str().unwrap_or_default(),
+            url.port().map(|p| format!(":{p}")).unwrap_or_default(),
+            url.path()
+        ),
+        Err(_) => crate::error::truncate(location.split(['?', '#']).next().unwrap_or(""), 200),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirect_targets_lose_queries_and_user_info() {
+        assert_eq!(
+            sanitize_location("https://u:p@evil.example:8443/steal?secret=1#x"),
+            "https://evil.example:8443/steal"
+        );
+        assert_eq!(sanitize_location("/relative?x=1"), "/relative");
+    }
+}

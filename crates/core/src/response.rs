@@ -1,0 +1,288 @@
+//! Parsing the token endpoint's answers: success bodies and OAuth2 error bodies.
+//!
+//! Bodies are parsed into a `serde_json::Value` and read field by field, so that no parser
+//! message can quote a field's value (which could be the token).
+
+use std::time::Duration;
+
+use http::StatusCode;
+use secrecy::SecretString;
+use serde_json::{Map, Value};
+
+use crate::error::{InvalidResponse, OAuthError, OAuthErrorCode, truncate};
+
+/// The longest `expires_in` accepted: TrueLayer's tokens live an hour; a day leaves room
+/// for change while rejecting nonsense.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A successful token response, checked.
+#[derive(Debug)]
+pub struct TokenResponse {
+    /// `access_token`.
+    pub access_token: SecretString,
+    /// `expires_in`, checked to be in `1..=MAX_LIFETIME` seconds.
+    pub expires_in: Duration,
+    /// `scope`, if the server sent one.
+    pub scope: Option<String>,
+}
+
+/// Parses a 2xx token endpoint body.
+///
+/// # Errors
+///
+/// The [`InvalidResponse`] that says what is wrong; it never quotes the body.
+pub fn parse_token_response(body: &[u8]) -> Result<TokenResponse, InvalidResponse> {
+    let object = parse_object(body)?;
+    let access_token = match object.get("access_token") {
+        None | Some(Value::Null) => return Err(InvalidResponse::MissingField("access_token")),
+        Some(Value::String(s)) if s.is_empty() => return Err(InvalidResponse::EmptyAccessToken),
+        Some(Value::String(s)) => SecretString::from(s.as_str()),
+        Some(_) => {
+            return Err(InvalidResponse::WrongFieldType {
+                field: "access_token",
+                expected: "a string",
+            });
+        }
+    };
+    match object.get("token_type") {
+        None | Some(Value::Null) => return Err(InvalidResponse::MissingField("token_type")),
+        Some(Value::String(t)) if t.eq_ignore_ascii_case("bearer") => {}
+        Some(Value::String(t)) => return Err(InvalidResponse::NotBearer(truncate(t, 40))),
+        Some(_) => {
+            return Err(InvalidResponse::WrongFieldType {
+                field: "token_type",
+                expected: "a string",
+            });
+        }
+    }
+    let expires_in = match object.get("expires_in") {
+        None | Some(Value::Null) => return Err(InvalidResponse::MissingField("expires_in")),
+        Some(Value::Number(n)) => lifetime(n)?,
+        Some(_) => {
+            return Err(InvalidResponse::WrongFieldType {
+                field: "expires_in",
+                expected: "a number",
+            });
+        }
+    };
+    let scope = match object.get("scope") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => {
+            return Err(InvalidResponse::WrongFieldType {
+                field: "scope",
+                expected: "a string",
+            });
+        }
+    };
+    Ok(TokenResponse {
+        access_token,
+        expires_in,
+        scope,
+    })
+}
+
+fn lifetime(n: &serde_json::Number) -> Result<Duration, InvalidResponse> {
+    let max = MAX_LIFETIME.as_secs();
+    if let Some(secs) = n.as_u64() {
+        return match secs {
+            0 => Err(InvalidResponse::ZeroLifetime),
+            s if s > max => Err(InvalidResponse::LifetimeTooLong { seconds: s, max }),
+            s => Ok(Duration::from_secs(s)),
+        };
+    }
+    if let Some(negative) = n.as_i64() {
+        return Err(InvalidResponse::NegativeLifetime(negative));
+    }
+    // A float: only whole numbers are accepted (3600.0 is 3600), anything huge is too long.
+    match n.as_f64() {
+        Some(f) if f.is_finite() && f.fract() == 0.0 && f < 0.0 => {
+            Err(InvalidResponse::NegativeLifetime(i64::MIN))
+        }
+        Some(f) if f.is_finite() && f.fract() == 0.0 && f > max as f64 => {
+            Err(InvalidResponse::LifetimeTooLong {
+                seconds: u64::MAX,
+                max,
+            })
+        }
+        Some(f) if f.is_finite() && f.fract() == 0.0 && f == 0.0 => {
+            Err(InvalidResponse::ZeroLifetime)
+        }
+        Some(f) if f.is_finite() && f.fract() == 0.0 => Ok(Duration::from_secs(f as u64)),
+        _ => Err(InvalidResponse::WrongFieldType {
+            field: "expires_in",
+            expected: "a whole number of seconds",
+        }),
+    }
+}
+
+/// Parses an OAuth2 error body (`{"error": "...", "error_description": "..."}`).
+///
+/// Returns `None` when the body is not one. Server text is truncated, stripped of control
+/// characters and scrubbed of `secret` should a server echo it back.
+pub fn parse_oauth_error(status: StatusCode, body: &[u8], secret: &str) -> Option<OAuthError> {
+    let object = parse_object(body).ok()?;
+    let code = object.get("error")?.as_str()?;
+    let description = object
+        .get("error_description")
+        .and_then(Value::as_str)
+        .map(|d| scrub(&truncate(d, 300), secret));
+    Some(OAuthError {
+        code: OAuthErrorCode::from_code(&scrub(code, secret)),
+        description,
+        status,
+    })
+}
+
+fn scrub(text: &str, secret: &str) -> String {
+    if secret.len() >= 4 && text.contains(secret) {
+        text.replace(secret, "[redacted]")
+    } else {
+        text.to_owned()
+    }
+}
+
+fn parse_object(body: &[u8]) -> Result<Map<String, Value>, InvalidResponse> {
+    let trimmed = body.trim_ascii();
+    if trimmed.is_empty() {
+        return Err(InvalidResponse::EmptyBody);
+    }
+    if trimmed.first() == Some(&b'<') {
+        return Err(InvalidResponse::HtmlPage);
+    }
+    match serde_json::from_slice::<Value>(trimmed) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(InvalidResponse::NotAnObject),
+        // serde_json's syntax messages name the problem and position, never the input.
+        Err(e) => Err(InvalidResponse::NotJson {
+            detail: e.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    fn ok(body: &str) -> TokenResponse {
+        parse_token_response(body.as_bytes()).unwrap()
+    }
+
+    fn err(body: &str) -> InvalidResponse {
+        parse_token_response(body.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn documented_success_body() {
+        let r = ok(
+            r#"{"access_token":"eyJ.x.y","expires_in":3600,"token_type":"Bearer","scope":"payments"}"#,
+        );
+        assert_eq!(r.access_token.expose_secret(), "eyJ.x.y");
+        assert_eq!(r.expires_in, Duration::from_secs(3600));
+        assert_eq!(r.scope.as_deref(), Some("payments"));
+        let lower = ok(r#"{"access_token":"t","expires_in":3600.0,"token_type":"bearer"}"#);
+        assert_eq!(lower.scope, None);
+        assert_eq!(lower.expires_in, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn each_malformation_has_its_own_kind() {
+        use InvalidResponse as I;
+        assert_eq!(err(""), I::EmptyBody);
+        assert_eq!(err(" \n"), I::EmptyBody);
+        assert_eq!(
+            err("<html><body>502 Bad Gateway</body></html>"),
+            I::HtmlPage
+        );
+        assert!(matches!(err("{\"access_token\":"), I::NotJson { .. }));
+        assert_eq!(err("[1,2]"), I::NotAnObject);
+        assert_eq!(
+            err(r#"{"expires_in":1,"token_type":"Bearer"}"#),
+            I::MissingField("access_token")
+        );
+        assert_eq!(
+            err(r#"{"access_token":"t","expires_in":1}"#),
+            I::MissingField("token_type")
+        );
+        assert_eq!(
+            err(r#"{"access_token":"t","token_type":"Bearer"}"#),
+            I::MissingField("expires_in")
+        );
+        assert_eq!(
+            err(r#"{"access_token":"","expires_in":1,"token_type":"Bearer"}"#),
+            I::EmptyAccessToken
+        );
+        assert_eq!(
+            err(r#"{"access_token":"t","expires_in":1,"token_type":"MAC"}"#),
+            I::NotBearer("MAC".into())
+        );
+        assert_eq!(
+            err(r#"{"access_token":"t","expires_in":0,"token_type":"Bearer"}"#),
+            I::ZeroLifetime
+        );
+        assert_eq!(
+            err(r#"{"access_token":"t","expires_in":-5,"token_type":"Bearer"}"#),
+            I::NegativeLifetime(-5)
+        );
+        assert!(matches!(
+            err(r#"{"access_token":"t","expires_in":99999999,"token_type":"Bearer"}"#),
+            I::LifetimeTooLong {
+                seconds: 99_999_999,
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(r#"{"access_token":"t","expires_in":1e300,"token_type":"Bearer"}"#),
+            I::LifetimeTooLong { .. }
+        ));
+        assert!(matches!(
+            err(r#"{"access_token":"t","expires_in":"3600","token_type":"Bearer"}"#),
+            I::WrongFieldType {
+                field: "expires_in",
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(r#"{"access_token":"t","expires_in":1.5,"token_type":"Bearer"}"#),
+            I::WrongFieldType {
+                field: "expires_in",
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(r#"{"access_token":42,"expires_in":1,"token_type":"Bearer"}"#),
+            I::WrongFieldType {
+                field: "access_token",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn wrong_shapes_never_quote_the_token() {
+        let e = err(
+            r#"{"access_token":"TOPSECRET-TOKEN","expires_in":"TOPSECRET-2","token_type":"Bearer"}"#,
+        );
+        assert!(!e.to_string().contains("TOPSECRET"));
+        assert!(!format!("{e:?}").contains("TOPSECRET"));
+    }
+
+    #[test]
+    fn oauth_errors_map_and_scrub() {
+        let e = parse_oauth_error(
+            StatusCode::UNAUTHORIZED,
+            br#"{"error":"invalid_client","error_description":"bad secret s3cr3t-value"}"#,
+            "s3cr3t-value",
+        )
+        .unwrap();
+        assert_eq!(e.code, OAuthErrorCode::InvalidClient);
+        assert_eq!(e.description.as_deref(), Some("bad secret [redacted]"));
+        let other =
+            parse_oauth_error(StatusCode::BAD_REQUEST, br#"{"error":"weird_code"}"#, "x").unwrap();
+        assert_eq!(other.code, OAuthErrorCode::Other("weird_code".into()));
+        assert!(parse_oauth_error(StatusCode::BAD_REQUEST, b"<html>", "x").is_none());
+        assert!(parse_oauth_error(StatusCode::BAD_REQUEST, br#"{"error":7}"#, "x").is_none());
+    }
+}

@@ -1,0 +1,270 @@
+//! A local TrueLayer-compatible authorization server, with a Payments API stand-in and
+//! fault injection.
+//!
+//! The emulator behaves as TrueLayer documents `POST /connect/token`: it checks the
+//! `client_credentials` grant, the client's secret and its allowed scopes, and issues real
+//! RS256 JWTs (`typ` `at+jwt`, audience `payments_api`) whose public key is published at
+//! `GET /.well-known/jwks.json`. `POST /v3/payments` and `GET /v3/payments/{id}` verify the
+//! bearer token (signature, expiry, revocation, `payments` scope) and answer `401` with
+//! `WWW-Authenticate: Bearer error="invalid_token"` otherwise.
+//!
+//! Tests drive faults through the [`Emulator`] handle; other tools use the admin routes under
+//! `/emulator/` (see the README of this crate's binary, `truelayer-auth-emulator --help`).
+//!
+//! # Example
+//!
+//! ```
+//! use truelayer_auth_emulator::{Emulator, Fault};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> std::io::Result<()> {
+//! let emulator = Emulator::start().await?;
+//! emulator.fail_next([Fault::unavailable()]);
+//! assert!(emulator.url().starts_with("http://127.0.0.1:"));
+//! assert_eq!(emulator.stats().token_requests, 0);
+//! # Ok(()) }
+//! ```
+
+mod admin;
+mod faults;
+mod keys;
+mod payments;
+mod server;
+mod state;
+mod token_endpoint;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub use faults::Fault;
+pub use keys::{AUDIENCE, Claims, KEY_ID};
+pub use state::{DEFAULT_LIFETIME, KNOWN_SCOPES, Stats};
+
+use state::{Client, RandomFaults, State, random_secret};
+
+/// The client_id of the client every emulator starts with.
+pub const DEFAULT_CLIENT_ID: &str = "emulator-client";
+
+/// A running emulator. Dropping it stops the server.
+pub struct Emulator {
+    state: Arc<State>,
+    addr: SocketAddr,
+    client_secret: String,
+    task: JoinHandle<()>,
+}
+
+impl fmt::Debug for Emulator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Emulator")
+            .field("url", &self.url())
+            .field("client_id", &DEFAULT_CLIENT_ID)
+            .field("client_secret", &"[redacted]")
+            .finish()
+    }
+}
+
+impl Emulator {
+    /// Starts an emulator on an ephemeral port of 127.0.0.1, in the current tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// When the port cannot be bound.
+    pub async fn start() -> std::io::Result<Self> {
+        Self::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts an emulator on `addr`.
+    ///
+    /// # Errors
+    ///
+    /// When `addr` cannot be bound.
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State::new(format!("http://{addr}")));
+        let client_secret = random_secret();
+        state.add_client(
+            DEFAULT_CLIENT_ID.to_owned(),
+            Client {
+                secret: client_secret.clone(),
+                allowed_scopes: KNOWN_SCOPES.iter().map(|s| (*s).to_owned()).collect(),
+            },
+        );
+        // Make the key before the first request, so no request pays for it.
+        let _ = keys::signing_key();
+        let task = tokio::spawn(server::serve(listener, router(state.clone())));
+        Ok(Emulator {
+            state,
+            addr,
+            client_secret,
+            task,
+        })
+    }
+
+    /// The base URL, `http://127.0.0.1:PORT`, of both the token endpoint and the Payments API.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The socket address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The token endpoint URL.
+    pub fn token_url(&self) -> String {
+        format!("{}/connect/token", self.url())
+    }
+
+    /// The default client's id.
+    pub fn client_id(&self) -> &str {
+        DEFAULT_CLIENT_ID
+    }
+
+    /// The default client's secret as it was at start (see [`Emulator::rotate_secret`]).
+    pub fn client_secret(&self) -> &str {
+        &self.client_secret
+    }
+
+    /// Adds (or replaces) a client with its secret and allowed scopes.
+    pub fn add_client<I, S>(&self, client_id: &str, client_secret: &str, allowed_scopes: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.state.add_client(
+            client_id.to_owned(),
+            Client {
+                secret: client_secret.to_owned(),
+                allowed_scopes: allowed_scopes
+                    .into_iter()
+                    .map(Into::into)
+                    .collect::<HashSet<_>>(),
+            },
+        );
+    }
+
+    /// Gives `client_id` a new random secret and returns it; the old one stops working.
+    /// Returns `None` for an unknown client.
+    pub fn rotate_secret(&self, client_id: &str) -> Option<String> {
+        let secret = random_secret();
+        self.state
+            .set_secret(client_id, secret.clone())
+            .then_some(secret)
+    }
+
+    /// Sets `client_id`'s secret; returns whether the client exists.
+    pub fn set_secret(&self, client_id: &str, secret: &str) -> bool {
+        self.state.set_secret(client_id, secret.to_owned())
+    }
+
+    /// Answers the next token requests with these faults, in order.
+    pub fn fail_next(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.state.queue_faults(faults);
+    }
+
+    /// Fails a fraction `rate` (0 to 1) of later token requests with a fault picked at random
+    /// from `faults`. A rate of 0 turns it off.
+    pub fn fail_randomly(&self, rate: f64, faults: Vec<Fault>) {
+        self.state
+            .set_random_faults((rate > 0.0).then(|| RandomFaults {
+                rate: rate.min(1.0),
+                faults,
+            }));
+    }
+
+    /// Removes queued and random faults and latency.
+    pub fn clear_faults(&self) {
+        self.state.clear_faults();
+    }
+
+    /// Delays every token answer by `latency` (on tokio's clock, so paused-clock tests skip it).
+    pub fn set_latency(&self, latency: Duration) {
+        self.state.set_latency(latency);
+    }
+
+    /// Issues tokens with this `expires_in` (seconds; may be 0 or negative to test clients),
+    /// or the default hour with `None`.
+    pub fn set_token_lifetime(&self, seconds: Option<i64>) {
+        self.state.set_lifetime(seconds);
+    }
+
+    /// Revokes every token issued so far: the Payments stand-in rejects them with 401.
+    pub fn revoke_all_tokens(&self) {
+        self.state.revoke_all();
+    }
+
+    /// Revokes one token; returns false when it is not a token this emulator could have issued.
+    pub fn revoke_token(&self, token: &str) -> bool {
+        self.state.revoke(token)
+    }
+
+    /// Moves the emulator's wall clock forward, for expiry checks of issued tokens.
+    pub fn advance_clock(&self, by: Duration) {
+        self.state.advance_clock(by);
+    }
+
+    /// Issues a token directly, bypassing the token endpoint (and its counters).
+    pub fn issue_token(&self, client_id: &str, scopes: &[&str], lifetime_secs: i64) -> String {
+        self.state.issue(
+            client_id,
+            scopes.iter().map(|s| (*s).to_owned()).collect(),
+            lifetime_secs,
+        )
+    }
+
+    /// Verifies a bearer token as the Payments stand-in does, returning its claims.
+    ///
+    /// # Errors
+    ///
+    /// A short reason when the token would be rejected.
+    pub fn verify_token(&self, token: &str) -> Result<Claims, &'static str> {
+        self.state.verify(token).map_err(|r| match r {
+            state::Rejection::InvalidToken(why) => why,
+            state::Rejection::InsufficientScope => "the token lacks the payments scope",
+        })
+    }
+
+    /// The JWKS document published at `/.well-known/jwks.json`.
+    pub fn jwks(&self) -> serde_json::Value {
+        keys::signing_key().jwks()
+    }
+
+    /// Counters of what has been served.
+    pub fn stats(&self) -> Stats {
+        self.state.stats()
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn router(state: Arc<State>) -> Router {
+    Router::new()
+        .route("/connect/token", post(token_endpoint::token))
+        .route("/connect/token/", post(token_endpoint::token))
+        .route(
+            "/.well-known/jwks.json",
+            get(|| async { axum::Json(keys::signing_key().jwks()) }),
+        )
+        .route("/v3/payments", post(payments::create_payment))
+        .route("/v3/payments/{id}", get(payments::get_payment))
+        .route("/emulator/faults", post(admin::faults).delete(admin::clear))
+        .route("/emulator/latency", post(admin::latency))
+        .route("/emulator/token-lifetime", post(admin::lifetime))
+        .route("/emulator/clients/{id}/rotate", post(admin::rotate))
+        .route("/emulator/revoke", post(admin::revoke))
+        .route("/emulator/stats", get(admin::stats))
+        .with_state(state)
+}
