@@ -114,6 +114,18 @@ impl Emulator {
         format!("http://{}", self.addr)
     }
 
+    /// Shell-style lines that configure `tlauth` and the examples for this emulator:
+    /// `TRUELAYER_ENV`, `TRUELAYER_CLIENT_ID` and `TRUELAYER_CLIENT_SECRET` (the emulator's
+    /// own, throwaway secret).
+    pub fn env_lines(&self) -> String {
+        format!(
+            "TRUELAYER_ENV={}\nTRUELAYER_CLIENT_ID={}\nTRUELAYER_CLIENT_SECRET={}\n",
+            self.url(),
+            self.client_id(),
+            self.client_secret()
+        )
+    }
+
     /// The socket address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr

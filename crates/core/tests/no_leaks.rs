@@ -1,0 +1,162 @@
+//! Formats every secret-bearing type and every error with marker secrets, and captures
+//! TRACE-level logs of requests that carry them: the markers must never appear.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use tokio::time::Instant;
+use truelayer_auth::{
+    AccessToken, ClientCredentials, Environment, RetryPolicy, Scopes, TokenClient,
+    parse_token_response,
+};
+use truelayer_auth_emulator::{Emulator, Fault};
+
+const SECRET: &str = "MARKER-SECRET-7d1e";
+const TOKEN: &str = "MARKER-TOKEN-93ab";
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn assert_clean(what: &str, text: &str) {
+    assert!(!text.contains(SECRET), "{what} leaks the secret: {text}");
+    assert!(!text.contains(TOKEN), "{what} leaks the token: {text}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_secret_or_token_reaches_debug_display_errors_or_logs() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let emulator = Emulator::start().await.unwrap();
+    emulator.add_client("marker-client", SECRET, ["payments"]);
+    let env = Environment::custom(&emulator.url()).unwrap();
+    let creds = ClientCredentials::new("marker-client", SECRET.into()).unwrap();
+    assert_clean("ClientCredentials Debug", &format!("{creds:?}"));
+    let client = TokenClient::builder()
+        .retry_policy(
+            RetryPolicy::default().with_backoff(Duration::from_millis(1), Duration::from_millis(2)),
+        )
+        .build()
+        .unwrap();
+    assert_clean("TokenClient Debug", &format!("{client:?}"));
+
+    // Success with a marker token, served by the emulator.
+    emulator.fail_next([Fault::malformed(format!(
+        r#"{{"access_token":"{TOKEN}","expires_in":3600,"token_type":"Bearer","scope":"payments"}}"#
+    ))]);
+    let token = client
+        .request_token(&env, &creds, &Scopes::payments())
+        .await
+        .unwrap();
+    assert_clean("AccessToken Debug", &format!("{token:?}"));
+    assert_clean(
+        "header Debug",
+        &format!("{:?}", token.authorization_header()),
+    );
+
+    // Every failure kind, some of them carrying the markers in the body.
+    let echo = |status: u16, body: String| Fault::Body {
+        status,
+        content_type: "application/json".into(),
+        body,
+    };
+    let faults = vec![
+        echo(
+            401,
+            format!(
+                r#"{{"error":"invalid_client","error_description":"secret {SECRET} is wrong"}}"#
+            ),
+        ),
+        echo(
+            400,
+            format!(r#"{{"error":"{SECRET}","error_description":"{SECRET}"}}"#),
+        ),
+        echo(
+            200,
+            format!(r#"{{"access_token":{{"v":"{TOKEN}"}},"expires_in":1,"token_type":"Bearer"}}"#),
+        ),
+        echo(
+            200,
+            format!(r#"{{"access_token":"{TOKEN}","expires_in":"{TOKEN}","token_type":"Bearer"}}"#),
+        ),
+        echo(
+            200,
+            format!(r#"{{"access_token":"{TOKEN}","expires_in":0,"token_type":"Bearer"}}"#),
+        ),
+        echo(
+            200,
+            format!(r#"{{"access_token":"{TOKEN} x","expires_in":9,"token_type":"Bearer"}}"#),
+        ),
+        echo(200, format!(r#"{{"access_token":"{TOKEN}""#)),
+        Fault::rate_limited(1),
+        Fault::unavailable(),
+        Fault::DropConnection,
+        Fault::Truncate,
+        Fault::Redirect {
+            location: format!("https://evil.example/?token={TOKEN}&secret={SECRET}"),
+        },
+    ];
+    let once = TokenClient::builder()
+        .retry_policy(RetryPolicy::none())
+        .build()
+        .unwrap();
+    for fault in faults {
+        emulator.fail_next([fault.clone()]);
+        let err = once
+            .request_token(&env, &creds, &Scopes::payments())
+            .await
+            .unwrap_err();
+        assert_clean(&format!("error Display for {fault:?}"), &err.to_string());
+        assert_clean(&format!("error Debug for {fault:?}"), &format!("{err:?}"));
+        let mut source = std::error::Error::source(&err);
+        while let Some(s) = source {
+            assert_clean("error source", &s.to_string());
+            source = s.source();
+        }
+    }
+    // Retries log too.
+    emulator.fail_next([Fault::unavailable()]);
+    client
+        .request_token(&env, &creds, &Scopes::payments())
+        .await
+        .unwrap();
+
+    let parsed = parse_token_response(
+        format!(r#"{{"access_token":"{TOKEN}","expires_in":60,"token_type":"Bearer"}}"#).as_bytes(),
+    )
+    .unwrap();
+    assert_clean("TokenResponse Debug", &format!("{parsed:?}"));
+    let direct = AccessToken::new(
+        SecretString::from(TOKEN),
+        Duration::from_secs(60),
+        Instant::now(),
+        None,
+    )
+    .unwrap();
+    assert_clean("AccessToken Debug", &format!("{direct:?}"));
+
+    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("token request failed"),
+        "the capture works: {logs}"
+    );
+    assert_clean("TRACE logs", &logs);
+}
