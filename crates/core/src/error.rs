@@ -318,6 +318,15 @@ pub enum Error {
     /// The configuration is wrong; nothing was sent.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The credentials source failed (for example AWS Secrets Manager).
+    #[error("the client credentials could not be loaded: {0}")]
+    Credentials(#[source] crate::source::CredentialsError),
+    /// No usable token arrived within the cache's wait deadline, and no attempt had failed yet.
+    #[error("no access token within {} ms: the token endpoint is slow or unreachable; check connectivity, or raise the wait deadline", waited.as_millis())]
+    WaitTimedOut {
+        /// How long the caller waited.
+        waited: Duration,
+    },
 }
 
 fn after(retry_after: &Option<Duration>) -> String {
@@ -354,6 +363,8 @@ impl Error {
             Error::InvalidResponse { problem, .. } => *problem == InvalidResponse::Truncated,
             Error::UnexpectedStatus { status } => *status == StatusCode::REQUEST_TIMEOUT,
             Error::RedirectRefused { .. } | Error::Config(_) => false,
+            Error::Credentials(e) => e.is_retryable(),
+            Error::WaitTimedOut { .. } => true,
         }
     }
 
@@ -417,6 +428,8 @@ impl Error {
             Error::Transport(_) => "transport",
             Error::InvalidResponse { .. } => "invalid_response",
             Error::Config(_) => "config",
+            Error::Credentials(_) => "credentials",
+            Error::WaitTimedOut { .. } => "wait_timed_out",
         }
     }
 }

@@ -27,6 +27,9 @@
 //! Secrets and tokens are held in [`secrecy`] types; no `Debug`, `Display`, error or log line
 //! of this crate contains either.
 
+#![forbid(unsafe_code)]
+
+mod cache;
 mod client;
 mod credentials;
 mod environment;
@@ -34,8 +37,12 @@ mod error;
 mod response;
 mod retry;
 mod scope;
+mod source;
 mod token;
 
+pub use cache::{
+    CacheKey, CacheStats, KeyedTokenCache, KeyedTokenCacheBuilder, TokenCache, TokenCacheBuilder,
+};
 pub use client::{TokenClient, TokenClientBuilder};
 pub use credentials::ClientCredentials;
 pub use environment::{CustomEndpoint, Environment};
@@ -43,6 +50,7 @@ pub use error::{ConfigError, Error, InvalidResponse, OAuthError, OAuthErrorCode}
 pub use response::{MAX_LIFETIME, TokenResponse, parse_oauth_error, parse_token_response};
 pub use retry::{MAX_RETRY_AFTER, RetryPolicy, parse_retry_after};
 pub use scope::{CustomScope, Scope, Scopes};
+pub use source::{CredentialsError, CredentialsFuture, CredentialsSource, EnvCredentials};
 pub use token::AccessToken;
 
 pub use secrecy;

@@ -27,7 +27,7 @@ pub struct AccessToken {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     id: u64,
     secret: SecretString,
     header: HeaderValue,
@@ -128,6 +128,14 @@ impl AccessToken {
     /// As [`Scopes::parse_without_payments`]: the server sent no scope or a malformed one.
     pub fn granted_scopes(&self) -> Result<Scopes, ConfigError> {
         Scopes::parse_without_payments(self.granted_scope().unwrap_or(""))
+    }
+
+    pub(crate) fn from_shared(inner: Arc<Inner>) -> Self {
+        AccessToken { inner }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Inner> {
+        &self.inner
     }
 
     /// A process-unique identity: two tokens are the same token exactly when their ids match.

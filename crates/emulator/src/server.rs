@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -37,8 +37,11 @@ pub(crate) async fn serve(listener: TcpListener, router: Router) {
                     request.extensions_mut().insert(switch.clone());
                     router.clone().oneshot(request.map(axum::body::Body::new))
                 });
+            // No header-read timeout: idle keep-alive connections stay open until the client
+            // closes them, so a jump of a paused test clock cannot close one just as a client
+            // reuses it. Dropped connections are a fault tests ask for, not an accident.
             let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
+                .header_read_timeout(None)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::select! {
                 _ = connection => {}

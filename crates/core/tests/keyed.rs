@@ -1,0 +1,139 @@
+//! One keyed cache for many merchant accounts.
+
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use tokio::time::{advance, sleep};
+use truelayer_auth::{ClientCredentials, Environment, KeyedTokenCache, Scope, Scopes};
+use truelayer_auth_emulator::Emulator;
+
+fn merchant(i: usize) -> ClientCredentials {
+    ClientCredentials::new(format!("merchant-{i}"), format!("secret-{i}").into()).unwrap()
+}
+
+async fn emulator_with(n: usize) -> Emulator {
+    let emulator = Emulator::start().await.unwrap();
+    for i in 0..n {
+        let c = merchant(i);
+        emulator.add_client(
+            c.client_id(),
+            c.client_secret().expose_secret(),
+            ["payments", "signupplus"],
+        );
+    }
+    emulator
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_thousand_merchants_each_get_their_own_token_once() {
+    let emulator = emulator_with(1000).await;
+    let env = Environment::custom(&emulator.url()).unwrap();
+    let keyed = KeyedTokenCache::builder().build().unwrap();
+    let tasks: Vec<_> = (0..1000)
+        .flat_map(|i| [i, i]) // two callers per merchant, racing
+        .map(|i| {
+            let (keyed, env) = (keyed.clone(), env.clone());
+            tokio::spawn(async move {
+                let token = keyed
+                    .token(&env, &merchant(i), &Scopes::payments())
+                    .await
+                    .unwrap();
+                (i, token)
+            })
+        })
+        .collect();
+    for task in tasks {
+        let (i, token) = task.await.unwrap();
+        let claims = emulator
+            .verify_token(token.secret().expose_secret())
+            .unwrap();
+        assert_eq!(claims.client_id, format!("merchant-{i}"));
+    }
+    assert_eq!(emulator.stats().token_requests, 1000, "one fetch per key");
+    assert_eq!(keyed.len(), 1000);
+
+    for i in 0..1000 {
+        keyed
+            .token(&env, &merchant(i), &Scopes::payments())
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        emulator.stats().token_requests,
+        1000,
+        "the second round is all hits"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_key_includes_the_normalized_scope_set() {
+    let emulator = emulator_with(1).await;
+    let env = Environment::custom(&emulator.url()).unwrap();
+    let keyed = KeyedTokenCache::builder().build().unwrap();
+    let a = Scopes::payments().with(Scope::SignupPlus);
+    let b: Scopes = "signupplus payments".parse().unwrap();
+    let t1 = keyed.token(&env, &merchant(0), &a).await.unwrap();
+    let t2 = keyed.token(&env, &merchant(0), &b).await.unwrap();
+    assert!(t1.same_as(&t2), "same set, same key");
+    keyed
+        .token(&env, &merchant(0), &Scopes::payments())
+        .await
+        .unwrap();
+    assert_eq!(keyed.len(), 2);
+    assert_eq!(emulator.stats().token_requests, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_secret_for_a_key_is_used_from_the_next_fetch_on() {
+    let emulator = emulator_with(1).await;
+    let env = Environment::custom(&emulator.url()).unwrap();
+    let keyed = KeyedTokenCache::builder().build().unwrap();
+    let first = keyed
+        .token(&env, &merchant(0), &Scopes::payments())
+        .await
+        .unwrap();
+    let rotated = emulator.rotate_secret("merchant-0").unwrap();
+    let new_creds = ClientCredentials::new("merchant-0", rotated.into()).unwrap();
+    let cache = keyed.get(&env, &new_creds, &Scopes::payments()).unwrap();
+    advance(Duration::from_secs(2)).await;
+    assert!(cache.invalidate(&first));
+    let second = cache.token().await.unwrap();
+    assert!(!second.same_as(&first));
+    assert_eq!(
+        emulator.stats().token_errors,
+        0,
+        "the new secret was sent straight away"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn memory_is_bounded_by_max_entries_and_idle_eviction() {
+    let emulator = emulator_with(30).await;
+    let env = Environment::custom(&emulator.url()).unwrap();
+    let keyed = KeyedTokenCache::builder()
+        .max_entries(10)
+        .idle_timeout(Duration::from_secs(600))
+        .build()
+        .unwrap();
+    for i in 0..20 {
+        keyed
+            .token(&env, &merchant(i), &Scopes::payments())
+            .await
+            .unwrap();
+        advance(Duration::from_millis(10)).await;
+    }
+    assert_eq!(keyed.len(), 10, "least recently used entries were dropped");
+    // Evicted entries stop refreshing: over two hours only the 10 live keys refresh.
+    let before = emulator.stats().token_requests;
+    for _ in 0..12 {
+        advance(Duration::from_secs(590)).await;
+        sleep(Duration::from_millis(1)).await;
+        keyed
+            .token(&env, &merchant(19), &Scopes::payments())
+            .await
+            .unwrap();
+    }
+    let refreshes = emulator.stats().token_requests - before;
+    assert!(refreshes <= 3, "only the key in use refreshed: {refreshes}");
+    assert_eq!(keyed.len(), 1, "idle keys were evicted");
+}
