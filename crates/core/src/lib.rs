@@ -54,3 +54,7 @@ pub use source::{CredentialsError, CredentialsFuture, CredentialsSource, EnvCred
 pub use token::AccessToken;
 
 pub use secrecy;
+
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
