@@ -53,6 +53,13 @@ fn run(name: &str, mut cmd: Command) -> Result<(), String> {
     }
 }
 
+/// `<package> --example <name>` for every example CI runs.
+const EXAMPLES: [&str; 3] = [
+    "truelayer-auth-tower --example hyper_client",
+    "truelayer-auth-tower --example axum_service",
+    "truelayer-auth-tower --example reqwest_client",
+];
+
 fn ci() -> Result<(), String> {
     let started = Instant::now();
     let mut fmt = cargo();
@@ -64,6 +71,7 @@ fn ci() -> Result<(), String> {
         "clippy",
         "--workspace",
         "--all-targets",
+        "--all-features",
         "--",
         "-D",
         "warnings",
@@ -71,15 +79,29 @@ fn ci() -> Result<(), String> {
     run("cargo clippy", clippy)?;
 
     let mut test = cargo();
-    test.args(["test", "--workspace", "--", "--include-ignored"]);
+    test.args([
+        "test",
+        "--workspace",
+        "--all-features",
+        "--",
+        "--include-ignored",
+    ]);
     run("cargo test (all, ignored included)", test)?;
 
     let mut benches = cargo();
-    benches.args(["test", "--workspace", "--benches"]);
+    benches.args(["test", "--workspace", "--all-features", "--benches"]);
     run("benchmarks in test mode", benches)?;
 
+    // The examples run against the in-process emulator and fail unless the payment is created.
+    for example in EXAMPLES {
+        let mut cmd = cargo();
+        cmd.args(["run", "--quiet", "--all-features", "--package"])
+            .args(example.split(' '));
+        run(&format!("example {example}"), cmd)?;
+    }
+
     let mut doc = cargo();
-    doc.args(["doc", "--workspace", "--no-deps"])
+    doc.args(["doc", "--workspace", "--all-features", "--no-deps"])
         .env("RUSTDOCFLAGS", "-D warnings");
     run("cargo doc", doc)?;
 

@@ -54,7 +54,3 @@ pub use source::{CredentialsError, CredentialsFuture, CredentialsSource, EnvCred
 pub use token::AccessToken;
 
 pub use secrecy;
-
-#[doc = include_str!("../../../README.md")]
-#[cfg(doctest)]
-pub struct ReadmeDoctests;

@@ -1,14 +1,15 @@
 //! The access token and what is known about it.
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use http::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
+use crate::cache::Engine;
 use crate::error::{ConfigError, InvalidResponse};
 use crate::scope::Scopes;
 
@@ -35,6 +36,8 @@ pub(crate) struct Inner {
     issued_at: Instant,
     expires_at: Instant,
     granted_scope: Option<String>,
+    /// The cache that handed this token out, for [`AccessToken::invalidate`].
+    origin: OnceLock<Weak<Engine>>,
 }
 
 impl AccessToken {
@@ -70,6 +73,7 @@ impl AccessToken {
                 issued_at,
                 expires_at: issued_at + lifetime,
                 granted_scope,
+                origin: OnceLock::new(),
             }),
         })
     }
@@ -128,6 +132,24 @@ impl AccessToken {
     /// As [`Scopes::parse_without_payments`]: the server sent no scope or a malformed one.
     pub fn granted_scopes(&self) -> Result<Scopes, ConfigError> {
         Scopes::parse_without_payments(self.granted_scope().unwrap_or(""))
+    }
+
+    /// Withdraws this token from the [`TokenCache`](crate::TokenCache) that handed it out,
+    /// after the API rejected it (a 401), and starts a refresh there.
+    ///
+    /// Same as `cache.invalidate(&token)`, for code that holds the token but not the cache
+    /// (such as a response future). Returns whether the token was withdrawn: `false` if the
+    /// cache already moved on to a newer token, if it was already invalidated, or if the token
+    /// did not come from a cache.
+    pub fn invalidate(&self) -> bool {
+        match self.inner.origin.get().and_then(Weak::upgrade) {
+            Some(engine) => engine.invalidate(self),
+            None => false,
+        }
+    }
+
+    pub(crate) fn set_origin(&self, engine: Weak<Engine>) {
+        let _ = self.inner.origin.set(engine);
     }
 
     pub(crate) fn from_shared(inner: Arc<Inner>) -> Self {

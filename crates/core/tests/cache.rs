@@ -445,3 +445,20 @@ async fn stats_describe_health_without_the_token() {
     assert!(!shown.contains(token.secret().expose_secret()));
     assert!(!shown.contains(emulator.client_secret()));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_token_can_invalidate_itself_in_the_cache_it_came_from() {
+    let emulator = Emulator::start().await.unwrap();
+    let cache = builder(&emulator).build().unwrap();
+    let token = cache.token().await.unwrap();
+    assert!(token.invalidate());
+    assert!(!token.invalidate(), "only once");
+    assert!(!cache.token().await.unwrap().same_as(&token));
+    let loose =
+        truelayer_auth::AccessToken::new("t".into(), Duration::from_secs(60), Instant::now(), None)
+            .unwrap();
+    assert!(
+        !loose.invalidate(),
+        "a token from no cache has nothing to invalidate"
+    );
+}

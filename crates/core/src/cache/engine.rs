@@ -5,15 +5,16 @@
 //! locks, and its progress through a `watch` channel that waiting callers follow. Timers in the
 //! task move a token through its life: at the soft margin the task refreshes in the background
 //! while the old token is still handed out; at the hard margin the token is withdrawn. The
-//! task holds the engine but not the handles; when the last handle drops, its wake channel
-//! closes and the task ends.
+//! task holds the engine but not the handles; when the last handle drops, it signals
+//! `shutdown` and the task ends. Tokens point back at their engine weakly, so a token can
+//! invalidate itself without the handle.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tracing::{Instrument, debug, error, info, warn};
 
@@ -49,6 +50,11 @@ pub(crate) struct Engine {
     pub(crate) current: ArcSwapOption<Inner>,
     writer: Mutex<()>,
     pub(crate) status: watch::Sender<Status>,
+    /// Notified when a token is invalidated.
+    wake: Notify,
+    /// Notified once, when the last handle drops.
+    pub(crate) shutdown: Notify,
+    pub(crate) closed: std::sync::atomic::AtomicBool,
     pub(crate) client: TokenClient,
     pub(crate) source: Arc<dyn CredentialsSource>,
     pub(crate) environment: Environment,
@@ -74,6 +80,9 @@ impl Engine {
             current: ArcSwapOption::empty(),
             writer: Mutex::new(()),
             status: watch::Sender::new(Status::default()),
+            wake: Notify::new(),
+            shutdown: Notify::new(),
+            closed: std::sync::atomic::AtomicBool::new(false),
             client,
             source,
             environment,
@@ -112,8 +121,15 @@ impl Engine {
         is_current
     }
 
-    pub(crate) fn count_invalidation(&self) {
+    /// Withdraws `token` if it is the one handed out, and wakes the task to refresh.
+    pub(crate) fn invalidate(&self, token: &AccessToken) -> bool {
+        if !self.withdraw(token) {
+            return false;
+        }
         self.invalidations.fetch_add(1, Ordering::Relaxed);
+        info!(token_id = token.id(), "token invalidated; refreshing");
+        self.wake.notify_one();
+        true
     }
 
     fn publish(&self, token: &AccessToken) {
@@ -194,7 +210,6 @@ enum Woke {
 /// The refresh task.
 pub(crate) struct Worker {
     engine: Arc<Engine>,
-    wake: mpsc::Receiver<()>,
     /// When the token handed out must be withdrawn (its hard margin), and which one it is.
     withdraw_at: Option<(Instant, AccessToken)>,
     failures: u32,
@@ -204,7 +219,7 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    pub(crate) fn spawn(engine: Arc<Engine>, wake: mpsc::Receiver<()>) {
+    pub(crate) fn spawn(engine: Arc<Engine>) {
         let span = tracing::info_span!(
             "token_cache",
             environment = %engine.environment,
@@ -213,7 +228,6 @@ impl Worker {
         );
         let worker = Worker {
             engine,
-            wake,
             withdraw_at: None,
             failures: 0,
             last_fetch: None,
@@ -225,6 +239,9 @@ impl Worker {
 
     async fn run(mut self) {
         loop {
+            if self.engine.closed.load(Ordering::Acquire) {
+                return;
+            }
             // Bound the fetch rate, whatever the lifetimes and invalidations.
             if let Some(last) = self.last_fetch {
                 let earliest = last + self.engine.config.min_fetch_interval;
@@ -281,6 +298,7 @@ impl Worker {
             "token fetched"
         );
         self.withdraw_at = Some((token.issued_at() + plan.usable_for, token.clone()));
+        token.set_origin(Arc::downgrade(&self.engine));
         self.engine.publish(&token);
         (token.issued_at() + plan.refresh_after, true)
     }
@@ -327,7 +345,8 @@ impl Worker {
             tokio::select! {
                 out = &mut work => return Some(out),
                 () = sleep_until_opt(withdraw) => self.withdraw_expiring(),
-                msg = self.wake.recv() => { msg?; }
+                () = self.engine.wake.notified() => {}
+                () = self.engine.shutdown.notified() => return None,
             }
         }
     }
@@ -339,12 +358,13 @@ impl Worker {
             tokio::select! {
                 () = tokio::time::sleep_until(until) => return Woke::Elapsed,
                 () = sleep_until_opt(withdraw) => self.withdraw_expiring(),
-                msg = self.wake.recv() => match msg {
-                    None => return Woke::Shutdown,
-                    // A wake only matters if the token really is gone (stale wakes are ignored).
-                    Some(()) if wakeable && self.engine.current.load().is_none() => return Woke::Invalidated,
-                    Some(()) => {}
-                },
+                () = self.engine.shutdown.notified() => return Woke::Shutdown,
+                // A wake only matters if the token really is gone (stale wakes are ignored).
+                () = self.engine.wake.notified() => {
+                    if wakeable && self.engine.current.load().is_none() {
+                        return Woke::Invalidated;
+                    }
+                }
             }
         }
     }

@@ -10,13 +10,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 pub use keyed::{CacheKey, KeyedTokenCache, KeyedTokenCacheBuilder};
 pub use stats::CacheStats;
 
-use self::engine::{Config, Engine, Status, Worker};
+pub(crate) use self::engine::Engine;
+use self::engine::{Config, Status, Worker};
 use self::schedule::Margins;
 use crate::client::TokenClient;
 use crate::environment::Environment;
@@ -73,9 +73,16 @@ pub struct TokenCache {
 
 struct Handle {
     engine: Arc<Engine>,
-    wake: mpsc::Sender<()>,
     started: AtomicBool,
-    worker: Mutex<Option<mpsc::Receiver<()>>>,
+    spawning: Mutex<()>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // The last handle is gone: stop the refresh task.
+        self.engine.closed.store(true, Ordering::Release);
+        self.engine.shutdown.notify_one();
+    }
 }
 
 impl fmt::Debug for TokenCache {
@@ -130,16 +137,10 @@ impl TokenCache {
     /// Only that exact token is withdrawn: if the cache already holds a newer one, nothing
     /// happens and `false` is returned. Many concurrent invalidations of one token cause one
     /// refresh.
+    ///
+    /// [`AccessToken::invalidate`] does the same from the token alone.
     pub fn invalidate(&self, token: &AccessToken) -> bool {
-        let engine = &self.handle.engine;
-        if !engine.withdraw(token) {
-            return false;
-        }
-        engine.count_invalidation();
-        tracing::info!(token_id = token.id(), "token invalidated; refreshing");
-        // A full channel already holds a wake: one is enough.
-        let _ = self.handle.wake.try_send(());
-        true
+        self.handle.engine.invalidate(token)
     }
 
     /// A snapshot of the cache's health: fetches, failures, hits, waits, the token's age and
@@ -162,13 +163,13 @@ impl TokenCache {
         if self.handle.started.load(Ordering::Acquire) {
             return;
         }
-        let mut slot = self
+        let _spawning = self
             .handle
-            .worker
+            .spawning
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(wake) = slot.take() {
-            Worker::spawn(self.handle.engine.clone(), wake);
+        if !self.handle.started.load(Ordering::Acquire) {
+            Worker::spawn(self.handle.engine.clone());
             self.handle.started.store(true, Ordering::Release);
         }
     }
@@ -339,13 +340,11 @@ impl TokenCacheBuilder {
             self.scopes,
             self.config,
         );
-        let (wake, wake_rx) = mpsc::channel(1);
         Ok(TokenCache {
             handle: Arc::new(Handle {
                 engine: Arc::new(engine),
-                wake,
                 started: AtomicBool::new(false),
-                worker: Mutex::new(Some(wake_rx)),
+                spawning: Mutex::new(()),
             }),
         })
     }
