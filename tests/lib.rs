@@ -4,3 +4,7 @@
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+#[doc = include_str!("../docs/operations.md")]
+#[cfg(doctest)]
+pub struct OperationsDoctests;

@@ -1,0 +1,311 @@
+//! Secret formats, and parsing a secret's value straight into secrecy types.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use truelayer_auth::ClientCredentials;
+
+use crate::error::SecretProblem;
+
+/// How the client credentials are laid out in the secret's value.
+///
+/// # Example
+///
+/// ```
+/// use truelayer_auth_vault::SecretFormat;
+///
+/// // {"client_id": "...", "client_secret": "..."} (the default)
+/// let default = SecretFormat::json();
+/// // {"tl_id": "...", "tl_secret": "..."}
+/// let renamed = SecretFormat::json_fields("tl_id", "tl_secret");
+/// // the whole value is the secret; the client_id is configuration
+/// let plain = SecretFormat::plain_secret("sandbox-acme-1a2b3c");
+/// # let _ = (default, renamed, plain);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SecretFormat {
+    /// A JSON object with the client_id, the client_secret and, optionally, a request-signing
+    /// key id and private key.
+    Json {
+        /// The field holding the client_id. Default `client_id`.
+        client_id_field: String,
+        /// The field holding the client secret. Default `client_secret`.
+        client_secret_field: String,
+        /// The optional field holding the signing key id. Default `signing_key_id`.
+        signing_key_id_field: String,
+        /// The optional field holding the signing private key (PEM). Default `signing_private_key`.
+        signing_private_key_field: String,
+    },
+    /// The value is the client secret alone.
+    PlainSecret {
+        /// The client_id that goes with it.
+        client_id: String,
+    },
+}
+
+impl SecretFormat {
+    /// JSON with the default field names.
+    pub fn json() -> Self {
+        Self::json_fields("client_id", "client_secret")
+    }
+
+    /// JSON with these client_id and client_secret field names.
+    pub fn json_fields(
+        client_id_field: impl Into<String>,
+        client_secret_field: impl Into<String>,
+    ) -> Self {
+        SecretFormat::Json {
+            client_id_field: client_id_field.into(),
+            client_secret_field: client_secret_field.into(),
+            signing_key_id_field: "signing_key_id".into(),
+            signing_private_key_field: "signing_private_key".into(),
+        }
+    }
+
+    /// The value is the client secret; `client_id` comes from configuration.
+    pub fn plain_secret(client_id: impl Into<String>) -> Self {
+        SecretFormat::PlainSecret {
+            client_id: client_id.into(),
+        }
+    }
+}
+
+/// Client credentials loaded from a secret, with the optional request-signing key.
+#[derive(Clone)]
+pub struct LoadedSecret {
+    credentials: ClientCredentials,
+    signing_key_id: Option<SecretString>,
+    signing_private_key: Option<SecretString>,
+    version_id: Option<String>,
+}
+
+impl LoadedSecret {
+    /// The client credentials.
+    pub fn credentials(&self) -> &ClientCredentials {
+        &self.credentials
+    }
+
+    /// The request-signing key id, if the secret has one.
+    pub fn signing_key_id(&self) -> Option<&SecretString> {
+        self.signing_key_id.as_ref()
+    }
+
+    /// The request-signing private key (PEM), if the secret has one.
+    pub fn signing_private_key(&self) -> Option<&SecretString> {
+        self.signing_private_key.as_ref()
+    }
+
+    /// The Secrets Manager version id this came from.
+    pub fn version_id(&self) -> Option<&str> {
+        self.version_id.as_deref()
+    }
+}
+
+impl fmt::Debug for LoadedSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedSecret")
+            .field("credentials", &self.credentials)
+            .field(
+                "signing_key_id",
+                &self.signing_key_id.as_ref().map(|_| "[redacted]"),
+            )
+            .field(
+                "signing_private_key",
+                &self.signing_private_key.as_ref().map(|_| "[redacted]"),
+            )
+            .field("version_id", &self.version_id)
+            .finish()
+    }
+}
+
+/// A JSON field's value: strings go straight into a secret, anything else keeps only its kind.
+enum Field {
+    Text(SecretString),
+    Other,
+}
+
+impl<'de> de::Deserialize<'de> for Field {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(FieldVisitor)
+    }
+}
+
+struct FieldVisitor;
+
+impl<'de> Visitor<'de> for FieldVisitor {
+    type Value = Field;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Field, E> {
+        Ok(Field::Text(SecretString::from(v)))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Field, E> {
+        Ok(Field::Text(SecretString::from(v)))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Field, E> {
+        Ok(Field::Other)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Field, E> {
+        Ok(Field::Other)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Field, E> {
+        Ok(Field::Other)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Field, E> {
+        Ok(Field::Other)
+    }
+    fn visit_unit<E>(self) -> Result<Field, E> {
+        Ok(Field::Other)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Field, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Field::Other)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Field, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Field::Other)
+    }
+}
+
+/// Parses a secret's text per `format`. Errors never quote the text.
+pub(crate) fn parse(
+    format: &SecretFormat,
+    text: &SecretString,
+    version_id: Option<String>,
+) -> Result<LoadedSecret, SecretProblem> {
+    let raw = text.expose_secret().trim();
+    if raw.is_empty() {
+        return Err(SecretProblem::Empty);
+    }
+    match format {
+        SecretFormat::PlainSecret { client_id } => {
+            let credentials = ClientCredentials::new(client_id.as_str(), SecretString::from(raw))
+                .map_err(|_| SecretProblem::Empty)?;
+            Ok(LoadedSecret {
+                credentials,
+                signing_key_id: None,
+                signing_private_key: None,
+                version_id,
+            })
+        }
+        SecretFormat::Json {
+            client_id_field,
+            client_secret_field,
+            signing_key_id_field,
+            signing_private_key_field,
+        } => {
+            let mut fields: HashMap<String, Field> =
+                serde_json::from_str(raw).map_err(|e| match e.classify() {
+                    serde_json::error::Category::Data => SecretProblem::NotAnObject,
+                    _ => SecretProblem::NotJson {
+                        line: e.line(),
+                        column: e.column(),
+                    },
+                })?;
+            let mut take =
+                |name: &str, required: bool| -> Result<Option<SecretString>, SecretProblem> {
+                    match fields.remove(name) {
+                        None if required => Err(SecretProblem::MissingField(name.to_owned())),
+                        None => Ok(None),
+                        Some(Field::Other) => Err(SecretProblem::NotAString(name.to_owned())),
+                        Some(Field::Text(s)) if s.expose_secret().trim().is_empty() => {
+                            Err(SecretProblem::EmptyField(name.to_owned()))
+                        }
+                        Some(Field::Text(s)) => Ok(Some(s)),
+                    }
+                };
+            let id = take(client_id_field, true)?
+                .ok_or_else(|| SecretProblem::MissingField(client_id_field.clone()))?;
+            let secret = take(client_secret_field, true)?
+                .ok_or_else(|| SecretProblem::MissingField(client_secret_field.clone()))?;
+            let signing_key_id = take(signing_key_id_field, false)?;
+            let signing_private_key = take(signing_private_key_field, false)?;
+            let credentials = ClientCredentials::new(id.expose_secret(), secret)
+                .map_err(|_| SecretProblem::EmptyField(client_id_field.clone()))?;
+            Ok(LoadedSecret {
+                credentials,
+                signing_key_id,
+                signing_private_key,
+                version_id,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_json(text: &str) -> Result<LoadedSecret, SecretProblem> {
+        parse(&SecretFormat::json(), &SecretString::from(text), None)
+    }
+
+    #[test]
+    fn json_with_default_and_renamed_fields() {
+        let s = parse_json(r#"{"client_id":"id-1","client_secret":"s3cret","other":1}"#).unwrap();
+        assert_eq!(s.credentials().client_id(), "id-1");
+        assert_eq!(s.credentials().client_secret().expose_secret(), "s3cret");
+        assert!(s.signing_key_id().is_none());
+        let renamed = parse(
+            &SecretFormat::json_fields("id", "secret"),
+            &SecretString::from(r#"{"id":"a","secret":"b","signing_key_id":"k","signing_private_key":"-----BEGIN"}"#),
+            Some("v1".into()),
+        )
+        .unwrap();
+        assert_eq!(renamed.credentials().client_id(), "a");
+        assert_eq!(renamed.signing_key_id().unwrap().expose_secret(), "k");
+        assert_eq!(renamed.version_id(), Some("v1"));
+        let shown = format!("{renamed:?}");
+        assert!(
+            !shown.contains("-----BEGIN") && !shown.contains("\"b\""),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn plain_secret_takes_the_client_id_from_configuration() {
+        let s = parse(
+            &SecretFormat::plain_secret("cid"),
+            &SecretString::from("  s3cret\n"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.credentials().client_id(), "cid");
+        assert_eq!(s.credentials().client_secret().expose_secret(), "s3cret");
+    }
+
+    #[test]
+    fn problems_name_fields_and_positions_never_values() {
+        use SecretProblem as P;
+        assert_eq!(parse_json("  ").unwrap_err(), P::Empty);
+        assert_eq!(
+            parse_json(r#"{"client_id":"x"}"#).unwrap_err(),
+            P::MissingField("client_secret".into())
+        );
+        assert_eq!(
+            parse_json(r#"{"client_secret":"x"}"#).unwrap_err(),
+            P::MissingField("client_id".into())
+        );
+        assert_eq!(
+            parse_json(r#"{"client_id":7,"client_secret":"x"}"#).unwrap_err(),
+            P::NotAString("client_id".into())
+        );
+        assert_eq!(
+            parse_json(r#"{"client_id":"","client_secret":"x"}"#).unwrap_err(),
+            P::EmptyField("client_id".into())
+        );
+        assert_eq!(parse_json(r#"["client_id"]"#).unwrap_err(), P::NotAnObject);
+        assert_eq!(
+            parse_json("VALUE-OF-SECRET").unwrap_err(),
+            P::NotJson { line: 1, column: 1 }
+        );
+        let truncated = parse_json("{\"client_id\":\"SECRETVALUE").unwrap_err();
+        assert!(matches!(truncated, P::NotJson { .. }));
+        assert!(!truncated.to_string().contains("SECRETVALUE"));
+    }
+}

@@ -1,0 +1,467 @@
+//! The AWS Secrets Manager credentials source, with its cache.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, SdkConfig};
+use aws_sdk_secretsmanager::Client;
+use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
+use secrecy::SecretString;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+use truelayer_auth::{CredentialsFuture, CredentialsSource};
+use zeroize::Zeroize;
+
+use crate::error::{SecretProblem, VaultError};
+use crate::format::{LoadedSecret, SecretFormat, parse};
+
+/// How long a transient failure lets the cached value be served before AWS is asked again.
+const STALE_RETRY: Duration = Duration::from_secs(30);
+
+/// Client credentials from an AWS Secrets Manager secret.
+///
+/// - Reads the version in the configured stage (`AWSCURRENT` by default, always sent
+///   explicitly) and parses it straight into `secrecy` types ([`SecretFormat`]).
+/// - Caches it for a TTL (1 hour by default, like AWS's own caching clients). After the TTL a
+///   `DescribeSecret` call checks that the cached version still carries the stage; only if it
+///   moved is the value fetched again. Concurrent callers share one call.
+/// - On transient errors (throttling, timeouts, connection failures) the cached value keeps
+///   being served.
+/// - [`reload`](CredentialsSource::reload) always fetches: the token cache calls it when
+///   TrueLayer answers `invalid_client`, which is how a rotated secret is picked up without a
+///   restart.
+///
+/// # Example
+///
+/// ```no_run
+/// use truelayer_auth::{Environment, TokenCache};
+/// use truelayer_auth_vault::SecretsManagerCredentials;
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// // Region and AWS credentials from the default chain (environment, profile, role).
+/// let creds = SecretsManagerCredentials::builder("prod/truelayer/merchant-a").build().await?;
+/// let tokens = TokenCache::builder(Environment::Production, creds).build()?;
+/// # let _ = tokens; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct SecretsManagerCredentials {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    secret_id: String,
+    stage: String,
+    format: SecretFormat,
+    ttl: Duration,
+    cache: Mutex<Option<Cached>>,
+    fetching: tokio::sync::Mutex<()>,
+    fetches: AtomicU64,
+}
+
+#[derive(Clone)]
+struct Cached {
+    secret: Arc<LoadedSecret>,
+    /// The next time AWS is asked whether this is still current.
+    check_after: Instant,
+}
+
+impl fmt::Debug for SecretsManagerCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretsManagerCredentials")
+            .field("secret_id", &self.inner.secret_id)
+            .field("version_stage", &self.inner.stage)
+            .field("ttl", &self.inner.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`SecretsManagerCredentials`].
+#[derive(Debug)]
+pub struct SecretsManagerCredentialsBuilder {
+    secret_id: String,
+    stage: String,
+    format: SecretFormat,
+    ttl: Duration,
+    client: Option<Client>,
+    sdk_config: Option<SdkConfig>,
+}
+
+impl SecretsManagerCredentialsBuilder {
+    /// The version stage to read. Default `AWSCURRENT`.
+    #[must_use]
+    pub fn version_stage(mut self, stage: impl Into<String>) -> Self {
+        self.stage = stage.into();
+        self
+    }
+
+    /// The layout of the secret's value. Default [`SecretFormat::json`].
+    #[must_use]
+    pub fn format(mut self, format: SecretFormat) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// How long a value is used before checking it is still current. Default 1 hour.
+    #[must_use]
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Use this AWS configuration instead of the default chain (for example one pointing at a
+    /// local endpoint).
+    #[must_use]
+    pub fn sdk_config(mut self, config: SdkConfig) -> Self {
+        self.sdk_config = Some(config);
+        self
+    }
+
+    /// Use this Secrets Manager client.
+    #[must_use]
+    pub fn client(mut self, client: Client) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// Builds the source. Without a client or configuration, the AWS default chain is loaded
+    /// (with 5 s attempt and 15 s operation timeouts). Nothing is fetched yet.
+    ///
+    /// # Errors
+    ///
+    /// [`VaultError::MissingRegion`] when the configuration has no region.
+    pub async fn build(self) -> Result<SecretsManagerCredentials, VaultError> {
+        let client = match (self.client, self.sdk_config) {
+            (Some(client), _) => client,
+            (None, Some(config)) => client_from(&config)?,
+            (None, None) => {
+                let timeouts = aws_config::timeout::TimeoutConfig::builder()
+                    .operation_attempt_timeout(Duration::from_secs(5))
+                    .operation_timeout(Duration::from_secs(15))
+                    .build();
+                let config = aws_config::defaults(BehaviorVersion::latest())
+                    .timeout_config(timeouts)
+                    .load()
+                    .await;
+                client_from(&config)?
+            }
+        };
+        if client.config().region().is_none() {
+            return Err(VaultError::MissingRegion);
+        }
+        Ok(SecretsManagerCredentials {
+            inner: Arc::new(Inner {
+                client,
+                secret_id: self.secret_id,
+                stage: self.stage,
+                format: self.format,
+                ttl: self.ttl,
+                cache: Mutex::new(None),
+                fetching: tokio::sync::Mutex::new(()),
+                fetches: AtomicU64::new(0),
+            }),
+        })
+    }
+}
+
+fn client_from(config: &SdkConfig) -> Result<Client, VaultError> {
+    if config.region().is_none() {
+        return Err(VaultError::MissingRegion);
+    }
+    Ok(Client::new(config))
+}
+
+impl SecretsManagerCredentials {
+    /// A builder for the secret `secret_id` (a name or an ARN).
+    pub fn builder(secret_id: impl Into<String>) -> SecretsManagerCredentialsBuilder {
+        SecretsManagerCredentialsBuilder {
+            secret_id: secret_id.into(),
+            stage: "AWSCURRENT".into(),
+            format: SecretFormat::json(),
+            ttl: Duration::from_secs(3600),
+            client: None,
+            sdk_config: None,
+        }
+    }
+
+    /// The secret id.
+    pub fn secret_id(&self) -> &str {
+        &self.inner.secret_id
+    }
+
+    /// `GetSecretValue` calls made so far.
+    pub fn fetch_count(&self) -> u64 {
+        self.inner.fetches.load(Ordering::Relaxed)
+    }
+
+    /// The secret, from the cache while it is current.
+    ///
+    /// # Errors
+    ///
+    /// A [`VaultError`] when there is no cached value to fall back on, or when the failure is
+    /// not transient.
+    pub async fn secret(&self) -> Result<Arc<LoadedSecret>, VaultError> {
+        if let Some(secret) = self.fresh() {
+            return Ok(secret);
+        }
+        let _one_at_a_time = self.inner.fetching.lock().await;
+        if let Some(secret) = self.fresh() {
+            return Ok(secret);
+        }
+        let Some(cached) = self.cached() else {
+            return self.fetch().await;
+        };
+        let outcome = match self.still_current(&cached.secret).await {
+            Ok(true) => {
+                debug!(secret_id = %self.inner.secret_id, "cached secret version is still current");
+                self.store(cached.secret.clone(), self.inner.ttl);
+                return Ok(cached.secret);
+            }
+            Ok(false) => {
+                info!(secret_id = %self.inner.secret_id, stage = %self.inner.stage, "the secret's stage moved to a new version; fetching it");
+                self.fetch().await
+            }
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Err(e) if e.is_retryable() => {
+                warn!(secret_id = %self.inner.secret_id, error = %e, "serving the cached secret after a transient failure");
+                self.store(cached.secret.clone(), STALE_RETRY);
+                Ok(cached.secret)
+            }
+            other => other,
+        }
+    }
+
+    /// The secret, fetched now whatever the cache holds. Callers that arrive together share one
+    /// fetch.
+    ///
+    /// # Errors
+    ///
+    /// The [`VaultError`] of the fetch.
+    pub async fn reload_secret(&self) -> Result<Arc<LoadedSecret>, VaultError> {
+        let seen = self.inner.fetches.load(Ordering::Acquire);
+        let _one_at_a_time = self.inner.fetching.lock().await;
+        if self.inner.fetches.load(Ordering::Acquire) != seen
+            && let Some(cached) = self.cached()
+        {
+            return Ok(cached.secret);
+        }
+        self.fetch().await
+    }
+
+    fn cached(&self) -> Option<Cached> {
+        self.lock().clone()
+    }
+
+    fn fresh(&self) -> Option<Arc<LoadedSecret>> {
+        let cache = self.lock();
+        let cached = cache.as_ref()?;
+        (Instant::now() < cached.check_after).then(|| cached.secret.clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Cached>> {
+        self.inner
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn store(&self, secret: Arc<LoadedSecret>, valid_for: Duration) {
+        *self.lock() = Some(Cached {
+            secret,
+            check_after: Instant::now() + valid_for,
+        });
+    }
+
+    async fn still_current(&self, cached: &LoadedSecret) -> Result<bool, VaultError> {
+        let inner = &self.inner;
+        let out = inner
+            .client
+            .describe_secret()
+            .secret_id(&inner.secret_id)
+            .send()
+            .await
+            .map_err(|e| {
+                classify(
+                    e,
+                    &inner.secret_id,
+                    &inner.stage,
+                    "secretsmanager:DescribeSecret",
+                )
+            })?;
+        let Some(version) = cached.version_id() else {
+            return Ok(false);
+        };
+        Ok(out
+            .version_ids_to_stages()
+            .and_then(|m| m.get(version))
+            .is_some_and(|stages| stages.iter().any(|s| *s == inner.stage)))
+    }
+
+    async fn fetch(&self) -> Result<Arc<LoadedSecret>, VaultError> {
+        let inner = &self.inner;
+        debug!(secret_id = %inner.secret_id, stage = %inner.stage, "GetSecretValue");
+        let result = inner
+            .client
+            .get_secret_value()
+            .secret_id(&inner.secret_id)
+            .version_stage(&inner.stage)
+            .send()
+            .await;
+        inner.fetches.fetch_add(1, Ordering::Release);
+        let mut out = result.map_err(|e| {
+            // Modeled errors may come without an error code in their metadata.
+            use aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueError as E;
+            let secret_id = inner.secret_id.clone();
+            match e.as_service_error() {
+                Some(E::DecryptionFailure(_)) => VaultError::Decryption { secret_id },
+                Some(E::ResourceNotFoundException(_)) => VaultError::NotFound {
+                    secret_id,
+                    stage: inner.stage.clone(),
+                },
+                Some(E::InternalServiceError(_)) => VaultError::Service {
+                    secret_id,
+                    code: "InternalServiceError".into(),
+                    retryable: true,
+                },
+                _ => classify(
+                    e,
+                    &inner.secret_id,
+                    &inner.stage,
+                    "secretsmanager:GetSecretValue",
+                ),
+            }
+        })?;
+        let version_id = out.version_id.take();
+        // Move the value into a secret at once: it is zeroized when dropped.
+        let text = match (out.secret_string.take(), out.secret_binary.take()) {
+            (Some(s), _) => SecretString::from(s),
+            (None, Some(blob)) => {
+                let mut bytes = blob.into_inner();
+                let text = std::str::from_utf8(&bytes).map(SecretString::from);
+                bytes.zeroize();
+                text.map_err(|_| self.malformed(SecretProblem::NotUtf8))?
+            }
+            (None, None) => return Err(self.malformed(SecretProblem::NoValue)),
+        };
+        let secret =
+            Arc::new(parse(&inner.format, &text, version_id).map_err(|p| self.malformed(p))?);
+        info!(
+            secret_id = %inner.secret_id,
+            version_id = secret.version_id().unwrap_or(""),
+            client_id = secret.credentials().client_id(),
+            "loaded client credentials"
+        );
+        self.store(secret.clone(), inner.ttl);
+        Ok(secret)
+    }
+
+    fn malformed(&self, problem: SecretProblem) -> VaultError {
+        VaultError::Malformed {
+            secret_id: self.inner.secret_id.clone(),
+            problem,
+        }
+    }
+}
+
+impl CredentialsSource for SecretsManagerCredentials {
+    fn credentials(&self) -> CredentialsFuture<'_> {
+        Box::pin(async move {
+            let secret = self.secret().await?;
+            Ok(secret.credentials().clone())
+        })
+    }
+
+    fn reload(&self) -> CredentialsFuture<'_> {
+        Box::pin(async move {
+            let secret = self.reload_secret().await?;
+            Ok(secret.credentials().clone())
+        })
+    }
+}
+
+/// Maps an SDK error to what a user can act on.
+fn classify<E, R>(
+    err: SdkError<E, R>,
+    secret_id: &str,
+    stage: &str,
+    action: &'static str,
+) -> VaultError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: fmt::Debug + Send + Sync + 'static,
+{
+    let secret_id = secret_id.to_owned();
+    let status_5xx = matches!(&err, SdkError::ServiceError(_));
+    match &err {
+        SdkError::TimeoutError(_) => return VaultError::Timeout { secret_id },
+        SdkError::DispatchFailure(d) if d.is_timeout() => return VaultError::Timeout { secret_id },
+        SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_) => {
+            if let Some(detail) = credentials_failure(&err) {
+                return VaultError::MissingCredentials { detail };
+            }
+            let detail = match &err {
+                SdkError::DispatchFailure(d) if d.is_io() => "connection failed",
+                SdkError::DispatchFailure(d) if d.is_user() => "invalid endpoint or request",
+                SdkError::DispatchFailure(_) => "dispatch failed",
+                _ => "the request could not be built",
+            };
+            return VaultError::Transport {
+                secret_id,
+                detail: detail.into(),
+            };
+        }
+        SdkError::ResponseError(_) => {
+            return VaultError::Transport {
+                secret_id,
+                detail: "the response could not be read".into(),
+            };
+        }
+        _ => {}
+    }
+    let code = err.code().unwrap_or("Unknown").to_owned();
+    match code.as_str() {
+        "ResourceNotFoundException" => VaultError::NotFound {
+            secret_id,
+            stage: stage.to_owned(),
+        },
+        "AccessDeniedException" | "AccessDenied" | "UnauthorizedOperation" => {
+            VaultError::AccessDenied { secret_id, action }
+        }
+        "DecryptionFailure" => VaultError::Decryption { secret_id },
+        "ThrottlingException"
+        | "Throttling"
+        | "TooManyRequestsException"
+        | "RequestLimitExceeded" => VaultError::Throttled { secret_id },
+        "UnrecognizedClientException" | "InvalidSignatureException" | "ExpiredTokenException" => {
+            VaultError::MissingCredentials {
+                detail: format!("AWS rejected the credentials ({code})"),
+            }
+        }
+        _ => VaultError::Service {
+            secret_id,
+            retryable: code == "InternalServiceError" || (status_5xx && code == "Unknown"),
+            code,
+        },
+    }
+}
+
+/// The credentials provider's message, if the failure was loading AWS credentials.
+fn credentials_failure(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(c) = e.downcast_ref::<aws_credential_types::provider::error::CredentialsError>()
+        {
+            return Some(c.to_string());
+        }
+        // The SDK's fixed message when no credentials provider is configured at all.
+        if e.to_string().contains("no identity resolver") {
+            return Some("no credentials provider is configured".into());
+        }
+        current = e.source();
+    }
+    None
+}

@@ -1,0 +1,77 @@
+//! A secret rotation end to end: the emulator rotates a client's secret, the new secret is
+//! written to Secrets Manager (moto), the next token fetch gets `invalid_client`, the vault
+//! reloads, the fetch succeeds, and no caller of the token cache sees an error.
+
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region};
+use aws_credential_types::Credentials;
+use aws_sdk_secretsmanager::config::retry::RetryConfig;
+use truelayer_auth::{Environment, TokenCache};
+use truelayer_auth_emulator::Emulator;
+use truelayer_auth_vault::SecretsManagerCredentials;
+
+fn secret_json(id: &str, secret: &str) -> String {
+    serde_json::json!({ "client_id": id, "client_secret": secret }).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs moto: run cargo xtask ci"]
+async fn a_rotated_secret_is_picked_up_without_any_caller_seeing_an_error() {
+    let url = std::env::var("MOTO_URL").expect("MOTO_URL is not set: run `cargo xtask ci`");
+    let config = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new("eu-west-2"))
+        .endpoint_url(url)
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "moto"))
+        .retry_config(RetryConfig::disabled())
+        .load()
+        .await;
+    let secrets = aws_sdk_secretsmanager::Client::new(&config);
+    let emulator = Emulator::start().await.unwrap();
+    let name = format!("e2e/rotation/{}", std::process::id());
+    secrets
+        .create_secret()
+        .name(&name)
+        .secret_string(secret_json(emulator.client_id(), emulator.client_secret()))
+        .send()
+        .await
+        .unwrap();
+
+    let vault = SecretsManagerCredentials::builder(&name)
+        .sdk_config(config.clone())
+        .build()
+        .await
+        .unwrap();
+    let tokens = TokenCache::builder(Environment::custom(&emulator.url()).unwrap(), vault.clone())
+        .min_fetch_interval(Duration::from_millis(10))
+        .build()
+        .unwrap();
+    let before = tokens.token().await.unwrap();
+
+    // Rotation: TrueLayer (the emulator) issues a new secret; the rotation job stores it.
+    let rotated = emulator.rotate_secret(emulator.client_id()).unwrap();
+    secrets
+        .put_secret_value()
+        .secret_id(&name)
+        .secret_string(secret_json(emulator.client_id(), &rotated))
+        .send()
+        .await
+        .unwrap();
+
+    // The API rejects the old token (say, it was revoked with the old secret): a refresh.
+    assert!(before.invalidate());
+    let callers: Vec<_> = (0..50)
+        .map(|_| {
+            let tokens = tokens.clone();
+            tokio::spawn(async move { tokens.token().await })
+        })
+        .collect();
+    for caller in callers {
+        let token = caller.await.unwrap().expect("no caller sees the rotation");
+        assert!(!token.same_as(&before));
+    }
+    let stats = emulator.stats();
+    assert_eq!(stats.token_errors, 1, "one invalid_client");
+    assert_eq!(stats.tokens_issued, 2);
+    assert_eq!(vault.fetch_count(), 2, "the vault reloaded once");
+}
