@@ -87,6 +87,12 @@ fn ci() -> Result<(), String> {
     ]);
     run("cargo clippy", clippy)?;
 
+    // Build the tests before starting moto, so it does not sit idle through a compile.
+    let mut build = cargo();
+    build.args(["test", "--workspace", "--all-features", "--no-run"]);
+    run("build the tests", build)?;
+
+    let moto = Moto::start(&ensure_moto()?)?;
     let mut test = cargo();
     test.args([
         "test",
@@ -94,8 +100,11 @@ fn ci() -> Result<(), String> {
         "--all-features",
         "--",
         "--include-ignored",
-    ]);
-    run("cargo test (all, ignored included)", test)?;
+    ])
+    .env("MOTO_URL", &moto.url);
+    let tested = run("cargo test (all, moto-backed included)", test);
+    drop(moto); // stopped by its PID, also when the tests failed
+    tested?;
 
     let mut benches = cargo();
     benches.args(["test", "--workspace", "--all-features", "--benches"]);

@@ -1,0 +1,161 @@
+//! Where `tlauth` gets its environment and credentials from: flags, environment variables,
+//! standard input, AWS Secrets Manager, or (with nothing configured) an embedded emulator.
+
+use std::io::{BufRead, IsTerminal};
+use std::sync::Arc;
+
+use clap::Args;
+use secrecy::SecretString;
+use truelayer_auth::{ClientCredentials, CredentialsSource, Environment, Scope, Scopes};
+use truelayer_auth_emulator::Emulator;
+use truelayer_auth_vault::SecretsManagerCredentials;
+
+use crate::Failure;
+
+/// Environment, credentials and scopes, shared by `token` and `proxy`.
+#[derive(Debug, Args)]
+pub(crate) struct AuthArgs {
+    /// `sandbox`, `production`, or a base URL such as http://127.0.0.1:8080.
+    #[arg(long = "env", env = "TRUELAYER_ENV", value_name = "ENV")]
+    environment: Option<String>,
+    /// The client_id from TrueLayer Console.
+    #[arg(long, env = "TRUELAYER_CLIENT_ID")]
+    client_id: Option<String>,
+    /// Read the client secret from the first line of standard input. Otherwise it is read
+    /// from TRUELAYER_CLIENT_SECRET; it is never taken as a flag, which would land in shell
+    /// history.
+    #[arg(long)]
+    client_secret_stdin: bool,
+    /// Load the client_id and secret from this AWS Secrets Manager secret (JSON with
+    /// client_id and client_secret), using the AWS default configuration chain.
+    #[arg(long, env = "TRUELAYER_SECRET_ID", value_name = "SECRET_ID", conflicts_with_all = ["client_id", "client_secret_stdin"])]
+    secret_id: Option<String>,
+    /// A scope to request; repeat for several. Default: payments.
+    #[arg(long = "scope", value_name = "SCOPE")]
+    scopes: Vec<String>,
+    /// Allow a scope set without `payments` (for tokens not used with the Payments API).
+    #[arg(long)]
+    without_payments: bool,
+}
+
+/// What the arguments resolved to.
+pub(crate) struct Resolved {
+    pub(crate) environment: Environment,
+    pub(crate) source: Arc<dyn CredentialsSource>,
+    pub(crate) scopes: Scopes,
+    /// The embedded emulator, when nothing was configured; dropping it stops it.
+    pub(crate) embedded: Option<Emulator>,
+}
+
+impl AuthArgs {
+    pub(crate) async fn resolve(self) -> Result<Resolved, Failure> {
+        let scopes = scopes(&self.scopes, self.without_payments)?;
+        if let Some(secret_id) = self.secret_id {
+            let env = self.environment.ok_or_else(|| {
+                Failure::usage("--secret-id needs an environment: pass --env sandbox|production|<URL> or set TRUELAYER_ENV")
+            })?;
+            let vault = SecretsManagerCredentials::builder(secret_id)
+                .build()
+                .await
+                .map_err(|e| Failure::usage(e.to_string()))?;
+            return Ok(Resolved {
+                environment: parse_env(&env)?,
+                source: Arc::new(vault),
+                scopes,
+                embedded: None,
+            });
+        }
+        let secret = read_secret(self.client_secret_stdin)?;
+        let (environment, credentials, embedded) = match (self.environment, self.client_id, secret)
+        {
+            (None, None, None) => {
+                let emulator = Emulator::start().await.map_err(|e| {
+                    Failure::usage(format!("could not start the embedded emulator: {e}"))
+                })?;
+                eprintln!(
+                    "tlauth: no credentials configured (TRUELAYER_CLIENT_ID, TRUELAYER_CLIENT_SECRET); \
+                     using the embedded emulator at {}",
+                    emulator.url()
+                );
+                let env = parse_env(&emulator.url())?;
+                let creds = credentials(emulator.client_id(), emulator.client_secret().into())?;
+                (env, creds, Some(emulator))
+            }
+            (None, Some(_), _) | (None, _, Some(_)) => {
+                return Err(Failure::usage(
+                    "credentials are configured but no environment: pass --env sandbox|production|<URL> \
+                     or set TRUELAYER_ENV (production is never chosen by default)",
+                ));
+            }
+            (Some(_), None, _) => {
+                return Err(Failure::usage(
+                    "no client_id: pass --client-id or set TRUELAYER_CLIENT_ID (or use --secret-id)",
+                ));
+            }
+            (Some(_), Some(_), None) => {
+                return Err(Failure::usage(
+                    "no client secret: set TRUELAYER_CLIENT_SECRET or pipe it with --client-secret-stdin",
+                ));
+            }
+            (Some(env), Some(id), Some(secret)) => {
+                (parse_env(&env)?, credentials(&id, secret)?, None)
+            }
+        };
+        Ok(Resolved {
+            environment,
+            source: Arc::new(credentials),
+            scopes,
+            embedded,
+        })
+    }
+}
+
+fn read_secret(from_stdin: bool) -> Result<Option<SecretString>, Failure> {
+    if from_stdin {
+        let stdin = std::io::stdin();
+        if stdin.is_terminal() {
+            eprintln!("tlauth: paste the client secret and press Enter:");
+        }
+        let mut line = String::new();
+        stdin
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| Failure::usage(format!("reading the secret from standard input: {e}")))?;
+        let secret = SecretString::from(line.trim_end_matches(['\r', '\n']));
+        secrecy::zeroize::Zeroize::zeroize(&mut line);
+        return Ok(Some(secret));
+    }
+    match std::env::var("TRUELAYER_CLIENT_SECRET") {
+        Ok(s) => Ok(Some(SecretString::from(s))),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(Failure::usage(
+            "TRUELAYER_CLIENT_SECRET is not valid Unicode",
+        )),
+    }
+}
+
+fn scopes(given: &[String], without_payments: bool) -> Result<Scopes, Failure> {
+    if given.is_empty() {
+        return Ok(Scopes::payments());
+    }
+    let parsed = given
+        .iter()
+        .map(|s| s.parse::<Scope>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Failure::usage(e.to_string()))?;
+    let result = if without_payments {
+        Scopes::without_payments(parsed)
+    } else {
+        Scopes::new(parsed)
+    };
+    result.map_err(|e| Failure::usage(e.to_string()))
+}
+
+fn parse_env(s: &str) -> Result<Environment, Failure> {
+    s.parse()
+        .map_err(|e: truelayer_auth::ConfigError| Failure::usage(e.to_string()))
+}
+
+fn credentials(id: &str, secret: SecretString) -> Result<ClientCredentials, Failure> {
+    ClientCredentials::new(id, secret).map_err(|e| Failure::usage(e.to_string()))
+}

@@ -1,0 +1,412 @@
+//! `tlauth proxy` as a process, in front of the emulator and of a recording upstream.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Frame, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+use truelayer_auth_emulator::Emulator;
+
+struct Proxy {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Proxy {
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Proxy {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tlauth"))
+            .arg("proxy")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("TRUELAYER_ENV")
+            .env_remove("TRUELAYER_CLIENT_ID")
+            .env_remove("TRUELAYER_CLIENT_SECRET")
+            .env_remove("TRUELAYER_SECRET_ID")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("the proxy exited before listening")
+                .unwrap();
+            if let Some(rest) = line.strip_prefix("tlauth: proxy listening on http://") {
+                break rest.split(' ').next().unwrap().parse().unwrap();
+            }
+        };
+        // Keep draining stderr so the proxy never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Proxy { child, addr }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn emulator_env(emulator: &Emulator) -> Vec<(&'static str, String)> {
+    vec![
+        ("TRUELAYER_ENV", emulator.url()),
+        ("TRUELAYER_CLIENT_ID", emulator.client_id().to_owned()),
+        (
+            "TRUELAYER_CLIENT_SECRET",
+            emulator.client_secret().to_owned(),
+        ),
+    ]
+}
+
+fn pairs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// An upstream that records what reaches it: it echoes requests, counts streamed uploads
+/// without holding them, and can hold a response until told to answer.
+struct Recorder {
+    addr: SocketAddr,
+    arrived: Arc<Notify>,
+    release: Arc<Notify>,
+}
+
+async fn recorder() -> Recorder {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let arrived = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    let (a, r) = (arrived.clone(), release.clone());
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (a, r) = (a.clone(), r.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let (a, r) = (a.clone(), r.clone());
+                    async move { Ok::<_, std::convert::Infallible>(record(req, a, r).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Recorder {
+        addr,
+        arrived,
+        release,
+    }
+}
+
+async fn record(
+    req: Request<Incoming>,
+    arrived: Arc<Notify>,
+    release: Arc<Notify>,
+) -> Response<Full<Bytes>> {
+    let (parts, mut body) = req.into_parts();
+    let mut bytes = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            bytes += data.len() as u64;
+        }
+    }
+    if parts.uri.path() == "/hold" {
+        arrived.notify_one();
+        release.notified().await;
+    }
+    let headers: BTreeMap<String, Vec<String>> = parts
+        .headers
+        .keys()
+        .map(|k| {
+            (
+                k.to_string(),
+                parts
+                    .headers
+                    .get_all(k)
+                    .iter()
+                    .map(|v| v.to_str().unwrap_or("?").to_owned())
+                    .collect(),
+            )
+        })
+        .collect();
+    let echo = json!({
+        "method": parts.method.as_str(),
+        "uri": parts.uri.to_string(),
+        "headers": headers,
+        "bytes": bytes,
+    });
+    Response::builder()
+        .header("connection", "keep-alive, x-upstream-hop")
+        .header("x-upstream-hop", "dropped")
+        .header("x-upstream", "kept")
+        .body(Full::new(Bytes::from(echo.to_string())))
+        .unwrap()
+}
+
+async fn json_of<B: hyper::body::Body>(
+    response: Response<B>,
+) -> (StatusCode, http::HeaderMap, Value)
+where
+    B::Error: std::fmt::Debug,
+{
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_reach_the_payments_stand_in_with_a_valid_token() {
+    let emulator = Emulator::start().await.unwrap();
+    let env = emulator_env(&emulator);
+    let proxy = Proxy::start(&["--upstream", &emulator.url()], &pairs(&env));
+    let http = reqwest::Client::new();
+    let created = http
+        .post(proxy.url("/v3/payments"))
+        .header("authorization", "Bearer caller-supplied-is-replaced")
+        .json(&json!({ "amount_in_minor": 100, "currency": "GBP" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    assert_eq!(created.headers()["via"], "1.1 tlauth");
+    let id = created.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let fetched = http
+        .get(proxy.url(&format!("/v3/payments/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fetched.status(), 200);
+    let health: Value = http
+        .get(proxy.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    assert!(
+        !health.to_string().contains("eyJ"),
+        "health never shows the token"
+    );
+    let stats = emulator.stats();
+    assert_eq!(
+        (
+            stats.tokens_issued,
+            stats.api_requests,
+            stats.api_rejections
+        ),
+        (1, 2, 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn method_path_query_and_headers_are_forwarded_faithfully() {
+    let emulator = Emulator::start().await.unwrap();
+    let upstream = recorder().await;
+    let env = emulator_env(&emulator);
+    let proxy = Proxy::start(
+        &["--upstream", &format!("http://{}/base", upstream.addr)],
+        &pairs(&env),
+    );
+    let response = reqwest::Client::new()
+        .patch(proxy.url("/v3/mandates/m-1?limit=5&cursor=a%20b"))
+        .header("idempotency-key", "idem-1")
+        .header("x-custom", "one")
+        .header("connection", "keep-alive, x-hop")
+        .header("x-hop", "must not pass")
+        .header("authorization", "Basic dXNlcjpwYXNz")
+        .body("{\"x\":1}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-upstream"], "kept");
+    assert!(
+        response.headers().get("x-upstream-hop").is_none(),
+        "hop-by-hop response headers dropped"
+    );
+    let echo: Value = response.json().await.unwrap();
+    assert_eq!(echo["method"], "PATCH");
+    assert_eq!(echo["uri"], "/base/v3/mandates/m-1?limit=5&cursor=a%20b");
+    assert_eq!(echo["bytes"], 7);
+    let h = &echo["headers"];
+    assert_eq!(h["idempotency-key"], json!(["idem-1"]));
+    assert_eq!(h["x-custom"], json!(["one"]));
+    assert_eq!(h["via"], json!(["1.1 tlauth"]));
+    assert!(
+        h.get("x-hop").is_none(),
+        "headers named in Connection are dropped: {h}"
+    );
+    let auth = h["authorization"].as_array().unwrap();
+    assert_eq!(auth.len(), 1);
+    let bearer = auth[0].as_str().unwrap().strip_prefix("Bearer ").unwrap();
+    emulator
+        .verify_token(bearer)
+        .expect("a valid token from the emulator");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_failure_is_a_502_naming_the_cause_without_the_secret() {
+    let emulator = Emulator::start().await.unwrap();
+    let marker = "MARKER-proxy-secret-77";
+    let url = emulator.url();
+    let proxy = Proxy::start(
+        &["--upstream", &url],
+        &[
+            ("TRUELAYER_ENV", &url),
+            ("TRUELAYER_CLIENT_ID", emulator.client_id()),
+            ("TRUELAYER_CLIENT_SECRET", marker),
+        ],
+    );
+    let response = reqwest::Client::new()
+        .post(proxy.url("/v3/payments"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let text = response.text().await.unwrap();
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["error"], "token_unavailable");
+    assert!(body["message"].as_str().unwrap().contains("invalid_client"));
+    assert!(!text.contains(marker));
+    assert_eq!(
+        emulator.stats().api_requests,
+        0,
+        "nothing was sent without a token"
+    );
+    let health = reqwest::get(proxy.url("/healthz")).await.unwrap();
+    assert_eq!(health.status(), 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_mb_upload_streams_through_without_growing_the_proxy() {
+    let emulator = Emulator::start().await.unwrap();
+    let upstream = recorder().await;
+    let env = emulator_env(&emulator);
+    let proxy = Proxy::start(
+        &["--upstream", &format!("http://{}", upstream.addr)],
+        &pairs(&env),
+    );
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let warm = client
+        .get(proxy.url("/warm").parse().unwrap())
+        .await
+        .unwrap();
+    json_of(warm).await;
+    let before = proxy.peak_rss_kib();
+
+    const MIB: usize = 1024 * 1024;
+    let chunk = Bytes::from(vec![7u8; MIB]);
+    let uploader = Client::builder(TokioExecutor::new()).build_http();
+    let request = Request::post(proxy.url("/sink"))
+        .body(Chunks { chunk, left: 100 })
+        .unwrap();
+    let (status, _, echo) = json_of(uploader.request(request).await.unwrap()).await;
+    assert_eq!(status, 200);
+    assert_eq!(echo["bytes"], 100 * MIB as u64, "every byte arrived");
+    let grown_kib = proxy.peak_rss_kib().saturating_sub(before);
+    assert!(
+        grown_kib < 8 * 1024,
+        "the proxy's peak memory grew by {grown_kib} KiB for a 100 MiB upload"
+    );
+}
+
+/// `left` copies of `chunk`, streamed one frame at a time.
+struct Chunks {
+    chunk: Bytes,
+    left: usize,
+}
+
+impl hyper::body::Body for Chunks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        self.left -= 1;
+        std::task::Poll::Ready(Some(Ok(Frame::data(self.chunk.clone()))))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_in_flight_requests_finish() {
+    let emulator = Emulator::start().await.unwrap();
+    let upstream = recorder().await;
+    let env = emulator_env(&emulator);
+    let proxy = Proxy::start(
+        &["--upstream", &format!("http://{}", upstream.addr)],
+        &pairs(&env),
+    );
+    let in_flight = tokio::spawn({
+        let url = proxy.url("/hold");
+        async move { reqwest::get(url).await.unwrap() }
+    });
+    upstream.arrived.notified().await;
+    let pid = proxy.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    upstream.release.notify_one();
+    let response = in_flight.await.unwrap();
+    assert_eq!(response.status(), 200, "the in-flight request finished");
+    let mut proxy = proxy;
+    let status = proxy.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        std::net::TcpStream::connect(proxy.addr).is_err(),
+        "no new connections after shutdown"
+    );
+}
+
+#[test]
+fn a_non_loopback_address_needs_an_explicit_flag() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tlauth"))
+        .args(["proxy", "--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-remote"));
+}
