@@ -6,6 +6,9 @@
 //! - `cargo xtask moto`: installs (if needed) and runs moto's Secrets Manager server on a
 //!   free 127.0.0.1 port until interrupted, printing `MOTO_URL=...` for
 //!   `cargo test -- --ignored`.
+//! - `cargo xtask bench-proxy`: `tlauth proxy` against nginx with a hard-coded
+//!   `Authorization` header, same upstream, same load generator (wrk), side by side; installs
+//!   nginx and wrk from Debian's packages if missing.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -21,8 +24,9 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("moto") => moto_foreground(),
+        Some("bench-proxy") => bench_proxy(),
         _ => {
-            eprintln!("usage: cargo xtask ci | cargo xtask moto");
+            eprintln!("usage: cargo xtask ci | cargo xtask moto | cargo xtask bench-proxy");
             return ExitCode::from(2);
         }
     };
@@ -229,5 +233,226 @@ fn moto_foreground() -> Result<(), String> {
     let mut moto = Moto::start(&ensure_moto()?)?;
     println!("MOTO_URL={}", moto.url);
     moto.child.wait().map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// A child process stopped when dropped: with SIGTERM (so nginx's master stops its
+/// workers), then SIGKILL if it is still there.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        for _ in 0..50 {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("finding a free port: {e}"))
+}
+
+fn wait_for_port(port: u16, what: &str) -> Result<(), String> {
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if started.elapsed() > Duration::from_secs(30) {
+            return Err(format!("{what} did not listen on port {port} within 30 s"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn ensure_tools(tools: &[(&str, &str)]) -> Result<(), String> {
+    let missing: Vec<&str> = tools
+        .iter()
+        .filter(|(bin, _)| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {bin}")])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut update = Command::new("apt-get");
+    update.arg("update");
+    run("apt-get update", update)?;
+    let mut install = Command::new("apt-get");
+    install
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    run(&format!("apt-get install {}", missing.join(" ")), install)
+}
+
+/// Starts an nginx with `server_block` as its only server, in its own prefix under target/.
+fn nginx(name: &str, workers: u8, server_block: &str) -> Result<Running, String> {
+    let prefix = root().join("target").join("bench-proxy").join(name);
+    std::fs::create_dir_all(prefix.join("logs")).map_err(|e| e.to_string())?;
+    let conf = format!(
+        "worker_processes {workers};\ndaemon off;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n access_log off;\n client_body_temp_path {p}/body;\n proxy_temp_path {p}/proxy;\n\
+         fastcgi_temp_path {p}/fcgi;\n uwsgi_temp_path {p}/uwsgi;\n scgi_temp_path {p}/scgi;\n{server_block}\n}}\n",
+        p = prefix.display()
+    );
+    let conf_path = prefix.join("nginx.conf");
+    std::fs::write(&conf_path, conf).map_err(|e| e.to_string())?;
+    let child = Command::new("nginx")
+        .args(["-p"])
+        .arg(&prefix)
+        .arg("-c")
+        .arg(&conf_path)
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting nginx: {e}"))?;
+    Ok(Running(child))
+}
+
+/// Requests per second and p99 latency (ms) from one wrk run.
+fn wrk(url: &str) -> Result<(f64, f64), String> {
+    let out = Command::new("wrk")
+        .args(["-t", "2", "-c", "64", "-d", "10s", "--latency", url])
+        .output()
+        .map_err(|e| format!("running wrk: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .ok_or_else(|| format!("no Requests/sec in wrk output:\n{text}"))?;
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .map(str::trim)
+        .and_then(parse_latency_ms)
+        .ok_or_else(|| format!("no 99% latency in wrk output:\n{text}"))?;
+    if text.contains("Non-2xx") {
+        return Err(format!("{url} answered errors under load:\n{text}"));
+    }
+    Ok((rps, p99))
+}
+
+fn parse_latency_ms(v: &str) -> Option<f64> {
+    let (number, factor) = if let Some(n) = v.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        return None;
+    };
+    number.parse::<f64>().ok().map(|n| n * factor)
+}
+
+fn bench_proxy() -> Result<(), String> {
+    ensure_tools(&[("nginx", "nginx-light"), ("wrk", "wrk")])?;
+    let mut build = cargo();
+    build.args(["build", "--release", "--package", "truelayer-auth-cli"]);
+    run("build tlauth (release)", build)?;
+    let tlauth = root().join("target").join("release").join("tlauth");
+
+    // One upstream for both: nginx answering 200 with a small JSON body.
+    let upstream_port = free_port()?;
+    let _upstream = nginx(
+        "upstream",
+        1,
+        &format!(
+            " server {{ listen 127.0.0.1:{upstream_port}; keepalive_requests 100000;\n\
+             location / {{ default_type application/json; return 200 '{{\"status\":\"ok\"}}'; }} }}"
+        ),
+    )?;
+    wait_for_port(upstream_port, "the upstream nginx")?;
+
+    // tlauth proxy with the embedded emulator's credentials.
+    let proxy_port = free_port()?;
+    let _proxy = Running(
+        Command::new(&tlauth)
+            .args(["proxy", "--listen", &format!("127.0.0.1:{proxy_port}")])
+            .args(["--upstream", &format!("http://127.0.0.1:{upstream_port}")])
+            .env_remove("TRUELAYER_ENV")
+            .env_remove("TRUELAYER_CLIENT_ID")
+            .env_remove("TRUELAYER_CLIENT_SECRET")
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting tlauth proxy: {e}"))?,
+    );
+    wait_for_port(proxy_port, "tlauth proxy")?;
+
+    // nginx as the reverse proxy, with a valid token hard-coded: the practical limit.
+    let token_json = Command::new(&tlauth)
+        .arg("token")
+        .env_remove("TRUELAYER_ENV")
+        .env_remove("TRUELAYER_CLIENT_ID")
+        .env_remove("TRUELAYER_CLIENT_SECRET")
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| format!("tlauth token: {e}"))?;
+    let token_text = String::from_utf8_lossy(&token_json.stdout).into_owned();
+    let token = token_text
+        .split("\"access_token\": \"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .ok_or("tlauth token printed no token")?
+        .to_owned();
+    let nginx_port = free_port()?;
+    // As many workers as cores: nginx at its best on this machine.
+    let _reverse = nginx(
+        "reverse",
+        2,
+        &format!(
+            " upstream backend {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}\n\
+             server {{ listen 127.0.0.1:{nginx_port}; keepalive_requests 100000;\n\
+             location / {{ proxy_pass http://backend; proxy_http_version 1.1;\n\
+             proxy_set_header Connection \"\"; proxy_set_header Authorization \"Bearer {token}\"; }} }}"
+        ),
+    )?;
+    wait_for_port(nginx_port, "the reverse-proxy nginx")?;
+
+    let nginx_url = format!("http://127.0.0.1:{nginx_port}/v3/payments/p-1");
+    let tlauth_url = format!("http://127.0.0.1:{proxy_port}/v3/payments/p-1");
+    let mut results: Vec<(&str, f64, f64)> = Vec::new();
+    // Alternate the two, twice, so drift in the machine's load hits both.
+    for _ in 0..2 {
+        let (rps, p99) = wrk(&nginx_url)?;
+        results.push(("nginx", rps, p99));
+        let (rps, p99) = wrk(&tlauth_url)?;
+        results.push(("tlauth", rps, p99));
+    }
+    let mean = |name: &str, pick: fn(&(&str, f64, f64)) -> f64| {
+        let v: Vec<f64> = results.iter().filter(|r| r.0 == name).map(pick).collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    let (n_rps, n_p99) = (mean("nginx", |r| r.1), mean("nginx", |r| r.2));
+    let (t_rps, t_p99) = (mean("tlauth", |r| r.1), mean("tlauth", |r| r.2));
+    let report = format!(
+        "| contender | requests/s | p99 latency |\n| --- | --- | --- |\n\
+         | nginx, hard-coded Authorization | {n_rps:.0} | {n_p99:.2} ms |\n\
+         | tlauth proxy | {t_rps:.0} | {t_p99:.2} ms |\n\
+         | ratio (tlauth / nginx) | **{:.2}** | **{:.2}** |\n",
+        t_rps / n_rps,
+        t_p99 / n_p99
+    );
+    println!("{report}");
+    let path = root().join("target").join("bench-proxy").join("report.md");
+    std::fs::write(&path, &report).map_err(|e| e.to_string())?;
+    eprintln!("written to {}", path.display());
     Ok(())
 }

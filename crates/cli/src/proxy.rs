@@ -13,14 +13,15 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 use truelayer_auth::TokenCache;
-use truelayer_auth_tower::{
-    BearerAuth, BearerAuthError, BearerAuthLayer, ReplayFn, ReqwestService, replay_with,
-};
+use truelayer_auth_tower::{BearerAuth, BearerAuthError, BearerAuthLayer, ReplayFn, replay_with};
 
 use crate::Failure;
 use crate::config::AuthArgs;
@@ -52,27 +53,53 @@ pub(crate) struct ProxyArgs {
 
 /// A request body on its way upstream: held (small enough to replay) or streamed.
 enum ProxyBody {
-    Held(Bytes),
+    Held(Full<Bytes>),
     Streamed(Incoming),
 }
 
-impl From<ProxyBody> for reqwest::Body {
-    fn from(body: ProxyBody) -> Self {
-        match body {
-            ProxyBody::Held(bytes) => bytes.into(),
-            ProxyBody::Streamed(incoming) => reqwest::Body::wrap(incoming),
+impl http_body::Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        // Both variants are `Unpin`.
+        match self.get_mut() {
+            ProxyBody::Held(full) => std::pin::Pin::new(full)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
+            ProxyBody::Streamed(incoming) => std::pin::Pin::new(incoming)
+                .poll_frame(cx)
+                .map_err(BoxError::from),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Held(full) => full.is_end_stream(),
+            ProxyBody::Streamed(incoming) => incoming.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            ProxyBody::Held(full) => full.size_hint(),
+            ProxyBody::Streamed(incoming) => incoming.size_hint(),
         }
     }
 }
 
 fn replay_held(body: &ProxyBody) -> Option<ProxyBody> {
     match body {
-        ProxyBody::Held(bytes) => Some(ProxyBody::Held(bytes.clone())),
+        ProxyBody::Held(full) => Some(ProxyBody::Held(full.clone())),
         ProxyBody::Streamed(_) => None,
     }
 }
 
-type Upstream = BearerAuth<ReqwestService, ReplayFn<fn(&ProxyBody) -> Option<ProxyBody>>>;
+type HttpClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+type Upstream = BearerAuth<HttpClient, ReplayFn<fn(&ProxyBody) -> Option<ProxyBody>>>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
 
@@ -114,15 +141,21 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), Failure> {
     if let Err(e) = tokens.token().await {
         tracing::error!(error = %e, "no token at start; requests will get 502 until one can be had");
     }
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(10))
+    // hyper directly (not reqwest): a proxy forwards `http` types as they are, and follows
+    // no redirects.
+    let https = HttpsConnectorBuilder::new()
+        .with_native_roots()
+        .map_err(|e| Failure::usage(format!("could not load the system's TLS roots: {e}")))?
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let http: HttpClient = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
-        .build()
-        .map_err(|e| Failure::usage(format!("could not build the HTTP client: {e}")))?;
+        .pool_timer(TokioTimer::new())
+        .build(https);
     let policy: ReplayFn<fn(&ProxyBody) -> Option<ProxyBody>> = replay_with(replay_held);
     let layer = BearerAuthLayer::new(tokens.clone()).replay_policy(policy);
-    let upstream: Upstream = tower::Layer::layer(&layer, ReqwestService::new(http));
+    let upstream: Upstream = tower::Layer::layer(&layer, http);
     let proxy = Arc::new(Proxy {
         upstream,
         base,
@@ -291,7 +324,12 @@ impl Proxy {
         parts.uri = uri;
         parts.version = http::Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
-        parts.headers.remove(header::HOST);
+        // The upstream's own authority, as the Host a direct client would send.
+        if let Some(authority) = self.base.authority()
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            parts.headers.insert(header::HOST, host);
+        }
         parts
             .headers
             .append(header::VIA, HeaderValue::from_static("1.1 tlauth"));
@@ -302,10 +340,10 @@ impl Proxy {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         let body = if http_body::Body::is_end_stream(&body) {
-            ProxyBody::Held(Bytes::new())
+            ProxyBody::Held(Full::new(Bytes::new()))
         } else if length.is_some_and(|len| len <= self.replay_limit) {
             match body.collect().await {
-                Ok(collected) => ProxyBody::Held(collected.to_bytes()),
+                Ok(collected) => ProxyBody::Held(Full::new(collected.to_bytes())),
                 Err(_) => {
                     return Err(json_error(
                         StatusCode::BAD_REQUEST,
