@@ -249,6 +249,9 @@ pub enum InvalidResponse {
         /// The largest lifetime accepted.
         max: u64,
     },
+    /// A field appears twice in the object.
+    #[error("the field `{0}` appears more than once")]
+    DuplicateField(String),
     /// The body ended before the length the server announced.
     #[error("the body was cut off before its end")]
     Truncated,
@@ -346,9 +349,9 @@ fn fmt_location(location: &Option<String>) -> String {
 impl Error {
     /// Whether trying the same request again later may succeed.
     ///
-    /// Rate limiting, 5xx answers, timeouts and connection failures are retryable; rejected
-    /// credentials, refused scopes, redirects, malformed responses and configuration
-    /// mistakes are not.
+    /// Rate limiting, 5xx answers, timeouts, connection failures and malformed answers are
+    /// retryable; rejected credentials, refused scopes, redirects, unexpected statuses (the
+    /// URL is probably not a token endpoint) and configuration mistakes are not.
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::OAuth(e) => matches!(
@@ -360,7 +363,9 @@ impl Error {
             | Error::Timeout
             | Error::Connect(_)
             | Error::Transport(_) => true,
-            Error::InvalidResponse { problem, .. } => *problem == InvalidResponse::Truncated,
+            // A malformed answer from a token endpoint is a server fault (an error page from a
+            // load balancer, a bad deploy): worth another try, later.
+            Error::InvalidResponse { .. } => true,
             Error::UnexpectedStatus { status } => *status == StatusCode::REQUEST_TIMEOUT,
             Error::RedirectRefused { .. } | Error::Config(_) => false,
             Error::Credentials(e) => e.is_retryable(),

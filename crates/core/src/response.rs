@@ -150,13 +150,61 @@ fn parse_object(body: &[u8]) -> Result<Map<String, Value>, InvalidResponse> {
     if trimmed.first() == Some(&b'<') {
         return Err(InvalidResponse::HtmlPage);
     }
-    match serde_json::from_slice::<Value>(trimmed) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(InvalidResponse::NotAnObject),
+    match serde_json::from_slice::<UniqueObject>(trimmed) {
+        Ok(UniqueObject(map)) => Ok(map),
+        Err(e) if e.classify() == serde_json::error::Category::Data => {
+            let message = e.to_string();
+            match message.strip_prefix(DUPLICATE) {
+                Some(rest) => Err(InvalidResponse::DuplicateField(
+                    rest.split('`').nth(1).unwrap_or_default().to_owned(),
+                )),
+                None => Err(InvalidResponse::NotAnObject),
+            }
+        }
         // serde_json's syntax messages name the problem and position, never the input.
         Err(e) => Err(InvalidResponse::NotJson {
             detail: e.to_string(),
         }),
+    }
+}
+
+const DUPLICATE: &str = "duplicate field ";
+
+/// A top-level JSON object whose keys are unique: two `access_token`s are a parser
+/// differential waiting to happen, so they are an error rather than "last one wins".
+struct UniqueObject(Map<String, Value>);
+
+impl<'de> serde::Deserialize<'de> for UniqueObject {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueObjectVisitor)
+    }
+}
+
+struct UniqueObjectVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueObjectVisitor {
+    type Value = UniqueObject;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut access: A,
+    ) -> Result<UniqueObject, A::Error> {
+        let mut map = Map::new();
+        while let Some(key) = access.next_key::<String>()? {
+            let value: Value = access.next_value()?;
+            if map.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!(
+                    "{DUPLICATE}`{}`",
+                    truncate(&key, 40).replace('`', "'")
+                )));
+            }
+            map.insert(key, value);
+        }
+        Ok(UniqueObject(map))
     }
 }
 

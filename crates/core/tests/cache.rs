@@ -59,8 +59,9 @@ async fn refresh_ahead_runs_once_in_the_background_and_nobody_waits() {
     let first = cache.token().await.unwrap();
     let t0 = first.issued_at();
 
-    // Just before the soft margin (5 minutes before expiry): no refresh yet.
-    advance(HOUR - Duration::from_secs(301)).await;
+    // Just before the soft margin (5 minutes before expiry, less the second whole-second
+    // expiry can cost): no refresh yet.
+    advance(HOUR - Duration::from_secs(302)).await;
     settle().await;
     assert_eq!(requests(&emulator), 1);
 
@@ -90,7 +91,7 @@ async fn refresh_ahead_runs_once_in_the_background_and_nobody_waits() {
     let second = cache.token().await.unwrap();
     assert!(!second.same_as(&first));
     assert_eq!(requests(&emulator), 2, "exactly one background refresh");
-    assert!(second.issued_at() >= t0 + HOUR - Duration::from_secs(300));
+    assert!(second.issued_at() >= t0 + HOUR - Duration::from_secs(301));
     assert_eq!(cache.stats().waits, 1, "only the very first call waited");
 }
 
@@ -105,8 +106,9 @@ async fn a_token_within_the_hard_margin_is_never_handed_out() {
     let first = cache.token().await.unwrap();
     emulator.fail_randomly(1.0, vec![Fault::unavailable()]);
 
-    // Refreshes fail; the token is served until 30 s (the hard margin) before expiry.
-    advance(HOUR - Duration::from_secs(31)).await;
+    // Refreshes fail; the token is served until 30 s (the hard margin) before expiry, less
+    // the second whole-second expiry can cost.
+    advance(HOUR - Duration::from_secs(32)).await;
     settle().await;
     assert!(cache.cached().unwrap().same_as(&first));
     assert!(cache.token().await.unwrap().same_as(&first));
@@ -338,7 +340,7 @@ async fn expiry_follows_expires_in_on_the_monotonic_clock_not_wall_clocks() {
     let cache = builder(&emulator).jitter(0.0).build().unwrap();
     let first = cache.token().await.unwrap();
     let wall_before = std::time::SystemTime::now();
-    advance(HOUR - Duration::from_secs(301)).await;
+    advance(HOUR - Duration::from_secs(302)).await;
     settle().await;
     // Almost an hour passed on the monotonic clock and (nearly) none on the wall clock: the
     // cache acted on the former only.

@@ -71,6 +71,15 @@ impl SecretFormat {
             client_id: client_id.into(),
         }
     }
+
+    /// Parses a secret's value in this format, straight into secret types.
+    ///
+    /// # Errors
+    ///
+    /// The [`SecretProblem`] (a missing field, the position of a JSON error), never the value.
+    pub fn parse(&self, value: &SecretString) -> Result<LoadedSecret, SecretProblem> {
+        parse(self, value, None)
+    }
 }
 
 /// Client credentials loaded from a secret, with the optional request-signing key.

@@ -19,14 +19,22 @@ pub(crate) struct Plan {
     pub(crate) usable_for: Duration,
 }
 
-/// Plans a token's life: refresh at `lifetime - soft`, hand out until `lifetime - hard`.
+/// Plans a token's life: refresh at `usable - soft`, hand out until `usable - hard`, where
+/// `usable` is the lifetime less the second that whole-second expiry can cost.
 ///
 /// Both margins scale with the lifetime so that neither eats most of it: the soft margin is
-/// at most a quarter of the lifetime and the hard margin at most half the soft one. So an
-/// hour-long token refreshes about 5 minutes before expiry (jittered) and is handed out until
-/// `30 s + renewal` before it; a 20-second token refreshes at about 15 s and is handed out
-/// until 17.5 s. `unit` in `[0, 1]` is the random draw for the jitter.
+/// at most a quarter of it and the hard margin at most half the soft one. So an hour-long
+/// token refreshes about 5 minutes before expiry (jittered) and is handed out until
+/// `30 s + renewal` before it; a 20-second token refreshes at about 14.25 s and is handed out
+/// until about 16.6 s. `unit` in `[0, 1]` is the random draw for the jitter.
 pub(crate) fn plan(lifetime: Duration, margins: Margins, renewal: Duration, unit: f64) -> Plan {
+    // `expires_in` is whole seconds and servers compare a JWT's whole-second `exp` with
+    // their clock, so a token can be rejected up to a second before `sent + expires_in`.
+    let lifetime = if lifetime >= Duration::from_secs(2) {
+        lifetime - Duration::from_secs(1)
+    } else {
+        lifetime / 2
+    };
     let soft = margins.soft.min(lifetime / 4);
     let spread = 1.0 + margins.jitter * (2.0 * unit.clamp(0.0, 1.0) - 1.0);
     let soft = soft.mul_f64(spread).min(lifetime / 2);
@@ -70,10 +78,10 @@ mod tests {
         let low = plan(Duration::from_secs(3600), DEFAULT, Duration::ZERO, 0.0);
         let mid = plan(Duration::from_secs(3600), DEFAULT, Duration::ZERO, 0.5);
         let high = plan(Duration::from_secs(3600), DEFAULT, Duration::ZERO, 1.0);
-        assert_eq!(mid.refresh_after, Duration::from_secs(3300));
-        assert_eq!(low.refresh_after, Duration::from_secs(3330));
-        assert_eq!(high.refresh_after, Duration::from_secs(3270));
-        assert_eq!(mid.usable_for, Duration::from_secs(3570));
+        assert_eq!(mid.refresh_after, Duration::from_secs(3299));
+        assert_eq!(low.refresh_after, Duration::from_secs(3329));
+        assert_eq!(high.refresh_after, Duration::from_secs(3269));
+        assert_eq!(mid.usable_for, Duration::from_secs(3569));
     }
 
     #[test]
@@ -84,7 +92,7 @@ mod tests {
             Duration::from_secs(4),
             0.5,
         );
-        assert_eq!(p.usable_for, Duration::from_secs(3566));
+        assert_eq!(p.usable_for, Duration::from_secs(3565));
     }
 
     #[test]
@@ -95,18 +103,25 @@ mod tests {
             Duration::from_millis(10),
             0.5,
         );
-        assert_eq!(p.refresh_after, Duration::from_secs(15));
-        assert_eq!(p.usable_for, Duration::from_millis(17_500));
+        assert_eq!(p.refresh_after, Duration::from_millis(14_250));
+        assert_eq!(p.usable_for, Duration::from_millis(16_625));
         for secs in [1, 2, 5, 20, 60, 600, 3600, 86_400] {
             for unit in [0.0, 0.5, 1.0] {
                 let life = Duration::from_secs(secs);
                 let p = plan(life, DEFAULT, Duration::from_secs(2), unit);
+                // Never refresh in the first third, always before withdrawing, and never hand
+                // out a token in its last second (or last half, for sub-2-second lifetimes).
                 assert!(
-                    p.refresh_after >= life / 2,
+                    p.refresh_after >= life / 3,
                     "{secs}s: refresh too early {p:?}"
                 );
                 assert!(p.refresh_after < p.usable_for, "{secs}s: {p:?}");
-                assert!(p.usable_for < life, "{secs}s: {p:?}");
+                let last_usable = if secs >= 2 {
+                    life - Duration::from_secs(1)
+                } else {
+                    life / 2
+                };
+                assert!(p.usable_for < last_usable, "{secs}s: {p:?}");
             }
         }
     }

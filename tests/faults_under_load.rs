@@ -1,0 +1,251 @@
+//! 50,000 Payments API requests through a real client stack (hyper-util, the bearer layer,
+//! the emulator's Payments stand-in) while the token endpoint fails about 30% of token
+//! requests in every way it can, and issues 2-second tokens so refreshes never stop.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tower::{Layer, ServiceExt};
+use truelayer_auth::{ClientCredentials, Environment, Error, RetryPolicy, TokenCache, TokenClient};
+use truelayer_auth_emulator::{Emulator, Fault};
+use truelayer_auth_tower::{BearerAuthError, BearerAuthLayer, CloneBodies};
+
+const REQUESTS: u64 = 50_000;
+const TASKS: u64 = 64;
+const LIFETIME_S: i64 = 2;
+
+fn rss_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stack_holds_under_token_endpoint_faults_and_load() {
+    let emulator = Emulator::start().await.unwrap();
+    let env = Environment::custom(&emulator.url()).unwrap();
+    let creds =
+        ClientCredentials::new(emulator.client_id(), emulator.client_secret().into()).unwrap();
+    let token_client = TokenClient::builder()
+        .timeout(Duration::from_millis(500))
+        .connect_timeout(Duration::from_millis(500))
+        .retry_policy(RetryPolicy::none())
+        .build()
+        .unwrap();
+    let tokens = TokenCache::builder(env, creds)
+        .client(token_client)
+        .wait_timeout(Duration::from_secs(3))
+        .refresh_backoff(Duration::from_millis(100), Duration::from_secs(1))
+        .min_fetch_interval(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let client = BearerAuthLayer::new(tokens.clone())
+        .replay_policy(CloneBodies)
+        .layer(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
+
+    // One payment to read back, made before the faults start.
+    let created = client
+        .clone()
+        .oneshot(
+            Request::post(format!("{}/v3/payments", emulator.url()))
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from_static(b"{}")))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let body = created.into_body().collect().await.unwrap().to_bytes();
+    let id = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let url = format!("{}/v3/payments/{id}", emulator.url());
+
+    emulator.set_token_lifetime(Some(LIFETIME_S));
+    emulator.fail_randomly(
+        0.3,
+        vec![
+            Fault::internal_error(),
+            Fault::unavailable(),
+            Fault::rate_limited(1),
+            Fault::delay(Duration::from_millis(1500)), // past the 500 ms client timeout
+            Fault::DropConnection,
+            Fault::Truncate,
+            Fault::malformed("<html>502 Bad Gateway</html>"),
+            Fault::malformed("{\"access_token\":"),
+            Fault::malformed(r#"{"access_token":"x","expires_in":0,"token_type":"Bearer"}"#),
+        ],
+    );
+    tokens.invalidate(&tokens.token().await.unwrap()); // start on a 2-second token
+
+    // Besides the 2-second lifetime, withdraw the token every 100 ms as a 401 would, so
+    // refreshes (and the faults they meet) keep coming while callers wait on them.
+    let churn = tokio::spawn({
+        let tokens = tokens.clone();
+        async move {
+            let mut every = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                every.tick().await;
+                if let Some(token) = tokens.cached() {
+                    token.invalidate();
+                }
+            }
+        }
+    });
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let violations = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let started = Instant::now();
+    let mut rss_early = 0;
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let (client, url, tokens) = (client.clone(), url.clone(), tokens.clone());
+            let (ok, failed, violations) = (ok.clone(), failed.clone(), violations.clone());
+            tokio::spawn(async move {
+                for _ in 0..REQUESTS / TASKS + u64::from(task < REQUESTS % TASKS) {
+                    let request = Request::get(&url).body(Full::new(Bytes::new())).unwrap();
+                    let sent = Instant::now();
+                    match client.clone().oneshot(request).await {
+                        Ok(response) => {
+                            let status = response.status();
+                            response.into_body().collect().await.unwrap();
+                            if status == 200 {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            } else {
+                                violations
+                                    .lock()
+                                    .unwrap()
+                                    .push(format!("answered {status}"));
+                            }
+                        }
+                        Err(BearerAuthError::Token(e)) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            // Only acceptable if no usable token existed while this request waited:
+                            // the cache holds none, or got its current one during the wait.
+                            let stats = tokens.stats();
+                            let waited = sent.elapsed() + Duration::from_millis(600);
+                            if stats.token_age.is_some_and(|age| age > waited) {
+                                violations
+                                    .lock()
+                                    .unwrap()
+                                    .push(format!("failed with a usable token cached: {e}"));
+                            }
+                            if !matches!(
+                                e,
+                                Error::ServerError { .. }
+                                    | Error::RateLimited { .. }
+                                    | Error::Timeout
+                                    | Error::Transport(_)
+                                    | Error::InvalidResponse { .. }
+                                    | Error::WaitTimedOut { .. }
+                            ) {
+                                violations
+                                    .lock()
+                                    .unwrap()
+                                    .push(format!("unexpected error kind: {e:?}"));
+                            }
+                        }
+                        Err(other) => violations
+                            .lock()
+                            .unwrap()
+                            .push(format!("inner service failed: {other}")),
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut remaining = tasks;
+    while !remaining.is_empty() {
+        let (done, _, rest) = futures_select(remaining).await;
+        done.unwrap();
+        remaining = rest;
+        if rss_early == 0
+            && ok.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) > REQUESTS / 5
+        {
+            rss_early = rss_kib("VmRSS:");
+        }
+    }
+    let elapsed = started.elapsed();
+    churn.abort();
+    let stats = emulator.stats();
+    let invalidations = tokens.stats().invalidations;
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let rss_end = rss_kib("VmRSS:");
+    let minimum_fetches = elapsed.as_secs_f64() / (LIFETIME_S as f64 * 0.75);
+    eprintln!(
+        "faults under load: {ok} ok, {failed} failed ({:.2}%), in {elapsed:.1?}; token requests {} \
+         ({} faults injected, {} tokens issued; the lifetime and {invalidations} invalidations imply \
+         at least {:.0}); RSS {rss_early} KiB at 20%, {rss_end} KiB at the end, peak {} KiB",
+        100.0 * failed as f64 / REQUESTS as f64,
+        stats.token_requests,
+        stats.faults_served,
+        stats.tokens_issued,
+        minimum_fetches + invalidations as f64,
+        rss_kib("VmHWM:"),
+    );
+
+    let violations = violations.lock().unwrap();
+    assert!(
+        violations.is_empty(),
+        "{} violations, first: {:?}",
+        violations.len(),
+        violations.first()
+    );
+    assert_eq!(ok + failed, REQUESTS);
+    assert_eq!(
+        stats.api_rejections, 0,
+        "no request reached the API without a valid token"
+    );
+    assert_eq!(
+        stats.api_requests,
+        ok + 1,
+        "every success was one API call (plus the setup)"
+    );
+    assert!(
+        stats.faults_served > 10,
+        "faults were really injected: {}",
+        stats.faults_served
+    );
+    let implied = minimum_fetches + invalidations as f64;
+    assert!(
+        (stats.tokens_issued as f64) <= implied + 2.0,
+        "{} tokens issued where the lifetime and invalidations imply {implied:.0}",
+        stats.tokens_issued
+    );
+    assert!(
+        rss_end.saturating_sub(rss_early) < 32 * 1024,
+        "memory grew from {rss_early} to {rss_end} KiB"
+    );
+}
+
+/// Waits for the first of `tasks` to finish.
+async fn futures_select<T>(
+    mut tasks: Vec<tokio::task::JoinHandle<T>>,
+) -> (
+    Result<T, tokio::task::JoinError>,
+    usize,
+    Vec<tokio::task::JoinHandle<T>>,
+) {
+    let (result, index) = std::future::poll_fn(|cx| {
+        for (i, task) in tasks.iter_mut().enumerate() {
+            if let std::task::Poll::Ready(r) = std::pin::Pin::new(task).poll(cx) {
+                return std::task::Poll::Ready((r, i));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await;
+    drop(tasks.remove(index));
+    (result, index, tasks)
+}
