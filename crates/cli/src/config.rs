@@ -15,7 +15,7 @@ use crate::Failure;
 /// Environment, credentials and scopes, shared by `token` and `proxy`.
 #[derive(Debug, Args)]
 pub(crate) struct AuthArgs {
-    /// `sandbox`, `production`, or a base URL such as http://127.0.0.1:8080.
+    /// `sandbox`, `production`, or a base URL such as `http://127.0.0.1:8080`.
     #[arg(long = "env", env = "TRUELAYER_ENV", value_name = "ENV")]
     environment: Option<String>,
     /// The client_id from TrueLayer Console.

@@ -37,7 +37,7 @@ pub(crate) struct ProxyArgs {
     #[arg(long)]
     allow_remote: bool,
     /// The API base URL to forward to. Default: the environment's Payments API
-    /// (https://api.truelayer-sandbox.com for sandbox), or the embedded emulator.
+    /// (`https://api.truelayer-sandbox.com` for sandbox), or the embedded emulator.
     #[arg(long)]
     upstream: Option<String>,
     /// Request bodies up to this many bytes are held so the request can be replayed after a

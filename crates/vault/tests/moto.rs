@@ -51,6 +51,32 @@ async fn create(config: &SdkConfig, name: &str, value: &str) -> String {
     out.version_id().unwrap().to_owned()
 }
 
+/// Writes a new version as AWSPENDING, as a rotation's first step; returns its version id.
+async fn put_pending(admin: &Client, name: &str, value: &str) -> String {
+    let out = admin
+        .put_secret_value()
+        .secret_id(name)
+        .secret_string(value)
+        .version_stages("AWSPENDING")
+        .send()
+        .await
+        .unwrap();
+    out.version_id().unwrap().to_owned()
+}
+
+/// Moves AWSCURRENT from `from` to `to`, as a rotation's last step.
+async fn promote(admin: &Client, name: &str, to: &str, from: &str) {
+    admin
+        .update_secret_version_stage()
+        .secret_id(name)
+        .version_stage("AWSCURRENT")
+        .move_to_version_id(to)
+        .remove_from_version_id(from)
+        .send()
+        .await
+        .unwrap();
+}
+
 async fn source(config: &SdkConfig, name: &str) -> SecretsManagerCredentials {
     SecretsManagerCredentials::builder(name)
         .sdk_config(config.clone())
@@ -184,17 +210,12 @@ async fn rotation_pending_is_ignored_current_is_picked_up_on_reload() {
     );
 
     // A rotation writes the new value as AWSPENDING first: it must be ignored.
-    let v2 = admin
-        .put_secret_value()
-        .secret_id(&name)
-        .secret_string(r#"{"client_id":"merchant-r","client_secret":"new"}"#)
-        .version_stages("AWSPENDING")
-        .send()
-        .await
-        .unwrap()
-        .version_id()
-        .unwrap()
-        .to_owned();
+    let v2 = put_pending(
+        &admin,
+        &name,
+        r#"{"client_id":"merchant-r","client_secret":"new"}"#,
+    )
+    .await;
     assert_eq!(
         creds
             .reload()
@@ -206,15 +227,7 @@ async fn rotation_pending_is_ignored_current_is_picked_up_on_reload() {
     );
 
     // Then AWSCURRENT moves to it.
-    admin
-        .update_secret_version_stage()
-        .secret_id(&name)
-        .version_stage("AWSCURRENT")
-        .move_to_version_id(&v2)
-        .remove_from_version_id(&v1)
-        .send()
-        .await
-        .unwrap();
+    promote(&admin, &name, &v2, &v1).await;
     assert_eq!(
         creds
             .credentials()
@@ -280,26 +293,13 @@ async fn after_the_ttl_describe_secret_decides_whether_to_fetch() {
         "DescribeSecret said the cached version is current"
     );
 
-    let v2 = admin
-        .put_secret_value()
-        .secret_id(&name)
-        .secret_string(r#"{"client_id":"merchant-t","client_secret":"two"}"#)
-        .version_stages("AWSPENDING")
-        .send()
-        .await
-        .unwrap()
-        .version_id()
-        .unwrap()
-        .to_owned();
-    admin
-        .update_secret_version_stage()
-        .secret_id(&name)
-        .version_stage("AWSCURRENT")
-        .move_to_version_id(&v2)
-        .remove_from_version_id(&v1)
-        .send()
-        .await
-        .unwrap();
+    let v2 = put_pending(
+        &admin,
+        &name,
+        r#"{"client_id":"merchant-t","client_secret":"two"}"#,
+    )
+    .await;
+    promote(&admin, &name, &v2, &v1).await;
     past_ttl().await;
     assert_eq!(
         creds
