@@ -107,7 +107,6 @@ async fn the_stack_holds_under_token_endpoint_faults_and_load() {
     let failed = Arc::new(AtomicU64::new(0));
     let violations = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let started = Instant::now();
-    let mut rss_early = 0;
     let tasks: Vec<_> = (0..TASKS)
         .map(|task| {
             let (client, url, tokens) = (client.clone(), url.clone(), tokens.clone());
@@ -165,17 +164,21 @@ async fn the_stack_holds_under_token_endpoint_faults_and_load() {
             })
         })
         .collect();
-    let mut remaining = tasks;
-    while !remaining.is_empty() {
-        let (done, _, rest) = futures_select(remaining).await;
-        done.unwrap();
-        remaining = rest;
-        if rss_early == 0
-            && ok.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) > REQUESTS / 5
-        {
-            rss_early = rss_kib("VmRSS:");
+    // Sample RSS once a fifth of the requests are done, to compare with the end.
+    let sampler = tokio::spawn({
+        let (ok, failed) = (ok.clone(), failed.clone());
+        async move {
+            let mut every = tokio::time::interval(Duration::from_millis(20));
+            while ok.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < REQUESTS / 5 {
+                every.tick().await;
+            }
+            rss_kib("VmRSS:")
         }
+    });
+    for task in tasks {
+        task.await.unwrap();
     }
+    let rss_early = sampler.await.unwrap();
     let elapsed = started.elapsed();
     churn.abort();
     let stats = emulator.stats();
@@ -227,25 +230,4 @@ async fn the_stack_holds_under_token_endpoint_faults_and_load() {
         rss_end.saturating_sub(rss_early) < 32 * 1024,
         "memory grew from {rss_early} to {rss_end} KiB"
     );
-}
-
-/// Waits for the first of `tasks` to finish.
-async fn futures_select<T>(
-    mut tasks: Vec<tokio::task::JoinHandle<T>>,
-) -> (
-    Result<T, tokio::task::JoinError>,
-    usize,
-    Vec<tokio::task::JoinHandle<T>>,
-) {
-    let (result, index) = std::future::poll_fn(|cx| {
-        for (i, task) in tasks.iter_mut().enumerate() {
-            if let std::task::Poll::Ready(r) = std::pin::Pin::new(task).poll(cx) {
-                return std::task::Poll::Ready((r, i));
-            }
-        }
-        std::task::Poll::Pending
-    })
-    .await;
-    drop(tasks.remove(index));
-    (result, index, tasks)
 }

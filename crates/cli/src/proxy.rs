@@ -251,13 +251,18 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
+    // Headers named in `Connection` are hop-by-hop too; most requests have none to collect.
+    let named: Vec<HeaderName> = if !headers.contains_key(header::CONNECTION) {
+        Vec::new()
+    } else {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect()
+    };
     for name in HOP_BY_HOP.iter().chain(named.iter()) {
         headers.remove(name);
     }
@@ -282,7 +287,7 @@ impl Proxy {
                     .append(header::VIA, HeaderValue::from_static("1.1 tlauth"));
                 Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync())
             }
-            Err(BearerAuthError::Token(e)) => json_error(
+            Err(BearerAuthError::Token(e)) => json_response(
                 StatusCode::BAD_GATEWAY,
                 serde_json::json!({
                     "error": "token_unavailable",
@@ -291,7 +296,7 @@ impl Proxy {
                     "message": e.to_string(),
                 }),
             ),
-            Err(e) => json_error(
+            Err(e) => json_response(
                 StatusCode::BAD_GATEWAY,
                 serde_json::json!({ "error": "upstream_unreachable", "message": e.to_string() }),
             ),
@@ -316,7 +321,7 @@ impl Proxy {
             .path_and_query(format!("{base_path}{path_and_query}"))
             .build()
             .map_err(|_| {
-                json_error(
+                json_response(
                     StatusCode::BAD_REQUEST,
                     serde_json::json!({ "error": "bad_request_target" }),
                 )
@@ -345,7 +350,7 @@ impl Proxy {
             match body.collect().await {
                 Ok(collected) => ProxyBody::Held(Full::new(collected.to_bytes())),
                 Err(_) => {
-                    return Err(json_error(
+                    return Err(json_response(
                         StatusCode::BAD_REQUEST,
                         serde_json::json!({ "error": "request_body_incomplete" }),
                     ));
@@ -364,7 +369,7 @@ impl Proxy {
             (Some(_), Some(_)) => (StatusCode::OK, "degraded"),
             (None, _) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         };
-        json_error(
+        json_response(
             status,
             serde_json::json!({
                 "status": state,
@@ -379,7 +384,7 @@ impl Proxy {
     }
 }
 
-fn json_error(status: StatusCode, body: serde_json::Value) -> Response<ResponseBody> {
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response<ResponseBody> {
     let mut response = Response::new(
         Full::new(Bytes::from(body.to_string()))
             .map_err(|never| match never {})

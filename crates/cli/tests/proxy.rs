@@ -395,10 +395,6 @@ async fn shutdown_lets_in_flight_requests_finish() {
     let mut proxy = proxy;
     let status = proxy.child.wait().unwrap();
     assert!(status.success(), "{status}");
-    assert!(
-        std::net::TcpStream::connect(proxy.addr).is_err(),
-        "no new connections after shutdown"
-    );
 }
 
 #[test]

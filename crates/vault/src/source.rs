@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_secretsmanager::Client;
+use aws_sdk_secretsmanager::config::http::HttpResponse;
 use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use secrecy::SecretString;
 use tokio::time::Instant;
@@ -384,18 +385,19 @@ impl CredentialsSource for SecretsManagerCredentials {
 }
 
 /// Maps an SDK error to what a user can act on.
-fn classify<E, R>(
-    err: SdkError<E, R>,
+fn classify<E>(
+    err: SdkError<E, HttpResponse>,
     secret_id: &str,
     stage: &str,
     action: &'static str,
 ) -> VaultError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: fmt::Debug + Send + Sync + 'static,
 {
     let secret_id = secret_id.to_owned();
-    let status_5xx = matches!(&err, SdkError::ServiceError(_));
+    let status_5xx = err
+        .raw_response()
+        .is_some_and(|r| r.status().is_server_error());
     match &err {
         SdkError::TimeoutError(_) => return VaultError::Timeout { secret_id },
         SdkError::DispatchFailure(d) if d.is_timeout() => return VaultError::Timeout { secret_id },

@@ -60,6 +60,12 @@ async fn past_ttl() {
     tokio::time::advance(Duration::from_secs(61)).await;
 }
 
+/// The client secret the source hands out now.
+async fn current_secret(creds: &SecretsManagerCredentials) -> String {
+    let c = creds.credentials().await.unwrap();
+    c.client_secret().expose_secret().to_owned()
+}
+
 #[tokio::test(start_paused = true)]
 async fn access_denied_names_the_missing_iam_action() {
     let get = mock!(Client::get_secret_value)
@@ -155,35 +161,30 @@ async fn a_moved_stage_is_fetched_and_a_current_one_is_not() {
         .output(|| current("v2"))
         .build();
     let creds = source(&[&get, &describe]).await;
-    assert_eq!(
-        creds
-            .credentials()
-            .await
-            .unwrap()
-            .client_secret()
-            .expose_secret(),
-        "one"
-    );
+    assert_eq!(current_secret(&creds).await, "one");
     past_ttl().await;
-    assert_eq!(
-        creds
-            .credentials()
-            .await
-            .unwrap()
-            .client_secret()
-            .expose_secret(),
-        "one"
-    );
+    assert_eq!(current_secret(&creds).await, "one");
     assert_eq!(get.num_calls(), 1);
     past_ttl().await;
-    assert_eq!(
-        creds
-            .credentials()
-            .await
-            .unwrap()
-            .client_secret()
-            .expose_secret(),
-        "two"
-    );
+    assert_eq!(current_secret(&creds).await, "two");
     assert_eq!(get.num_calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_uncoded_5xx_is_retryable_and_an_uncoded_4xx_is_not() {
+    use aws_sdk_secretsmanager::config::http::HttpResponse;
+    use aws_smithy_runtime_api::http::StatusCode;
+    use aws_smithy_types::body::SdkBody;
+
+    for (status, retryable) in [(503, true), (400, false)] {
+        let get = mock!(Client::get_secret_value).then_http_response(move || {
+            HttpResponse::new(StatusCode::try_from(status).unwrap(), SdkBody::from("{}"))
+        });
+        let err = source(&[&get]).await.secret().await.unwrap_err();
+        assert!(
+            matches!(err, VaultError::Service { .. }),
+            "{status}: {err:?}"
+        );
+        assert_eq!(err.is_retryable(), retryable, "{status}: {err:?}");
+    }
 }

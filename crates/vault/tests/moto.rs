@@ -85,6 +85,18 @@ async fn source(config: &SdkConfig, name: &str) -> SecretsManagerCredentials {
         .unwrap()
 }
 
+/// The client secret the source hands out now.
+async fn current_secret(creds: &SecretsManagerCredentials) -> String {
+    let c = creds.credentials().await.unwrap();
+    c.client_secret().expose_secret().to_owned()
+}
+
+/// The client secret after a forced reload.
+async fn reloaded_secret(creds: &SecretsManagerCredentials) -> String {
+    let c = creds.reload().await.unwrap();
+    c.client_secret().expose_secret().to_owned()
+}
+
 #[tokio::test]
 #[ignore = "needs moto: run cargo xtask ci"]
 async fn reads_a_json_secret_by_stage() {
@@ -199,15 +211,7 @@ async fn rotation_pending_is_ignored_current_is_picked_up_on_reload() {
     )
     .await;
     let creds = source(&config, &name).await;
-    assert_eq!(
-        creds
-            .credentials()
-            .await
-            .unwrap()
-            .client_secret()
-            .expose_secret(),
-        "old"
-    );
+    assert_eq!(current_secret(&creds).await, "old");
 
     // A rotation writes the new value as AWSPENDING first: it must be ignored.
     let v2 = put_pending(
@@ -216,37 +220,12 @@ async fn rotation_pending_is_ignored_current_is_picked_up_on_reload() {
         r#"{"client_id":"merchant-r","client_secret":"new"}"#,
     )
     .await;
-    assert_eq!(
-        creds
-            .reload()
-            .await
-            .unwrap()
-            .client_secret()
-            .expose_secret(),
-        "old"
-    );
+    assert_eq!(reloaded_secret(&creds).await, "old");
 
     // Then AWSCURRENT moves to it.
     promote(&admin, &name, &v2, &v1).await;
-    assert_eq!(
-        creds
-            .credentials()
-            .await
-            .unwrap()
-            .client_secret()
-            .expose_secret(),
-        "old",
-        "cached within the TTL"
-    );
-    assert_eq!(
-        creds
-            .reload()
-            .await
-            .unwrap()
-            .client_secret()
-            .expose_secret(),
-        "new"
-    );
+    assert_eq!(current_secret(&creds).await, "old", "cached within the TTL");
+    assert_eq!(reloaded_secret(&creds).await, "new");
 }
 
 #[tokio::test]
@@ -278,15 +257,7 @@ async fn after_the_ttl_describe_secret_decides_whether_to_fetch() {
         tokio::time::resume();
     };
     past_ttl().await;
-    assert_eq!(
-        creds
-            .credentials()
-            .await
-            .unwrap()
-            .client_secret()
-            .expose_secret(),
-        "one"
-    );
+    assert_eq!(current_secret(&creds).await, "one");
     assert_eq!(
         creds.fetch_count(),
         1,
@@ -301,15 +272,7 @@ async fn after_the_ttl_describe_secret_decides_whether_to_fetch() {
     .await;
     promote(&admin, &name, &v2, &v1).await;
     past_ttl().await;
-    assert_eq!(
-        creds
-            .credentials()
-            .await
-            .unwrap()
-            .client_secret()
-            .expose_secret(),
-        "two"
-    );
+    assert_eq!(current_secret(&creds).await, "two");
     assert_eq!(creds.fetch_count(), 2);
 }
 

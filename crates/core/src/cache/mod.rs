@@ -38,6 +38,8 @@ use crate::token::AccessToken;
 ///   of an hour by default, scaled down for short lifetimes and jittered by ±10% so a fleet
 ///   does not refresh in lockstep), the task refreshes in the background while callers keep
 ///   getting the current token.
+/// - **Whole seconds**: margins count back from `expires_in` less 1 s, because servers compare
+///   a JWT's whole-second `exp` and can reject a token up to a second early.
 /// - **Hard margin**: a token within the hard margin of expiry (30 s plus the renewal time
 ///   of recent fetches, scaled down for short lifetimes) is withdrawn; callers then wait for
 ///   the fresh one, up to the wait deadline, and get a typed [`Error`] after it.
