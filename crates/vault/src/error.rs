@@ -93,9 +93,15 @@ pub enum VaultError {
     },
     /// The AWS configuration has no region.
     MissingRegion,
-    /// No AWS credentials could be found or loaded.
+    /// No AWS credentials could be found, or AWS does not accept the ones configured.
     MissingCredentials {
         /// The credential provider's description of the failure.
+        detail: String,
+    },
+    /// Loading AWS credentials failed for now: the provider timed out or failed, or the
+    /// session credentials expired (an expiring role session being renewed). Retryable.
+    AwsCredentialsUnavailable {
+        /// What failed, in a few words.
         detail: String,
     },
     /// The call timed out. Retryable.
@@ -130,7 +136,8 @@ impl VaultError {
         match self {
             VaultError::Throttled { .. }
             | VaultError::Timeout { .. }
-            | VaultError::Transport { .. } => true,
+            | VaultError::Transport { .. }
+            | VaultError::AwsCredentialsUnavailable { .. } => true,
             VaultError::Service { retryable, .. } => *retryable,
             _ => false,
         }
@@ -173,6 +180,11 @@ impl fmt::Display for VaultError {
                 "no AWS credentials could be loaded ({detail}): configure the default chain \
                  (environment, profile, web identity, or instance/task role)"
             ),
+            VaultError::AwsCredentialsUnavailable { detail } => write!(
+                f,
+                "AWS credentials are unavailable for now ({detail}); this is retried, and a \
+                 secret already loaded is served meanwhile"
+            ),
             VaultError::Timeout { secret_id } => {
                 write!(f, "the request for secret `{secret_id}` to AWS Secrets Manager timed out")
             }
@@ -192,7 +204,8 @@ impl std::error::Error for VaultError {}
 
 impl From<VaultError> for CredentialsError {
     fn from(e: VaultError) -> Self {
-        let message = e.to_string();
+        // This layer's own failure; the vault's error, with what to fix, is the source.
+        let message = "loading the client credentials from AWS Secrets Manager failed";
         let base = if e.is_retryable() {
             CredentialsError::retryable(message)
         } else {

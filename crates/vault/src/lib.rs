@@ -1,10 +1,10 @@
 //! TrueLayer client credentials from AWS Secrets Manager, held in `secrecy` types.
 //!
 //! [`SecretsManagerCredentials`] is a [`CredentialsSource`](truelayer_auth::CredentialsSource)
-//! for the token cache of `truelayer-auth`: it reads the secret by stage, caches it for a TTL
-//! (checking with a cheap `DescribeSecret` that the stage has not moved), keeps serving the
-//! cached value through transient AWS errors, and reloads it when TrueLayer answers
-//! `invalid_client`, so a rotated secret is picked up without a restart.
+//! for the token cache of `truelayer-auth`: it reads the secret by stage (`GetSecretValue`, the
+//! only IAM action it needs), reuses it for a TTL, keeps serving it through any failure to
+//! read it again, and reloads it when TrueLayer answers `invalid_client`, so a rotated secret
+//! is picked up without a restart.
 //!
 //! # Example
 //!

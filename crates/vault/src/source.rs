@@ -18,21 +18,27 @@ use zeroize::Zeroize;
 use crate::error::{SecretProblem, VaultError};
 use crate::format::{LoadedSecret, SecretFormat, parse};
 
-/// How long a transient failure lets the cached value be served before AWS is asked again.
+/// How long a failure to re-read the secret lets the cached value be served before AWS is
+/// asked again.
 const STALE_RETRY: Duration = Duration::from_secs(30);
 
 /// Client credentials from an AWS Secrets Manager secret.
 ///
 /// - Reads the version in the configured stage (`AWSCURRENT` by default, always sent
-///   explicitly) and parses it straight into `secrecy` types ([`SecretFormat`]).
-/// - Caches it for a TTL (1 hour by default, like AWS's own caching clients). After the TTL a
-///   `DescribeSecret` call checks that the cached version still carries the stage; only if it
-///   moved is the value fetched again. Concurrent callers share one call.
-/// - On transient errors (throttling, timeouts, connection failures) the cached value keeps
-///   being served.
-/// - [`reload`](CredentialsSource::reload) always fetches: the token cache calls it when
-///   TrueLayer answers `invalid_client`, which is how a rotated secret is picked up without a
-///   restart.
+///   explicitly) with `GetSecretValue`, the only IAM action it needs, and parses it straight
+///   into `secrecy` types ([`SecretFormat`]).
+/// - Reuses it for a TTL (1 hour by default, like AWS's own caching clients), then reads it
+///   again. Concurrent callers share one call.
+/// - Once a secret is held, it is served through any failure to read it again (throttling,
+///   an outage, expired AWS credentials, a permission removed by mistake), retried every
+///   30 s meanwhile: a token refresh never fails because Secrets Manager had a bad minute.
+/// - [`reload`](CredentialsSource::reload) always returns a value read after it was asked
+///   for: the token cache calls it when TrueLayer answers `invalid_client`, which is how a
+///   rotated secret is picked up without a restart.
+///
+/// Why no `DescribeSecret` check of the version after the TTL (as AWS's caching clients do):
+/// a token cache asks for credentials about once an hour, so a full read costs no more than
+/// the check would, and saves an IAM action.
 ///
 /// # Example
 ///
@@ -59,14 +65,17 @@ struct Inner {
     ttl: Duration,
     cache: Mutex<Option<Cached>>,
     fetching: tokio::sync::Mutex<()>,
-    fetches: AtomicU64,
+    /// Reads started so far; a read's number is the count when it started.
+    reads: AtomicU64,
 }
 
 #[derive(Clone)]
 struct Cached {
     secret: Arc<LoadedSecret>,
-    /// The next time AWS is asked whether this is still current.
-    check_after: Instant,
+    /// The number of the read that got it.
+    read: u64,
+    /// When to read the secret again.
+    read_after: Instant,
 }
 
 impl fmt::Debug for SecretsManagerCredentials {
@@ -134,9 +143,9 @@ impl SecretsManagerCredentialsBuilder {
     ///
     /// [`VaultError::MissingRegion`] when the configuration has no region.
     pub async fn build(self) -> Result<SecretsManagerCredentials, VaultError> {
-        let client = match (self.client, self.sdk_config) {
-            (Some(client), _) => client,
-            (None, Some(config)) => client_from(&config)?,
+        let client = match (&self.client, &self.sdk_config) {
+            (Some(client), _) => client.clone(),
+            (None, Some(config)) => client_from(config)?,
             (None, None) => {
                 let timeouts = aws_config::timeout::TimeoutConfig::builder()
                     .operation_attempt_timeout(Duration::from_secs(5))
@@ -149,6 +158,20 @@ impl SecretsManagerCredentialsBuilder {
                 client_from(&config)?
             }
         };
+        self.build_with_client(client)
+    }
+
+    /// Builds the source with this Secrets Manager client, without any I/O: for places that
+    /// cannot `.await`, such as a [`KeyedTokenCache`](truelayer_auth::KeyedTokenCache)
+    /// credentials resolver making one source per merchant with a shared client.
+    ///
+    /// # Errors
+    ///
+    /// [`VaultError::MissingRegion`] when the client's configuration has no region.
+    pub fn build_with_client(
+        self,
+        client: Client,
+    ) -> Result<SecretsManagerCredentials, VaultError> {
         if client.config().region().is_none() {
             return Err(VaultError::MissingRegion);
         }
@@ -161,7 +184,7 @@ impl SecretsManagerCredentialsBuilder {
                 ttl: self.ttl,
                 cache: Mutex::new(None),
                 fetching: tokio::sync::Mutex::new(()),
-                fetches: AtomicU64::new(0),
+                reads: AtomicU64::new(0),
             }),
         })
     }
@@ -192,17 +215,12 @@ impl SecretsManagerCredentials {
         &self.inner.secret_id
     }
 
-    /// `GetSecretValue` calls made so far.
-    pub fn fetch_count(&self) -> u64 {
-        self.inner.fetches.load(Ordering::Relaxed)
-    }
-
-    /// The secret, from the cache while it is current.
+    /// The secret, from the cache while it is fresh.
     ///
     /// # Errors
     ///
-    /// A [`VaultError`] when there is no cached value to fall back on, or when the failure is
-    /// not transient.
+    /// A [`VaultError`] when no secret has been read yet and this read failed. Once one is
+    /// held, failures to read it again are logged and the held one is served.
     pub async fn secret(&self) -> Result<Arc<LoadedSecret>, VaultError> {
         if let Some(secret) = self.fresh() {
             return Ok(secret);
@@ -211,42 +229,36 @@ impl SecretsManagerCredentials {
         if let Some(secret) = self.fresh() {
             return Ok(secret);
         }
-        let Some(cached) = self.cached() else {
-            return self.fetch().await;
-        };
-        let outcome = match self.still_current(&cached.secret).await {
-            Ok(true) => {
-                debug!(secret_id = %self.inner.secret_id, "cached secret version is still current");
-                self.store(cached.secret.clone(), self.inner.ttl);
-                return Ok(cached.secret);
-            }
-            Ok(false) => {
-                info!(secret_id = %self.inner.secret_id, stage = %self.inner.stage, "the secret's stage moved to a new version; fetching it");
-                self.fetch().await
-            }
-            Err(e) => Err(e),
-        };
-        match outcome {
-            Err(e) if e.is_retryable() => {
-                warn!(secret_id = %self.inner.secret_id, error = %e, "serving the cached secret after a transient failure");
-                self.store(cached.secret.clone(), STALE_RETRY);
-                Ok(cached.secret)
-            }
-            other => other,
+        match self.fetch().await {
+            Ok(secret) => Ok(secret),
+            Err(e) => match self.cached() {
+                Some(cached) => {
+                    warn!(
+                        secret_id = %self.inner.secret_id,
+                        error = %e,
+                        "could not read the secret again; serving the one already loaded"
+                    );
+                    self.store(cached.secret.clone(), cached.read, STALE_RETRY);
+                    Ok(cached.secret)
+                }
+                None => Err(e),
+            },
         }
     }
 
-    /// The secret, fetched now whatever the cache holds. Callers that arrive together share one
-    /// fetch.
+    /// The secret, read from AWS after this call was made, whatever the cache holds. Callers
+    /// that arrive together share one read.
     ///
     /// # Errors
     ///
-    /// The [`VaultError`] of the fetch.
+    /// The [`VaultError`] of the read.
     pub async fn reload_secret(&self) -> Result<Arc<LoadedSecret>, VaultError> {
-        let seen = self.inner.fetches.load(Ordering::Acquire);
+        // Any read that starts from now on is recent enough; one that started before is not
+        // (it may have returned the very secret TrueLayer just rejected).
+        let asked = self.inner.reads.load(Ordering::Acquire);
         let _one_at_a_time = self.inner.fetching.lock().await;
-        if self.inner.fetches.load(Ordering::Acquire) != seen
-            && let Some(cached) = self.cached()
+        if let Some(cached) = self.cached()
+            && cached.read > asked
         {
             return Ok(cached.secret);
         }
@@ -260,7 +272,7 @@ impl SecretsManagerCredentials {
     fn fresh(&self) -> Option<Arc<LoadedSecret>> {
         let cache = self.lock();
         let cached = cache.as_ref()?;
-        (Instant::now() < cached.check_after).then(|| cached.secret.clone())
+        (Instant::now() < cached.read_after).then(|| cached.secret.clone())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Cached>> {
@@ -270,41 +282,19 @@ impl SecretsManagerCredentials {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn store(&self, secret: Arc<LoadedSecret>, valid_for: Duration) {
+    fn store(&self, secret: Arc<LoadedSecret>, read: u64, valid_for: Duration) {
         *self.lock() = Some(Cached {
             secret,
-            check_after: Instant::now() + valid_for,
+            read,
+            read_after: Instant::now() + valid_for,
         });
-    }
-
-    async fn still_current(&self, cached: &LoadedSecret) -> Result<bool, VaultError> {
-        let inner = &self.inner;
-        let out = inner
-            .client
-            .describe_secret()
-            .secret_id(&inner.secret_id)
-            .send()
-            .await
-            .map_err(|e| {
-                classify(
-                    e,
-                    &inner.secret_id,
-                    &inner.stage,
-                    "secretsmanager:DescribeSecret",
-                )
-            })?;
-        let Some(version) = cached.version_id() else {
-            return Ok(false);
-        };
-        Ok(out
-            .version_ids_to_stages()
-            .and_then(|m| m.get(version))
-            .is_some_and(|stages| stages.iter().any(|s| *s == inner.stage)))
     }
 
     async fn fetch(&self) -> Result<Arc<LoadedSecret>, VaultError> {
         let inner = &self.inner;
         debug!(secret_id = %inner.secret_id, stage = %inner.stage, "GetSecretValue");
+        // Only called with `fetching` held, so reads are numbered in the order they start.
+        let read = inner.reads.fetch_add(1, Ordering::AcqRel) + 1;
         let result = inner
             .client
             .get_secret_value()
@@ -312,7 +302,6 @@ impl SecretsManagerCredentials {
             .version_stage(&inner.stage)
             .send()
             .await;
-        inner.fetches.fetch_add(1, Ordering::Release);
         let mut out = result.map_err(|e| {
             // Modeled errors may come without an error code in their metadata.
             use aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueError as E;
@@ -356,7 +345,7 @@ impl SecretsManagerCredentials {
             client_id = secret.credentials().client_id(),
             "loaded client credentials"
         );
-        self.store(secret.clone(), inner.ttl);
+        self.store(secret.clone(), read, inner.ttl);
         Ok(secret)
     }
 
@@ -402,8 +391,8 @@ where
         SdkError::TimeoutError(_) => return VaultError::Timeout { secret_id },
         SdkError::DispatchFailure(d) if d.is_timeout() => return VaultError::Timeout { secret_id },
         SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_) => {
-            if let Some(detail) = credentials_failure(&err) {
-                return VaultError::MissingCredentials { detail };
+            if let Some(failure) = credentials_failure(&err) {
+                return failure;
             }
             let detail = match &err {
                 SdkError::DispatchFailure(d) if d.is_io() => "connection failed",
@@ -438,7 +427,13 @@ where
         | "Throttling"
         | "TooManyRequestsException"
         | "RequestLimitExceeded" => VaultError::Throttled { secret_id },
-        "UnrecognizedClientException" | "InvalidSignatureException" | "ExpiredTokenException" => {
+        // Session credentials that expired are being renewed by the provider chain.
+        "ExpiredTokenException" | "ExpiredToken" | "RequestExpired" => {
+            VaultError::AwsCredentialsUnavailable {
+                detail: format!("AWS answered {code}"),
+            }
+        }
+        "UnrecognizedClientException" | "InvalidSignatureException" => {
             VaultError::MissingCredentials {
                 detail: format!("AWS rejected the credentials ({code})"),
             }
@@ -451,19 +446,78 @@ where
     }
 }
 
-/// The credentials provider's message, if the failure was loading AWS credentials.
-fn credentials_failure(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+/// What went wrong, if the failure was loading AWS credentials: permanent when none are
+/// configured, retryable when the provider timed out or failed.
+fn credentials_failure(err: &(dyn std::error::Error + 'static)) -> Option<VaultError> {
+    use aws_credential_types::provider::error::CredentialsError as Provider;
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = current {
-        if let Some(c) = e.downcast_ref::<aws_credential_types::provider::error::CredentialsError>()
-        {
-            return Some(c.to_string());
+        if let Some(c) = e.downcast_ref::<Provider>() {
+            let detail = c.to_string();
+            return Some(match c {
+                Provider::ProviderTimedOut(_) | Provider::ProviderError(_) => {
+                    VaultError::AwsCredentialsUnavailable { detail }
+                }
+                _ => VaultError::MissingCredentials { detail },
+            });
         }
         // The SDK's fixed message when no credentials provider is configured at all.
         if e.to_string().contains("no identity resolver") {
-            return Some("no credentials provider is configured".into());
+            return Some(VaultError::MissingCredentials {
+                detail: "no credentials provider is configured".into(),
+            });
         }
         current = e.source();
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_secretsmanager::config::retry::RetryConfig;
+    use aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueOutput;
+    use aws_smithy_mocks::{RuleMode, mock, mock_client};
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    fn value(secret: &str) -> GetSecretValueOutput {
+        GetSecretValueOutput::builder()
+            .secret_string(format!(r#"{{"client_id":"m","client_secret":"{secret}"}}"#))
+            .build()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_under_way_when_a_reload_is_asked_for_does_not_answer_the_reload() {
+        let get = mock!(Client::get_secret_value)
+            .sequence()
+            .output(|| value("rejected"))
+            .output(|| value("rotated"))
+            .build();
+        let client = mock_client!(aws_sdk_secretsmanager, RuleMode::MatchAny, [&get], |c| c
+            .retry_config(RetryConfig::disabled()));
+        let creds = SecretsManagerCredentials::builder("id")
+            .client(client)
+            .build()
+            .await
+            .unwrap();
+        creds.secret().await.unwrap();
+        // Another caller's read is under way (it holds the lock and has started)...
+        let in_flight = creds.inner.fetching.lock().await;
+        creds.inner.reads.fetch_add(1, Ordering::AcqRel);
+        let reload = tokio::spawn({
+            let creds = creds.clone();
+            async move { creds.reload_secret().await.unwrap() }
+        });
+        tokio::task::yield_now().await;
+        // ... and fails, leaving the old secret in the cache.
+        drop(in_flight);
+        let reloaded = reload.await.unwrap();
+        assert_eq!(
+            reloaded.credentials().client_secret().expose_secret(),
+            "rotated",
+            "the reload read the secret itself"
+        );
+        assert_eq!(get.num_calls(), 2);
+    }
 }

@@ -6,9 +6,6 @@ use std::time::Duration;
 use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::config::retry::RetryConfig;
 use aws_sdk_secretsmanager::error::ErrorMetadata;
-use aws_sdk_secretsmanager::operation::describe_secret::{
-    DescribeSecretError, DescribeSecretOutput,
-};
 use aws_sdk_secretsmanager::operation::get_secret_value::{
     GetSecretValueError, GetSecretValueOutput,
 };
@@ -50,12 +47,6 @@ fn value(version: &str, secret: &str) -> GetSecretValueOutput {
         .build()
 }
 
-fn current(version: &str) -> DescribeSecretOutput {
-    DescribeSecretOutput::builder()
-        .version_ids_to_stages(version, vec!["AWSCURRENT".to_owned()])
-        .build()
-}
-
 async fn past_ttl() {
     tokio::time::advance(Duration::from_secs(61)).await;
 }
@@ -85,24 +76,52 @@ async fn access_denied_names_the_missing_iam_action() {
         err.to_string().contains("secretsmanager:GetSecretValue") && err.to_string().contains(ID)
     );
     assert!(!err.is_retryable());
+}
 
-    let get = mock!(Client::get_secret_value).then_output(|| value("v1", "s1"));
-    let describe = mock!(Client::describe_secret)
-        .then_error(|| DescribeSecretError::generic(coded("AccessDeniedException")));
-    let creds = source(&[&get, &describe]).await;
-    creds.secret().await.unwrap();
-    past_ttl().await;
-    let err = creds.secret().await.unwrap_err();
+#[tokio::test(start_paused = true)]
+async fn once_a_secret_is_held_it_is_served_through_any_failure_to_read_it_again() {
+    for (what, error) in [
+        ("access denied", coded("AccessDeniedException")),
+        ("expired AWS credentials", coded("ExpiredTokenException")),
+        ("an outage", coded("InternalServiceError")),
+        ("throttling", coded("ThrottlingException")),
+    ] {
+        let get = mock!(Client::get_secret_value)
+            .sequence()
+            .output(|| value("v1", "s1"))
+            .error(move || GetSecretValueError::generic(error.clone()))
+            .output(|| value("v2", "s2"))
+            .build();
+        let creds = source(&[&get]).await;
+        assert_eq!(current_secret(&creds).await, "s1");
+        past_ttl().await;
+        assert_eq!(
+            current_secret(&creds).await,
+            "s1",
+            "{what}: the held secret is served"
+        );
+        assert_eq!(get.num_calls(), 2, "{what}");
+        // Not asked again on every call, but again after a short while.
+        for _ in 0..10 {
+            creds.credentials().await.unwrap();
+        }
+        assert_eq!(get.num_calls(), 2, "{what}");
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert_eq!(current_secret(&creds).await, "s2", "{what}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn expired_aws_credentials_are_retryable() {
+    let get = mock!(Client::get_secret_value)
+        .then_error(|| GetSecretValueError::generic(coded("ExpiredTokenException")));
+    let err = source(&[&get]).await.secret().await.unwrap_err();
     assert!(
-        matches!(
-            err,
-            VaultError::AccessDenied {
-                action: "secretsmanager:DescribeSecret",
-                ..
-            }
-        ),
+        matches!(err, VaultError::AwsCredentialsUnavailable { .. }),
         "{err:?}"
     );
+    assert!(err.is_retryable());
+    assert!(CredentialsError::from(err).is_retryable());
 }
 
 #[tokio::test(start_paused = true)]
@@ -129,45 +148,56 @@ async fn throttling_is_retryable_and_the_cache_is_served_through_it() {
         CredentialsError::from(err).is_retryable(),
         "the token cache will retry it"
     );
-
-    // With a cached value, a throttled check keeps serving it.
-    let get = mock!(Client::get_secret_value).then_output(|| value("v1", "s1"));
-    let describe = mock!(Client::describe_secret)
-        .then_error(|| DescribeSecretError::generic(coded("ThrottlingException")));
-    let creds = source(&[&get, &describe]).await;
-    creds.secret().await.unwrap();
-    past_ttl().await;
-    let served = creds.credentials().await.unwrap();
-    assert_eq!(served.client_secret().expose_secret(), "s1");
-    assert_eq!(describe.num_calls(), 1);
-    // And the next check waits a little instead of asking AWS on every call.
-    for _ in 0..10 {
-        creds.credentials().await.unwrap();
-    }
-    assert_eq!(describe.num_calls(), 1);
-    assert_eq!(get.num_calls(), 1);
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_moved_stage_is_fetched_and_a_current_one_is_not() {
+async fn the_secret_is_read_again_after_the_ttl_and_shared_within_it() {
     let get = mock!(Client::get_secret_value)
         .sequence()
         .output(|| value("v1", "one"))
         .output(|| value("v2", "two"))
         .build();
-    let describe = mock!(Client::describe_secret)
-        .sequence()
-        .output(|| current("v1"))
-        .output(|| current("v2"))
-        .build();
-    let creds = source(&[&get, &describe]).await;
-    assert_eq!(current_secret(&creds).await, "one");
-    past_ttl().await;
-    assert_eq!(current_secret(&creds).await, "one");
-    assert_eq!(get.num_calls(), 1);
+    let creds = source(&[&get]).await;
+    let callers: Vec<_> = (0..50)
+        .map(|_| {
+            let c = creds.clone();
+            tokio::spawn(async move { c.credentials().await.unwrap() })
+        })
+        .collect();
+    for c in callers {
+        assert_eq!(c.await.unwrap().client_secret().expose_secret(), "one");
+    }
+    assert_eq!(get.num_calls(), 1, "concurrent callers share one read");
     past_ttl().await;
     assert_eq!(current_secret(&creds).await, "two");
     assert_eq!(get.num_calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_returns_a_secret_read_after_it_was_asked_for() {
+    // A read that was already under way when the reload was asked for fails; the reload must
+    // not answer with the secret held from before (the one TrueLayer just rejected).
+    let get = mock!(Client::get_secret_value)
+        .sequence()
+        .output(|| value("v1", "rejected"))
+        .error(|| GetSecretValueError::generic(coded("ThrottlingException")))
+        .output(|| value("v2", "rotated"))
+        .build();
+    let creds = source(&[&get]).await;
+    assert_eq!(current_secret(&creds).await, "rejected");
+    past_ttl().await;
+    let refresh = {
+        let c = creds.clone();
+        tokio::spawn(async move { c.secret().await.unwrap() })
+    };
+    tokio::task::yield_now().await; // the refresh's read is under way
+    let reloaded = creds.reload_secret().await.unwrap();
+    assert_eq!(
+        reloaded.credentials().client_secret().expose_secret(),
+        "rotated"
+    );
+    refresh.await.unwrap();
+    assert_eq!(get.num_calls(), 3);
 }
 
 #[tokio::test(start_paused = true)]
