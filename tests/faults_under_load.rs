@@ -1,6 +1,8 @@
-//! 50,000 Payments API requests through a real client stack (hyper-util, the bearer layer,
-//! the emulator's Payments stand-in) while the token endpoint fails about 30% of token
-//! requests in every way it can, and issues 2-second tokens so refreshes never stop.
+//! Twelve seconds of Payments API requests from 64 tasks through a real client stack
+//! (hyper-util, the bearer layer, the emulator's Payments stand-in) while the token endpoint
+//! fails half of the token requests in every way it can, issues 2-second tokens, and a 401
+//! is reported every 600 ms (each the start of a new run of rejections), so refreshes never
+//! stop and callers keep meeting withdrawn tokens.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,11 +14,11 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::{Layer, ServiceExt};
-use truelayer_auth::{ClientCredentials, Environment, Error, RetryPolicy, TokenCache, TokenClient};
+use truelayer_auth::{ClientCredentials, Environment, Error, TokenCache, TokenClient};
 use truelayer_auth_emulator::{Emulator, Fault};
 use truelayer_auth_tower::{BearerAuthError, BearerAuthLayer, CloneBodies};
 
-const REQUESTS: u64 = 50_000;
+const DURATION: Duration = Duration::from_secs(12);
 const TASKS: u64 = 64;
 const LIFETIME_S: i64 = 2;
 
@@ -40,7 +42,6 @@ async fn the_stack_holds_under_token_endpoint_faults_and_load() {
     let token_client = TokenClient::builder()
         .timeout(Duration::from_millis(500))
         .connect_timeout(Duration::from_millis(500))
-        .retry_policy(RetryPolicy::none())
         .build()
         .unwrap();
     let tokens = TokenCache::builder(env, creds)
@@ -74,7 +75,7 @@ async fn the_stack_holds_under_token_endpoint_faults_and_load() {
 
     emulator.set_token_lifetime(Some(LIFETIME_S));
     emulator.fail_randomly(
-        0.3,
+        0.5,
         vec![
             Fault::internal_error(),
             Fault::unavailable(),
@@ -89,16 +90,17 @@ async fn the_stack_holds_under_token_endpoint_faults_and_load() {
     );
     tokens.invalidate(&tokens.token().await.unwrap()); // start on a 2-second token
 
-    // Besides the 2-second lifetime, withdraw the token every 100 ms as a 401 would, so
-    // refreshes (and the faults they meet) keep coming while callers wait on them.
+    // Besides the 2-second lifetime, report the token rejected as a 401 would, far enough apart
+    // that each report starts a new run: a token in use for half a second or more is
+    // withdrawn, a fresher one refreshed in the background.
     let churn = tokio::spawn({
         let tokens = tokens.clone();
         async move {
-            let mut every = tokio::time::interval(Duration::from_millis(100));
+            let mut every = tokio::time::interval(Duration::from_millis(600));
             loop {
                 every.tick().await;
                 if let Some(token) = tokens.cached() {
-                    token.invalidate();
+                    tokens.invalidate(&token);
                 }
             }
         }
@@ -108,11 +110,11 @@ async fn the_stack_holds_under_token_endpoint_faults_and_load() {
     let violations = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let started = Instant::now();
     let tasks: Vec<_> = (0..TASKS)
-        .map(|task| {
+        .map(|_| {
             let (client, url, tokens) = (client.clone(), url.clone(), tokens.clone());
             let (ok, failed, violations) = (ok.clone(), failed.clone(), violations.clone());
             tokio::spawn(async move {
-                for _ in 0..REQUESTS / TASKS + u64::from(task < REQUESTS % TASKS) {
+                while started.elapsed() < DURATION {
                     let request = Request::get(&url).body(Full::new(Bytes::new())).unwrap();
                     let sent = Instant::now();
                     match client.clone().oneshot(request).await {
@@ -166,10 +168,9 @@ async fn the_stack_holds_under_token_endpoint_faults_and_load() {
         .collect();
     // Sample RSS once a fifth of the requests are done, to compare with the end.
     let sampler = tokio::spawn({
-        let (ok, failed) = (ok.clone(), failed.clone());
         async move {
             let mut every = tokio::time::interval(Duration::from_millis(20));
-            while ok.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < REQUESTS / 5 {
+            while started.elapsed() < DURATION / 5 {
                 every.tick().await;
             }
             rss_kib("VmRSS:")
@@ -190,7 +191,7 @@ async fn the_stack_holds_under_token_endpoint_faults_and_load() {
         "faults under load: {ok} ok, {failed} failed ({:.2}%), in {elapsed:.1?}; token requests {} \
          ({} faults injected, {} tokens issued; the lifetime and {invalidations} invalidations imply \
          at least {:.0}); RSS {rss_early} KiB at 20%, {rss_end} KiB at the end, peak {} KiB",
-        100.0 * failed as f64 / REQUESTS as f64,
+        100.0 * failed as f64 / (ok + failed) as f64,
         stats.token_requests,
         stats.faults_served,
         stats.tokens_issued,
@@ -205,7 +206,7 @@ async fn the_stack_holds_under_token_endpoint_faults_and_load() {
         violations.len(),
         violations.first()
     );
-    assert_eq!(ok + failed, REQUESTS);
+    assert!(ok + failed > 10_000, "under load: {} requests", ok + failed);
     assert_eq!(
         stats.api_rejections, 0,
         "no request reached the API without a valid token"
@@ -216,7 +217,7 @@ async fn the_stack_holds_under_token_endpoint_faults_and_load() {
         "every success was one API call (plus the setup)"
     );
     assert!(
-        stats.faults_served > 10,
+        stats.faults_served >= 5,
         "faults were really injected: {}",
         stats.faults_served
     );

@@ -22,8 +22,8 @@ use hyper_util::rt::TokioExecutor;
 use secrecy::{ExposeSecret, SecretString};
 use tower::{Layer, ServiceExt};
 use truelayer_auth::{
-    ClientCredentials, CredentialsError, CredentialsSource, Environment, KeyedTokenCache,
-    RetryPolicy, Scopes, TokenCache, TokenClient, parse_token_response,
+    ClientCredentials, CredentialsError, CredentialsSource, Environment, KeyedTokenCache, Scopes,
+    TokenCache, TokenClient, TokenSource,
 };
 use truelayer_auth_emulator::{Emulator, Fault, KNOWN_SCOPES};
 use truelayer_auth_tower::{BearerAuthLayer, CloneBodies};
@@ -120,8 +120,12 @@ async fn no_marker_reaches_logs_errors_or_debug_output() {
 
     // Rotation: the emulator takes the new secret; invalid_client makes the vault reload.
     emulator.set_secret(CLIENT, ROTATED);
-    assert!(second.invalidate());
-    let third = tokens.token().await.unwrap();
+    assert!(tokens.invalidate(&second));
+    let third = tokens
+        .replacement(&second, &http::Extensions::new())
+        .await
+        .unwrap();
+    assert_ne!(third.id(), second.id(), "refreshed after the rejection");
     forbidden.push(third.secret().expose_secret().to_owned());
     shown.push(format!(
         "{first:?} {second:?} {third:?} {:?} {tokens:?} {:?}",
@@ -131,25 +135,15 @@ async fn no_marker_reaches_logs_errors_or_debug_output() {
 
     // A marker token served by the token endpoint.
     let creds = ClientCredentials::new(CLIENT, ROTATED.into()).unwrap();
-    let once = TokenClient::builder()
-        .retry_policy(RetryPolicy::none())
-        .build()
-        .unwrap();
+    let once = TokenClient::new().unwrap();
     emulator.fail_next([Fault::malformed(format!(
         r#"{{"access_token":"{TOKEN}","expires_in":3600,"token_type":"Bearer"}}"#
     ))]);
     let marker_token = once
-        .request_token(&env, &creds, &Scopes::payments())
+        .request_token_once(&env, &creds, &Scopes::payments())
         .await
         .unwrap();
     shown.push(format!("{marker_token:?} {once:?} {creds:?}"));
-    shown.push(format!(
-        "{:?}",
-        parse_token_response(
-            format!(r#"{{"access_token":"{TOKEN}","expires_in":60,"token_type":"Bearer"}}"#)
-                .as_bytes()
-        )
-    ));
 
     // Every failure kind of the token endpoint, some echoing the markers back.
     let faults = [
@@ -186,7 +180,7 @@ async fn no_marker_reaches_logs_errors_or_debug_output() {
     for fault in faults {
         emulator.fail_next([fault]);
         let err = once
-            .request_token(&env, &creds, &Scopes::payments())
+            .request_token_once(&env, &creds, &Scopes::payments())
             .await
             .unwrap_err();
         shown.push(format!("{err} {err:?}"));

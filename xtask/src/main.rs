@@ -67,8 +67,9 @@ fn run(name: &str, mut cmd: Command) -> Result<(), String> {
 }
 
 /// `<package> --example <name>` for every example CI runs.
-const EXAMPLES: [&str; 3] = [
+const EXAMPLES: [&str; 4] = [
     "truelayer-auth-tower --example hyper_client",
+    "truelayer-auth-tower --example multi_merchant",
     "truelayer-auth-tower --example axum_service",
     "truelayer-auth-tower --example reqwest_client",
 ];

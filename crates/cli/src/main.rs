@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
-use truelayer_auth::TokenClient;
+use truelayer_auth::{RetryPolicy, TokenClient};
 use truelayer_auth_emulator::Emulator;
 
 use crate::config::AuthArgs;
@@ -43,6 +43,18 @@ enum Command {
     /// With no credentials configured it forwards to the embedded emulator's Payments
     /// stand-in, so it can be tried offline.
     Proxy(proxy::ProxyArgs),
+}
+
+/// An error and its sources, joined by `: `: each layer says what failed, the last one why.
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// A failure with its exit code: 2 for usage and configuration, 1 for the work itself.
@@ -104,15 +116,22 @@ fn main() -> ExitCode {
 
 async fn token(args: AuthArgs) -> Result<(), Failure> {
     let resolved = args.resolve().await?;
-    let credentials =
-        resolved.source.credentials().await.map_err(|e| {
-            Failure::failed(format!("the client credentials could not be loaded: {e}"))
-        })?;
+    let credentials = resolved.source.credentials().await.map_err(|e| {
+        Failure::failed(format!(
+            "the client credentials could not be loaded: {}",
+            chain(&e)
+        ))
+    })?;
     let client = TokenClient::new().map_err(|e| Failure::usage(e.to_string()))?;
     let token = client
-        .request_token(&resolved.environment, &credentials, &resolved.scopes)
+        .request_token(
+            &resolved.environment,
+            &credentials,
+            &resolved.scopes,
+            &RetryPolicy::default(),
+        )
         .await
-        .map_err(|e| Failure::failed(e.to_string()))?;
+        .map_err(|e| Failure::failed(chain(&e)))?;
     let json = serde_json::json!({
         "access_token": token.secret().expose_secret(),
         "expires_in": token.lifetime().as_secs(),

@@ -99,7 +99,7 @@ fn replay_held(body: &ProxyBody) -> Option<ProxyBody> {
 }
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
-type Upstream = BearerAuth<HttpClient, ReplayFn<fn(&ProxyBody) -> Option<ProxyBody>>>;
+type Upstream = BearerAuth<HttpClient, TokenCache, ReplayFn<fn(&ProxyBody) -> Option<ProxyBody>>>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
 
@@ -293,12 +293,12 @@ impl Proxy {
                     "error": "token_unavailable",
                     "kind": e.kind_name(),
                     "retryable": e.is_retryable(),
-                    "message": e.to_string(),
+                    "message": crate::chain(&e),
                 }),
             ),
             Err(e) => json_response(
                 StatusCode::BAD_GATEWAY,
-                serde_json::json!({ "error": "upstream_unreachable", "message": e.to_string() }),
+                serde_json::json!({ "error": "upstream_unreachable", "message": crate::chain(&e) }),
             ),
         }
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use criterion::{Criterion, criterion_group, criterion_main};
 use truelayer_auth::{
-    AccessToken, ClientCredentials, Environment, RetryPolicy, Scopes, TokenCache, TokenClient,
+    AccessToken, ClientCredentials, Environment, KeyedTokenCache, Scopes, TokenCache, TokenClient,
 };
 use truelayer_auth_emulator::Emulator;
 
@@ -58,6 +58,13 @@ fn warm(c: &mut Criterion) {
     // The bare baseline: an ArcSwap load and a clone of the token value.
     let bare: ArcSwapOption<AccessToken> = ArcSwapOption::from_pointee(token.clone());
     let bare_get = || black_box(bare.load_full());
+    // What the hard-margin check would cost with exact clocks instead of coarse ones.
+    let exact_get = || {
+        let t = bare.load_full();
+        black_box(tokio::time::Instant::now());
+        black_box(std::time::SystemTime::now());
+        black_box(t)
+    };
     let cached_get = || black_box(cache.cached());
     let awaited_get = || {
         let mut fut = std::pin::pin!(cache.token());
@@ -69,6 +76,7 @@ fn warm(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("warm_token/1_thread");
     g.bench_function("baseline_arcswap_load_clone", |b| b.iter(bare_get));
+    g.bench_function("load_clone_plus_exact_clocks", |b| b.iter(exact_get));
     g.bench_function("cache_cached", |b| b.iter(cached_get));
     g.bench_function("cache_token_await", |b| b.iter(awaited_get));
     g.finish();
@@ -96,10 +104,7 @@ fn cold(c: &mut Criterion) {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let client = TokenClient::builder()
-        .retry_policy(RetryPolicy::none())
-        .build()
-        .unwrap();
+    let client = TokenClient::new().unwrap();
     let url = emulator.token_url();
 
     let mut g = c.benchmark_group("cold_fetch/loopback");
@@ -138,11 +143,44 @@ fn cold(c: &mut Criterion) {
     g.finish();
 }
 
+/// `KeyedTokenCache::get` with 10,000 entries and the cache full: a hit against a miss that
+/// must evict, on one thread and with two threads churning new keys at once.
+fn keyed(c: &mut Criterion) {
+    const FULL: usize = 10_000;
+    let rt = runtime();
+    let _enter = rt.enter();
+    let env = Environment::custom("http://127.0.0.1:9").unwrap();
+    let keyed = KeyedTokenCache::builder()
+        .max_entries(FULL)
+        .build()
+        .unwrap();
+    let creds =
+        |i: u64| ClientCredentials::new(format!("merchant-{i}"), "secret-value".into()).unwrap();
+    for i in 0..FULL as u64 {
+        drop(keyed.get(&env, &creds(i), &Scopes::payments()));
+    }
+    let hit = creds(FULL as u64 - 1);
+    let next = std::sync::atomic::AtomicU64::new(FULL as u64);
+    let miss = || {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        drop(black_box(keyed.get(&env, &creds(i), &Scopes::payments())));
+    };
+    let hit_get = || drop(black_box(keyed.get(&env, &hit, &Scopes::payments())));
+    let mut g = c.benchmark_group("keyed_get/10k_full");
+    g.bench_function("hit", |b| b.iter(hit_get));
+    g.bench_function("miss_evicting", |b| b.iter(miss));
+    g.bench_function("miss_evicting_2_threads", |b| {
+        b.iter_custom(|iters| contended(2, iters, miss))
+    });
+    g.finish();
+    assert!(keyed.len() <= FULL, "bounded: {}", keyed.len());
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = warm, cold
+    targets = warm, cold, keyed
 }
 criterion_main!(benches);

@@ -1,6 +1,5 @@
 //! The token request: one `POST {auth}/connect/token`, with retries.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
@@ -12,28 +11,30 @@ use url::Url;
 
 use crate::credentials::ClientCredentials;
 use crate::environment::{Environment, check_transport};
-use crate::error::{ConfigError, Error, InvalidResponse};
+use crate::error::{ConfigError, Error, InvalidResponse, InvalidToken, TransportError};
 use crate::response::{parse_oauth_error, parse_token_response};
 use crate::retry::{RetryPolicy, parse_retry_after};
 use crate::scope::Scopes;
 use crate::token::AccessToken;
 
-/// Requests payments access tokens (the `client_credentials` grant).
+/// Requests payments access tokens (the `client_credentials` grant): the transport.
 ///
 /// Holds one connection pool; clone it freely (clones share the pool). Requests are
 /// HTTPS-only (plain http to loopback hosts is allowed, for the emulator), follow no
-/// redirects, and have connect and total timeouts.
+/// redirects, and have connect and total timeouts. Retries are not the client's: a one-shot
+/// request passes a [`RetryPolicy`] to [`request_token`](Self::request_token), and a
+/// [`TokenCache`](crate::TokenCache) schedules its own.
 ///
 /// # Example
 ///
 /// ```no_run
-/// use truelayer_auth::{ClientCredentials, Environment, Scopes, TokenClient};
+/// use truelayer_auth::{ClientCredentials, Environment, RetryPolicy, Scopes, TokenClient};
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let client = TokenClient::new()?;
 /// let creds = ClientCredentials::new("sandbox-acme-1a2b3c", std::env::var("SECRET")?.into())?;
 /// let token = client
-///     .request_token(&Environment::Sandbox, &creds, &Scopes::payments())
+///     .request_token(&Environment::Sandbox, &creds, &Scopes::payments(), &RetryPolicy::default())
 ///     .await?;
 /// println!("expires in {:?}", token.remaining());
 /// # Ok(()) }
@@ -41,12 +42,6 @@ use crate::token::AccessToken;
 #[derive(Debug, Clone)]
 pub struct TokenClient {
     http: reqwest::Client,
-    settings: Arc<Settings>,
-}
-
-#[derive(Debug)]
-struct Settings {
-    retry: RetryPolicy,
     max_body_bytes: usize,
 }
 
@@ -55,7 +50,6 @@ struct Settings {
 pub struct TokenClientBuilder {
     connect_timeout: Duration,
     timeout: Duration,
-    retry: RetryPolicy,
     max_body_bytes: usize,
     user_agent: String,
 }
@@ -65,7 +59,6 @@ impl Default for TokenClientBuilder {
         TokenClientBuilder {
             connect_timeout: Duration::from_secs(5),
             timeout: Duration::from_secs(10),
-            retry: RetryPolicy::default(),
             max_body_bytes: 64 * 1024,
             user_agent: concat!("truelayer-auth/", env!("CARGO_PKG_VERSION")).to_owned(),
         }
@@ -84,13 +77,6 @@ impl TokenClientBuilder {
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
-        self
-    }
-
-    /// How retryable failures are retried. Default: [`RetryPolicy::default`].
-    #[must_use]
-    pub fn retry_policy(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
         self
     }
 
@@ -134,10 +120,7 @@ impl TokenClientBuilder {
             })?;
         Ok(TokenClient {
             http,
-            settings: Arc::new(Settings {
-                retry: self.retry,
-                max_body_bytes: self.max_body_bytes,
-            }),
+            max_body_bytes: self.max_body_bytes,
         })
     }
 }
@@ -152,17 +135,12 @@ impl TokenClient {
         Self::builder().build()
     }
 
-    /// A builder for a client with custom timeouts, retries or limits.
+    /// A builder for a client with custom timeouts or limits.
     pub fn builder() -> TokenClientBuilder {
         TokenClientBuilder::default()
     }
 
-    /// The retry policy in use.
-    pub fn retry_policy(&self) -> &RetryPolicy {
-        &self.settings.retry
-    }
-
-    /// Requests a token, retrying retryable failures as the [`RetryPolicy`] says.
+    /// Requests a token, retrying retryable failures as `policy` says.
     ///
     /// # Errors
     ///
@@ -173,8 +151,8 @@ impl TokenClient {
         environment: &Environment,
         credentials: &ClientCredentials,
         scopes: &Scopes,
+        policy: &RetryPolicy,
     ) -> Result<AccessToken, Error> {
-        let policy = self.settings.retry;
         let started = Instant::now();
         let mut attempt = 1;
         loop {
@@ -245,6 +223,7 @@ impl TokenClient {
             ("scope", scopes.as_str()),
         ];
         let sent_at = Instant::now();
+        let sent_at_wall = crate::clock::wall_now();
         let mut response = self
             .http
             .post(url)
@@ -297,13 +276,19 @@ impl TokenClient {
                 });
             }
         };
-        let token = AccessToken::new(
+        let token = AccessToken::issued(
             parsed.access_token,
             parsed.expires_in,
             sent_at,
+            sent_at_wall,
             parsed.scope,
         )
-        .map_err(invalid)?;
+        .map_err(|e| {
+            invalid(match e {
+                InvalidToken::Empty => InvalidResponse::EmptyAccessToken,
+                _ => InvalidResponse::AccessTokenCharacters,
+            })
+        })?;
         debug!(
             lifetime_s = parsed.expires_in.as_secs(),
             granted_scope = token.granted_scope().unwrap_or(""),
@@ -317,7 +302,7 @@ impl TokenClient {
         response: &mut reqwest::Response,
         status: StatusCode,
     ) -> Result<Vec<u8>, Error> {
-        let limit = self.settings.max_body_bytes;
+        let limit = self.max_body_bytes;
         let too_large = Error::InvalidResponse {
             status,
             problem: InvalidResponse::BodyTooLarge { limit },
@@ -354,9 +339,9 @@ fn classify_send_error(e: reqwest::Error) -> Error {
     if e.is_timeout() {
         Error::Timeout
     } else if e.is_connect() {
-        Error::Connect(Arc::new(e.without_url()))
+        Error::Connect(TransportError::new(e.without_url()))
     } else {
-        Error::Transport(Arc::new(e.without_url()))
+        Error::Transport(TransportError::new(e.without_url()))
     }
 }
 

@@ -68,6 +68,12 @@ impl ClientCredentials {
     pub fn client_secret(&self) -> &SecretString {
         &self.client_secret
     }
+
+    /// Whether `other` is the same client_id with the same secret.
+    pub(crate) fn same_as(&self, other: &ClientCredentials) -> bool {
+        self.client_id == other.client_id
+            && self.client_secret.expose_secret() == other.client_secret.expose_secret()
+    }
 }
 
 impl fmt::Debug for ClientCredentials {

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+type BoxError = Arc<dyn std::error::Error + Send + Sync>;
+
 /// A configuration mistake, found before any request is sent. Never retryable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -64,9 +66,6 @@ pub enum ConfigError {
         "the client_secret is empty: it was generated when the app was created in TrueLayer Console"
     )]
     EmptyClientSecret,
-    /// A required environment variable is not set (or is not Unicode).
-    #[error("the environment variable {0} is not set")]
-    MissingVariable(&'static str),
     /// A setting is out of its allowed range.
     #[error("invalid setting {name}: {reason}")]
     InvalidSetting {
@@ -164,6 +163,7 @@ impl fmt::Display for OAuthErrorCode {
 
 /// An OAuth2 error response from the token endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct OAuthError {
     /// The `error` code.
     pub code: OAuthErrorCode,
@@ -187,6 +187,8 @@ impl fmt::Display for OAuthError {
         write!(f, ": {}", self.code.advice())
     }
 }
+
+impl std::error::Error for OAuthError {}
 
 /// A response from the token endpoint that is not a usable token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -255,18 +257,133 @@ pub enum InvalidResponse {
     /// The body ended before the length the server announced.
     #[error("the body was cut off before its end")]
     Truncated,
+    /// The `scope` the server granted is not a valid scope list.
+    #[error("the granted `scope` is not a valid scope list ({0})")]
+    InvalidScope(String),
+}
+
+/// A value that cannot be a bearer token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidToken {
+    /// The token is an empty string.
+    #[error("an access token cannot be empty")]
+    Empty,
+    /// The token has characters an `Authorization` header cannot carry (spaces, controls,
+    /// non-ASCII).
+    #[error("an access token may only contain visible ASCII characters")]
+    Characters,
+}
+
+/// A connection-level failure of the HTTP client, kept opaque so that the client library is
+/// not part of this crate's API. `Display` and `source()` are the underlying error's.
+#[derive(Clone)]
+pub struct TransportError(BoxError);
+
+impl TransportError {
+    pub(crate) fn new(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        TransportError(Arc::new(error))
+    }
+}
+
+impl fmt::Debug for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("TransportError")
+            .field(&self.0.to_string())
+            .finish()
+    }
+}
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for TransportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// A credentials source failed.
+///
+/// The message describes the source's own failure and must not contain secret material;
+/// sources build it from what they know (a secret id, a missing field name, an IAM action)
+/// and attach the underlying error with [`with_source`](Self::with_source).
+#[derive(Clone)]
+pub struct CredentialsError {
+    message: String,
+    retryable: bool,
+    source: Option<BoxError>,
+}
+
+impl CredentialsError {
+    /// A permanent failure with this message.
+    pub fn new(message: impl Into<String>) -> Self {
+        CredentialsError {
+            message: message.into(),
+            retryable: false,
+            source: None,
+        }
+    }
+
+    /// A transient failure (throttling, a timeout) with this message.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        CredentialsError {
+            retryable: true,
+            ..Self::new(message)
+        }
+    }
+
+    /// Attaches the underlying error (which must not contain secret material either).
+    #[must_use]
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
+    }
+
+    /// Whether trying again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+}
+
+impl fmt::Debug for CredentialsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CredentialsError")
+            .field("message", &self.message)
+            .field("retryable", &self.retryable)
+            .field("source", &self.source.as_ref().map(|s| s.to_string()))
+            .finish()
+    }
+}
+
+impl fmt::Display for CredentialsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CredentialsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static))
+    }
 }
 
 /// Why a token could not be had.
 ///
 /// Every variant says whether trying again may help ([`Error::is_retryable`]); the
-/// `Display` text says what failed and what to check. Neither the client secret nor a
-/// token ever appears in it.
+/// `Display` text says what failed and what to check, and [`source`](std::error::Error::source)
+/// carries the cause, if there is one (never both). Neither the client secret nor a token
+/// ever appears in it.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The token endpoint answered with an OAuth2 error (`invalid_client`, `invalid_scope`, ...).
-    #[error("{0}")]
+    #[error(transparent)]
     OAuth(OAuthError),
     /// 429 Too Many Requests.
     #[error("the token endpoint is rate limiting this client (429){}", after(.retry_after))]
@@ -306,29 +423,58 @@ pub enum Error {
     Timeout,
     /// The connection could not be made.
     #[error("could not connect to the token endpoint: check DNS, firewall and proxy settings")]
-    Connect(#[source] Arc<reqwest::Error>),
+    Connect(#[source] TransportError),
     /// The connection failed during the exchange (reset, closed early, TLS failure).
     #[error("the connection to the token endpoint failed mid-request")]
-    Transport(#[source] Arc<reqwest::Error>),
+    Transport(#[source] TransportError),
     /// The response was not a usable token.
-    #[error("the token endpoint answered {status} with an unusable response: {problem}")]
+    #[error("the token endpoint answered {status} with an unusable response")]
     InvalidResponse {
         /// The status the response came with.
         status: StatusCode,
         /// What was wrong.
+        #[source]
         problem: InvalidResponse,
+    },
+    /// The token arrived so late that less than the hard margin of its lifetime was left:
+    /// it would have been unusable on arrival. Retryable.
+    #[error(
+        "the token took {} ms to arrive and its {} s lifetime left too little to use it: the token endpoint is too slow",
+        took.as_millis(),
+        lifetime.as_secs()
+    )]
+    SlowFetch {
+        /// How long the request took.
+        took: Duration,
+        /// The lifetime the server granted.
+        lifetime: Duration,
     },
     /// The configuration is wrong; nothing was sent.
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// The credentials source failed (for example AWS Secrets Manager).
-    #[error("the client credentials could not be loaded: {0}")]
-    Credentials(#[source] crate::source::CredentialsError),
+    #[error("the client credentials could not be loaded")]
+    Credentials(#[source] CredentialsError),
     /// No usable token arrived within the cache's wait deadline, and no attempt had failed yet.
     #[error("no access token within {} ms: the token endpoint is slow or unreachable; check connectivity, or raise the wait deadline", waited.as_millis())]
     WaitTimedOut {
         /// How long the caller waited.
         waited: Duration,
+    },
+    /// A request reached a [`KeyedTokenCache`](crate::KeyedTokenCache) used as a token source
+    /// without a [`CacheKey`](crate::CacheKey) extension naming its merchant.
+    #[error(
+        "the request names no merchant: insert the merchant's CacheKey into the request's extensions"
+    )]
+    MissingCacheKey,
+    /// A request named a merchant the [`KeyedTokenCache`](crate::KeyedTokenCache) has no
+    /// credentials for.
+    #[error(
+        "no credentials for client_id `{client_id}`: register it with KeyedTokenCache::get or get_with_source, or give the builder a credentials resolver"
+    )]
+    UnknownCacheKey {
+        /// The client_id the request named.
+        client_id: String,
     },
 }
 
@@ -349,9 +495,9 @@ fn fmt_location(location: &Option<String>) -> String {
 impl Error {
     /// Whether trying the same request again later may succeed.
     ///
-    /// Rate limiting, 5xx answers, timeouts, connection failures and malformed answers are
-    /// retryable; rejected credentials, refused scopes, redirects, unexpected statuses (the
-    /// URL is probably not a token endpoint) and configuration mistakes are not.
+    /// Rate limiting, 5xx answers, timeouts, connection failures, malformed answers and slow
+    /// fetches are retryable; rejected credentials, refused scopes, redirects, unexpected
+    /// statuses (the URL is probably not a token endpoint) and configuration mistakes are not.
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::OAuth(e) => matches!(
@@ -362,12 +508,16 @@ impl Error {
             | Error::ServerError { .. }
             | Error::Timeout
             | Error::Connect(_)
-            | Error::Transport(_) => true,
+            | Error::Transport(_)
+            | Error::SlowFetch { .. } => true,
             // A malformed answer from a token endpoint is a server fault (an error page from a
             // load balancer, a bad deploy): worth another try, later.
             Error::InvalidResponse { .. } => true,
             Error::UnexpectedStatus { status } => *status == StatusCode::REQUEST_TIMEOUT,
-            Error::RedirectRefused { .. } | Error::Config(_) => false,
+            Error::RedirectRefused { .. }
+            | Error::Config(_)
+            | Error::MissingCacheKey
+            | Error::UnknownCacheKey { .. } => false,
             Error::Credentials(e) => e.is_retryable(),
             Error::WaitTimedOut { .. } => true,
         }
@@ -432,9 +582,12 @@ impl Error {
             Error::Connect(_) => "connect",
             Error::Transport(_) => "transport",
             Error::InvalidResponse { .. } => "invalid_response",
+            Error::SlowFetch { .. } => "slow_fetch",
             Error::Config(_) => "config",
             Error::Credentials(_) => "credentials",
             Error::WaitTimedOut { .. } => "wait_timed_out",
+            Error::MissingCacheKey => "missing_cache_key",
+            Error::UnknownCacheKey { .. } => "unknown_cache_key",
         }
     }
 }

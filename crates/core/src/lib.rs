@@ -9,7 +9,7 @@
 //! # Example
 //!
 //! ```no_run
-//! use truelayer_auth::{ClientCredentials, Environment, Scope, Scopes, TokenClient};
+//! use truelayer_auth::{ClientCredentials, Environment, RetryPolicy, Scope, Scopes, TokenClient};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let creds = ClientCredentials::new(
@@ -18,7 +18,7 @@
 //! )?;
 //! let scopes = Scopes::payments().with(Scope::RecurringPaymentsSweeping);
 //! let token = TokenClient::new()?
-//!     .request_token(&Environment::Sandbox, &creds, &scopes)
+//!     .request_token(&Environment::Sandbox, &creds, &scopes, &RetryPolicy::default())
 //!     .await?;
 //! assert!(!token.is_expired());
 //! # Ok(()) }
@@ -31,14 +31,18 @@
 
 mod cache;
 mod client;
+mod clock;
 mod credentials;
 mod environment;
 mod error;
+#[cfg(test)]
+mod properties;
 mod response;
 mod retry;
 mod scope;
 mod source;
 mod token;
+mod token_source;
 
 pub use cache::{
     CacheKey, CacheStats, KeyedTokenCache, KeyedTokenCacheBuilder, TokenCache, TokenCacheBuilder,
@@ -46,11 +50,14 @@ pub use cache::{
 pub use client::{TokenClient, TokenClientBuilder};
 pub use credentials::ClientCredentials;
 pub use environment::{CustomEndpoint, Environment};
-pub use error::{ConfigError, Error, InvalidResponse, OAuthError, OAuthErrorCode};
-pub use response::{MAX_LIFETIME, TokenResponse, parse_oauth_error, parse_token_response};
-pub use retry::{MAX_RETRY_AFTER, RetryPolicy, parse_retry_after};
+pub use error::{
+    ConfigError, CredentialsError, Error, InvalidResponse, InvalidToken, OAuthError,
+    OAuthErrorCode, TransportError,
+};
+pub use retry::RetryPolicy;
 pub use scope::{CustomScope, Scope, Scopes};
-pub use source::{CredentialsError, CredentialsFuture, CredentialsSource, EnvCredentials};
+pub use source::{CredentialsFuture, CredentialsSource, EnvCredentials};
 pub use token::AccessToken;
+pub use token_source::{TokenFuture, TokenSource};
 
 pub use secrecy;

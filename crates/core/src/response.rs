@@ -13,17 +13,17 @@ use crate::error::{InvalidResponse, OAuthError, OAuthErrorCode, truncate};
 
 /// The longest `expires_in` accepted: TrueLayer's tokens live an hour; a day leaves room
 /// for change while rejecting nonsense.
-pub const MAX_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
+pub(crate) const MAX_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// A successful token response, checked.
 #[derive(Debug)]
-pub struct TokenResponse {
+pub(crate) struct TokenResponse {
     /// `access_token`.
-    pub access_token: SecretString,
+    pub(crate) access_token: SecretString,
     /// `expires_in`, checked to be in `1..=MAX_LIFETIME` seconds.
-    pub expires_in: Duration,
+    pub(crate) expires_in: Duration,
     /// `scope`, if the server sent one.
-    pub scope: Option<String>,
+    pub(crate) scope: Option<String>,
 }
 
 /// Parses a 2xx token endpoint body.
@@ -31,7 +31,7 @@ pub struct TokenResponse {
 /// # Errors
 ///
 /// The [`InvalidResponse`] that says what is wrong; it never quotes the body.
-pub fn parse_token_response(body: &[u8]) -> Result<TokenResponse, InvalidResponse> {
+pub(crate) fn parse_token_response(body: &[u8]) -> Result<TokenResponse, InvalidResponse> {
     let object = parse_object(body)?;
     let access_token = match object.get("access_token") {
         None | Some(Value::Null) => return Err(InvalidResponse::MissingField("access_token")),
@@ -118,15 +118,20 @@ fn lifetime(n: &serde_json::Number) -> Result<Duration, InvalidResponse> {
 
 /// Parses an OAuth2 error body (`{"error": "...", "error_description": "..."}`).
 ///
-/// Returns `None` when the body is not one. Server text is truncated, stripped of control
-/// characters and scrubbed of `secret` should a server echo it back.
-pub fn parse_oauth_error(status: StatusCode, body: &[u8], secret: &str) -> Option<OAuthError> {
+/// Returns `None` when the body is not one. Server text is scrubbed of `secret` should a
+/// server echo it back (in any encoding the client sent it in), then truncated and stripped
+/// of control characters.
+pub(crate) fn parse_oauth_error(
+    status: StatusCode,
+    body: &[u8],
+    secret: &str,
+) -> Option<OAuthError> {
     let object = parse_object(body).ok()?;
     let code = object.get("error")?.as_str()?;
     let description = object
         .get("error_description")
         .and_then(Value::as_str)
-        .map(|d| scrub(&truncate(d, 300), secret));
+        .map(|d| truncate(&scrub(d, secret), 300));
     Some(OAuthError {
         code: OAuthErrorCode::from_code(&scrub(code, secret)),
         description,
@@ -134,12 +139,46 @@ pub fn parse_oauth_error(status: StatusCode, body: &[u8], secret: &str) -> Optio
     })
 }
 
-fn scrub(text: &str, secret: &str) -> String {
-    if secret.len() >= 4 && text.contains(secret) {
-        text.replace(secret, "[redacted]")
-    } else {
-        text.to_owned()
+/// Replaces every form of `secret` a server could echo: as sent in the form body
+/// (`application/x-www-form-urlencoded`: `+` for space, `%XX` in upper case), the same with
+/// lower-case escapes or `%20`, and decoded.
+pub(crate) fn scrub(text: &str, secret: &str) -> String {
+    if secret.len() < 4 {
+        return text.to_owned();
     }
+    let form: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+    let variants = [
+        secret.to_owned(),
+        form.clone(),
+        lower_escapes(&form),
+        form.replace('+', "%20"),
+        lower_escapes(&form.replace('+', "%20")),
+    ];
+    let mut out = text.to_owned();
+    for variant in variants {
+        if out.contains(&variant) {
+            out = out.replace(&variant, "[redacted]");
+        }
+    }
+    out
+}
+
+/// `%2B` → `%2b`: the hex digits after each `%` in lower case.
+fn lower_escapes(encoded: &str) -> String {
+    let mut out = String::with_capacity(encoded.len());
+    let mut hex_left = 0;
+    for c in encoded.chars() {
+        if hex_left > 0 {
+            out.push(c.to_ascii_lowercase());
+            hex_left -= 1;
+        } else {
+            if c == '%' {
+                hex_left = 2;
+            }
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn parse_object(body: &[u8]) -> Result<Map<String, Value>, InvalidResponse> {
@@ -332,5 +371,41 @@ mod tests {
         assert_eq!(other.code, OAuthErrorCode::Other("weird_code".into()));
         assert!(parse_oauth_error(StatusCode::BAD_REQUEST, b"<html>", "x").is_none());
         assert!(parse_oauth_error(StatusCode::BAD_REQUEST, br#"{"error":7}"#, "x").is_none());
+    }
+
+    #[test]
+    fn every_encoding_of_the_secret_a_server_echoes_is_scrubbed() {
+        let secret = "a+b&c=d/e f%g~";
+        for echoed in [
+            "a+b&c=d/e f%g~",
+            "a%2Bb%26c%3Dd%2Fe+f%25g%7E",
+            "a%2bb%26c%3dd%2fe+f%25g%7e",
+            "a%2Bb%26c%3Dd%2Fe%20f%25g%7E",
+            "a%2bb%26c%3dd%2fe%20f%25g%7e",
+        ] {
+            let body = format!(
+                r#"{{"error":"invalid_request","error_description":"bad body client_id=x&client_secret={echoed}&scope=payments"}}"#
+            );
+            let e = parse_oauth_error(StatusCode::BAD_REQUEST, body.as_bytes(), secret).unwrap();
+            let shown = format!("{e} {e:?}");
+            assert!(
+                shown.contains("client_secret=[redacted]&scope"),
+                "{echoed}: {shown}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_secret_on_the_truncation_boundary_is_scrubbed_whole() {
+        let secret = "SECRET-VALUE-0123456789";
+        let description = format!("{}{secret}", "x".repeat(290));
+        let body = serde_json::json!({"error": "invalid_client", "error_description": description});
+        let e = parse_oauth_error(
+            StatusCode::UNAUTHORIZED,
+            body.to_string().as_bytes(),
+            secret,
+        )
+        .unwrap();
+        assert!(!e.to_string().contains("SECRET-VAL"), "{e}");
     }
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use crate::error::ConfigError;
 
 /// The longest wait a `Retry-After` header can ask for; longer values are clamped.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// How failed token requests are retried.
 ///
@@ -143,22 +143,7 @@ pub(crate) fn full_jitter(cap: Duration) -> Duration {
 ///
 /// Dates in the past give zero; values beyond [`MAX_RETRY_AFTER`] are clamped to it;
 /// anything else is `None`.
-///
-/// # Example
-///
-/// ```
-/// use std::time::{Duration, SystemTime};
-/// use truelayer_auth::parse_retry_after;
-///
-/// assert_eq!(parse_retry_after("7", SystemTime::now()), Some(Duration::from_secs(7)));
-/// let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_470);
-/// assert_eq!(
-///     parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now),
-///     Some(Duration::from_secs(10))
-/// );
-/// assert_eq!(parse_retry_after("soon", now), None);
-/// ```
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
         let secs = value.parse::<u64>().unwrap_or(u64::MAX);

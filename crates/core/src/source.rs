@@ -9,6 +9,7 @@ use std::sync::Arc;
 use secrecy::SecretString;
 
 use crate::credentials::ClientCredentials;
+use crate::error::CredentialsError;
 
 /// The future a [`CredentialsSource`] returns.
 pub type CredentialsFuture<'a> =
@@ -19,7 +20,10 @@ pub type CredentialsFuture<'a> =
 /// [`credentials`](CredentialsSource::credentials) is called before each token request and may
 /// answer from a cache. [`reload`](CredentialsSource::reload) is called when TrueLayer answers
 /// `invalid_client`: it must bypass any cache, so a rotated secret is picked up without a
-/// restart. Implementations: [`ClientCredentials`] itself (static), [`EnvCredentials`], and
+/// restart; the request is retried only if the reload returned different credentials.
+///
+/// A token cache time-boxes every call (20 s by default) and survives a source that panics:
+/// both count as a failed, retryable fetch. Implementations: [`ClientCredentials`] itself (static), [`EnvCredentials`], and
 /// the AWS Secrets Manager source of the `truelayer-auth-vault` crate.
 ///
 /// # Example
@@ -115,7 +119,13 @@ impl EnvCredentials {
         };
         let id = var(&self.id_var)?;
         let secret = SecretString::from(var(&self.secret_var)?);
-        ClientCredentials::new(id, secret).map_err(|e| CredentialsError::new(e.to_string()))
+        ClientCredentials::new(id, secret).map_err(|e| {
+            CredentialsError::new(format!(
+                "the environment variables {} and {} hold unusable credentials",
+                self.id_var, self.secret_var
+            ))
+            .with_source(e)
+        })
     }
 }
 
@@ -123,76 +133,5 @@ impl CredentialsSource for EnvCredentials {
     fn credentials(&self) -> CredentialsFuture<'_> {
         let result = self.read();
         Box::pin(async move { result })
-    }
-}
-
-/// A credentials source failed.
-///
-/// The message must not contain secret material; sources build it from what they know
-/// (a secret id, a missing field name, an IAM action).
-#[derive(Clone)]
-pub struct CredentialsError {
-    message: String,
-    retryable: bool,
-    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
-}
-
-impl CredentialsError {
-    /// A permanent failure with this message.
-    pub fn new(message: impl Into<String>) -> Self {
-        CredentialsError {
-            message: message.into(),
-            retryable: false,
-            source: None,
-        }
-    }
-
-    /// A transient failure (throttling, a timeout) with this message.
-    pub fn retryable(message: impl Into<String>) -> Self {
-        CredentialsError {
-            retryable: true,
-            ..Self::new(message)
-        }
-    }
-
-    /// Attaches the underlying error (which must not contain secret material either).
-    #[must_use]
-    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        self.source = Some(Arc::new(source));
-        self
-    }
-
-    /// Whether trying again later may succeed.
-    pub fn is_retryable(&self) -> bool {
-        self.retryable
-    }
-
-    /// The message.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-}
-
-impl fmt::Debug for CredentialsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CredentialsError")
-            .field("message", &self.message)
-            .field("retryable", &self.retryable)
-            .field("source", &self.source.as_ref().map(|s| s.to_string()))
-            .finish()
-    }
-}
-
-impl fmt::Display for CredentialsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for CredentialsError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|s| s as &(dyn std::error::Error + 'static))
     }
 }

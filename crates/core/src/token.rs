@@ -1,21 +1,21 @@
 //! The access token and what is known about it.
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
-use crate::cache::Engine;
-use crate::error::{ConfigError, InvalidResponse};
+use crate::cache::CacheKey;
+use crate::error::{InvalidResponse, InvalidToken};
 use crate::scope::Scopes;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// A payments access token.
+/// A payments access token: a plain value.
 ///
 /// Cloning is cheap (one reference count). The token value is a [`SecretString`]; `Debug`
 /// never shows it, and [`AccessToken::authorization_header`] is marked sensitive so HTTP
@@ -23,21 +23,41 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 ///
 /// Expiry is on tokio's monotonic clock, counted from the instant the request was sent, so
 /// a wall-clock jump changes nothing and the clock can be paused in tests.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use truelayer_auth::AccessToken;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), truelayer_auth::InvalidToken> {
+/// let token = AccessToken::new(
+///     "eyJhbGciOi.example.token".into(),
+///     Duration::from_secs(3600),
+///     tokio::time::Instant::now(),
+///     Some("payments".into()),
+/// )?;
+/// assert_eq!(token.authorization_header(), "Bearer eyJhbGciOi.example.token");
+/// assert!(token.authorization_header().is_sensitive());
+/// assert!(!format!("{token:?}").contains("eyJhbGciOi"));
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct AccessToken {
     inner: Arc<Inner>,
 }
 
-pub(crate) struct Inner {
+struct Inner {
     id: u64,
     secret: SecretString,
     header: HeaderValue,
     lifetime: Duration,
     issued_at: Instant,
-    expires_at: Instant,
+    issued_at_wall: SystemTime,
     granted_scope: Option<String>,
-    /// The cache that handed this token out, for [`AccessToken::invalidate`].
-    origin: OnceLock<Weak<Engine>>,
+    /// The keyed-cache entry it was fetched for, so a keyed cache can route a rejection.
+    key: Option<CacheKey>,
 }
 
 impl AccessToken {
@@ -45,24 +65,37 @@ impl AccessToken {
     ///
     /// # Errors
     ///
-    /// [`InvalidResponse::EmptyAccessToken`] for an empty token and
-    /// [`InvalidResponse::AccessTokenCharacters`] for one that cannot be put in a header.
+    /// [`InvalidToken`] for an empty token or one that cannot be put in a header.
     pub fn new(
         secret: SecretString,
         lifetime: Duration,
         issued_at: Instant,
         granted_scope: Option<String>,
-    ) -> Result<Self, InvalidResponse> {
+    ) -> Result<Self, InvalidToken> {
+        // The wall-clock moment that corresponds to `issued_at`.
+        let wall = crate::clock::wall_now()
+            .checked_sub(Instant::now().saturating_duration_since(issued_at))
+            .unwrap_or_else(crate::clock::wall_now);
+        Self::issued(secret, lifetime, issued_at, wall, granted_scope)
+    }
+
+    pub(crate) fn issued(
+        secret: SecretString,
+        lifetime: Duration,
+        issued_at: Instant,
+        issued_at_wall: SystemTime,
+        granted_scope: Option<String>,
+    ) -> Result<Self, InvalidToken> {
         let value = secret.expose_secret();
         if value.is_empty() {
-            return Err(InvalidResponse::EmptyAccessToken);
+            return Err(InvalidToken::Empty);
         }
         // RFC 6750 b64token characters, plus anything else visible: no spaces, no controls.
         if !value.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(InvalidResponse::AccessTokenCharacters);
+            return Err(InvalidToken::Characters);
         }
         let mut header = HeaderValue::from_str(&format!("Bearer {value}"))
-            .map_err(|_| InvalidResponse::AccessTokenCharacters)?;
+            .map_err(|_| InvalidToken::Characters)?;
         header.set_sensitive(true);
         Ok(AccessToken {
             inner: Arc::new(Inner {
@@ -71,11 +104,24 @@ impl AccessToken {
                 header,
                 lifetime,
                 issued_at,
-                expires_at: issued_at + lifetime,
+                issued_at_wall,
                 granted_scope,
-                origin: OnceLock::new(),
+                key: None,
             }),
         })
+    }
+
+    /// The same token, tagged with the keyed-cache entry it belongs to. Only called on a
+    /// token that has not been shared yet.
+    pub(crate) fn with_key(mut self, key: CacheKey) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.key = Some(key);
+        }
+        self
+    }
+
+    pub(crate) fn key(&self) -> Option<&CacheKey> {
+        self.inner.key.as_ref()
     }
 
     /// The token value. Expose it only where it is sent.
@@ -88,11 +134,6 @@ impl AccessToken {
         self.inner.header.clone()
     }
 
-    /// The header value by reference.
-    pub fn authorization_header_ref(&self) -> &HeaderValue {
-        &self.inner.header
-    }
-
     /// The lifetime the server granted (`expires_in`).
     pub fn lifetime(&self) -> Duration {
         self.inner.lifetime
@@ -103,21 +144,23 @@ impl AccessToken {
         self.inner.issued_at
     }
 
-    /// When the token expires.
+    pub(crate) fn issued_at_wall(&self) -> SystemTime {
+        self.inner.issued_at_wall
+    }
+
+    /// When the token expires, on the monotonic clock.
     pub fn expires_at(&self) -> Instant {
-        self.inner.expires_at
+        crate::clock::saturating_add(self.inner.issued_at, self.inner.lifetime)
     }
 
     /// Time left before expiry, zero once expired.
     pub fn remaining(&self) -> Duration {
-        self.inner
-            .expires_at
-            .saturating_duration_since(Instant::now())
+        self.expires_at().saturating_duration_since(Instant::now())
     }
 
     /// Whether the token has expired.
     pub fn is_expired(&self) -> bool {
-        Instant::now() >= self.inner.expires_at
+        Instant::now() >= self.expires_at()
     }
 
     /// The `scope` the server granted, as sent, if it sent one. It may differ from what was asked.
@@ -129,45 +172,20 @@ impl AccessToken {
     ///
     /// # Errors
     ///
-    /// As [`Scopes::parse_without_payments`]: the server sent no scope or a malformed one.
-    pub fn granted_scopes(&self) -> Result<Scopes, ConfigError> {
-        Scopes::parse_without_payments(self.granted_scope().unwrap_or(""))
+    /// [`InvalidResponse::MissingField`] when the server sent no scope, and
+    /// [`InvalidResponse::InvalidScope`] when it is not a valid scope list.
+    pub fn granted_scopes(&self) -> Result<Scopes, InvalidResponse> {
+        let scope = self
+            .granted_scope()
+            .ok_or(InvalidResponse::MissingField("scope"))?;
+        Scopes::parse_without_payments(scope)
+            .map_err(|e| InvalidResponse::InvalidScope(e.to_string()))
     }
 
-    /// Withdraws this token from the [`TokenCache`](crate::TokenCache) that handed it out,
-    /// after the API rejected it (a 401), and starts a refresh there.
-    ///
-    /// Same as `cache.invalidate(&token)`, for code that holds the token but not the cache
-    /// (such as a response future). Returns whether the token was withdrawn: `false` if the
-    /// cache already moved on to a newer token, if it was already invalidated, or if the token
-    /// did not come from a cache.
-    pub fn invalidate(&self) -> bool {
-        match self.inner.origin.get().and_then(Weak::upgrade) {
-            Some(engine) => engine.invalidate(self),
-            None => false,
-        }
-    }
-
-    pub(crate) fn set_origin(&self, engine: Weak<Engine>) {
-        let _ = self.inner.origin.set(engine);
-    }
-
-    pub(crate) fn from_shared(inner: Arc<Inner>) -> Self {
-        AccessToken { inner }
-    }
-
-    pub(crate) fn shared(&self) -> &Arc<Inner> {
-        &self.inner
-    }
-
-    /// A process-unique identity: two tokens are the same token exactly when their ids match.
+    /// A process-unique identity: two tokens are the same token (from the same fetch)
+    /// exactly when their ids match, whatever their values.
     pub fn id(&self) -> u64 {
         self.inner.id
-    }
-
-    /// Whether `self` and `other` are the same token (same fetch), not merely equal values.
-    pub fn same_as(&self, other: &AccessToken) -> bool {
-        self.inner.id == other.inner.id
     }
 }
 

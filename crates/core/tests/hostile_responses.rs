@@ -2,8 +2,8 @@
 //! Served over loopback by the emulator, read by the real client (body cap included).
 
 use truelayer_auth::{
-    ClientCredentials, Environment, Error, InvalidResponse as I, OAuthErrorCode, RetryPolicy,
-    Scopes, TokenClient,
+    ClientCredentials, Environment, Error, InvalidResponse as I, OAuthErrorCode, Scopes,
+    TokenClient,
 };
 use truelayer_auth_emulator::{Emulator, Fault};
 
@@ -78,15 +78,12 @@ async fn hostile_token_endpoint_answers_map_to_their_error_kinds() {
     let env = Environment::custom(&emulator.url()).unwrap();
     let creds =
         ClientCredentials::new(emulator.client_id(), emulator.client_secret().into()).unwrap();
-    let client = TokenClient::builder()
-        .retry_policy(RetryPolicy::none())
-        .build()
-        .unwrap();
+    let client = TokenClient::new().unwrap();
     let mut failures = Vec::new();
     for (name, fault, check) in cases {
         emulator.fail_next([fault]);
         let result = client
-            .request_token(&env, &creds, &Scopes::payments())
+            .request_token_once(&env, &creds, &Scopes::payments())
             .await;
         if !check(&result) {
             failures.push(format!("{name}: got {result:?}"));

@@ -74,7 +74,7 @@ async fn the_key_includes_the_normalized_scope_set() {
     let b: Scopes = "signupplus payments".parse().unwrap();
     let t1 = keyed.token(&env, &merchant(0), &a).await.unwrap();
     let t2 = keyed.token(&env, &merchant(0), &b).await.unwrap();
-    assert!(t1.same_as(&t2), "same set, same key");
+    assert_eq!(t1.id(), t2.id(), "same set, same key");
     keyed
         .token(&env, &merchant(0), &Scopes::payments())
         .await
@@ -94,11 +94,12 @@ async fn a_new_secret_for_a_key_is_used_from_the_next_fetch_on() {
         .unwrap();
     let rotated = emulator.rotate_secret("merchant-0").unwrap();
     let new_creds = ClientCredentials::new("merchant-0", rotated.into()).unwrap();
-    let cache = keyed.get(&env, &new_creds, &Scopes::payments()).unwrap();
-    advance(Duration::from_secs(2)).await;
+    let cache = keyed.get(&env, &new_creds, &Scopes::payments());
+    // Revoked after two minutes in use: withdrawn, and the next fetch uses the new secret.
+    advance(Duration::from_secs(120)).await;
     assert!(cache.invalidate(&first));
     let second = cache.token().await.unwrap();
-    assert!(!second.same_as(&first));
+    assert_ne!(second.id(), first.id());
     assert_eq!(
         emulator.stats().token_errors,
         0,
@@ -136,4 +137,98 @@ async fn memory_is_bounded_by_max_entries_and_idle_eviction() {
     let refreshes = emulator.stats().token_requests - before;
     assert!(refreshes <= 3, "only the key in use refreshed: {refreshes}");
     assert_eq!(keyed.len(), 1, "idle keys were evicted");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_entry_a_caller_holds_is_never_evicted_and_idle_ones_are_swept_on_a_timer() {
+    let emulator = emulator_with(6).await;
+    let env = Environment::custom(&emulator.url()).unwrap();
+    let keyed = KeyedTokenCache::builder()
+        .max_entries(2)
+        .idle_timeout(Duration::from_secs(600))
+        .build()
+        .unwrap();
+    // One layer per merchant would hold its cache and never call `get` again.
+    let held = keyed.get(&env, &merchant(0), &Scopes::payments());
+    let first = held.token().await.unwrap();
+    // Churn well past capacity, and let the idle timeout pass many times over.
+    for i in 1..6 {
+        keyed
+            .token(&env, &merchant(i), &Scopes::payments())
+            .await
+            .unwrap();
+    }
+    for _ in 0..12 {
+        advance(Duration::from_secs(600)).await;
+        sleep(Duration::from_millis(1)).await;
+    }
+    // No `get` ran in those two hours: the sweep ran on its own timer and dropped the idle
+    // entries, but never the held one.
+    assert_eq!(keyed.len(), 1, "only the held entry is left");
+    let again = keyed.get(&env, &merchant(0), &Scopes::payments());
+    assert_eq!(
+        again.cached().unwrap().id(),
+        held.cached().unwrap().id(),
+        "the keyed cache and the held one are the same cache"
+    );
+    assert_ne!(
+        held.cached().unwrap().id(),
+        first.id(),
+        "and it kept refreshing"
+    );
+    // With the held one dropped too, it goes idle and is swept; its refreshing stops.
+    drop((held, again));
+    for _ in 0..3 {
+        advance(Duration::from_secs(600)).await;
+        sleep(Duration::from_millis(1)).await;
+    }
+    assert!(keyed.is_empty());
+    let before = emulator.stats().token_requests;
+    advance(Duration::from_secs(4 * 3600)).await;
+    sleep(Duration::from_millis(1)).await;
+    assert_eq!(
+        emulator.stats().token_requests,
+        before,
+        "no refresh after eviction"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn behind_a_token_source_requests_pick_their_merchant_by_cache_key() {
+    use std::sync::Arc;
+    use truelayer_auth::{CacheKey, CredentialsSource, Error, TokenSource};
+    let emulator = emulator_with(3).await;
+    let env = Environment::custom(&emulator.url()).unwrap();
+    let keyed = KeyedTokenCache::builder()
+        .credentials_for(|key| {
+            let i: usize = key.client_id().strip_prefix("merchant-")?.parse().ok()?;
+            (i < 3).then(|| Arc::new(merchant(i)) as Arc<dyn CredentialsSource>)
+        })
+        .build()
+        .unwrap();
+    let request = |client_id: &str| {
+        let mut extensions = http::Extensions::new();
+        extensions.insert(CacheKey::new(env.clone(), client_id, Scopes::payments()));
+        extensions
+    };
+    for i in 0..3 {
+        let token = TokenSource::token(&keyed, &request(&format!("merchant-{i}")))
+            .await
+            .unwrap();
+        let claims = emulator.verify_token(secrecy::ExposeSecret::expose_secret(token.secret()));
+        assert_eq!(claims.unwrap().client_id, format!("merchant-{i}"));
+        assert!(
+            TokenSource::cached(&keyed, &request(&format!("merchant-{i}")))
+                .unwrap()
+                .is_some()
+        );
+    }
+    assert!(matches!(
+        TokenSource::token(&keyed, &http::Extensions::new()).await,
+        Err(Error::MissingCacheKey)
+    ));
+    assert!(matches!(
+        TokenSource::token(&keyed, &request("merchant-9")).await,
+        Err(Error::UnknownCacheKey { client_id }) if client_id == "merchant-9"
+    ));
 }

@@ -20,17 +20,14 @@ fn creds(emulator: &Emulator) -> ClientCredentials {
 }
 
 fn no_retry() -> TokenClient {
-    TokenClient::builder()
-        .retry_policy(RetryPolicy::none())
-        .build()
-        .unwrap()
+    TokenClient::new().unwrap()
 }
 
 async fn fail_once_with(fault: Fault) -> (Error, u64) {
     let emulator = Emulator::start().await.unwrap();
     emulator.fail_next([fault]);
     let err = no_retry()
-        .request_token(&env(&emulator), &creds(&emulator), &Scopes::payments())
+        .request_token_once(&env(&emulator), &creds(&emulator), &Scopes::payments())
         .await
         .unwrap_err();
     (err, emulator.stats().token_requests)
@@ -43,7 +40,12 @@ async fn a_token_is_issued_cached_data_and_verifiable() {
     let before = Instant::now();
     let token = TokenClient::new()
         .unwrap()
-        .request_token(&env(&emulator), &creds(&emulator), &scopes)
+        .request_token(
+            &env(&emulator),
+            &creds(&emulator),
+            &scopes,
+            &RetryPolicy::default(),
+        )
         .await
         .unwrap();
     assert_eq!(token.lifetime(), Duration::from_secs(3600));
@@ -75,7 +77,12 @@ async fn rejected_credentials_are_invalid_client_and_not_retried() {
     let wrong = ClientCredentials::new(emulator.client_id(), "wrong-secret".into()).unwrap();
     let err = TokenClient::new()
         .unwrap()
-        .request_token(&env(&emulator), &wrong, &Scopes::payments())
+        .request_token(
+            &env(&emulator),
+            &wrong,
+            &Scopes::payments(),
+            &RetryPolicy::default(),
+        )
         .await
         .unwrap_err();
     assert!(err.is_invalid_client(), "{err:?}");
@@ -99,7 +106,7 @@ async fn a_scope_the_client_may_not_use_is_invalid_scope() {
     emulator.add_client("narrow", "narrow-secret", ["payments"]);
     let creds = ClientCredentials::new("narrow", "narrow-secret".into()).unwrap();
     let err = no_retry()
-        .request_token(
+        .request_token_once(
             &env(&emulator),
             &creds,
             &Scopes::payments().with(Scope::SignupPlus),
@@ -289,10 +296,15 @@ async fn retries_back_off_and_then_succeed() {
         .with_backoff(Duration::from_secs(1), Duration::from_secs(60))
         .with_max_attempts(3)
         .unwrap();
-    let client = TokenClient::builder().retry_policy(policy).build().unwrap();
+    let client = TokenClient::new().unwrap();
     let started = Instant::now();
     let token = client
-        .request_token(&env(&emulator), &creds(&emulator), &Scopes::payments())
+        .request_token(
+            &env(&emulator),
+            &creds(&emulator),
+            &Scopes::payments(),
+            &policy,
+        )
         .await
         .unwrap();
     assert!(!token.is_expired());
@@ -310,11 +322,14 @@ async fn retries_stop_after_the_last_attempt() {
     let emulator = Emulator::start().await.unwrap();
     emulator.fail_next(std::iter::repeat_n(Fault::unavailable(), 10));
     let policy = RetryPolicy::default().with_max_attempts(4).unwrap();
-    let err = TokenClient::builder()
-        .retry_policy(policy)
-        .build()
+    let err = TokenClient::new()
         .unwrap()
-        .request_token(&env(&emulator), &creds(&emulator), &Scopes::payments())
+        .request_token(
+            &env(&emulator),
+            &creds(&emulator),
+            &Scopes::payments(),
+            &policy,
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::ServerError { .. }));
@@ -328,7 +343,12 @@ async fn retry_after_is_honoured() {
     let started = Instant::now();
     TokenClient::new()
         .unwrap()
-        .request_token(&env(&emulator), &creds(&emulator), &Scopes::payments())
+        .request_token(
+            &env(&emulator),
+            &creds(&emulator),
+            &Scopes::payments(),
+            &RetryPolicy::default(),
+        )
         .await
         .unwrap();
     assert!(
@@ -351,7 +371,12 @@ async fn a_retry_after_past_the_deadline_ends_retries_at_once() {
     let started = Instant::now();
     let err = TokenClient::new()
         .unwrap()
-        .request_token(&env(&emulator), &creds(&emulator), &Scopes::payments())
+        .request_token(
+            &env(&emulator),
+            &creds(&emulator),
+            &Scopes::payments(),
+            &RetryPolicy::default(),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.retry_after(), Some(Duration::from_secs(3600)));
@@ -368,7 +393,12 @@ async fn redirects_are_refused_and_never_followed() {
     }]);
     let err = TokenClient::new()
         .unwrap()
-        .request_token(&env(&emulator), &creds(&emulator), &Scopes::payments())
+        .request_token(
+            &env(&emulator),
+            &creds(&emulator),
+            &Scopes::payments(),
+            &RetryPolicy::default(),
+        )
         .await
         .unwrap_err();
     match &err {
@@ -400,12 +430,11 @@ async fn slow_answers_time_out() {
     emulator.set_latency(Duration::from_secs(60));
     let client = TokenClient::builder()
         .timeout(Duration::from_secs(2))
-        .retry_policy(RetryPolicy::none())
         .build()
         .unwrap();
     let started = Instant::now();
     let err = client
-        .request_token(&env(&emulator), &creds(&emulator), &Scopes::payments())
+        .request_token_once(&env(&emulator), &creds(&emulator), &Scopes::payments())
         .await
         .unwrap_err();
     assert!(err.is_timeout(), "{err:?}");
@@ -424,7 +453,7 @@ async fn a_closed_port_is_a_connect_error() {
     let env = Environment::custom(&format!("http://127.0.0.1:{port}")).unwrap();
     let creds = ClientCredentials::new("id", SecretString::from("secret")).unwrap();
     let err = no_retry()
-        .request_token(&env, &creds, &Scopes::payments())
+        .request_token_once(&env, &creds, &Scopes::payments())
         .await
         .unwrap_err();
     assert!(err.is_connect(), "{err:?}");

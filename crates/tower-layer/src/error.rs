@@ -37,10 +37,12 @@ impl<E> BearerAuthError<E> {
 impl<E: fmt::Display> fmt::Display for BearerAuthError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            BearerAuthError::Token(e) => {
-                write!(f, "no TrueLayer access token, request not sent: {e}")
+            // The cause is the source; this layer says what it did about it.
+            BearerAuthError::Token(_) => {
+                f.write_str("no TrueLayer access token; the request was not sent")
             }
-            BearerAuthError::Service(e) => write!(f, "{e}"),
+            // Transparent: the inner service's failure is not this layer's to describe.
+            BearerAuthError::Service(e) => e.fmt(f),
         }
     }
 }
@@ -49,7 +51,7 @@ impl<E: std::error::Error + 'static> std::error::Error for BearerAuthError<E> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             BearerAuthError::Token(e) => Some(e),
-            BearerAuthError::Service(e) => Some(e),
+            BearerAuthError::Service(e) => e.source(),
         }
     }
 }

@@ -8,40 +8,31 @@ use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower::Service;
 use tower::util::{Oneshot, ServiceExt};
-use truelayer_auth::{AccessToken, TokenCache};
+use truelayer_auth::{AccessToken, TokenFuture, TokenSource};
 
 use crate::error::BearerAuthError;
 use crate::layer::authorize;
 use crate::replay::with_body;
-
-type TokenFuture =
-    Pin<Box<dyn Future<Output = Result<AccessToken, truelayer_auth::Error>> + Send + 'static>>;
-
-fn wait_for_token(tokens: &TokenCache) -> TokenFuture {
-    // Boxed only on the slow paths: a cold cache, or a refresh after a 401.
-    let tokens = tokens.clone();
-    Box::pin(async move { tokens.token().await })
-}
 
 /// A request waiting for its token, with the ready service that will send it.
 struct Deferred<S, B> {
     service: S,
     request: Request<B>,
     replay_body: Option<B>,
-    tokens: TokenCache,
 }
 
-/// What a replay needs: a service to send it, the copy, and the cache for a fresh token.
-type Replay<S, B> = (S, Request<B>, TokenCache);
+/// What a replay needs: a service to send it, and the copy.
+type Replay<S, B> = (S, Request<B>);
 
 pin_project! {
     /// The future of [`BearerAuth`](crate::BearerAuth).
-    pub struct ResponseFuture<S, B>
+    pub struct ResponseFuture<S, T, B>
     where
         S: Service<Request<B>>,
     {
         #[pin]
         state: State<S, B>,
+        tokens: Option<T>,
     }
 }
 
@@ -51,6 +42,9 @@ pin_project! {
     where
         S: Service<Request<B>>,
     {
+        Failed {
+            error: Option<truelayer_auth::Error>,
+        },
         Fetching {
             token: TokenFuture,
             deferred: Option<Deferred<S, B>>,
@@ -63,7 +57,7 @@ pin_project! {
         },
         Refetching {
             token: TokenFuture,
-            replay: Option<(S, Request<B>)>,
+            replay: Option<Replay<S, B>>,
         },
         Replaying {
             #[pin]
@@ -72,20 +66,29 @@ pin_project! {
     }
 }
 
-impl<S: Service<Request<B>>, B> std::fmt::Debug for ResponseFuture<S, B> {
+impl<S: Service<Request<B>>, T, B> std::fmt::Debug for ResponseFuture<S, T, B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 
-impl<S, B> ResponseFuture<S, B>
+impl<S, T, B> ResponseFuture<S, T, B>
 where
     S: Service<Request<B>>,
+    T: TokenSource,
 {
+    pub(crate) fn failed(error: truelayer_auth::Error) -> Self {
+        ResponseFuture {
+            state: State::Failed { error: Some(error) },
+            tokens: None,
+        }
+    }
+
     pub(crate) fn calling(
         future: S::Future,
         token: AccessToken,
         replay: Option<Replay<S, B>>,
+        tokens: T,
     ) -> Self {
         ResponseFuture {
             state: State::Calling {
@@ -93,6 +96,7 @@ where
                 token: Some(token),
                 replay,
             },
+            tokens: Some(tokens),
         }
     }
 
@@ -100,25 +104,30 @@ where
         service: S,
         request: Request<B>,
         replay_body: Option<B>,
-        tokens: TokenCache,
+        tokens: T,
     ) -> Self {
+        // Boxed only on the slow paths: no usable token, or a refresh after a 401.
+        let token = tokens.token(request.extensions());
         ResponseFuture {
             state: State::Fetching {
-                token: wait_for_token(&tokens),
+                token,
                 deferred: Some(Deferred {
                     service,
                     request,
                     replay_body,
-                    tokens,
                 }),
             },
+            tokens: Some(tokens),
         }
     }
 }
 
-impl<S, B, ResBody> Future for ResponseFuture<S, B>
+const POLLED_AFTER_COMPLETION: &str = "ResponseFuture polled after completion";
+
+impl<S, T, B, ResBody> Future for ResponseFuture<S, T, B>
 where
     S: Service<Request<B>, Response = Response<ResBody>> + Clone,
+    T: TokenSource,
 {
     type Output = Result<Response<ResBody>, BearerAuthError<S::Error>>;
 
@@ -126,6 +135,10 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
+                StateProj::Failed { error } => {
+                    let error = error.take().expect(POLLED_AFTER_COMPLETION);
+                    return Poll::Ready(Err(BearerAuthError::Token(error)));
+                }
                 StateProj::Fetching { token, deferred } => {
                     let token = match ready!(token.as_mut().poll(cx)) {
                         Ok(token) => token,
@@ -135,13 +148,10 @@ where
                         mut service,
                         mut request,
                         replay_body,
-                        tokens,
-                    } = deferred
-                        .take()
-                        .expect("ResponseFuture polled after completion");
+                    } = deferred.take().expect(POLLED_AFTER_COMPLETION);
                     authorize(&mut request, &token);
-                    let replay = replay_body
-                        .map(|body| (service.clone(), with_body(&request, body), tokens));
+                    let replay =
+                        replay_body.map(|body| (service.clone(), with_body(&request, body)));
                     let future = service.call(request);
                     this.state.set(State::Calling {
                         future,
@@ -158,18 +168,18 @@ where
                     if response.status() != StatusCode::UNAUTHORIZED {
                         return Poll::Ready(Ok(response));
                     }
-                    let sent = token
-                        .take()
-                        .expect("ResponseFuture polled after completion");
-                    // Only the token that was sent; a newer one in the cache survives.
-                    let withdrawn = sent.invalidate();
-                    let Some((service, request, tokens)) = replay.take() else {
-                        tracing::debug!(withdrawn, "401 for a request that cannot be replayed");
+                    let sent = token.take().expect(POLLED_AFTER_COMPLETION);
+                    let tokens = this.tokens.as_ref().expect(POLLED_AFTER_COMPLETION);
+                    // Only the token that was sent: a newer one in the source survives.
+                    let acted = tokens.invalidate(&sent);
+                    let Some((service, request)) = replay.take() else {
+                        tracing::debug!(acted, "401 for a request that cannot be replayed");
                         return Poll::Ready(Ok(response));
                     };
-                    tracing::debug!(withdrawn, "401: replaying with a fresh token");
+                    tracing::debug!(acted, "401: replaying");
+                    let token = tokens.replacement(&sent, request.extensions());
                     this.state.set(State::Refetching {
-                        token: wait_for_token(&tokens),
+                        token,
                         replay: Some((service, request)),
                     });
                 }
@@ -178,9 +188,7 @@ where
                         Ok(token) => token,
                         Err(e) => return Poll::Ready(Err(BearerAuthError::Token(e))),
                     };
-                    let (service, mut request) = replay
-                        .take()
-                        .expect("ResponseFuture polled after completion");
+                    let (service, mut request) = replay.take().expect(POLLED_AFTER_COMPLETION);
                     authorize(&mut request, &token);
                     this.state.set(State::Replaying {
                         future: service.oneshot(request),

@@ -4,7 +4,7 @@ use http::header::AUTHORIZATION;
 use http::{Request, Response};
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
-use truelayer_auth::{AccessToken, TokenCache};
+use truelayer_auth::{AccessToken, TokenCache, TokenSource};
 
 use crate::error::BearerAuthError;
 use crate::future::ResponseFuture;
@@ -12,16 +12,19 @@ use crate::replay::{EmptyBodies, ReplayPolicy, with_body};
 
 /// Builds [`BearerAuth`] services that put `Authorization: Bearer <token>` on every request.
 ///
-/// See the [crate docs](crate) for an example.
+/// The tokens come from a [`TokenSource`]: a [`TokenCache`] for one merchant, or a
+/// [`KeyedTokenCache`](truelayer_auth::KeyedTokenCache) that picks each request's merchant
+/// from the [`CacheKey`](truelayer_auth::CacheKey) in its extensions. See the
+/// [crate docs](crate) for examples.
 #[derive(Debug, Clone)]
-pub struct BearerAuthLayer<P = EmptyBodies> {
-    tokens: TokenCache,
+pub struct BearerAuthLayer<T = TokenCache, P = EmptyBodies> {
+    tokens: T,
     policy: P,
 }
 
-impl BearerAuthLayer {
+impl<T: TokenSource> BearerAuthLayer<T> {
     /// A layer taking tokens from `tokens`, replaying requests with empty bodies after a 401.
-    pub fn new(tokens: TokenCache) -> Self {
+    pub fn new(tokens: T) -> Self {
         BearerAuthLayer {
             tokens,
             policy: EmptyBodies,
@@ -29,11 +32,11 @@ impl BearerAuthLayer {
     }
 }
 
-impl<P> BearerAuthLayer<P> {
+impl<T, P> BearerAuthLayer<T, P> {
     /// Which requests are replayed after a 401: [`EmptyBodies`] (default),
     /// [`CloneBodies`](crate::CloneBodies), [`NoReplay`](crate::NoReplay) or
     /// [`replay_with`](crate::replay_with).
-    pub fn replay_policy<Q>(self, policy: Q) -> BearerAuthLayer<Q> {
+    pub fn replay_policy<Q>(self, policy: Q) -> BearerAuthLayer<T, Q> {
         BearerAuthLayer {
             tokens: self.tokens,
             policy,
@@ -41,8 +44,8 @@ impl<P> BearerAuthLayer<P> {
     }
 }
 
-impl<S, P: Clone> Layer<S> for BearerAuthLayer<P> {
-    type Service = BearerAuth<S, P>;
+impl<S, T: Clone, P: Clone> Layer<S> for BearerAuthLayer<T, P> {
+    type Service = BearerAuth<S, T, P>;
 
     fn layer(&self, inner: S) -> Self::Service {
         BearerAuth {
@@ -53,27 +56,29 @@ impl<S, P: Clone> Layer<S> for BearerAuthLayer<P> {
     }
 }
 
-/// Adds `Authorization: Bearer <token>` from a [`TokenCache`] to every request, replacing any
-/// `Authorization` header already present. The header value is marked sensitive.
+/// Adds `Authorization: Bearer <token>` from a [`TokenSource`] to every request, replacing
+/// any `Authorization` header already present. The header value is marked sensitive.
 ///
-/// - With a usable token the request goes straight to the inner service; the only per-request
-///   work is a reference count on the token and, for replayable requests, a copy of the
-///   request head.
-/// - Without one, the request waits for the cache (bounded by its wait deadline) and fails with
-///   [`BearerAuthError::Token`] if none comes; it is never sent without auth.
-/// - A 401 answer invalidates exactly the token that was sent. If the [`ReplayPolicy`] can
-///   reproduce the body, the request is sent once more with a fresh token; otherwise the 401
-///   is returned. Concurrent 401s for one token cause one refresh.
+/// - With a usable token the request goes straight to the inner service; the per-request
+///   work is a reference count on the token and one on the token source and, for replayable
+///   requests, a copy of the request head.
+/// - Without one, the request waits for the source (bounded by its wait deadline) and fails
+///   with [`BearerAuthError::Token`] if none comes; it is never sent without auth.
+/// - A 401 answer is reported for exactly the token that was sent
+///   ([`TokenSource::invalidate`]). If the [`ReplayPolicy`] can reproduce the body, the request
+///   is sent once more with the token the source then holds (a fresh one if it withdrew the
+///   rejected token); otherwise the 401 is returned. Concurrent 401s for one token cause one
+///   refresh.
 #[derive(Debug, Clone)]
-pub struct BearerAuth<S, P = EmptyBodies> {
+pub struct BearerAuth<S, T = TokenCache, P = EmptyBodies> {
     inner: S,
-    tokens: TokenCache,
+    tokens: T,
     policy: P,
 }
 
-impl<S> BearerAuth<S> {
+impl<S, T: TokenSource> BearerAuth<S, T> {
     /// Wraps `inner`.
-    pub fn new(inner: S, tokens: TokenCache) -> Self {
+    pub fn new(inner: S, tokens: T) -> Self {
         BearerAuth {
             inner,
             tokens,
@@ -82,12 +87,12 @@ impl<S> BearerAuth<S> {
     }
 
     /// A [`BearerAuthLayer`] with `tokens`.
-    pub fn layer(tokens: TokenCache) -> BearerAuthLayer {
+    pub fn layer(tokens: T) -> BearerAuthLayer<T> {
         BearerAuthLayer::new(tokens)
     }
 }
 
-impl<S, P> BearerAuth<S, P> {
+impl<S, T, P> BearerAuth<S, T, P> {
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -103,8 +108,8 @@ impl<S, P> BearerAuth<S, P> {
         self.inner
     }
 
-    /// The token cache.
-    pub fn tokens(&self) -> &TokenCache {
+    /// The token source.
+    pub fn tokens(&self) -> &T {
         &self.tokens
     }
 }
@@ -115,31 +120,36 @@ pub(crate) fn authorize<B>(request: &mut Request<B>, token: &AccessToken) {
         .insert(AUTHORIZATION, token.authorization_header());
 }
 
-impl<S, P, ReqBody, ResBody> Service<Request<ReqBody>> for BearerAuth<S, P>
+impl<S, T, P, ReqBody, ResBody> Service<Request<ReqBody>> for BearerAuth<S, T, P>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    T: TokenSource,
     P: ReplayPolicy<ReqBody>,
 {
     type Response = Response<ResBody>;
     type Error = BearerAuthError<S::Error>;
-    type Future = ResponseFuture<S, ReqBody>;
+    type Future = ResponseFuture<S, T, ReqBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(BearerAuthError::Service)
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let cached = match self.tokens.cached(request.extensions()) {
+            Ok(cached) => cached,
+            Err(e) => return ResponseFuture::failed(e),
+        };
         let replay_body = self.policy.clone_body(request.body());
-        match self.tokens.cached() {
+        match cached {
             Some(token) => {
                 authorize(&mut request, &token);
                 let replay = replay_body.map(|body| {
                     let copy = with_body(&request, body);
-                    (self.inner.clone(), copy, self.tokens.clone())
+                    (self.inner.clone(), copy)
                 });
                 // `self.inner` was driven ready by `poll_ready`: call it directly.
                 let future = self.inner.call(request);
-                ResponseFuture::calling(future, token, replay)
+                ResponseFuture::calling(future, token, replay, self.tokens.clone())
             }
             None => {
                 // The call happens later, after the token arrives: take the service that is

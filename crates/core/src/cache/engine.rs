@@ -1,32 +1,41 @@
-//! The shared state of one cache and its refresh task.
+//! The shared state of one cache: what callers read, and how they coordinate with the
+//! refresh task.
 //!
-//! Exactly one task per cache fetches tokens, so there is never more than one request in
-//! flight. It publishes a usable token through an `ArcSwapOption` that callers read without
-//! locks, and its progress through a `watch` channel that waiting callers follow. Timers in the
-//! task move a token through its life: at the soft margin the task refreshes in the background
-//! while the old token is still handed out; at the hard margin the token is withdrawn. The
-//! task holds the engine but not the handles; when the last handle drops, it signals
-//! `shutdown` and the task ends. Tokens point back at their engine weakly, so a token can
-//! invalidate itself without the handle.
+//! Three synchronisation parts, each for one job:
+//!
+//! - `current` (`ArcSwapOption`): the published token with its deadlines. Callers read it
+//!   without locks; every reader checks the hard margin itself, so a token past it is never
+//!   handed out, whether or not the refresh task runs.
+//! - `worker` (`AtomicU64`): the generation of the live refresh task, 0 when there is none.
+//!   The task's drop guard clears it, so a task that is gone (its runtime dropped, a panic) is
+//!   seen by the next caller, which starts a new one in its own runtime.
+//! - `state` (a `watch` channel): everything else (attempts, failures, demand, rejections),
+//!   changed under the channel's lock; a change wakes the refresh task and waiting callers.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{Instrument, debug, error, info, warn};
+use tracing::{debug, info, warn};
 
-use super::schedule::{Margins, RenewalTimes, plan};
+use super::schedule::{Margins, storm_pause, suspect_after};
 use super::stats::{CacheStats, StripedCounter};
+use super::worker::Worker;
+use crate::cache::CacheKey;
 use crate::client::TokenClient;
+use crate::clock::{self, Deadline};
 use crate::environment::Environment;
 use crate::error::Error;
-use crate::retry::{exponential_cap, full_jitter};
 use crate::scope::Scopes;
 use crate::source::CredentialsSource;
-use crate::token::{AccessToken, Inner};
+use crate::token::AccessToken;
+
+/// How long a refresh task may leave a request for a fetch unanswered before a caller
+/// decides it is stuck (its runtime is alive but no longer driven) and starts another.
+pub(crate) const STALL_AFTER: Duration = Duration::from_secs(1);
 
 /// Settings of a cache's refresh engine.
 #[derive(Debug, Clone, Copy)]
@@ -36,36 +45,113 @@ pub(crate) struct Config {
     pub(crate) backoff_initial: Duration,
     pub(crate) backoff_max: Duration,
     pub(crate) min_fetch_interval: Duration,
+    pub(crate) credentials_timeout: Duration,
 }
 
-/// What waiting callers follow.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Status {
-    pub(crate) in_flight: bool,
-    pub(crate) error: Option<Error>,
-    pub(crate) next_attempt: Option<Instant>,
+/// A token as handed out, with the deadlines that govern it.
+#[derive(Debug)]
+pub(crate) struct Published {
+    pub(crate) token: AccessToken,
+    /// The soft margin: refresh in the background from here.
+    pub(crate) refresh_at: Deadline,
+    /// The hard margin: never handed out from here.
+    pub(crate) usable_until: Deadline,
+    /// The refresh task has taken up this token's refresh.
+    pub(crate) refresh_taken: AtomicBool,
+    /// When (coarse monotonic ns) a caller first saw the refresh overdue; 0 if none has.
+    overdue_seen_ns: AtomicU64,
+}
+
+impl Published {
+    pub(crate) fn new(token: AccessToken, refresh_after: Duration, usable_for: Duration) -> Self {
+        let (mono, wall) = (token.issued_at(), token.issued_at_wall());
+        Published {
+            refresh_at: Deadline::after(mono, wall, refresh_after),
+            usable_until: Deadline::after(mono, wall, usable_for),
+            token,
+            refresh_taken: AtomicBool::new(false),
+            overdue_seen_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Coordination state, behind the `watch` channel's lock.
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    /// The last refresh-task generation handed out.
+    pub(crate) generation: u64,
+    /// Requests for a fetch by callers waiting with no usable token.
+    pub(crate) demand: u64,
+    /// The demand the last fetch started for.
+    pub(crate) served: u64,
+    /// The demand the refresh task has seen.
+    pub(crate) acked: u64,
+    /// When unacknowledged demand was registered.
+    pub(crate) demand_at: Option<Instant>,
+    /// Fetches started and finished.
+    pub(crate) started: u64,
+    pub(crate) done: u64,
+    /// When the last fetch started (the rate bound counts from here).
+    pub(crate) last_attempt: Option<Instant>,
+    /// The last fetch's error, until one succeeds.
+    pub(crate) last_error: Option<Error>,
+    /// Consecutive failed fetches.
+    pub(crate) failures: u32,
+    /// When the refresh task retries on its own after a failure (the backoff, or the
+    /// server's `Retry-After` up to the longest backoff).
+    pub(crate) retry_at: Option<Instant>,
+    /// The backoff alone, without the server's hint: the earliest a waiting caller's demand
+    /// starts the next attempt.
+    pub(crate) backoff_until: Option<Instant>,
+    /// A non-retryable failure with no token held: no fetch until a caller asks.
+    pub(crate) halted: bool,
+    /// A rejected token asked for a refresh at this time.
+    pub(crate) refresh_requested: Option<Instant>,
+    /// The id of the last token published.
+    pub(crate) last_published: Option<u64>,
+    /// The id of the last token reported rejected.
+    pub(crate) rejected: Option<u64>,
+    /// When a 401 was last reported for the token handed out.
+    pub(crate) last_rejection: Option<Instant>,
+    /// Rejections in the current run (each within the suspect window of the last).
+    pub(crate) rejection_streak: u32,
+}
+
+impl State {
+    pub(crate) fn in_flight(&self) -> bool {
+        self.started > self.done
+    }
+
+    /// The earliest a new fetch may start: the rate bound.
+    pub(crate) fn earliest(&self, min_interval: Duration) -> Option<Instant> {
+        self.last_attempt
+            .map(|t| clock::saturating_add(t, min_interval))
+    }
+
+    /// The earliest a fetch for a waiting caller may start: the rate bound and the backoff
+    /// after failures (but not a server's longer hint, nor a halt).
+    pub(crate) fn earliest_on_demand(&self, min_interval: Duration) -> Option<Instant> {
+        match (self.earliest(min_interval), self.backoff_until) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 pub(crate) struct Engine {
-    pub(crate) current: ArcSwapOption<Inner>,
-    writer: Mutex<()>,
-    pub(crate) status: watch::Sender<Status>,
-    /// Notified when a token is invalidated.
-    wake: Notify,
-    /// Notified once, when the last handle drops.
-    pub(crate) shutdown: Notify,
-    pub(crate) closed: std::sync::atomic::AtomicBool,
+    pub(crate) current: ArcSwapOption<Published>,
+    pub(crate) worker: AtomicU64,
+    pub(crate) state: watch::Sender<State>,
     pub(crate) client: TokenClient,
     pub(crate) source: Arc<dyn CredentialsSource>,
     pub(crate) environment: Environment,
     pub(crate) scopes: Scopes,
+    pub(crate) key: Option<CacheKey>,
     pub(crate) config: Config,
     pub(crate) hits: StripedCounter,
     pub(crate) waits: AtomicU64,
-    fetches: AtomicU64,
-    failures: AtomicU64,
-    consecutive_failures: AtomicU32,
-    invalidations: AtomicU64,
+    pub(crate) failures_total: AtomicU64,
+    pub(crate) invalidations: AtomicU64,
 }
 
 impl Engine {
@@ -74,316 +160,391 @@ impl Engine {
         source: Arc<dyn CredentialsSource>,
         environment: Environment,
         scopes: Scopes,
+        key: Option<CacheKey>,
         config: Config,
     ) -> Self {
         Engine {
             current: ArcSwapOption::empty(),
-            writer: Mutex::new(()),
-            status: watch::Sender::new(Status::default()),
-            wake: Notify::new(),
-            shutdown: Notify::new(),
-            closed: std::sync::atomic::AtomicBool::new(false),
+            worker: AtomicU64::new(0),
+            state: watch::Sender::new(State::default()),
             client,
             source,
             environment,
             scopes,
+            key,
             config,
             hits: StripedCounter::default(),
             waits: AtomicU64::new(0),
-            fetches: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
-            consecutive_failures: AtomicU32::new(0),
+            failures_total: AtomicU64::new(0),
             invalidations: AtomicU64::new(0),
         }
     }
 
-    fn write_lock(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.writer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    pub(crate) fn load(&self) -> Option<AccessToken> {
-        self.current.load_full().map(AccessToken::from_shared)
-    }
-
-    /// Withdraws `token` if it is still the one handed out. Returns whether it was.
-    pub(crate) fn withdraw(&self, token: &AccessToken) -> bool {
-        let _w = self.write_lock();
-        let is_current = self
-            .current
-            .load()
-            .as_ref()
-            .is_some_and(|cur| Arc::ptr_eq(cur, token.shared()));
-        if is_current {
-            self.current.store(None);
+    /// The hot path: a usable token without locks, I/O or allocation. The coarse clocks
+    /// answer "surely usable" almost always; anything else goes to the exact check.
+    #[inline]
+    pub(crate) fn cached(self: &Arc<Self>) -> Option<AccessToken> {
+        {
+            let guard = self.current.load();
+            if let Some(p) = guard.as_ref() {
+                let now = clock::coarse_now();
+                if p.usable_until.surely_ahead(now)
+                    && self.worker.load(Ordering::Relaxed) != 0
+                    && clock::coarse_is_real_time()
+                {
+                    if !p.refresh_at.surely_ahead(now) && !p.refresh_taken.load(Ordering::Relaxed) {
+                        self.refresh_overdue(p, now);
+                    }
+                    self.hits.add();
+                    return Some(p.token.clone());
+                }
+            }
         }
-        is_current
+        self.cached_slow()
     }
 
-    /// Withdraws `token` if it is the one handed out, and wakes the task to refresh.
+    /// A usable token by the exact clocks, restarting the refresh task if it is gone.
+    pub(crate) fn cached_slow(self: &Arc<Self>) -> Option<AccessToken> {
+        clock::notice_virtual_time();
+        self.ensure_worker();
+        let token = self.usable()?;
+        self.hits.add();
+        Some(token)
+    }
+
+    /// The published token if it is usable by the exact clocks; withdraws it if not.
+    pub(crate) fn usable(&self) -> Option<AccessToken> {
+        let p = self.current.load_full()?;
+        if p.usable_until.passed() {
+            self.withdraw(&p, "its hard margin passed");
+            return None;
+        }
+        Some(p.token.clone())
+    }
+
+    /// Withdraws `p` if it is still the published token. Returns whether it was.
+    pub(crate) fn withdraw(&self, p: &Arc<Published>, why: &str) -> bool {
+        let previous = self.current.compare_and_swap(&Some(p.clone()), None);
+        let withdrawn = previous.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, p));
+        if withdrawn {
+            debug!(
+                token_id = p.token.id(),
+                "withdrew the token ({why}); callers wait for a fresh one"
+            );
+        }
+        withdrawn
+    }
+
+    /// Past the soft margin and the refresh task has not taken the refresh up: probe it,
+    /// and if it stays silent, replace it.
+    #[cold]
+    fn refresh_overdue(self: &Arc<Self>, p: &Published, now: clock::CoarseNow) {
+        // The coarse clocks only say "maybe"; a paused test clock may disagree.
+        if !p.refresh_at.passed() {
+            return;
+        }
+        let seen = p.overdue_seen_ns.load(Ordering::Relaxed);
+        if seen == 0 {
+            let _ = p.overdue_seen_ns.compare_exchange(
+                0,
+                now.mono_ns().max(1),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            self.state.send_modify(|_| {}); // wakes the task, if it is driven at all
+        } else if now.mono_ns().saturating_sub(seen) > STALL_AFTER.as_nanos() as u64 {
+            warn!("the refresh task did not refresh at the soft margin; starting another");
+            self.replace_worker(self.worker.load(Ordering::Acquire));
+            p.overdue_seen_ns.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Starts a refresh task in the caller's runtime if there is none, or if the one there is
+    /// has not answered demand for [`STALL_AFTER`].
+    pub(crate) fn ensure_worker(self: &Arc<Self>) {
+        let generation = self.worker.load(Ordering::Acquire);
+        if generation != 0 && !self.stalled() {
+            return;
+        }
+        self.replace_worker(generation);
+    }
+
+    fn stalled(&self) -> bool {
+        let s = self.state.borrow();
+        s.demand > s.acked
+            && s.demand_at
+                .is_some_and(|at| Instant::now() >= clock::saturating_add(at, STALL_AFTER))
+    }
+
+    /// Replaces the refresh task of generation `seen` (0: none) with a new one in the
+    /// caller's runtime. Outside a runtime nothing can run, so nothing happens.
+    fn replace_worker(self: &Arc<Self>, seen: u64) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let now = Instant::now();
+        let mut new_generation = None;
+        self.state.send_if_modified(|s| {
+            if self.worker.load(Ordering::Acquire) != seen {
+                return false; // another caller got there first
+            }
+            s.generation += 1;
+            s.acked = s.demand;
+            s.demand_at = (s.demand > s.served).then_some(now);
+            self.worker.store(s.generation, Ordering::Release);
+            new_generation = Some(s.generation);
+            true
+        });
+        if let Some(generation) = new_generation {
+            if seen != 0 {
+                warn!(
+                    generation,
+                    "the refresh task stopped answering; started another in this runtime"
+                );
+            } else if generation > 1 {
+                info!(
+                    generation,
+                    "the refresh task was gone (its runtime ended?); started another in this runtime"
+                );
+            }
+            Worker::spawn(&runtime, Arc::downgrade(self), generation);
+        }
+    }
+
+    /// Waits (up to the wait deadline) for a usable token when none is held.
+    pub(crate) async fn wait_for_token(self: &Arc<Self>) -> Result<AccessToken, Error> {
+        clock::notice_virtual_time();
+        let started = Instant::now();
+        let deadline = clock::saturating_add(started, self.config.wait_timeout);
+        self.waits.fetch_add(1, Ordering::Relaxed);
+        // Subscribe before looking, so no change can slip between the two.
+        let mut rx = self.state.subscribe();
+        let mut target: Option<u64> = None;
+        loop {
+            if let Some(token) = self.usable() {
+                return Ok(token);
+            }
+            self.ensure_worker();
+            let now = Instant::now();
+            let mut verdict = None;
+            let mut wake = deadline;
+            self.state.send_if_modified(|s| {
+                rx.mark_unchanged();
+                let earliest = s
+                    .earliest_on_demand(self.config.min_fetch_interval)
+                    .unwrap_or(now);
+                if let Some(t) = target
+                    && s.done >= t
+                {
+                    // The attempt this caller waited for is over, and gave no usable token.
+                    target = None;
+                    if let Some(e) = &s.last_error
+                        && (!e.is_retryable() || earliest > deadline)
+                    {
+                        verdict = Some(e.clone());
+                        return false;
+                    }
+                }
+                if target.is_none() {
+                    if s.in_flight() {
+                        target = Some(s.started);
+                        return false;
+                    }
+                    if let Some(e) = &s.last_error
+                        && ((!e.is_retryable() && earliest > now) || earliest > deadline)
+                    {
+                        // A permanent failure is not tried again within the rate bound, and
+                        // a retry past this caller's deadline is not worth waiting for.
+                        verdict = Some(e.clone());
+                        return false;
+                    }
+                    target = Some(s.started + 1);
+                    if s.demand == s.served {
+                        s.demand += 1;
+                        s.demand_at = Some(now);
+                        return true;
+                    }
+                }
+                if let Some(at) = s.demand_at
+                    && s.demand > s.acked
+                {
+                    // Look again when the refresh task would count as stuck (never in the past:
+                    // a task that could not be started must not make this loop spin).
+                    let stuck_at = clock::saturating_add(at, STALL_AFTER);
+                    if stuck_at > now {
+                        wake = wake.min(stuck_at);
+                    }
+                }
+                false
+            });
+            if let Some(error) = verdict {
+                return Err(error);
+            }
+            if tokio::time::timeout_at(wake, rx.changed()).await.is_err()
+                && Instant::now() >= deadline
+            {
+                if let Some(token) = self.usable() {
+                    return Ok(token);
+                }
+                let s = self.state.borrow();
+                return Err(s.last_error.clone().unwrap_or(Error::WaitTimedOut {
+                    waited: started.elapsed(),
+                }));
+            }
+        }
+    }
+
+    /// A 401 for `token`. See [`TokenCache::invalidate`](crate::TokenCache::invalidate).
     pub(crate) fn invalidate(&self, token: &AccessToken) -> bool {
-        if !self.withdraw(token) {
+        let Some(p) = self.current.load_full() else {
+            return false;
+        };
+        if p.token.id() != token.id() {
             return false;
         }
-        self.invalidations.fetch_add(1, Ordering::Relaxed);
-        info!(token_id = token.id(), "token invalidated; refreshing");
-        self.wake.notify_one();
-        true
-    }
-
-    fn publish(&self, token: &AccessToken) {
-        {
-            let _w = self.write_lock();
-            self.current.store(Some(token.shared().clone()));
+        let now = Instant::now();
+        let window = suspect_after(token.lifetime());
+        let mut acted = false;
+        let mut withdraw = false;
+        let mut pause = Duration::ZERO;
+        self.state.send_if_modified(|s| {
+            // A run of rejections: each within the suspect window of the one before.
+            let in_run = s
+                .last_rejection
+                .is_some_and(|t| now.saturating_duration_since(t) < window);
+            if !in_run {
+                s.rejection_streak = 0;
+            }
+            s.last_rejection = Some(now);
+            if s.rejected == Some(token.id()) {
+                return false; // one report per token
+            }
+            s.rejected = Some(token.id());
+            acted = true;
+            // The first rejection of a run withdraws a token in use long enough to be
+            // suspect (it was probably revoked); a fresh one keeps being served. Later ones
+            // are more likely not about tokens at all: keep serving, refresh ever more slowly.
+            let age = now.saturating_duration_since(token.issued_at());
+            withdraw = s.rejection_streak == 0 && age >= window;
+            if s.rejection_streak > 0 {
+                pause = storm_pause(self.config.min_fetch_interval, s.rejection_streak);
+            }
+            s.rejection_streak = s.rejection_streak.saturating_add(1);
+            let at = clock::saturating_add(now, pause);
+            s.refresh_requested = Some(s.refresh_requested.map_or(at, |r| r.min(at)));
+            true
+        });
+        if acted {
+            self.invalidations.fetch_add(1, Ordering::Relaxed);
+            if withdraw {
+                self.withdraw(&p, "the API rejected it");
+                info!(
+                    token_id = token.id(),
+                    "token rejected (401); withdrawn, refreshing"
+                );
+            } else if pause.is_zero() {
+                info!(
+                    token_id = token.id(),
+                    "a fresh token was rejected (401); still serving it while refreshing"
+                );
+            } else {
+                warn!(
+                    token_id = token.id(),
+                    pause_ms = pause.as_millis() as u64,
+                    "tokens keep being rejected (401s not about the token?); still serving, refreshing later"
+                );
+            }
         }
-        self.consecutive_failures.store(0, Ordering::Relaxed);
-        self.status.send_modify(|s| {
-            s.in_flight = false;
-            s.error = None;
-            s.next_attempt = None;
-        });
+        acted
     }
 
-    fn publish_failure(&self, error: Error, next_attempt: Instant) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
-        self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
-        self.status.send_modify(|s| {
-            s.in_flight = false;
-            s.error = Some(error);
-            s.next_attempt = Some(next_attempt);
-        });
+    /// The token to replay a request rejected with `rejected`: the one the refresh that its
+    /// rejection started brings, if that refresh is under way now; otherwise the usable one.
+    pub(crate) async fn replacement(
+        self: &Arc<Self>,
+        rejected: &AccessToken,
+    ) -> Result<AccessToken, Error> {
+        let now = Instant::now();
+        let deadline = clock::saturating_add(now, self.config.wait_timeout);
+        let mut rx = self.state.subscribe();
+        let target = {
+            let s = rx.borrow_and_update();
+            let pending = s.rejected == Some(rejected.id())
+                && (s.in_flight() || s.refresh_requested.is_some_and(|at| at <= now));
+            pending.then(|| s.started + u64::from(!s.in_flight()))
+        };
+        if let Some(target) = target {
+            self.ensure_worker();
+            loop {
+                if let Some(token) = self.usable()
+                    && token.id() != rejected.id()
+                {
+                    return Ok(token);
+                }
+                if rx.borrow_and_update().done >= target
+                    || tokio::time::timeout_at(deadline, rx.changed())
+                        .await
+                        .is_err()
+                {
+                    break;
+                }
+            }
+        }
+        match self.cached() {
+            Some(token) => Ok(token),
+            None => self.wait_for_token().await,
+        }
     }
 
     pub(crate) fn stats(&self) -> CacheStats {
-        let token = self.load();
-        let status = self.status.borrow();
+        let token = self.usable();
+        let s = self.state.borrow();
         CacheStats {
-            fetches: self.fetches.load(Ordering::Relaxed),
-            fetch_failures: self.failures.load(Ordering::Relaxed),
-            consecutive_failures: self.consecutive_failures.load(Ordering::Relaxed),
+            fetches: s.started,
+            fetch_failures: self.failures_total.load(Ordering::Relaxed),
+            consecutive_failures: s.failures,
             hits: self.hits.sum(),
             waits: self.waits.load(Ordering::Relaxed),
             invalidations: self.invalidations.load(Ordering::Relaxed),
             token_age: token.as_ref().map(|t| t.issued_at().elapsed()),
             token_remaining: token.as_ref().map(AccessToken::remaining),
-            last_error: status.error.as_ref().map(ToString::to_string),
-        }
-    }
-
-    /// One fetch: credentials, the request, and on `invalid_client` one reload and one retry.
-    async fn fetch(&self) -> Result<AccessToken, Error> {
-        let creds = self
-            .source
-            .credentials()
-            .await
-            .map_err(Error::Credentials)?;
-        tracing::Span::current().record("client_id", creds.client_id());
-        let first = self
-            .client
-            .request_token_once(&self.environment, &creds, &self.scopes)
-            .await;
-        match first {
-            Err(e) if e.is_invalid_client() => {
-                warn!(
-                    "invalid_client: reloading the credentials (the secret may have been rotated) and retrying once"
-                );
-                let creds = self.source.reload().await.map_err(Error::Credentials)?;
-                self.client
-                    .request_token_once(&self.environment, &creds, &self.scopes)
-                    .await
-            }
-            other => other,
+            last_error: s.last_error.as_ref().map(error_chain),
         }
     }
 }
 
-enum Woke {
-    /// The wait ran out.
-    Elapsed,
-    /// A caller invalidated the token handed out.
-    Invalidated,
-    /// Every handle was dropped.
-    Shutdown,
+/// An error and its sources, joined by `: ` (what `{:#}` prints with anyhow).
+pub(crate) fn error_chain(error: &Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
-/// The refresh task.
-pub(crate) struct Worker {
-    engine: Arc<Engine>,
-    /// When the token handed out must be withdrawn (its hard margin), and which one it is.
-    withdraw_at: Option<(Instant, AccessToken)>,
-    failures: u32,
-    last_fetch: Option<Instant>,
-    renewals: RenewalTimes,
-    last_lifetime: Option<Duration>,
+/// Clears the engine's worker generation when the task ends, however it ends (returned,
+/// panicked, or dropped with its runtime), and wakes waiting callers so one restarts it. A
+/// task dropped before it ever ran (a runtime shutting down drops new tasks at once) wakes
+/// nobody: a waiter would only start another into the same runtime, again and again.
+pub(crate) struct Liveness {
+    pub(crate) engine: Weak<Engine>,
+    pub(crate) generation: u64,
+    pub(crate) ran: bool,
 }
 
-impl Worker {
-    pub(crate) fn spawn(engine: Arc<Engine>) {
-        let span = tracing::info_span!(
-            "token_cache",
-            environment = %engine.environment,
-            scope = engine.scopes.as_str(),
-            client_id = tracing::field::Empty,
-        );
-        let worker = Worker {
-            engine,
-            withdraw_at: None,
-            failures: 0,
-            last_fetch: None,
-            renewals: RenewalTimes::default(),
-            last_lifetime: None,
-        };
-        tokio::spawn(worker.run().instrument(span));
-    }
-
-    async fn run(mut self) {
-        loop {
-            if self.engine.closed.load(Ordering::Acquire) {
-                return;
-            }
-            // Bound the fetch rate, whatever the lifetimes and invalidations.
-            if let Some(last) = self.last_fetch {
-                let earliest = last + self.engine.config.min_fetch_interval;
-                if let Woke::Shutdown = self.pause_until(earliest, false).await {
-                    return;
-                }
-            }
-            let started = Instant::now();
-            self.last_fetch = Some(started);
-            self.engine.fetches.fetch_add(1, Ordering::Relaxed);
-            self.engine.status.send_modify(|s| s.in_flight = true);
-            debug!("requesting a token");
-            let engine = self.engine.clone();
-            // Boxed: the request's large future exists only while fetching, so an idle cache
-            // (most of a keyed cache's entries, most of the time) stays small.
-            let Some(result) = self.with_housekeeping(Box::pin(engine.fetch())).await else {
-                return;
-            };
-            let next = match result {
-                Ok(token) => self.on_success(token, started.elapsed()),
-                Err(e) => self.on_failure(e),
-            };
-            let (until, wakeable) = next;
-            if let Woke::Shutdown = self.pause_until(until, wakeable).await {
-                return;
-            }
-        }
-    }
-
-    /// Publishes `token`; returns when to refresh it.
-    fn on_success(&mut self, token: AccessToken, took: Duration) -> (Instant, bool) {
-        self.failures = 0;
-        self.renewals.record(took);
-        let lifetime = token.lifetime();
-        let plan = plan(
-            lifetime,
-            self.engine.config.margins,
-            self.renewals.max(),
-            fastrand::f64(),
-        );
-        if lifetime < Duration::from_secs(60) && self.last_lifetime != Some(lifetime) {
-            warn!(
-                lifetime_s = lifetime.as_secs(),
-                refresh_after_ms = plan.refresh_after.as_millis() as u64,
-                "the token endpoint issues unusually short-lived tokens; refreshes are rate limited to one per {:?}",
-                self.engine.config.min_fetch_interval
-            );
-        }
-        self.last_lifetime = Some(lifetime);
-        info!(
-            lifetime_s = lifetime.as_secs(),
-            granted_scope = token.granted_scope().unwrap_or(""),
-            took_ms = took.as_millis() as u64,
-            "token fetched"
-        );
-        self.withdraw_at = Some((token.issued_at() + plan.usable_for, token.clone()));
-        token.set_origin(Arc::downgrade(&self.engine));
-        self.engine.publish(&token);
-        (token.issued_at() + plan.refresh_after, true)
-    }
-
-    /// Publishes the failure; returns when to try again.
-    fn on_failure(&mut self, error: Error) -> (Instant, bool) {
-        self.failures = self.failures.saturating_add(1);
-        let cfg = &self.engine.config;
-        let mut delay = full_jitter(exponential_cap(
-            cfg.backoff_initial,
-            cfg.backoff_max,
-            self.failures,
-        ));
-        if let Some(after) = error.retry_after() {
-            delay = delay.max(after);
-        }
-        let next = Instant::now() + delay;
-        let serving = self.engine.current.load().is_some();
-        if serving {
-            warn!(
-                kind = error.kind_name(),
-                error = %error,
-                retry_in_ms = delay.as_millis() as u64,
-                "token refresh failed; still serving the current, valid token"
-            );
-        } else {
-            error!(
-                kind = error.kind_name(),
-                error = %error,
-                retry_in_ms = delay.as_millis() as u64,
-                "token fetch failed and no valid token is cached"
-            );
-        }
-        self.engine.publish_failure(error, next);
-        (next, false)
-    }
-
-    /// Runs `work` while still withdrawing an expiring token and watching for shutdown.
-    /// `None` means shutdown.
-    async fn with_housekeeping<T>(&mut self, work: impl Future<Output = T>) -> Option<T> {
-        let mut work = std::pin::pin!(work);
-        loop {
-            let withdraw = self.withdraw_at.as_ref().map(|(at, _)| *at);
-            tokio::select! {
-                out = &mut work => return Some(out),
-                () = sleep_until_opt(withdraw) => self.withdraw_expiring(),
-                () = self.engine.wake.notified() => {}
-                () = self.engine.shutdown.notified() => return None,
-            }
-        }
-    }
-
-    /// Waits until `until`; an invalidation ends the wait early when `wakeable`.
-    async fn pause_until(&mut self, until: Instant, wakeable: bool) -> Woke {
-        loop {
-            let withdraw = self.withdraw_at.as_ref().map(|(at, _)| *at);
-            tokio::select! {
-                () = tokio::time::sleep_until(until) => return Woke::Elapsed,
-                () = sleep_until_opt(withdraw) => self.withdraw_expiring(),
-                () = self.engine.shutdown.notified() => return Woke::Shutdown,
-                // A wake only matters if the token really is gone (stale wakes are ignored).
-                () = self.engine.wake.notified() => {
-                    if wakeable && self.engine.current.load().is_none() {
-                        return Woke::Invalidated;
-                    }
-                }
-            }
-        }
-    }
-
-    fn withdraw_expiring(&mut self) {
-        if let Some((_, token)) = self.withdraw_at.take()
-            && self.engine.withdraw(&token)
+impl Drop for Liveness {
+    fn drop(&mut self) {
+        if let Some(engine) = self.engine.upgrade()
+            && engine
+                .worker
+                .compare_exchange(self.generation, 0, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            && self.ran
         {
-            warn!(
-                remaining_ms = token.remaining().as_millis() as u64,
-                "withdrew the token at its hard margin: callers wait for a fresh one"
-            );
+            engine.state.send_modify(|_| {});
         }
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

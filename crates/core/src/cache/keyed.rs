@@ -1,15 +1,18 @@
 //! One cache for many merchant accounts, keyed by environment, client_id and scopes.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use quick_cache::sync::Cache;
+use quick_cache::{DefaultHashBuilder, Lifecycle, UnitWeighter};
 use secrecy::ExposeSecret;
 use tokio::time::Instant;
 
+use super::engine::Config;
 use super::{TokenCache, TokenCacheBuilder};
 use crate::client::TokenClient;
 use crate::credentials::ClientCredentials;
@@ -18,25 +21,110 @@ use crate::error::{ConfigError, Error};
 use crate::scope::Scopes;
 use crate::source::{CredentialsFuture, CredentialsSource};
 use crate::token::AccessToken;
+use crate::token_source::{TokenFuture, TokenSource};
 
-/// What a keyed cache tells entries apart by.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct CacheKey {
+/// What a keyed cache tells entries apart by: environment, client_id and the normalized
+/// scope set. Cheap to clone (one reference count).
+///
+/// Behind a [`BearerAuthLayer`](https://docs.rs/truelayer-auth-tower) with a
+/// [`KeyedTokenCache`] as its token source, each request names its merchant by carrying a
+/// `CacheKey` in its extensions.
+///
+/// # Example
+///
+/// ```
+/// use truelayer_auth::{CacheKey, Environment, Scopes};
+///
+/// let key = CacheKey::new(Environment::Sandbox, "merchant-a", Scopes::payments());
+/// let mut request = http::Request::get("https://api.truelayer-sandbox.com/v3/payments/p-1")
+///     .body(())?;
+/// request.extensions_mut().insert(key.clone());
+/// assert_eq!(key.client_id(), "merchant-a");
+/// # Ok::<(), http::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct CacheKey(Arc<KeyParts>);
+
+struct KeyParts {
+    /// The parts' hash, computed once: a key is hashed on every request that names it.
+    hash: u64,
+    environment: Environment,
+    client_id: String,
+    scopes: Scopes,
+}
+
+impl CacheKey {
+    /// The key for a client_id with these scopes in this environment.
+    pub fn new(environment: Environment, client_id: impl Into<String>, scopes: Scopes) -> Self {
+        let client_id = client_id.into();
+        let mut hasher = std::hash::DefaultHasher::new();
+        (&environment, &client_id, &scopes).hash(&mut hasher);
+        CacheKey(Arc::new(KeyParts {
+            hash: hasher.finish(),
+            environment,
+            client_id,
+            scopes,
+        }))
+    }
+
     /// The environment.
-    pub environment: Environment,
+    pub fn environment(&self) -> &Environment {
+        &self.0.environment
+    }
+
     /// The client_id.
-    pub client_id: String,
+    pub fn client_id(&self) -> &str {
+        &self.0.client_id
+    }
+
     /// The normalized scope set.
-    pub scopes: Scopes,
+    pub fn scopes(&self) -> &Scopes {
+        &self.0.scopes
+    }
+}
+
+impl PartialEq for CacheKey {
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (&*self.0, &*other.0);
+        Arc::ptr_eq(&self.0, &other.0)
+            || (a.hash == b.hash
+                && a.client_id == b.client_id
+                && a.environment == b.environment
+                && a.scopes == b.scopes)
+    }
+}
+
+impl Eq for CacheKey {}
+
+impl Hash for CacheKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0.hash);
+    }
+}
+
+impl fmt::Debug for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheKey")
+            .field("environment", &self.0.environment)
+            .field("client_id", &self.0.client_id)
+            .field("scopes", &self.0.scopes.as_str())
+            .finish()
+    }
 }
 
 /// Token caches for many client_ids (merchant accounts) sharing one HTTP client.
 ///
 /// Each key (environment, client_id, normalized scopes) gets its own [`TokenCache`] with all
-/// of its guarantees. Memory is bounded: entries unused for the idle timeout are dropped
-/// (their background tasks stop), and past `max_entries` the least recently used entry is
-/// dropped. An entry costs about 6 KiB with an hour-long TrueLayer token (measured by the
-/// `keyed_memory` test; most of it is the token itself and the idle background task).
+/// of its guarantees. Memory is bounded: entries unused for the idle timeout are dropped by a
+/// periodic sweep (their background tasks stop), and past `max_entries` entries are evicted
+/// (S3-FIFO, through `quick_cache`: O(1), no scan). An entry whose [`TokenCache`] a caller
+/// still holds is in use and never evicted, so a held cache and the keyed one never diverge.
+/// An entry costs about 6 KiB with an hour-long TrueLayer token (measured by the
+/// `keyed_memory` test).
+///
+/// It is also a [`TokenSource`]: behind one bearer layer it serves every merchant, picking
+/// each request's from the [`CacheKey`] in its extensions, with entries made on first use by
+/// the [`credentials_for`](KeyedTokenCacheBuilder::credentials_for) resolver.
 ///
 /// # Example
 ///
@@ -56,13 +144,18 @@ pub struct KeyedTokenCache {
     inner: Arc<Inner>,
 }
 
+type Resolver = Arc<dyn Fn(&CacheKey) -> Option<Arc<dyn CredentialsSource>> + Send + Sync>;
+type Entries = Cache<CacheKey, Arc<Entry>, UnitWeighter, DefaultHashBuilder, InUse>;
+
 struct Inner {
-    template: TokenCacheBuilderTemplate,
-    entries: RwLock<HashMap<CacheKey, Arc<Entry>>>,
+    client: TokenClient,
+    config: Config,
+    entries: Entries,
+    resolver: Option<Resolver>,
     max_entries: usize,
     idle_timeout: Duration,
     epoch: Instant,
-    last_sweep_ms: AtomicU64,
+    sweeping: AtomicBool,
 }
 
 struct Entry {
@@ -71,10 +164,16 @@ struct Entry {
     last_used_ms: AtomicU64,
 }
 
-/// Settings every per-key cache is built with.
-struct TokenCacheBuilderTemplate {
-    client: TokenClient,
-    configure: Arc<dyn Fn(TokenCacheBuilder) -> TokenCacheBuilder + Send + Sync>,
+/// Eviction skips entries whose cache is held outside the map.
+#[derive(Clone)]
+struct InUse;
+
+impl Lifecycle<CacheKey, Arc<Entry>> for InUse {
+    type RequestState = ();
+
+    fn is_pinned(&self, _key: &CacheKey, entry: &Arc<Entry>) -> bool {
+        entry.cache.is_shared()
+    }
 }
 
 impl fmt::Debug for KeyedTokenCache {
@@ -105,7 +204,8 @@ impl KeyedTokenCache {
             client: None,
             max_entries: 10_000,
             idle_timeout: Duration::from_secs(3600),
-            configure: Arc::new(|b| b),
+            configure: Box::new(|b| b),
+            resolver: None,
         }
     }
 
@@ -118,26 +218,22 @@ impl KeyedTokenCache {
         environment: &Environment,
         credentials: &ClientCredentials,
         scopes: &Scopes,
-    ) -> Result<TokenCache, ConfigError> {
-        let key = CacheKey {
-            environment: environment.clone(),
-            client_id: credentials.client_id().to_owned(),
-            scopes: scopes.clone(),
-        };
-        let entry = self.entry(key, || {
+    ) -> TokenCache {
+        let key = CacheKey::new(environment.clone(), credentials.client_id(), scopes.clone());
+        let entry = self.entry(&key, || {
             let swappable = Arc::new(Swappable(ArcSwap::from_pointee(credentials.clone())));
             (
                 swappable.clone() as Arc<dyn CredentialsSource>,
                 Some(swappable),
             )
-        })?;
+        });
         if let Some(swappable) = &entry.credentials {
             let held = swappable.0.load();
             if held.client_secret().expose_secret() != credentials.client_secret().expose_secret() {
                 swappable.0.store(Arc::new(credentials.clone()));
             }
         }
-        Ok(entry.cache.clone())
+        entry.cache.clone()
     }
 
     /// The cache for `client_id` and scopes, with credentials from a source made by
@@ -148,35 +244,31 @@ impl KeyedTokenCache {
         client_id: &str,
         scopes: &Scopes,
         source: F,
-    ) -> Result<TokenCache, ConfigError>
+    ) -> TokenCache
     where
         F: FnOnce() -> Arc<dyn CredentialsSource>,
     {
-        let key = CacheKey {
-            environment: environment.clone(),
-            client_id: client_id.to_owned(),
-            scopes: scopes.clone(),
-        };
-        Ok(self.entry(key, || (source(), None))?.cache.clone())
+        let key = CacheKey::new(environment.clone(), client_id, scopes.clone());
+        self.entry(&key, || (source(), None)).cache.clone()
     }
 
     /// A usable token for these credentials and scopes; see [`TokenCache::token`].
     ///
     /// # Errors
     ///
-    /// As [`TokenCache::token`], and [`Error::Config`] if the per-key cache cannot be built.
+    /// As [`TokenCache::token`].
     pub async fn token(
         &self,
         environment: &Environment,
         credentials: &ClientCredentials,
         scopes: &Scopes,
     ) -> Result<AccessToken, Error> {
-        self.get(environment, credentials, scopes)?.token().await
+        self.get(environment, credentials, scopes).token().await
     }
 
     /// How many keys are cached.
     pub fn len(&self) -> usize {
-        self.read().len()
+        self.inner.entries.len()
     }
 
     /// Whether no key is cached.
@@ -186,90 +278,151 @@ impl KeyedTokenCache {
 
     /// Drops the entry for `key`; returns whether there was one.
     pub fn remove(&self, key: &CacheKey) -> bool {
-        self.write().remove(key).is_some()
+        self.inner.entries.remove(key).is_some()
     }
 
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.inner.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<CacheKey, Arc<Entry>>> {
-        self.inner
-            .entries
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<CacheKey, Arc<Entry>>> {
-        self.inner
-            .entries
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn entry<F>(&self, key: CacheKey, make_source: F) -> Result<Arc<Entry>, ConfigError>
+    /// The entry for `key`, made with `make` if there is none. Two callers racing for a new
+    /// key make one entry.
+    fn entry<F>(&self, key: &CacheKey, make: F) -> Arc<Entry>
     where
         F: FnOnce() -> (Arc<dyn CredentialsSource>, Option<Arc<Swappable>>),
     {
-        let now = self.now_ms();
-        self.maybe_sweep(now);
-        if let Some(entry) = self.read().get(&key) {
-            entry.last_used_ms.store(now, Ordering::Relaxed);
-            return Ok(entry.clone());
-        }
-        let mut entries = self.write();
-        if let Some(entry) = entries.get(&key) {
-            entry.last_used_ms.store(now, Ordering::Relaxed);
-            return Ok(entry.clone());
-        }
-        if entries.len() >= self.inner.max_entries {
-            evict(&mut entries, now, self.inner.idle_timeout);
-        }
-        while entries.len() >= self.inner.max_entries {
-            let Some(oldest) = entries
-                .iter()
-                .min_by_key(|(_, e)| e.last_used_ms.load(Ordering::Relaxed))
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            entries.remove(&oldest);
-        }
-        let (source, credentials) = make_source();
-        let template = &self.inner.template;
-        let builder = TokenCache::builder(key.environment.clone(), source)
-            .scopes(key.scopes.clone())
-            .client(template.client.clone());
-        let cache = (template.configure)(builder).build()?;
-        let entry = Arc::new(Entry {
-            cache,
-            credentials,
-            last_used_ms: AtomicU64::new(now),
-        });
-        entries.insert(key, entry.clone());
-        Ok(entry)
+        self.ensure_sweeper();
+        let now = self.inner.now_ms();
+        let entry = self
+            .inner
+            .entries
+            .get_or_insert_with(key, || {
+                let (source, credentials) = make();
+                Ok::<_, std::convert::Infallible>(Arc::new(Entry {
+                    cache: self.inner.new_cache(key, source),
+                    credentials,
+                    last_used_ms: AtomicU64::new(now),
+                }))
+            })
+            .unwrap_or_else(|never| match never {});
+        entry.last_used_ms.store(now, Ordering::Relaxed);
+        entry
     }
 
-    fn maybe_sweep(&self, now: u64) {
-        let every = u64::try_from((self.inner.idle_timeout / 4).as_millis()).unwrap_or(u64::MAX);
-        let last = self.inner.last_sweep_ms.load(Ordering::Relaxed);
-        if now.saturating_sub(last) < every.max(1) {
+    /// The cache a request's [`CacheKey`] names: an entry, or one made by the resolver.
+    fn for_request(&self, request: &http::Extensions) -> Result<TokenCache, Error> {
+        let key = request.get::<CacheKey>().ok_or(Error::MissingCacheKey)?;
+        if let Some(entry) = self.inner.entries.get(key) {
+            entry
+                .last_used_ms
+                .store(self.inner.now_ms(), Ordering::Relaxed);
+            return Ok(entry.cache.clone());
+        }
+        let resolved = self
+            .inner
+            .resolver
+            .as_ref()
+            .and_then(|resolve| resolve(key));
+        let Some(source) = resolved else {
+            return Err(Error::UnknownCacheKey {
+                client_id: key.client_id().to_owned(),
+            });
+        };
+        Ok(self.entry(key, || (source, None)).cache.clone())
+    }
+
+    /// Starts the idle sweep in the caller's runtime unless it runs already.
+    fn ensure_sweeper(&self) {
+        if self.inner.sweeping.load(Ordering::Acquire) {
             return;
         }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         if self
             .inner
-            .last_sweep_ms
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .sweeping
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            evict(&mut self.write(), now, self.inner.idle_timeout);
+            let guard = SweepGuard(Arc::downgrade(&self.inner));
+            runtime.spawn(sweep(guard));
         }
     }
 }
 
-fn evict(entries: &mut HashMap<CacheKey, Arc<Entry>>, now: u64, idle: Duration) {
-    let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
-    entries.retain(|_, e| now.saturating_sub(e.last_used_ms.load(Ordering::Relaxed)) < idle_ms);
+/// Clears `sweeping` however the sweep ends, so the next lookup starts another.
+struct SweepGuard(Weak<Inner>);
+
+impl Drop for SweepGuard {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.sweeping.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// Every quarter of the idle timeout (between 1 s and 15 minutes), drops entries unused for
+/// the idle timeout that no caller holds. Ends with the keyed cache.
+async fn sweep(guard: SweepGuard) {
+    loop {
+        let every = {
+            let Some(inner) = guard.0.upgrade() else {
+                return;
+            };
+            (inner.idle_timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(900))
+        };
+        tokio::time::sleep(every).await;
+        let Some(inner) = guard.0.upgrade() else {
+            return;
+        };
+        let now = inner.now_ms();
+        let idle_ms = u64::try_from(inner.idle_timeout.as_millis()).unwrap_or(u64::MAX);
+        inner.entries.retain(|_, entry| {
+            entry.cache.is_shared()
+                || now.saturating_sub(entry.last_used_ms.load(Ordering::Relaxed)) < idle_ms
+        });
+    }
+}
+
+impl Inner {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn new_cache(&self, key: &CacheKey, source: Arc<dyn CredentialsSource>) -> TokenCache {
+        TokenCache::from_parts(
+            self.client.clone(),
+            source,
+            key.environment().clone(),
+            key.scopes().clone(),
+            Some(key.clone()),
+            self.config,
+        )
+    }
+}
+
+impl TokenSource for KeyedTokenCache {
+    fn cached(&self, request: &http::Extensions) -> Result<Option<AccessToken>, Error> {
+        Ok(self.for_request(request)?.cached())
+    }
+
+    fn token(&self, request: &http::Extensions) -> TokenFuture {
+        match self.for_request(request) {
+            Ok(cache) => TokenSource::token(&cache, request),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+
+    fn invalidate(&self, token: &AccessToken) -> bool {
+        token
+            .key()
+            .and_then(|key| self.inner.entries.get(key))
+            .is_some_and(|entry| entry.cache.invalidate(token))
+    }
+
+    fn replacement(&self, rejected: &AccessToken, request: &http::Extensions) -> TokenFuture {
+        match rejected.key().and_then(|key| self.inner.entries.get(key)) {
+            Some(entry) => TokenSource::replacement(&entry.cache, rejected, request),
+            None => TokenSource::token(self, request),
+        }
+    }
 }
 
 /// Builds a [`KeyedTokenCache`].
@@ -277,7 +430,8 @@ pub struct KeyedTokenCacheBuilder {
     client: Option<TokenClient>,
     max_entries: usize,
     idle_timeout: Duration,
-    configure: Arc<dyn Fn(TokenCacheBuilder) -> TokenCacheBuilder + Send + Sync>,
+    configure: Box<dyn FnOnce(TokenCacheBuilder) -> TokenCacheBuilder>,
+    resolver: Option<Resolver>,
 }
 
 impl fmt::Debug for KeyedTokenCacheBuilder {
@@ -297,27 +451,41 @@ impl KeyedTokenCacheBuilder {
         self
     }
 
-    /// The most keys held; past it the least recently used is dropped. Default 10,000.
+    /// The most keys held; past it entries are evicted (never one in use). Default 10,000.
     #[must_use]
     pub fn max_entries(mut self, max: usize) -> Self {
         self.max_entries = max;
         self
     }
 
-    /// Entries unused for this long are dropped. Default 1 hour.
+    /// Entries unused for this long, and not held by a caller, are dropped. Default 1 hour.
     #[must_use]
     pub fn idle_timeout(mut self, idle: Duration) -> Self {
         self.idle_timeout = idle;
         self
     }
 
-    /// Settings applied to every per-key cache (margins, wait timeout, backoff).
+    /// Settings applied to every per-key cache: margins, jitter, wait and credentials
+    /// timeouts, backoff, rate bound. Applied and checked once, by [`build`](Self::build);
+    /// scopes and the client come from the key and the keyed cache.
     #[must_use]
     pub fn configure(
         mut self,
-        configure: impl Fn(TokenCacheBuilder) -> TokenCacheBuilder + Send + Sync + 'static,
+        configure: impl FnOnce(TokenCacheBuilder) -> TokenCacheBuilder + 'static,
     ) -> Self {
-        self.configure = Arc::new(configure);
+        self.configure = Box::new(configure);
+        self
+    }
+
+    /// Where the credentials for a key come from when a request names a key that has no
+    /// entry yet (as a [`TokenSource`]): for example, one AWS Secrets Manager secret per
+    /// merchant. Return `None` for a key that is not a known merchant.
+    #[must_use]
+    pub fn credentials_for(
+        mut self,
+        resolver: impl Fn(&CacheKey) -> Option<Arc<dyn CredentialsSource>> + Send + Sync + 'static,
+    ) -> Self {
+        self.resolver = Some(Arc::new(resolver));
         self
     }
 
@@ -325,8 +493,8 @@ impl KeyedTokenCacheBuilder {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::InvalidSetting`] for zero `max_entries` or idle timeout, and as
-    /// [`TokenClient::new`].
+    /// [`ConfigError::InvalidSetting`] for zero `max_entries` or idle timeout, for per-key
+    /// settings [`TokenCacheBuilder::build`] would refuse, and as [`TokenClient::new`].
     pub fn build(self) -> Result<KeyedTokenCache, ConfigError> {
         if self.max_entries == 0 || self.idle_timeout.is_zero() {
             return Err(ConfigError::InvalidSetting {
@@ -334,22 +502,41 @@ impl KeyedTokenCacheBuilder {
                 reason: "max_entries and the idle timeout must be greater than zero",
             });
         }
+        // The per-key settings, checked once here rather than on every new key.
+        let template = (self.configure)(TokenCache::builder(Environment::Sandbox, NoCredentials));
+        template.config.validate()?;
         let client = match self.client {
             Some(c) => c,
             None => TokenClient::new()?,
         };
+        let entries = Cache::with(
+            self.max_entries.min(1 << 20),
+            self.max_entries as u64,
+            UnitWeighter,
+            DefaultHashBuilder::default(),
+            InUse,
+        );
         Ok(KeyedTokenCache {
             inner: Arc::new(Inner {
-                template: TokenCacheBuilderTemplate {
-                    client,
-                    configure: self.configure,
-                },
-                entries: RwLock::default(),
+                client,
+                config: template.config,
+                entries,
+                resolver: self.resolver,
                 max_entries: self.max_entries,
                 idle_timeout: self.idle_timeout,
                 epoch: Instant::now(),
-                last_sweep_ms: AtomicU64::new(0),
+                sweeping: AtomicBool::new(false),
             }),
         })
+    }
+}
+
+/// The template builder's source: never asked.
+#[derive(Debug)]
+struct NoCredentials;
+
+impl CredentialsSource for NoCredentials {
+    fn credentials(&self) -> CredentialsFuture<'_> {
+        Box::pin(async { Err(crate::error::CredentialsError::new("no credentials")) })
     }
 }

@@ -4,19 +4,16 @@ mod engine;
 mod keyed;
 mod schedule;
 mod stats;
+mod worker;
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-
-use tokio::time::Instant;
 
 pub use keyed::{CacheKey, KeyedTokenCache, KeyedTokenCacheBuilder};
 pub use stats::CacheStats;
 
-pub(crate) use self::engine::Engine;
-use self::engine::{Config, Status, Worker};
+use self::engine::{Config, Engine};
 use self::schedule::Margins;
 use crate::client::TokenClient;
 use crate::environment::Environment;
@@ -24,33 +21,44 @@ use crate::error::{ConfigError, Error};
 use crate::scope::Scopes;
 use crate::source::CredentialsSource;
 use crate::token::AccessToken;
+use crate::token_source::{TokenFuture, TokenSource};
 
 /// A cached, self-refreshing payments access token for one client and scope set.
 ///
 /// Cheap to clone (clones share the cache) and `Send + Sync`.
 ///
 /// - **Hot path**: while a token is usable, [`token`](Self::token) and
-///   [`cached`](Self::cached) return it without locks, I/O or allocation: one atomic load
-///   and one reference count.
+///   [`cached`](Self::cached) return it without locks, I/O or allocation: one atomic load,
+///   one reference count and a read of the kernel's coarse clocks.
+/// - **Hard margin, checked by every caller**: a token within the hard margin of expiry
+///   (30 s plus the renewal time of recent fetches, scaled down for short lifetimes) is never
+///   handed out, by the monotonic clock or the wall clock, whichever says so first (a
+///   suspended machine's monotonic clock stops; the server's does not). Callers then wait for
+///   a fresh one, up to the wait deadline, and get a typed [`Error`] after it.
 /// - **Single flight**: one background task per cache does every fetch, so however many
-///   callers wait, one request is in flight.
+///   callers wait, one request is in flight, and fetches are at least
+///   [`min_fetch_interval`](TokenCacheBuilder::min_fetch_interval) apart.
 /// - **Refresh ahead**: when less than the soft margin of the lifetime remains (5 minutes
 ///   of an hour by default, scaled down for short lifetimes and jittered by ±10% so a fleet
 ///   does not refresh in lockstep), the task refreshes in the background while callers keep
 ///   getting the current token.
 /// - **Whole seconds**: margins count back from `expires_in` less 1 s, because servers compare
 ///   a JWT's whole-second `exp` and can reject a token up to a second early.
-/// - **Hard margin**: a token within the hard margin of expiry (30 s plus the renewal time
-///   of recent fetches, scaled down for short lifetimes) is withdrawn; callers then wait for
-///   the fresh one, up to the wait deadline, and get a typed [`Error`] after it.
 /// - **Serve while valid**: failed refreshes are retried in the background with exponential
 ///   backoff and full jitter (1 s doubling to 60 s by default), at least as late as the
-///   server's `Retry-After`, while callers keep getting the still-valid token.
-/// - **Invalidate**: [`invalidate`](Self::invalidate) withdraws exactly the token it is
-///   given, so a late 401 for an old token never throws away a fresh one.
-/// - **Rotation**: on `invalid_client` the credentials source is reloaded once and the
-///   request retried once.
-/// - **Time** is tokio's monotonic clock: wall-clock jumps change nothing.
+///   server's `Retry-After` but never later than the longest backoff, while callers keep
+///   getting the still-valid token. With no token held, a waiting caller does not wait out a
+///   backoff: its demand starts the next attempt, within the rate bound. After a permanent
+///   failure (say `invalid_client`) with no token held, nothing is fetched until a caller
+///   asks again.
+/// - **Invalidate**: [`invalidate`](Self::invalidate) reports a 401 for exactly the token it
+///   is given, so a late 401 for an old token never throws away a fresh one.
+/// - **Rotation**: on `invalid_client` the credentials source is reloaded once, and the
+///   request retried once if the reload brought different credentials.
+/// - **Runtimes**: the task runs in the runtime of the first caller. If it is gone (that
+///   runtime was dropped, it panicked) or stops answering (its runtime is no longer driven),
+///   the next caller starts another in its own runtime. A credentials source that panics or
+///   hangs (20 s by default) counts as a failed fetch.
 ///
 /// Dropping the last handle stops the background task.
 ///
@@ -70,26 +78,12 @@ use crate::token::AccessToken;
 /// ```
 #[derive(Clone)]
 pub struct TokenCache {
-    handle: Arc<Handle>,
-}
-
-struct Handle {
     engine: Arc<Engine>,
-    started: AtomicBool,
-    spawning: Mutex<()>,
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        // The last handle is gone: stop the refresh task.
-        self.engine.closed.store(true, Ordering::Release);
-        self.engine.shutdown.notify_one();
-    }
 }
 
 impl fmt::Debug for TokenCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let e = &self.handle.engine;
+        let e = &self.engine;
         f.debug_struct("TokenCache")
             .field("environment", &e.environment)
             .field("scopes", &e.scopes.as_str())
@@ -117,107 +111,82 @@ impl TokenCache {
     /// # Errors
     ///
     /// When no usable token can be had: the fetch's [`Error`] once it is not worth waiting
-    /// for the next attempt (not retryable, or the next attempt is past the deadline), and
-    /// after the deadline the last failure or [`Error::WaitTimedOut`].
+    /// for another attempt (not retryable, or the next attempt would start past the
+    /// deadline), and after the deadline the last failure or [`Error::WaitTimedOut`].
     pub async fn token(&self) -> Result<AccessToken, Error> {
-        if let Some(token) = self.cached() {
+        if let Some(token) = self.engine.cached() {
             return Ok(token);
         }
-        self.wait_for_token().await
+        self.engine.wait_for_token().await
     }
 
     /// The cached token if one is usable now; never waits and never fetches.
     pub fn cached(&self) -> Option<AccessToken> {
-        let engine = &self.handle.engine;
-        let token = engine.load()?;
-        engine.hits.add();
-        Some(token)
+        self.engine.cached()
     }
 
-    /// Withdraws `token` after the API rejected it (a 401), and starts a refresh.
+    /// Reports that the API rejected `token` (a 401). Returns whether the report was acted
+    /// on: `false` when `token` is not the one handed out (the cache already moved on), or was
+    /// already reported.
     ///
-    /// Only that exact token is withdrawn: if the cache already holds a newer one, nothing
-    /// happens and `false` is returned. Many concurrent invalidations of one token cause one
-    /// refresh.
+    /// Rejections come in runs (each within a minute, or a quarter of a short lifetime, of the
+    /// last one):
     ///
-    /// [`AccessToken::invalidate`] does the same from the token alone.
+    /// - The first rejection of a run withdraws a token that has been handed out long enough
+    ///   to be suspect (that minute): it was probably revoked, and callers wait for a fresh
+    ///   one. A fresher token is more likely rejected for another reason (a gateway, a
+    ///   signature error, a hostile upstream): it keeps being served while a refresh runs in
+    ///   the background, at once.
+    /// - Later rejections in the run never withdraw: the token keeps being served and the
+    ///   refresh waits 1 s, 2 s, 4 s ... up to 5 minutes, so a 401 storm costs a handful of
+    ///   fetches an hour, not one a second, and no caller waits.
     pub fn invalidate(&self, token: &AccessToken) -> bool {
-        self.handle.engine.invalidate(token)
+        self.engine.invalidate(token)
     }
 
     /// A snapshot of the cache's health: fetches, failures, hits, waits, the token's age and
     /// remaining lifetime. It never contains the token.
     pub fn stats(&self) -> CacheStats {
-        self.handle.engine.stats()
+        self.engine.stats()
     }
 
     /// The environment tokens come from.
     pub fn environment(&self) -> &Environment {
-        &self.handle.engine.environment
+        &self.engine.environment
     }
 
     /// The scopes requested.
     pub fn scopes(&self) -> &Scopes {
-        &self.handle.engine.scopes
+        &self.engine.scopes
     }
 
-    fn ensure_worker(&self) {
-        if self.handle.started.load(Ordering::Acquire) {
-            return;
-        }
-        let _spawning = self
-            .handle
-            .spawning
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !self.handle.started.load(Ordering::Acquire) {
-            Worker::spawn(self.handle.engine.clone());
-            self.handle.started.store(true, Ordering::Release);
-        }
-    }
-
-    async fn wait_for_token(&self) -> Result<AccessToken, Error> {
-        let engine = &self.handle.engine;
-        let started = Instant::now();
-        let deadline = started + engine.config.wait_timeout;
-        // Subscribe before looking again, so no publication can slip between the two.
-        let mut status = engine.status.subscribe();
-        self.ensure_worker();
-        engine.waits.fetch_add(1, Ordering::Relaxed);
-        loop {
-            if let Some(token) = engine.load() {
-                return Ok(token);
-            }
-            if let Some(error) = verdict(&status.borrow_and_update(), deadline) {
-                return Err(error);
-            }
-            match tokio::time::timeout_at(deadline, status.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) | Err(_) => {
-                    if let Some(token) = engine.load() {
-                        return Ok(token);
-                    }
-                    return Err(status
-                        .borrow()
-                        .error
-                        .clone()
-                        .unwrap_or(Error::WaitTimedOut {
-                            waited: started.elapsed(),
-                        }));
-                }
-            }
-        }
+    /// Whether a handle other than `self` exists (the keyed cache's "in use").
+    pub(crate) fn is_shared(&self) -> bool {
+        Arc::strong_count(&self.engine) > 1
     }
 }
 
-/// Whether a waiting caller should give up now, with which error.
-fn verdict(status: &Status, deadline: Instant) -> Option<Error> {
-    if status.in_flight {
-        return None;
+impl TokenSource for TokenCache {
+    fn cached(&self, _request: &http::Extensions) -> Result<Option<AccessToken>, Error> {
+        Ok(self.engine.cached())
     }
-    let error = status.error.as_ref()?;
-    let next_too_late = status.next_attempt.is_some_and(|next| next > deadline);
-    (!error.is_retryable() || next_too_late).then(|| error.clone())
+
+    fn token(&self, _request: &http::Extensions) -> TokenFuture {
+        if let Some(token) = self.engine.cached() {
+            return Box::pin(std::future::ready(Ok(token)));
+        }
+        let engine = self.engine.clone();
+        Box::pin(async move { engine.wait_for_token().await })
+    }
+
+    fn invalidate(&self, token: &AccessToken) -> bool {
+        self.engine.invalidate(token)
+    }
+
+    fn replacement(&self, rejected: &AccessToken, _request: &http::Extensions) -> TokenFuture {
+        let (engine, rejected) = (self.engine.clone(), rejected.clone());
+        Box::pin(async move { engine.replacement(&rejected).await })
+    }
 }
 
 /// Builds a [`TokenCache`].
@@ -241,6 +210,7 @@ impl TokenCacheBuilder {
         backoff_initial: Duration::from_secs(1),
         backoff_max: Duration::from_secs(60),
         min_fetch_interval: Duration::from_secs(1),
+        credentials_timeout: Duration::from_secs(20),
     };
 
     /// The scopes to request. Default: `payments`.
@@ -250,8 +220,8 @@ impl TokenCacheBuilder {
         self
     }
 
-    /// The token client (and so the connection pool and timeouts) to use. Default: a new
-    /// [`TokenClient`]. Its retry policy is not used: the cache retries on its own schedule.
+    /// The token client (its connection pool, timeouts and body limit) to use. Default: a
+    /// new [`TokenClient`].
     #[must_use]
     pub fn client(mut self, client: TokenClient) -> Self {
         self.client = Some(client);
@@ -287,8 +257,8 @@ impl TokenCacheBuilder {
         self
     }
 
-    /// Backoff between failed fetches: full jitter over `initial` doubling up to `max`.
-    /// Default 1 s to 60 s.
+    /// Backoff between failed fetches: full jitter over `initial` doubling up to `max`, which
+    /// also caps how long a server's `Retry-After` can pause refreshing. Default 1 s to 60 s.
     #[must_use]
     pub fn refresh_backoff(mut self, initial: Duration, max: Duration) -> Self {
         self.config.backoff_initial = initial;
@@ -296,58 +266,125 @@ impl TokenCacheBuilder {
         self
     }
 
-    /// The least time between two fetches, whatever lifetimes and invalidations ask for.
-    /// Default 1 s.
+    /// The least time between two fetches, whatever lifetimes, invalidations and waiting
+    /// callers ask for. Default 1 s.
     #[must_use]
     pub fn min_fetch_interval(mut self, interval: Duration) -> Self {
         self.config.min_fetch_interval = interval;
         self
     }
 
-    /// Builds the cache. The background task starts with the first call to
-    /// [`TokenCache::token`], inside the caller's tokio runtime.
+    /// How long the credentials source may take to answer before the fetch counts as
+    /// failed (retryable). Default 20 s.
+    #[must_use]
+    pub fn credentials_timeout(mut self, timeout: Duration) -> Self {
+        self.config.credentials_timeout = timeout;
+        self
+    }
+
+    /// Builds the cache. The background task starts with the first call, inside the
+    /// caller's tokio runtime.
     ///
     /// # Errors
     ///
     /// [`ConfigError::InvalidSetting`] for a jitter outside `[0, 0.5]`, a hard margin not
-    /// below the soft one, or a zero wait timeout; and as [`TokenClient::new`].
+    /// below the soft one, or a zero wait or credentials timeout; and as [`TokenClient::new`].
     pub fn build(self) -> Result<TokenCache, ConfigError> {
-        let c = &self.config;
-        if !(0.0..=0.5).contains(&c.margins.jitter) {
+        self.config.validate()?;
+        let client = match self.client {
+            Some(client) => client,
+            None => TokenClient::new()?,
+        };
+        Ok(TokenCache::from_parts(
+            client,
+            self.source,
+            self.environment,
+            self.scopes,
+            None,
+            self.config,
+        ))
+    }
+}
+
+impl Config {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(0.0..=0.5).contains(&self.margins.jitter) {
             return Err(ConfigError::InvalidSetting {
                 name: "jitter",
                 reason: "the jitter fraction must be between 0 and 0.5",
             });
         }
-        if c.margins.hard >= c.margins.soft {
+        if self.margins.hard >= self.margins.soft {
             return Err(ConfigError::InvalidSetting {
                 name: "hard_margin",
                 reason: "the hard margin must be smaller than the soft margin",
             });
         }
-        if c.wait_timeout.is_zero() {
+        if self.wait_timeout.is_zero() {
             return Err(ConfigError::InvalidSetting {
                 name: "wait_timeout",
                 reason: "the wait timeout must be greater than zero",
             });
         }
-        let client = match self.client {
-            Some(client) => client,
-            None => TokenClient::new()?,
-        };
-        let engine = Engine::new(
-            client,
-            self.source,
-            self.environment,
-            self.scopes,
-            self.config,
+        if self.credentials_timeout.is_zero() {
+            return Err(ConfigError::InvalidSetting {
+                name: "credentials_timeout",
+                reason: "the credentials timeout must be greater than zero",
+            });
+        }
+        Ok(())
+    }
+}
+
+impl TokenCache {
+    fn from_parts(
+        client: TokenClient,
+        source: Arc<dyn CredentialsSource>,
+        environment: Environment,
+        scopes: Scopes,
+        key: Option<CacheKey>,
+        config: Config,
+    ) -> Self {
+        TokenCache {
+            engine: Arc::new(Engine::new(
+                client,
+                source,
+                environment,
+                scopes,
+                key,
+                config,
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ClientCredentials;
+    use crate::clock::test_hooks;
+    use truelayer_auth_emulator::Emulator;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_suspend_past_the_hard_margin_retires_the_token_although_no_monotonic_time_passed() {
+        let emulator = Emulator::start().await.unwrap();
+        let creds =
+            ClientCredentials::new(emulator.client_id(), emulator.client_secret().into()).unwrap();
+        let cache = TokenCache::builder(Environment::custom(&emulator.url()).unwrap(), creds)
+            .build()
+            .unwrap();
+        let first = cache.token().await.unwrap();
+        assert_eq!(cache.cached().unwrap().id(), first.id());
+        // The laptop sleeps for an hour: the monotonic clock stops, the wall clock (and the
+        // server's) does not.
+        test_hooks::suspend_for(Duration::from_secs(3600));
+        assert!(
+            first.remaining() > Duration::from_secs(3000),
+            "monotonic: still fresh"
         );
-        Ok(TokenCache {
-            handle: Arc::new(Handle {
-                engine: Arc::new(engine),
-                started: AtomicBool::new(false),
-                spawning: Mutex::new(()),
-            }),
-        })
+        assert!(cache.cached().is_none(), "the wall clock says it expired");
+        let fresh = cache.token().await.unwrap();
+        assert_ne!(fresh.id(), first.id());
+        assert_eq!(emulator.stats().token_requests, 2);
     }
 }

@@ -45,6 +45,27 @@ pub(crate) fn plan(lifetime: Duration, margins: Margins, renewal: Duration, unit
     }
 }
 
+/// How long a token must have been handed out before a 401 for it is taken at its word (the
+/// token was revoked) and it is withdrawn: a minute, or a quarter of a short lifetime. A
+/// younger token that is rejected keeps being served while a refresh runs.
+pub(crate) fn suspect_after(lifetime: Duration) -> Duration {
+    Duration::from_secs(60).min(lifetime / 4)
+}
+
+/// The longest a run of rejected replacement tokens can pause refreshing.
+const STORM_PAUSE_MAX: Duration = Duration::from_secs(5 * 60);
+
+/// How long to wait before the refresh for the `streak`-th rejection of a run (the first,
+/// 0, is at once): doubling from the rate bound, up to 5 minutes, so a 401 storm costs a few
+/// fetches an hour, not one a second.
+pub(crate) fn storm_pause(min_interval: Duration, streak: u32) -> Duration {
+    crate::retry::exponential_cap(
+        min_interval.max(Duration::from_secs(1)),
+        STORM_PAUSE_MAX,
+        streak,
+    )
+}
+
 /// The longest of the last few successful fetch durations: how long a renewal takes now.
 #[derive(Debug, Default)]
 pub(crate) struct RenewalTimes {
@@ -124,6 +145,26 @@ mod tests {
                 assert!(p.usable_for < last_usable, "{secs}s: {p:?}");
             }
         }
+    }
+
+    #[test]
+    fn rejections_are_suspect_after_a_minute_or_a_quarter_of_the_lifetime() {
+        assert_eq!(
+            suspect_after(Duration::from_secs(3600)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            suspect_after(Duration::from_secs(20)),
+            Duration::from_secs(5)
+        );
+    }
+
+    #[test]
+    fn storm_pauses_double_up_to_five_minutes() {
+        let pauses: Vec<u64> = (1..=12)
+            .map(|n| storm_pause(Duration::from_secs(1), n).as_secs())
+            .collect();
+        assert_eq!(pauses, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
     }
 
     #[test]
