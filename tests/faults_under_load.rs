@@ -16,6 +16,7 @@ use hyper_util::rt::TokioExecutor;
 use tower::{Layer, ServiceExt};
 use truelayer_auth::{ClientCredentials, Environment, Error, TokenCache, TokenClient};
 use truelayer_auth_emulator::{Emulator, Fault};
+use truelayer_auth_signing::{Signer, SigningLayer};
 use truelayer_auth_tower::{BearerAuthError, BearerAuthLayer, CloneBodies};
 
 const DURATION: Duration = Duration::from_secs(12);
@@ -55,9 +56,14 @@ async fn the_stack_holds_under_token_endpoint_faults_and_load() {
         .replay_policy(CloneBodies)
         .layer(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
 
-    // One payment to read back, made before the faults start.
-    let created = client
-        .clone()
+    // One payment to read back, made (signed) before the faults start.
+    let signer = Signer::from_pem(
+        emulator.signing_key_id(),
+        emulator.signing_key_pem().as_bytes(),
+    )
+    .unwrap();
+    let created = SigningLayer::new(signer)
+        .layer(client.clone())
         .oneshot(
             Request::post(format!("{}/v3/payments", emulator.url()))
                 .header("content-type", "application/json")

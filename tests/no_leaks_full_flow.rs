@@ -26,6 +26,7 @@ use truelayer_auth::{
     TokenCache, TokenClient, TokenSource,
 };
 use truelayer_auth_emulator::{Emulator, Fault, KNOWN_SCOPES};
+use truelayer_auth_signing::{Signer, SigningLayer};
 use truelayer_auth_tower::{BearerAuthLayer, CloneBodies};
 use truelayer_auth_vault::{SecretFormat, SecretsManagerCredentials};
 
@@ -99,9 +100,21 @@ async fn no_marker_reaches_logs_errors_or_debug_output() {
         .unwrap();
     let first = tokens.token().await.unwrap();
     forbidden.push(first.secret().expose_secret().to_owned());
+    // Requests are signed with a key registered for the marker client; its PEM is a marker.
+    let signer = Signer::generate("marker-signing-key");
+    let signing_pem = signer.private_key_pem().unwrap().to_string();
+    forbidden.push(signing_pem.lines().nth(1).unwrap().to_owned());
+    emulator
+        .register_signing_key(CLIENT, signer.kid(), &signer.public_key_pem().unwrap())
+        .unwrap();
+    let signer = Signer::from_pem(signer.kid(), signing_pem.as_bytes()).unwrap();
+    shown.push(format!("{signer:?}"));
     let api = BearerAuthLayer::new(tokens.clone())
         .replay_policy(CloneBodies)
-        .layer(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
+        .layer(
+            SigningLayer::new(signer)
+                .layer(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>()),
+        );
     let pay = || {
         Request::post(format!("{}/v3/payments", emulator.url()))
             .header("content-type", "application/json")

@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 /// The moto release the tests are written against; the virtualenv is rebuilt when it changes.
 const MOTO: &str = "moto[server]==5.2.5";
 
+/// The unused-dependency checker, pinned, installed into `target/tools`.
+const MACHETE: (&str, &str) = ("cargo-machete", "0.9.2");
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
@@ -80,6 +83,13 @@ fn ci() -> Result<(), String> {
     fmt.args(["fmt", "--all", "--", "--check"]);
     run("cargo fmt --check", fmt)?;
 
+    // TrueLayer's own signing crate, a dev-dependency for the interop tests, links OpenSSL.
+    ensure_openssl_dev()?;
+
+    let mut machete = Command::new(ensure_tool(MACHETE)?);
+    machete.current_dir(root());
+    run("cargo machete (unused dependencies)", machete)?;
+
     let mut clippy = cargo();
     clippy.args([
         "clippy",
@@ -130,6 +140,57 @@ fn ci() -> Result<(), String> {
 
     eprintln!("\nxtask ci: all green in {:.0?}", started.elapsed());
     Ok(())
+}
+
+/// Installs a pinned cargo tool into `target/tools` unless that version is already there;
+/// returns the binary.
+fn ensure_tool((name, version): (&str, &str)) -> Result<PathBuf, String> {
+    let tools = root().join("target").join("tools");
+    let binary = tools.join("bin").join(name);
+    let marker = tools.join(format!("{name}.version"));
+    if binary.exists() && std::fs::read_to_string(&marker).is_ok_and(|v| v.trim() == version) {
+        return Ok(binary);
+    }
+    let mut install = cargo();
+    install
+        .args([
+            "install",
+            "--locked",
+            "--force",
+            "--version",
+            version,
+            "--root",
+        ])
+        .arg(&tools)
+        .arg(name);
+    run(&format!("cargo install {name} {version}"), install)?;
+    std::fs::write(&marker, version).map_err(|e| format!("writing {}: {e}", marker.display()))?;
+    Ok(binary)
+}
+
+/// OpenSSL's headers and pkg-config, from Debian's packages, when they are missing.
+fn ensure_openssl_dev() -> Result<(), String> {
+    let found = Command::new("pkg-config")
+        .args(["--exists", "openssl"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if found {
+        return Ok(());
+    }
+    let mut update = Command::new("apt-get");
+    update.arg("update");
+    run("apt-get update", update)?;
+    let mut install = Command::new("apt-get");
+    install
+        .args([
+            "install",
+            "-y",
+            "--no-install-recommends",
+            "libssl-dev",
+            "pkg-config",
+        ])
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    run("apt-get install libssl-dev pkg-config", install)
 }
 
 /// Installs moto's server into `target/moto-venv`, unless the pinned version is already there.

@@ -35,6 +35,7 @@ mod clock;
 mod credentials;
 mod environment;
 mod error;
+mod logical;
 #[cfg(test)]
 mod properties;
 mod response;
@@ -54,6 +55,7 @@ pub use error::{
     ConfigError, CredentialsError, Error, InvalidResponse, InvalidToken, OAuthError,
     OAuthErrorCode, TransportError,
 };
+pub use logical::LogicalRequest;
 pub use retry::RetryPolicy;
 pub use scope::{CustomScope, Scope, Scopes};
 pub use source::{CredentialsFuture, CredentialsSource, EnvCredentials};

@@ -93,3 +93,24 @@ pub(crate) async fn revoke(AxumState(state): AxumState<Arc<State>>) -> Response 
 pub(crate) async fn stats(AxumState(state): AxumState<Arc<State>>) -> Response {
     Json(state.stats()).into_response()
 }
+
+#[derive(Deserialize)]
+pub(crate) struct SigningKeyBody {
+    kid: String,
+    public_key_pem: String,
+}
+
+/// `POST /emulator/clients/{id}/signing-keys` with `{"kid": ..., "public_key_pem": ...}`.
+pub(crate) async fn register_signing_key(
+    AxumState(state): AxumState<Arc<State>>,
+    Path(client_id): Path<String>,
+    Json(body): Json<SigningKeyBody>,
+) -> Response {
+    match crate::signature::PublicKey::from_pem(&body.public_key_pem) {
+        Ok(key) => {
+            state.register_signing_key(&client_id, &body.kid, key);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(why) => (StatusCode::BAD_REQUEST, Json(json!({ "error": why }))).into_response(),
+    }
+}

@@ -6,7 +6,14 @@
 //! RS256 JWTs (`typ` `at+jwt`, audience `payments_api`) whose public key is published at
 //! `GET /.well-known/jwks.json`. `POST /v3/payments` and `GET /v3/payments/{id}` verify the
 //! bearer token (signature, expiry, revocation, `payments` scope) and answer `401` with
-//! `WWW-Authenticate: Bearer error="invalid_token"` otherwise.
+//! `WWW-Authenticate: Bearer error="invalid_token"` otherwise. A POST also needs a valid
+//! `Tl-Signature` from a request-signing key registered for the client (the default client
+//! starts with one: [`Emulator::signing_key_pem`]) and an `Idempotency-Key`, and gets a
+//! TrueLayer-style problem JSON 401 naming what is wrong otherwise. Idempotency is as TrueLayer
+//! documents it: the same key and body give the first answer again, a different body 422, a
+//! key still in flight 409. `POST /test-signature` answers 204 for a valid signature, 401 with
+//! the reason otherwise. Signatures are checked with RustCrypto's `p521`, apart from the
+//! project's signing crate, so the two check each other.
 //!
 //! Tests drive faults through the [`Emulator`] handle; other tools use the admin routes under
 //! `/emulator/` (see the README of this crate's binary, `truelayer-auth-emulator --help`).
@@ -32,6 +39,7 @@ mod faults;
 mod keys;
 mod payments;
 mod server;
+mod signature;
 mod state;
 mod token_endpoint;
 
@@ -55,11 +63,15 @@ use state::{Client, RandomFaults, State, random_secret};
 /// The client_id of the client every emulator starts with.
 pub const DEFAULT_CLIENT_ID: &str = "emulator-client";
 
+/// The key id of the request-signing key the default client starts with.
+pub const DEFAULT_SIGNING_KEY_ID: &str = "emulator-signing-key";
+
 /// A running emulator. Dropping it stops the server.
 pub struct Emulator {
     state: Arc<State>,
     addr: SocketAddr,
     client_secret: String,
+    signing_key_pem: String,
     task: JoinHandle<()>,
 }
 
@@ -69,7 +81,8 @@ impl fmt::Debug for Emulator {
             .field("url", &self.url())
             .field("client_id", &DEFAULT_CLIENT_ID)
             .field("client_secret", &"[redacted]")
-            .finish()
+            .field("signing_key_id", &DEFAULT_SIGNING_KEY_ID)
+            .finish_non_exhaustive()
     }
 }
 
@@ -100,6 +113,9 @@ impl Emulator {
                 allowed_scopes: KNOWN_SCOPES.iter().map(|s| (*s).to_owned()).collect(),
             },
         );
+        // The default client's request-signing key, registered as TrueLayer Console would.
+        let signing = signature::KeyPair::generate();
+        state.register_signing_key(DEFAULT_CLIENT_ID, DEFAULT_SIGNING_KEY_ID, signing.public());
         // Make the key before the first request, so no request pays for it.
         let _ = keys::signing_key();
         let task = tokio::spawn(server::serve(listener, router(state.clone())));
@@ -107,6 +123,7 @@ impl Emulator {
             state,
             addr,
             client_secret,
+            signing_key_pem: signing.private_pem(),
             task,
         })
     }
@@ -146,6 +163,40 @@ impl Emulator {
     /// The default client's secret as it was at start (see [`Emulator::rotate_secret`]).
     pub fn client_secret(&self) -> &str {
         &self.client_secret
+    }
+
+    /// The id of the default client's request-signing key.
+    pub fn signing_key_id(&self) -> &str {
+        DEFAULT_SIGNING_KEY_ID
+    }
+
+    /// The default client's request-signing private key (PKCS#8 PEM, P-521): a throwaway
+    /// key made at start, for tools and tests that sign requests to this emulator.
+    pub fn signing_key_pem(&self) -> &str {
+        &self.signing_key_pem
+    }
+
+    /// Registers a request-signing public key (SPKI PEM, P-521) for `client_id` under `kid`,
+    /// as uploading it in TrueLayer Console does.
+    ///
+    /// # Errors
+    ///
+    /// When `public_key_pem` is not an EC P-521 public key.
+    pub fn register_signing_key(
+        &self,
+        client_id: &str,
+        kid: &str,
+        public_key_pem: &str,
+    ) -> Result<(), String> {
+        let key = signature::PublicKey::from_pem(public_key_pem)?;
+        self.state.register_signing_key(client_id, kid, key);
+        Ok(())
+    }
+
+    /// Delays every Payments API answer by `latency` (after the request is checked), on
+    /// tokio's clock.
+    pub fn set_api_latency(&self, latency: Duration) {
+        self.state.set_api_latency(latency);
     }
 
     /// Adds (or replaces) a client with its secret and allowed scopes.
@@ -273,11 +324,16 @@ fn router(state: Arc<State>) -> Router {
             get(|| async { axum::Json(keys::signing_key().jwks()) }),
         )
         .route("/v3/payments", post(payments::create_payment))
+        .route("/test-signature", post(payments::test_signature))
         .route("/v3/payments/{id}", get(payments::get_payment))
         .route("/emulator/faults", post(admin::faults).delete(admin::clear))
         .route("/emulator/latency", post(admin::latency))
         .route("/emulator/token-lifetime", post(admin::lifetime))
         .route("/emulator/clients/{id}/rotate", post(admin::rotate))
+        .route(
+            "/emulator/clients/{id}/signing-keys",
+            post(admin::register_signing_key),
+        )
         .route("/emulator/revoke", post(admin::revoke))
         .route("/emulator/stats", get(admin::stats))
         .with_state(state)

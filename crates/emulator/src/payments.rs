@@ -1,24 +1,78 @@
-//! A small Payments API stand-in that checks the bearer token like TrueLayer's API does.
+//! A small Payments API stand-in that checks requests as TrueLayer's API does: the bearer
+//! token, and on POSTs the `Tl-Signature` and `Idempotency-Key`.
 
 use std::sync::Arc;
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{Path, State as AxumState};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::keys::Claims;
-use crate::state::{Counter, Rejection, State};
+use crate::signature;
+use crate::state::{Counter, IdempotencyCheck, Rejection, State};
 
 pub(crate) async fn create_payment(
     AxumState(state): AxumState<Arc<State>>,
     headers: HeaderMap,
-    body: Option<Json<Value>>,
+    body: Bytes,
 ) -> Response {
     let claims = match authenticate(&state, &headers) {
         Ok(c) => c,
         Err(r) => return *r,
+    };
+    if let Err(r) = check_signature(
+        &state,
+        Some(&claims.client_id),
+        "POST",
+        "/v3/payments",
+        &headers,
+        &body,
+    ) {
+        return *r;
+    }
+    let key = idempotency_key(&headers).unwrap_or_default();
+    match state.check_idempotency(&claims.client_id, &key, &body) {
+        IdempotencyCheck::New => {}
+        IdempotencyCheck::Repeat(status, answer) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            return (status, Json(answer)).into_response();
+        }
+        IdempotencyCheck::InFlight => {
+            return problem(
+                StatusCode::CONFLICT,
+                "Idempotency-Key Concurrency Conflict",
+                "a request with this Idempotency-Key is still being processed",
+            );
+        }
+        IdempotencyCheck::Conflict => {
+            return problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Idempotency-Key Reuse",
+                "this Idempotency-Key was used with a different request body",
+            );
+        }
+    }
+    let latency = state.api_latency();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let request: Value = if body.is_empty() {
+        Value::Null
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(_) => {
+                state.answer_idempotency(&claims.client_id, &key, None);
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    "Invalid Parameters",
+                    "the request body is not JSON",
+                );
+            }
+        }
     };
     let id = format!(
         "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
@@ -32,14 +86,13 @@ pub(crate) async fn create_payment(
         "id": id,
         "status": "authorization_required",
         "client_id": claims.client_id,
-        "request": body.map(|b| b.0).unwrap_or(Value::Null),
+        "request": request,
     });
     state.store_payment(id.clone(), payment);
-    (
-        StatusCode::CREATED,
-        Json(json!({ "id": id, "status": "authorization_required" })),
-    )
-        .into_response()
+    state.count(Counter::PaymentCreated);
+    let answer = json!({ "id": id, "status": "authorization_required" });
+    state.answer_idempotency(&claims.client_id, &key, Some((201, answer.clone())));
+    (StatusCode::CREATED, Json(answer)).into_response()
 }
 
 pub(crate) async fn get_payment(
@@ -58,6 +111,69 @@ pub(crate) async fn get_payment(
         )
             .into_response(),
     }
+}
+
+/// `POST /test-signature`, as in TrueLayer's sandbox: 204 for a valid signature, 401 with
+/// the reason otherwise. With a valid bearer token, only that client's keys count.
+pub(crate) async fn test_signature(
+    AxumState(state): AxumState<Arc<State>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let client = headers
+        .contains_key(header::AUTHORIZATION)
+        .then(|| authenticate(&state, &headers).ok())
+        .flatten()
+        .map(|claims| claims.client_id);
+    match check_signature(
+        &state,
+        client.as_deref(),
+        "POST",
+        "/test-signature",
+        &headers,
+        &body,
+    ) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(r) => *r,
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+}
+
+/// The `Tl-Signature` (from a key registered for `client_id`) and the `Idempotency-Key`.
+fn check_signature(
+    state: &State,
+    client_id: Option<&str>,
+    method: &str,
+    path: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), Box<Response>> {
+    let reason = if idempotency_key(headers).is_none() {
+        Err("the Idempotency-Key header is missing".to_owned())
+    } else {
+        match headers.get("tl-signature").and_then(|v| v.to_str().ok()) {
+            None => Err("the Tl-Signature header is missing".to_owned()),
+            Some(value) => signature::verify(value, method, path, headers, body, |kid| {
+                state.signing_key(client_id, kid)
+            }),
+        }
+    };
+    reason.map_err(|why| {
+        state.count(Counter::SignatureRejection);
+        Box::new(problem(
+            StatusCode::UNAUTHORIZED,
+            "Unauthenticated",
+            &format!("Invalid request signature: {why}"),
+        ))
+    })
 }
 
 fn authenticate(state: &State, headers: &HeaderMap) -> Result<Claims, Box<Response>> {
@@ -88,29 +204,47 @@ fn unauthorized(why: Option<&str>) -> Response {
         Some(why) => format!("Bearer error=\"invalid_token\", error_description=\"{why}\""),
         None => "Bearer".to_owned(),
     };
-    problem(
-        StatusCode::UNAUTHORIZED,
+    with_challenge(
+        problem(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            why.unwrap_or("a bearer token is required"),
+        ),
         challenge,
-        why.unwrap_or("a bearer token is required"),
     )
 }
 
 fn insufficient_scope() -> Response {
-    problem(
-        StatusCode::FORBIDDEN,
+    with_challenge(
+        problem(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "the token lacks the payments scope",
+        ),
         "Bearer error=\"insufficient_scope\", scope=\"payments\"".to_owned(),
-        "the token lacks the payments scope",
     )
 }
 
-fn problem(status: StatusCode, challenge: String, detail: &str) -> Response {
-    let mut response = (
-        status,
-        Json(json!({ "title": status.canonical_reason(), "status": status.as_u16(), "detail": detail })),
-    )
-        .into_response();
+fn with_challenge(mut response: Response, challenge: String) -> Response {
     if let Ok(v) = HeaderValue::from_str(&challenge) {
         response.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }
+    response
+}
+
+/// A TrueLayer-style problem JSON (RFC 7807) answer.
+pub(crate) fn problem(status: StatusCode, title: &str, detail: &str) -> Response {
+    let body = json!({
+        "type": format!("https://docs.truelayer.com/docs/error-types#{}", title.to_ascii_lowercase().replace(' ', "-")),
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail,
+        "trace_id": format!("{:016x}", fastrand::u64(..)),
+    });
+    let mut response = (status, Json(body)).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
     response
 }

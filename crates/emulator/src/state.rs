@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::faults::Fault;
 use crate::keys::{AUDIENCE, Claims, signing_key};
+use crate::signature::PublicKey;
 
 /// The default token lifetime, as TrueLayer issues today.
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
@@ -44,6 +45,11 @@ pub struct Stats {
     pub api_requests: u64,
     /// Payments API requests rejected for their bearer token.
     pub api_rejections: u64,
+    /// Payments API requests rejected for their `Tl-Signature` or a missing
+    /// `Idempotency-Key`.
+    pub signature_rejections: u64,
+    /// Payments created (an idempotent repeat creates none).
+    pub payments_created: u64,
 }
 
 #[derive(Default)]
@@ -54,6 +60,8 @@ struct Counters {
     token_errors: AtomicU64,
     api_requests: AtomicU64,
     api_rejections: AtomicU64,
+    signature_rejections: AtomicU64,
+    payments_created: AtomicU64,
 }
 
 /// A fraction of token requests that fail, chosen from a set of faults.
@@ -71,6 +79,31 @@ struct Control {
     lifetime: Option<i64>,
     revoked_jtis: HashSet<String>,
     payments: HashMap<String, serde_json::Value>,
+    api_latency: Duration,
+    /// Request-signing public keys: client_id → kid → key.
+    signing_keys: HashMap<String, HashMap<String, PublicKey>>,
+    /// Idempotency keys: (client_id, key) → what the first request was and got.
+    idempotency: HashMap<(String, String), Idempotent>,
+}
+
+/// What an `Idempotency-Key` has seen.
+#[derive(Clone)]
+pub(crate) struct Idempotent {
+    pub(crate) body: Vec<u8>,
+    /// The first answer, once there is one; `None` while the first request is in flight.
+    pub(crate) answer: Option<(u16, serde_json::Value)>,
+}
+
+/// What a new request with an `Idempotency-Key` should get.
+pub(crate) enum IdempotencyCheck {
+    /// A new key: go ahead (it is now in flight).
+    New,
+    /// The same key and body as an earlier request: its answer again.
+    Repeat(u16, serde_json::Value),
+    /// The same key, still in flight.
+    InFlight,
+    /// The same key with a different body.
+    Conflict,
 }
 
 pub(crate) struct State {
@@ -279,6 +312,84 @@ impl State {
         lock(&self.control).payments.get(id).cloned()
     }
 
+    pub(crate) fn set_api_latency(&self, latency: Duration) {
+        lock(&self.control).api_latency = latency;
+    }
+
+    pub(crate) fn api_latency(&self) -> Duration {
+        lock(&self.control).api_latency
+    }
+
+    pub(crate) fn register_signing_key(&self, client_id: &str, kid: &str, key: PublicKey) {
+        lock(&self.control)
+            .signing_keys
+            .entry(client_id.to_owned())
+            .or_default()
+            .insert(kid.to_owned(), key);
+    }
+
+    /// The key `kid` of `client_id`, or of any client when none is given.
+    pub(crate) fn signing_key(&self, client_id: Option<&str>, kid: &str) -> Option<PublicKey> {
+        let control = lock(&self.control);
+        match client_id {
+            Some(client) => control.signing_keys.get(client)?.get(kid).cloned(),
+            None => control
+                .signing_keys
+                .values()
+                .find_map(|keys| keys.get(kid).cloned()),
+        }
+    }
+
+    pub(crate) fn check_idempotency(
+        &self,
+        client_id: &str,
+        key: &str,
+        body: &[u8],
+    ) -> IdempotencyCheck {
+        let mut control = lock(&self.control);
+        let slot = (client_id.to_owned(), key.to_owned());
+        match control.idempotency.get(&slot) {
+            None => {
+                control.idempotency.insert(
+                    slot,
+                    Idempotent {
+                        body: body.to_vec(),
+                        answer: None,
+                    },
+                );
+                IdempotencyCheck::New
+            }
+            Some(seen) if seen.body != body => IdempotencyCheck::Conflict,
+            Some(Idempotent { answer: None, .. }) => IdempotencyCheck::InFlight,
+            Some(Idempotent {
+                answer: Some((status, body)),
+                ..
+            }) => IdempotencyCheck::Repeat(*status, body.clone()),
+        }
+    }
+
+    /// Records the first answer to an idempotency key (or forgets a key whose request
+    /// failed, so it can be tried again).
+    pub(crate) fn answer_idempotency(
+        &self,
+        client_id: &str,
+        key: &str,
+        answer: Option<(u16, serde_json::Value)>,
+    ) {
+        let mut control = lock(&self.control);
+        let slot = (client_id.to_owned(), key.to_owned());
+        match answer {
+            Some(answer) => {
+                if let Some(seen) = control.idempotency.get_mut(&slot) {
+                    seen.answer = Some(answer);
+                }
+            }
+            None => {
+                control.idempotency.remove(&slot);
+            }
+        }
+    }
+
     pub(crate) fn count(&self, counter: Counter) {
         let c = &self.counters;
         let atomic = match counter {
@@ -288,6 +399,8 @@ impl State {
             Counter::TokenError => &c.token_errors,
             Counter::ApiRequest => &c.api_requests,
             Counter::ApiRejection => &c.api_rejections,
+            Counter::SignatureRejection => &c.signature_rejections,
+            Counter::PaymentCreated => &c.payments_created,
         };
         atomic.fetch_add(1, Ordering::Relaxed);
     }
@@ -301,6 +414,8 @@ impl State {
             token_errors: c.token_errors.load(Ordering::Relaxed),
             api_requests: c.api_requests.load(Ordering::Relaxed),
             api_rejections: c.api_rejections.load(Ordering::Relaxed),
+            signature_rejections: c.signature_rejections.load(Ordering::Relaxed),
+            payments_created: c.payments_created.load(Ordering::Relaxed),
         }
     }
 }
@@ -313,6 +428,8 @@ pub(crate) enum Counter {
     TokenError,
     ApiRequest,
     ApiRejection,
+    SignatureRejection,
+    PaymentCreated,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -26,14 +26,51 @@ async fn access_token(emulator: &Emulator) -> String {
     body["access_token"].as_str().unwrap().to_owned()
 }
 
-async fn create_payment(emulator: &Emulator, bearer: &str) -> reqwest::Response {
+/// Signs a request to the emulator with TrueLayer's own crate and the default client's key.
+fn tl_signature(emulator: &Emulator, path: &str, key: &str, body: &[u8]) -> String {
+    truelayer_signing::sign_with_pem(
+        emulator.signing_key_id(),
+        emulator.signing_key_pem().as_bytes(),
+    )
+    .method(truelayer_signing::Method::Post)
+    .path(path)
+    .header("Idempotency-Key", key.as_bytes())
+    .body(body)
+    .build_signer()
+    .sign()
+    .unwrap()
+}
+
+async fn signed_post(
+    emulator: &Emulator,
+    bearer: &str,
+    key: &str,
+    body: &[u8],
+    signature: &str,
+) -> reqwest::Response {
     reqwest::Client::new()
         .post(format!("{}/v3/payments", emulator.url()))
         .bearer_auth(bearer)
-        .json(&json!({ "amount_in_minor": 100, "currency": "GBP" }))
+        .header("content-type", "application/json")
+        .header("idempotency-key", key)
+        .header("tl-signature", signature)
+        .body(body.to_vec())
         .send()
         .await
         .unwrap()
+}
+
+async fn create_payment(emulator: &Emulator, bearer: &str) -> reqwest::Response {
+    let key = format!("key-{}", fastrand_id());
+    let body = json!({ "amount_in_minor": 100, "currency": "GBP" }).to_string();
+    let signature = tl_signature(emulator, "/v3/payments", &key, body.as_bytes());
+    signed_post(emulator, bearer, &key, body.as_bytes(), &signature).await
+}
+
+fn fastrand_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 #[tokio::test]
@@ -343,4 +380,147 @@ async fn a_dropped_connection_gets_no_answer() {
     assert!(!err.is_timeout());
     // The emulator keeps serving on new connections.
     assert_eq!(token(&emulator, "payments").await.status(), 200);
+}
+
+#[tokio::test]
+async fn posts_need_a_valid_signature_from_a_registered_key_and_an_idempotency_key() {
+    let emulator = Emulator::start().await.unwrap();
+    let bearer = access_token(&emulator).await;
+    let body = br#"{"amount_in_minor":100,"currency":"GBP"}"#;
+    let good = tl_signature(&emulator, "/v3/payments", "k-1", body);
+    let problem = |response: reqwest::Response| async move {
+        assert_eq!(response.status(), 401);
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        let json: Value = response.json().await.unwrap();
+        json["detail"].as_str().unwrap().to_owned()
+    };
+    // Unsigned, signed over another body, another key's signature, no Idempotency-Key.
+    let unsigned = reqwest::Client::new()
+        .post(format!("{}/v3/payments", emulator.url()))
+        .bearer_auth(&bearer)
+        .header("idempotency-key", "k-1")
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        problem(unsigned)
+            .await
+            .contains("Tl-Signature header is missing")
+    );
+    let other_body = signed_post(&emulator, &bearer, "k-1", b"{}", &good).await;
+    assert!(problem(other_body).await.contains("does not match"));
+    let stranger = truelayer_signing::sign_with_pem(
+        emulator.signing_key_id(),
+        include_bytes!("../../signing/tests/vectors/ec512-private.pem"),
+    )
+    .method(truelayer_signing::Method::Post)
+    .path("/v3/payments")
+    .header("Idempotency-Key", b"k-1")
+    .body(body)
+    .build_signer()
+    .sign()
+    .unwrap();
+    let forged = signed_post(&emulator, &bearer, "k-1", body, &stranger).await;
+    assert!(problem(forged).await.contains("does not match"));
+    let no_key = reqwest::Client::new()
+        .post(format!("{}/v3/payments", emulator.url()))
+        .bearer_auth(&bearer)
+        .header("tl-signature", &good)
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert!(problem(no_key).await.contains("Idempotency-Key"));
+    assert_eq!(emulator.stats().signature_rejections, 4);
+    assert_eq!(emulator.stats().payments_created, 0);
+
+    // A key registered for another client does not sign for this one.
+    let other = truelayer_signing::sign_with_pem(
+        "vector-kid",
+        include_bytes!("../../signing/tests/vectors/ec512-private.pem"),
+    )
+    .method(truelayer_signing::Method::Post)
+    .path("/v3/payments")
+    .header("Idempotency-Key", b"k-1")
+    .body(body)
+    .build_signer()
+    .sign()
+    .unwrap();
+    emulator.add_client("other-client", "other-secret", ["payments"]);
+    emulator
+        .register_signing_key(
+            "other-client",
+            "vector-kid",
+            include_str!("../../signing/tests/vectors/ec512-public.pem"),
+        )
+        .unwrap();
+    let wrong_client = signed_post(&emulator, &bearer, "k-1", body, &other).await;
+    assert!(problem(wrong_client).await.contains("not a registered key"));
+    assert_eq!(
+        signed_post(&emulator, &bearer, "k-1", body, &good)
+            .await
+            .status(),
+        201
+    );
+}
+
+#[tokio::test]
+async fn idempotency_keys_repeat_answers_and_refuse_reuse_and_concurrency() {
+    let emulator = Emulator::start().await.unwrap();
+    let bearer = access_token(&emulator).await;
+    let body = br#"{"amount_in_minor":100,"currency":"GBP"}"#;
+    let signature = tl_signature(&emulator, "/v3/payments", "same-key", body);
+    let first = signed_post(&emulator, &bearer, "same-key", body, &signature).await;
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    // The same key and body: the first answer again, and no second payment.
+    let again = signed_post(&emulator, &bearer, "same-key", body, &signature).await;
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.json::<Value>().await.unwrap()["id"], first["id"]);
+    assert_eq!(emulator.stats().payments_created, 1);
+    // The same key with another body: 422.
+    let other_body = br#"{"amount_in_minor":999,"currency":"GBP"}"#;
+    let other = tl_signature(&emulator, "/v3/payments", "same-key", other_body);
+    let reused = signed_post(&emulator, &bearer, "same-key", other_body, &other).await;
+    assert_eq!(reused.status(), 422);
+    // The same key while the first request is still in flight: 409.
+    emulator.set_api_latency(Duration::from_millis(500));
+    let slow = tl_signature(&emulator, "/v3/payments", "slow-key", body);
+    let (a, b) = tokio::join!(
+        signed_post(&emulator, &bearer, "slow-key", body, &slow),
+        async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            signed_post(&emulator, &bearer, "slow-key", body, &slow).await
+        }
+    );
+    assert_eq!(a.status(), 201);
+    assert_eq!(b.status(), 409);
+    assert_eq!(emulator.stats().payments_created, 2);
+}
+
+#[tokio::test]
+async fn test_signature_answers_204_or_401_as_the_sandbox_does() {
+    let emulator = Emulator::start().await.unwrap();
+    let body = b"{}";
+    let signature = tl_signature(&emulator, "/test-signature", "k", body);
+    let post = |signature: String| {
+        reqwest::Client::new()
+            .post(format!("{}/test-signature", emulator.url()))
+            .header("idempotency-key", "k")
+            .header("tl-signature", signature)
+            .body(body.to_vec())
+            .send()
+    };
+    assert_eq!(post(signature.clone()).await.unwrap().status(), 204);
+    let tampered = signature.replacen('A', "B", 1).replacen("..A", "..B", 1);
+    let tampered = if tampered == signature {
+        format!("{signature}x")
+    } else {
+        tampered
+    };
+    assert_eq!(post(tampered).await.unwrap().status(), 401);
 }

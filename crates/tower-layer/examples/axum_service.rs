@@ -20,6 +20,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 use truelayer_auth::{ClientCredentials, Environment, TokenCache};
 use truelayer_auth_emulator::Emulator;
+use truelayer_auth_signing::{Signer, SigningLayer};
 use truelayer_auth_tower::{BearerAuthLayer, CloneBodies};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -81,9 +82,14 @@ async fn main() -> Result<(), BoxError> {
 
     let hyper_client =
         Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(HttpConnector::new());
+    let signer = Signer::from_pem(
+        emulator.signing_key_id(),
+        emulator.signing_key_pem().as_bytes(),
+    )?;
     let payments = ServiceBuilder::new()
         .map_err(BoxError::from)
         .layer(BearerAuthLayer::new(tokens).replay_policy(CloneBodies))
+        .layer(SigningLayer::new(signer))
         .service(hyper_client);
     let state = AppState {
         payments: BoxCloneSyncService::new(payments),

@@ -1,13 +1,15 @@
-//! A hyper-util client with the bearer layer creates a payment on the emulator's Payments
-//! API stand-in (which verifies the token's signature, expiry and scope).
+//! `POST /v3/payments` through hyper-util with the bearer and signing layers: what a real
+//! payment creation needs. The emulator's Payments API stand-in checks the token (signature,
+//! expiry, scope), the `Tl-Signature` (against the key registered for the client) and the
+//! `Idempotency-Key`, as TrueLayer does.
 //!
 //! ```sh
 //! cargo run -p truelayer-auth-tower --example hyper_client
 //! ```
 //!
 //! The emulator runs in-process, so this works offline. Against TrueLayer, build the cache
-//! with `Environment::Sandbox` and your credentials instead (the real Payments API also wants
-//! request signatures, which this project does not make yet).
+//! with `Environment::Sandbox` and your credentials, and the signer with your P-521 key and
+//! the key id TrueLayer Console shows for it.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -16,6 +18,7 @@ use hyper_util::rt::TokioExecutor;
 use tower::{ServiceBuilder, ServiceExt};
 use truelayer_auth::{ClientCredentials, Environment, Scopes, TokenCache};
 use truelayer_auth_emulator::Emulator;
+use truelayer_auth_signing::{Signer, SigningLayer};
 use truelayer_auth_tower::{BearerAuthLayer, CloneBodies};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -29,14 +32,20 @@ async fn main() -> Result<(), BoxError> {
         .scopes(Scopes::payments())
         .build()?;
 
+    let signer = Signer::from_pem(
+        emulator.signing_key_id(),
+        emulator.signing_key_pem().as_bytes(),
+    )?;
+
     let hyper_client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let client = ServiceBuilder::new()
         .layer(BearerAuthLayer::new(tokens).replay_policy(CloneBodies))
+        // Idempotency-Key (a new UUIDv4) and Tl-Signature on every POST.
+        .layer(SigningLayer::new(signer))
         .service(hyper_client);
 
     let request = http::Request::post(format!("{}/v3/payments", emulator.url()))
         .header("content-type", "application/json")
-        .header("idempotency-key", "example-0001")
         .body(Full::new(Bytes::from_static(
             br#"{"amount_in_minor":100,"currency":"GBP"}"#,
         )))?;

@@ -19,6 +19,7 @@ use truelayer_auth::{
     CacheKey, ClientCredentials, CredentialsSource, Environment, KeyedTokenCache, Scopes,
 };
 use truelayer_auth_emulator::Emulator;
+use truelayer_auth_signing::{Signer, SigningLayer};
 use truelayer_auth_tower::{BearerAuthLayer, CloneBodies};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -32,8 +33,16 @@ const MERCHANTS: [(&str, &str); 3] = [
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let emulator = Emulator::start().await?;
+    // The platform's request-signing key, registered for each merchant (each could have its
+    // own: a SignerSource can pick by merchant too).
+    let signer = Signer::generate("platform-signing-key");
     for (id, secret) in MERCHANTS {
         emulator.add_client(id, secret, ["payments"]);
+        emulator.register_signing_key(
+            id,
+            signer.kid(),
+            &signer.public_key_pem().unwrap_or_default(),
+        )?;
     }
     let environment = Environment::custom(&emulator.url())?;
 
@@ -48,6 +57,7 @@ async fn main() -> Result<(), BoxError> {
         .build()?;
     let mut client = ServiceBuilder::new()
         .layer(BearerAuthLayer::new(tokens).replay_policy(CloneBodies))
+        .layer(SigningLayer::new(signer))
         .service(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
 
     for (merchant, _) in MERCHANTS {
@@ -62,7 +72,10 @@ async fn main() -> Result<(), BoxError> {
             merchant,
             Scopes::payments(),
         ));
-        let response = client.ready().await?.call(request).await?;
+        let response = ServiceExt::<http::Request<Full<Bytes>>>::ready(&mut client)
+            .await?
+            .call(request)
+            .await?;
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
         println!("{merchant}: {status} {}", String::from_utf8_lossy(&body));

@@ -5,9 +5,11 @@
 //! ```
 
 use bytes::Bytes;
+use http_body_util::Full;
 use tower::{ServiceBuilder, ServiceExt};
 use truelayer_auth::{ClientCredentials, Environment, TokenCache};
 use truelayer_auth_emulator::Emulator;
+use truelayer_auth_signing::{Signer, SigningLayer};
 use truelayer_auth_tower::{BearerAuthLayer, CloneBodies, ReqwestService};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -19,15 +21,22 @@ async fn main() -> Result<(), BoxError> {
         ClientCredentials::new(emulator.client_id(), emulator.client_secret().into())?;
     let tokens = TokenCache::builder(Environment::custom(&emulator.url())?, credentials).build()?;
 
+    let signer = Signer::from_pem(
+        emulator.signing_key_id(),
+        emulator.signing_key_pem().as_bytes(),
+    )?;
     let client = ServiceBuilder::new()
+        // Signing outside: the bearer layer's replay after a 401 copies the signed request.
+        .layer(SigningLayer::new(signer))
         .layer(BearerAuthLayer::new(tokens).replay_policy(CloneBodies))
+        .map_request(|request: http::Request<Full<Bytes>>| request.map(reqwest::Body::wrap))
         .service(ReqwestService::new(reqwest::Client::new()));
 
     let request = http::Request::post(format!("{}/v3/payments", emulator.url()))
         .header("content-type", "application/json")
-        .body(Bytes::from_static(
+        .body(Full::new(Bytes::from_static(
             br#"{"amount_in_minor":250,"currency":"EUR"}"#,
-        ))?;
+        )))?;
     let response = client.oneshot(request).await?;
     let status = response.status();
     let body = reqwest::Response::from(response).text().await?;

@@ -4,7 +4,7 @@ use http::header::AUTHORIZATION;
 use http::{Request, Response};
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
-use truelayer_auth::{AccessToken, TokenCache, TokenSource};
+use truelayer_auth::{AccessToken, LogicalRequest, TokenCache, TokenSource};
 
 use crate::error::BearerAuthError;
 use crate::future::ResponseFuture;
@@ -114,6 +114,19 @@ impl<S, T, P> BearerAuth<S, T, P> {
     }
 }
 
+/// Lets the copy made for a replay share the request's identity with layers below (the
+/// signing layer's `Idempotency-Key`): only modification requests carry one.
+fn share_identity<B>(request: &mut Request<B>) {
+    use http::Method;
+    let modifies = matches!(
+        *request.method(),
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    );
+    if modifies && request.extensions().get::<LogicalRequest>().is_none() {
+        request.extensions_mut().insert(LogicalRequest::new());
+    }
+}
+
 pub(crate) fn authorize<B>(request: &mut Request<B>, token: &AccessToken) {
     request
         .headers_mut()
@@ -140,6 +153,9 @@ where
             Err(e) => return ResponseFuture::failed(e),
         };
         let replay_body = self.policy.clone_body(request.body());
+        if replay_body.is_some() {
+            share_identity(&mut request);
+        }
         match cached {
             Some(token) => {
                 authorize(&mut request, &token);

@@ -16,6 +16,7 @@ use secrecy::ExposeSecret;
 use tower::{Layer, ServiceBuilder, ServiceExt, service_fn};
 use truelayer_auth::{ClientCredentials, Environment, Error, TokenCache};
 use truelayer_auth_emulator::{Emulator, Fault};
+use truelayer_auth_signing::{Signer, Signing, SigningLayer};
 use truelayer_auth_tower::{BearerAuthError, BearerAuthLayer, CloneBodies, replay_with};
 
 type HyperClient = Client<HttpConnector, Full<Bytes>>;
@@ -29,8 +30,15 @@ fn cache(emulator: &Emulator) -> TokenCache {
         .unwrap()
 }
 
-fn hyper_client() -> HyperClient {
-    Client::builder(TokioExecutor::new()).build_http()
+/// hyper-util's client with the signing layer: the emulator, like TrueLayer, wants every
+/// POST signed (with the default client's registered key).
+fn hyper_client(emulator: &Emulator) -> Signing<HyperClient, Signer> {
+    let signer = Signer::from_pem(
+        emulator.signing_key_id(),
+        emulator.signing_key_pem().as_bytes(),
+    )
+    .unwrap();
+    SigningLayer::new(signer).layer(Client::builder(TokioExecutor::new()).build_http())
 }
 
 fn create_payment(emulator: &Emulator, body: &'static str) -> Request<Full<Bytes>> {
@@ -53,7 +61,7 @@ where
 #[tokio::test(start_paused = true)]
 async fn the_payments_stand_in_accepts_requests_through_the_layer() {
     let emulator = Emulator::start().await.unwrap();
-    let client = BearerAuthLayer::new(cache(&emulator)).layer(hyper_client());
+    let client = BearerAuthLayer::new(cache(&emulator)).layer(hyper_client(&emulator));
     for _ in 0..3 {
         let response = client
             .clone()
@@ -78,7 +86,7 @@ async fn a_revoked_token_gives_one_401_one_refresh_and_a_successful_replay() {
     let emulator = Emulator::start().await.unwrap();
     let client = BearerAuthLayer::new(cache(&emulator))
         .replay_policy(CloneBodies)
-        .layer(hyper_client());
+        .layer(hyper_client(&emulator));
     let warm = client
         .clone()
         .oneshot(create_payment(&emulator, "{}"))
@@ -104,7 +112,7 @@ async fn concurrent_401s_for_one_token_cause_one_refresh() {
     let emulator = Emulator::start().await.unwrap();
     let client = BearerAuthLayer::new(cache(&emulator))
         .replay_policy(CloneBodies)
-        .layer(hyper_client());
+        .layer(hyper_client(&emulator));
     let warm = client
         .clone()
         .oneshot(create_payment(&emulator, "{}"))
@@ -129,7 +137,7 @@ async fn concurrent_401s_for_one_token_cause_one_refresh() {
 async fn a_body_that_cannot_be_replayed_gets_the_401_back_and_the_token_is_still_reported() {
     let emulator = Emulator::start().await.unwrap();
     // The default policy replays empty bodies only; this body is not empty.
-    let client = BearerAuthLayer::new(cache(&emulator)).layer(hyper_client());
+    let client = BearerAuthLayer::new(cache(&emulator)).layer(hyper_client(&emulator));
     client
         .clone()
         .oneshot(create_payment(&emulator, "{}"))
@@ -170,7 +178,7 @@ async fn empty_bodies_and_custom_policies_are_replayed() {
     let emulator = Emulator::start().await.unwrap();
     let tokens = cache(&emulator);
     let created = BearerAuthLayer::new(tokens.clone())
-        .layer(hyper_client())
+        .layer(hyper_client(&emulator))
         .oneshot(create_payment(&emulator, "{}"))
         .await
         .unwrap();
@@ -185,7 +193,7 @@ async fn empty_bodies_and_custom_policies_are_replayed() {
         .body(Full::new(Bytes::new()))
         .unwrap();
     let response = BearerAuthLayer::new(tokens.clone())
-        .layer(hyper_client())
+        .layer(hyper_client(&emulator))
         .oneshot(get)
         .await
         .unwrap();
@@ -206,7 +214,7 @@ async fn empty_bodies_and_custom_policies_are_replayed() {
     });
     let response = BearerAuthLayer::new(tokens)
         .replay_policy(policy)
-        .layer(hyper_client())
+        .layer(hyper_client(&emulator))
         .oneshot(create_payment(&emulator, "{}"))
         .await
         .unwrap();
@@ -286,7 +294,7 @@ async fn composes_with_buffer_concurrency_limit_timeout_and_trace() {
         .timeout(Duration::from_secs(10))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .layer(BearerAuthLayer::new(cache(&emulator)).replay_policy(CloneBodies))
-        .service(hyper_client());
+        .service(hyper_client(&emulator));
     let tasks: Vec<_> = (0..40)
         .map(|_| {
             let client = client.clone();

@@ -14,6 +14,7 @@ use truelayer_auth::{
     CacheKey, ClientCredentials, CredentialsSource, Environment, Error, KeyedTokenCache, Scopes,
 };
 use truelayer_auth_emulator::Emulator;
+use truelayer_auth_signing::{Signer, SigningLayer};
 use truelayer_auth_tower::{BearerAuthError, BearerAuthLayer, CloneBodies};
 
 const MERCHANTS: usize = 1000;
@@ -25,12 +26,14 @@ fn merchant(i: usize) -> ClientCredentials {
 #[tokio::test(start_paused = true)]
 async fn a_thousand_merchants_share_one_stack_each_with_only_its_own_tokens() {
     let emulator = Arc::new(Emulator::start().await.unwrap());
+    // One request-signing key, uploaded for every merchant (each could have its own).
+    let signer = Signer::generate("platform-key");
     for i in 0..MERCHANTS {
-        emulator.add_client(
-            &format!("merchant-{i}"),
-            &format!("secret-{i}"),
-            ["payments"],
-        );
+        let id = format!("merchant-{i}");
+        emulator.add_client(&id, &format!("secret-{i}"), ["payments"]);
+        emulator
+            .register_signing_key(&id, "platform-key", &signer.public_key_pem().unwrap())
+            .unwrap();
     }
     let env = Environment::custom(&emulator.url()).unwrap();
     let keyed = KeyedTokenCache::builder()
@@ -63,7 +66,7 @@ async fn a_thousand_merchants_share_one_stack_each_with_only_its_own_tokens() {
     };
     let client = BearerAuthLayer::new(keyed.clone())
         .replay_policy(CloneBodies)
-        .layer(checked);
+        .layer(SigningLayer::new(signer).layer(checked));
     let request = |i: usize| {
         let mut request = Request::post(format!("{}/v3/payments", emulator.url()))
             .header("content-type", "application/json")

@@ -29,6 +29,8 @@ pub enum SecretProblem {
     NotAString(String),
     /// A field is an empty string.
     EmptyField(String),
+    /// The signing private key is not a usable P-521 key.
+    SigningKey(truelayer_auth_signing::KeyError),
 }
 
 impl fmt::Display for SecretProblem {
@@ -49,6 +51,7 @@ impl fmt::Display for SecretProblem {
             SecretProblem::MissingField(name) => write!(f, "the field `{name}` is missing"),
             SecretProblem::NotAString(name) => write!(f, "the field `{name}` is not a string"),
             SecretProblem::EmptyField(name) => write!(f, "the field `{name}` is empty"),
+            SecretProblem::SigningKey(e) => write!(f, "the signing private key is unusable: {e}"),
         }
     }
 }

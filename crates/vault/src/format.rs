@@ -6,6 +6,7 @@ use std::fmt;
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use truelayer_auth::ClientCredentials;
+use truelayer_auth_signing::Signer;
 
 use crate::error::SecretProblem;
 
@@ -98,13 +99,31 @@ impl LoadedSecret {
     }
 
     /// The request-signing key id, if the secret has one.
-    pub fn signing_key_id(&self) -> Option<&SecretString> {
-        self.signing_key_id.as_ref()
+    pub fn signing_key_id(&self) -> Option<&str> {
+        self.signing_key_id
+            .as_ref()
+            .map(|kid| kid.expose_secret().trim())
     }
 
-    /// The request-signing private key (PEM), if the secret has one.
-    pub fn signing_private_key(&self) -> Option<&SecretString> {
-        self.signing_private_key.as_ref()
+    /// A request signer from the secret's `signing_key_id` and `signing_private_key`.
+    ///
+    /// # Errors
+    ///
+    /// [`SecretProblem::MissingField`] when the secret has no signing key, and
+    /// [`SecretProblem::SigningKey`] when it is not a usable P-521 key (the problem names why,
+    /// never the key).
+    pub fn signer(&self) -> Result<Signer, SecretProblem> {
+        let (Some(kid), Some(pem)) = (&self.signing_key_id, &self.signing_private_key) else {
+            let missing = if self.signing_key_id.is_none() {
+                "signing_key_id"
+            } else {
+                "signing_private_key"
+            };
+            return Err(SecretProblem::MissingField(missing.into()));
+        };
+        // Secrets Manager consoles often store a PEM with literal `\n`s for line breaks.
+        let pem = zeroize::Zeroizing::new(pem.expose_secret().replace("\\n", "\n"));
+        Signer::from_pem(kid.expose_secret(), pem.as_bytes()).map_err(SecretProblem::SigningKey)
     }
 
     /// The Secrets Manager version id this came from.
@@ -267,7 +286,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(renamed.credentials().client_id(), "a");
-        assert_eq!(renamed.signing_key_id().unwrap().expose_secret(), "k");
+        assert_eq!(renamed.signing_key_id(), Some("k"));
         assert_eq!(renamed.version_id(), Some("v1"));
         let shown = format!("{renamed:?}");
         assert!(

@@ -13,6 +13,7 @@ use secrecy::SecretString;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use truelayer_auth::{CredentialsFuture, CredentialsSource};
+use truelayer_auth_signing::{Signer, SignerFuture, SignerSource};
 use zeroize::Zeroize;
 
 use crate::error::{SecretProblem, VaultError};
@@ -67,6 +68,8 @@ struct Inner {
     fetching: tokio::sync::Mutex<()>,
     /// Reads started so far; a read's number is the count when it started.
     reads: AtomicU64,
+    /// The request signer built from the last secret, so its PEM is parsed once per version.
+    signer: Mutex<Option<(Arc<LoadedSecret>, Signer)>>,
 }
 
 #[derive(Clone)]
@@ -185,6 +188,7 @@ impl SecretsManagerCredentialsBuilder {
                 cache: Mutex::new(None),
                 fetching: tokio::sync::Mutex::new(()),
                 reads: AtomicU64::new(0),
+                signer: Mutex::new(None),
             }),
         })
     }
@@ -354,6 +358,45 @@ impl SecretsManagerCredentials {
             secret_id: self.inner.secret_id.clone(),
             problem,
         }
+    }
+}
+
+impl SecretsManagerCredentials {
+    /// The signer for `secret`'s signing key, built once per secret version.
+    fn signer_for(&self, secret: &Arc<LoadedSecret>) -> Result<Signer, VaultError> {
+        let mut cached = self
+            .inner
+            .signer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((from, signer)) = cached.as_ref()
+            && Arc::ptr_eq(from, secret)
+        {
+            return Ok(signer.clone());
+        }
+        let signer = secret.signer().map_err(|p| self.malformed(p))?;
+        *cached = Some((secret.clone(), signer.clone()));
+        Ok(signer)
+    }
+}
+
+/// The request signer from the same secret as the client credentials (`signing_key_id` and
+/// `signing_private_key`): one secret configures both the token cache and the signing layer,
+/// and a rotated signing key is picked up after the TTL, or at once when TrueLayer rejects a
+/// signature (the signing layer then reloads).
+impl SignerSource for SecretsManagerCredentials {
+    fn signer(&self) -> SignerFuture<'_> {
+        Box::pin(async move {
+            let secret = self.secret().await?;
+            Ok(self.signer_for(&secret)?)
+        })
+    }
+
+    fn reload(&self) -> SignerFuture<'_> {
+        Box::pin(async move {
+            let secret = self.reload_secret().await?;
+            Ok(self.signer_for(&secret)?)
+        })
     }
 }
 

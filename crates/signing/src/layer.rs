@@ -1,0 +1,414 @@
+//! [`SigningLayer`]: `Idempotency-Key` and `Tl-Signature` on every modification request.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::HeaderName;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt};
+use truelayer_auth::LogicalRequest;
+
+use crate::signer::{SignError, Signable, Signer};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The `Idempotency-Key` header.
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+/// The `Tl-Signature` header.
+pub const TL_SIGNATURE: HeaderName = HeaderName::from_static("tl-signature");
+
+/// The future a [`SignerSource`] returns.
+pub type SignerFuture<'a> = Pin<Box<dyn Future<Output = Result<Signer, BoxError>> + Send + 'a>>;
+
+/// Where a [`SigningLayer`] gets its signer: a fixed [`Signer`], or a store the key can be
+/// rotated in (the `truelayer-auth-vault` crate reads it from the same Secrets Manager secret
+/// as the client credentials).
+pub trait SignerSource: Clone + Send + Sync + 'static {
+    /// The signer to use now.
+    fn signer(&self) -> SignerFuture<'_>;
+
+    /// A signer read again, after TrueLayer answered 401 to a signed request (the signing
+    /// key may have been rotated). Defaults to [`signer`](Self::signer).
+    fn reload(&self) -> SignerFuture<'_> {
+        self.signer()
+    }
+}
+
+impl SignerSource for Signer {
+    fn signer(&self) -> SignerFuture<'_> {
+        let signer = self.clone();
+        Box::pin(async move { Ok(signer) })
+    }
+}
+
+/// The longest request body collected for signing, by default: 1 MiB.
+pub const DEFAULT_MAX_BODY: usize = 1 << 20;
+
+/// How seldom a 401 may make the layer read its signing key again.
+const RELOAD_EVERY: Duration = Duration::from_secs(30);
+
+/// Signs every POST, PUT, PATCH and DELETE for TrueLayer: adds an `Idempotency-Key` (a new
+/// UUIDv4 unless the request has one) and a `Tl-Signature` over the method, the path, the
+/// `Idempotency-Key`, the extra headers configured with [`sign_header`](Self::sign_header)
+/// and the exact body bytes sent. Other methods pass untouched.
+///
+/// - **Bodies** are collected (a `Full<Bytes>` at once, without a copy; a streaming body up
+///   to [`max_body_bytes`](Self::max_body_bytes), 1 MiB by default: above it the call fails
+///   with [`SigningError::BodyTooLarge`] and nothing is sent). The inner service gets
+///   `Request<Full<Bytes>>`.
+/// - **Composes with the bearer layer in either order.** Outside it, the replay the bearer
+///   layer makes after a 401 copies the signed request. Inside it, the replay comes through
+///   again and gets the same `Idempotency-Key` (shared through the request's
+///   [`LogicalRequest`]) and a fresh signature: a new key on a replay could make a second
+///   payment.
+/// - **Key rotation**: when TrueLayer answers 401, the layer reads its signing key again
+///   (at most once per 30 s) and, if the key changed, signs the request with it and sends it
+///   once more, with the same `Idempotency-Key`.
+///
+/// # Example
+///
+/// ```no_run
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use tower::ServiceBuilder;
+/// use truelayer_auth_signing::{Signer, SigningLayer};
+///
+/// # fn run(pem: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
+/// let signer = Signer::from_pem("45fc75cf-5649-4134-84b3-192c2c78e990", pem)?;
+/// # let hyper_client = tower::service_fn(|_: http::Request<Full<Bytes>>| async {
+/// #     Ok::<_, std::convert::Infallible>(http::Response::new(()))
+/// # });
+/// let client = ServiceBuilder::new()
+///     .layer(SigningLayer::new(signer))
+///     .service(hyper_client);
+/// # let _ = client; Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct SigningLayer<K> {
+    keys: K,
+    extra_headers: Vec<(String, HeaderName)>,
+    max_body: usize,
+    last_reload: Arc<Mutex<Option<Instant>>>,
+}
+
+#[derive(Debug)]
+struct Settings {
+    extra_headers: Vec<(String, HeaderName)>,
+    max_body: usize,
+    /// Shared by every service of one layer: one reload per 30 s in all.
+    last_reload: Arc<Mutex<Option<Instant>>>,
+}
+
+impl<K: SignerSource> SigningLayer<K> {
+    /// A layer signing with the signers `keys` gives.
+    pub fn new(keys: K) -> Self {
+        SigningLayer {
+            keys,
+            extra_headers: Vec::new(),
+            max_body: DEFAULT_MAX_BODY,
+            last_reload: Arc::default(),
+        }
+    }
+
+    /// Also signs this header when the request has it, after `Idempotency-Key`, in the order
+    /// of calls. The name is signed as written here (TrueLayer compares names in any case).
+    ///
+    /// # Panics
+    ///
+    /// When `name` is not a valid header name.
+    #[must_use]
+    pub fn sign_header(mut self, name: &str) -> Self {
+        let header = HeaderName::from_bytes(name.as_bytes())
+            .unwrap_or_else(|_| panic!("`{name}` is not a valid header name"));
+        self.extra_headers.push((name.to_owned(), header));
+        self
+    }
+
+    /// The largest streaming body collected for signing. Default 1 MiB.
+    #[must_use]
+    pub fn max_body_bytes(mut self, limit: usize) -> Self {
+        self.max_body = limit;
+        self
+    }
+}
+
+impl<S, K: Clone> Layer<S> for SigningLayer<K> {
+    type Service = Signing<S, K>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Signing {
+            inner,
+            keys: self.keys.clone(),
+            settings: Arc::new(Settings {
+                extra_headers: self.extra_headers.clone(),
+                max_body: self.max_body,
+                last_reload: self.last_reload.clone(),
+            }),
+        }
+    }
+}
+
+/// The service [`SigningLayer`] builds.
+#[derive(Debug, Clone)]
+pub struct Signing<S, K> {
+    inner: S,
+    keys: K,
+    settings: Arc<Settings>,
+}
+
+impl<S, K> Signing<S, K> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+/// Why a request through [`Signing`] failed. Until [`Service`](SigningError::Service),
+/// nothing was sent.
+#[non_exhaustive]
+pub enum SigningError<E> {
+    /// The body is larger than the limit for collecting it.
+    BodyTooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// The body could not be read.
+    Body(BoxError),
+    /// The signer source failed (a secret store, say).
+    Signer(BoxError),
+    /// The request could not be signed.
+    Sign(SignError),
+    /// The inner service failed.
+    Service(E),
+}
+
+impl<E: fmt::Debug> fmt::Debug for SigningError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SigningError::BodyTooLarge { limit } => f
+                .debug_struct("BodyTooLarge")
+                .field("limit", limit)
+                .finish(),
+            SigningError::Body(e) => f.debug_tuple("Body").field(&e.to_string()).finish(),
+            SigningError::Signer(e) => f.debug_tuple("Signer").field(&e.to_string()).finish(),
+            SigningError::Sign(e) => f.debug_tuple("Sign").field(e).finish(),
+            SigningError::Service(e) => f.debug_tuple("Service").field(e).finish(),
+        }
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for SigningError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SigningError::BodyTooLarge { limit } => write!(
+                f,
+                "the request body is larger than the {limit}-byte limit for signing it; the request was not sent (raise SigningLayer::max_body_bytes)"
+            ),
+            SigningError::Body(_) => f.write_str(
+                "the request body could not be read for signing; the request was not sent",
+            ),
+            SigningError::Signer(_) => {
+                f.write_str("no signing key could be had; the request was not sent")
+            }
+            SigningError::Sign(_) => {
+                f.write_str("the request could not be signed; it was not sent")
+            }
+            SigningError::Service(e) => e.fmt(f),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for SigningError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SigningError::BodyTooLarge { .. } => None,
+            SigningError::Body(e) | SigningError::Signer(e) => Some(e.as_ref()),
+            SigningError::Sign(e) => Some(e),
+            SigningError::Service(e) => e.source(),
+        }
+    }
+}
+
+/// The future of [`Signing`]. Boxed: collecting the body and the signer source's future are
+/// async work of their own, and an ECDSA P-521 signature (about a millisecond's worth of
+/// work, see `docs/benchmarks.md`) dwarfs one allocation.
+pub type ResponseFuture<R, E> =
+    Pin<Box<dyn Future<Output = Result<R, SigningError<E>>> + Send + 'static>>;
+
+impl<S, K, B, ResBody> Service<Request<B>> for Signing<S, K>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send,
+    K: SignerSource,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    ResBody: Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = SigningError<S::Error>;
+    type Future = ResponseFuture<Response<ResBody>, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(SigningError::Service)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        // The ready service goes into the future; a clone stays (tower's clone and swap).
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let (keys, settings) = (self.keys.clone(), self.settings.clone());
+        Box::pin(sign_and_send(inner, keys, settings, request))
+    }
+}
+
+async fn sign_and_send<S, K, B, ResBody>(
+    mut inner: S,
+    keys: K,
+    settings: Arc<Settings>,
+    request: Request<B>,
+) -> Result<Response<ResBody>, SigningError<S::Error>>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>> + Clone,
+    K: SignerSource,
+    B: http_body::Body,
+    B::Error: Into<BoxError>,
+{
+    let (mut parts, body) = request.into_parts();
+    let body = collect(body, settings.max_body).await?;
+    let modifies = matches!(
+        parts.method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    );
+    if !modifies {
+        let request = Request::from_parts(parts, Full::new(body));
+        return inner.call(request).await.map_err(SigningError::Service);
+    }
+    // The caller's key, or the one this logical request already has, or a new one.
+    if !parts.headers.contains_key(IDEMPOTENCY_KEY) {
+        let make = || {
+            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+                .unwrap_or_else(|_| unreachable!("a UUID is a valid header value"))
+        };
+        let key = match parts.extensions.get::<LogicalRequest>() {
+            Some(logical) => logical.idempotency_key(make),
+            None => make(),
+        };
+        parts.headers.insert(IDEMPOTENCY_KEY, key);
+    }
+    let signer = keys.signer().await.map_err(SigningError::Signer)?;
+    sign(&signer, &mut parts, &settings, &body).await?;
+    let copy = copy_head(&parts);
+    let response = inner
+        .call(Request::from_parts(parts, Full::new(body.clone())))
+        .await
+        .map_err(SigningError::Service)?;
+    if response.status() != StatusCode::UNAUTHORIZED || !settings.may_reload() {
+        return Ok(response);
+    }
+    // Perhaps the signing key was rotated: read it again, and if it changed, sign with it and
+    // send once more (same Idempotency-Key).
+    let fresh = match keys.reload().await {
+        Ok(fresh) if !fresh.same_key(&signer) => fresh,
+        Ok(_) => return Ok(response),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the signing key again after a 401");
+            return Ok(response);
+        }
+    };
+    tracing::info!(
+        kid = fresh.kid(),
+        "the signing key changed; signing with it and sending again"
+    );
+    let mut parts = copy;
+    sign(&fresh, &mut parts, &settings, &body).await?;
+    inner
+        .oneshot(Request::from_parts(parts, Full::new(body)))
+        .await
+        .map_err(SigningError::Service)
+}
+
+impl Settings {
+    /// Whether a 401 may trigger a key reload now (at most one per 30 s).
+    fn may_reload(&self) -> bool {
+        let mut last = self
+            .last_reload
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        if last.is_some_and(|at| now.saturating_duration_since(at) < RELOAD_EVERY) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+}
+
+async fn collect<B, E>(body: B, limit: usize) -> Result<Bytes, SigningError<E>>
+where
+    B: http_body::Body,
+    B::Error: Into<BoxError>,
+{
+    if body.size_hint().lower() > limit as u64 {
+        return Err(SigningError::BodyTooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(SigningError::BodyTooLarge { limit })
+        }
+        Err(e) => Err(SigningError::Body(e)),
+    }
+}
+
+/// Signs method, path, `Idempotency-Key`, the extra headers present, and the body; sets
+/// `Tl-Signature` (replacing any).
+async fn sign<E>(
+    signer: &Signer,
+    parts: &mut http::request::Parts,
+    settings: &Settings,
+    body: &Bytes,
+) -> Result<(), SigningError<E>> {
+    let path = parts.uri.path().to_owned();
+    let mut request = Signable::new(parts.method.as_str(), &path).body(body);
+    let key = parts.headers.get(IDEMPOTENCY_KEY).cloned();
+    if let Some(key) = &key {
+        request = request.header("Idempotency-Key", key.as_bytes());
+    }
+    let extra: Vec<(&str, HeaderValue)> = settings
+        .extra_headers
+        .iter()
+        .filter_map(|(written, name)| Some((written.as_str(), parts.headers.get(name)?.clone())))
+        .collect();
+    for (name, value) in &extra {
+        request = request.header(name, value.as_bytes());
+    }
+    let signature = signer.sign(&request).await.map_err(SigningError::Sign)?;
+    let value = HeaderValue::from_str(&signature)
+        .unwrap_or_else(|_| unreachable!("base64url and dots are valid header characters"));
+    parts.headers.insert(TL_SIGNATURE, value);
+    Ok(())
+}
+
+fn copy_head(parts: &http::request::Parts) -> http::request::Parts {
+    let mut copy = Request::new(()).into_parts().0;
+    copy.method = parts.method.clone();
+    copy.uri = parts.uri.clone();
+    copy.version = parts.version;
+    copy.headers = parts.headers.clone();
+    copy.extensions = parts.extensions.clone();
+    copy
+}

@@ -1,0 +1,279 @@
+//! Verifying `Tl-Signature` values: TrueLayer's webhooks, the emulator, and tests.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::jws::{self, ALG, JwsHeader, Malformed};
+use crate::key::{KeyError, PublicKey};
+use crate::signer::Signable;
+
+/// Why a signature was refused. Names what is wrong, never key material.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// Not a detached JWS (`header..signature`).
+    #[error("the signature is not a detached JWS (`<header>..<signature>`)")]
+    NotDetached,
+    /// A JWS that carries its payload: what it signs is not this request.
+    #[error("the signature carries its own payload; a Tl-Signature is detached")]
+    AttachedPayload,
+    /// The JOSE header is not base64url JSON with `alg` and `kid`.
+    #[error("the signature's JOSE header is not valid")]
+    MalformedHeader,
+    /// The signature part is not base64url.
+    #[error("the signature bytes are not base64url")]
+    MalformedSignature,
+    /// An algorithm other than ES512.
+    #[error("the signature uses `{0}`; only ES512 is accepted")]
+    UnsupportedAlgorithm(String),
+    /// A v1 (body-only) signature, not allowed by this verifier.
+    #[error("the signature is v1 (body only); only v2 is accepted")]
+    V1NotAllowed,
+    /// A `tl_version` this crate does not know.
+    #[error("the signature's tl_version `{0}` is not supported")]
+    UnsupportedVersion(String),
+    /// No key with the signature's `kid` (or none that is EC P-521).
+    #[error("no EC P-521 key with id `{0}`")]
+    UnknownKey(String),
+    /// A header the signature covers is not on the request.
+    #[error("the signed header `{0}` is missing from the request")]
+    MissingSignedHeader(String),
+    /// A header the verifier requires is not among the signed ones.
+    #[error("the header `{0}` must be signed and is not")]
+    RequiredHeaderNotSigned(String),
+    /// The path does not start with `/`.
+    #[error("the path `{0}` is not absolute")]
+    PathNotAbsolute(String),
+    /// The signature does not match the request.
+    #[error(
+        "the signature does not match the request (method, path, signed headers or body differ, or another key signed)"
+    )]
+    Invalid,
+}
+
+impl From<Malformed> for VerifyError {
+    fn from(m: Malformed) -> Self {
+        match m {
+            Malformed::NotDetached => VerifyError::NotDetached,
+            Malformed::AttachedPayload => VerifyError::AttachedPayload,
+            Malformed::Header => VerifyError::MalformedHeader,
+            Malformed::Signature => VerifyError::MalformedSignature,
+        }
+    }
+}
+
+/// The JOSE header of a signature, without verifying it: to read its `kid` or `jku` before
+/// choosing a key (for webhooks, check the `jku` against an allow-list first).
+///
+/// # Errors
+///
+/// When the value is not a detached JWS with a readable header.
+pub fn jws_header(signature: &str) -> Result<JwsHeader, VerifyError> {
+    Ok(jws::split(signature)?.header)
+}
+
+#[derive(Clone)]
+enum Keys {
+    One(PublicKey),
+    ByKid(Arc<HashMap<String, PublicKey>>),
+}
+
+/// Verifies `Tl-Signature` values with a public key or a JWKS.
+///
+/// - Header names are looked up case-insensitively; the payload uses the casing and order
+///   the signature names.
+/// - A single trailing-slash difference in the path is tolerated (`/a/` for `/a`, and back).
+/// - Refuses attached payloads, any `alg` but ES512, and v1 signatures unless
+///   [`allow_v1`](Self::allow_v1).
+///
+/// # Example
+///
+/// ```
+/// use truelayer_auth_signing::{Signable, Signer, Verifier};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let signer = Signer::generate("my-kid");
+/// let verifier = Verifier::from_public_pem(signer.public_key_pem().unwrap().as_bytes())?
+///     .require_header("Idempotency-Key");
+/// let request = Signable::new("POST", "/v3/payments")
+///     .header("Idempotency-Key", "k-1")
+///     .body(b"{}");
+/// let signature = signer.sign(&request).await?;
+/// verifier.verify(&request, &signature)?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Verifier {
+    keys: Keys,
+    required: Vec<String>,
+    allow_v1: bool,
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys = match &self.keys {
+            Keys::One(_) => vec!["(one key)".to_owned()],
+            Keys::ByKid(map) => map.keys().cloned().collect(),
+        };
+        f.debug_struct("Verifier")
+            .field("keys", &keys)
+            .field("required", &self.required)
+            .field("allow_v1", &self.allow_v1)
+            .finish()
+    }
+}
+
+impl Verifier {
+    /// A verifier with one public key (SPKI `PUBLIC KEY` PEM; the public half of a private
+    /// key PEM works too). It accepts any `kid`.
+    ///
+    /// # Errors
+    ///
+    /// [`KeyError`]: not PEM, or not an EC P-521 key (the curve or type found is named).
+    pub fn from_public_pem(pem: &[u8]) -> Result<Self, KeyError> {
+        Ok(Self::with_keys(Keys::One(PublicKey::from_pem(pem)?)))
+    }
+
+    /// A verifier with the EC P-521 keys of a JWKS (`{"keys": [...]}`), picked by `kid`;
+    /// keys of other types or curves are ignored.
+    ///
+    /// # Errors
+    ///
+    /// [`KeyError::InvalidJwks`] when it is not a JSON object with a `keys` array.
+    pub fn from_jwks(jwks: &[u8]) -> Result<Self, KeyError> {
+        let value: serde_json::Value =
+            serde_json::from_slice(jwks).map_err(|_| KeyError::InvalidJwks)?;
+        let keys = value
+            .get("keys")
+            .and_then(serde_json::Value::as_array)
+            .ok_or(KeyError::InvalidJwks)?;
+        let mut by_kid = HashMap::new();
+        for key in keys {
+            let field = |name: &str| key.get(name).and_then(serde_json::Value::as_str);
+            if field("kty") != Some("EC") || field("crv") != Some("P-521") {
+                continue;
+            }
+            let (Some(kid), Some(x), Some(y)) = (field("kid"), field("x"), field("y")) else {
+                continue;
+            };
+            if let Some(public) = PublicKey::from_jwk_coordinates(x, y) {
+                by_kid.entry(kid.to_owned()).or_insert(public);
+            }
+        }
+        Ok(Self::with_keys(Keys::ByKid(Arc::new(by_kid))))
+    }
+
+    fn with_keys(keys: Keys) -> Self {
+        Verifier {
+            keys,
+            required: Vec::new(),
+            allow_v1: false,
+        }
+    }
+
+    /// Requires `name` (any case) to be among the signed headers.
+    #[must_use]
+    pub fn require_header(mut self, name: impl Into<String>) -> Self {
+        self.required.push(name.into());
+        self
+    }
+
+    /// Accepts v1 (body-only) signatures too. Off by default.
+    #[must_use]
+    pub fn allow_v1(mut self, allow: bool) -> Self {
+        self.allow_v1 = allow;
+        self
+    }
+
+    /// Whether the verifier has a key for `kid` (always true for a single-key verifier).
+    pub fn has_key(&self, kid: &str) -> bool {
+        match &self.keys {
+            Keys::One(_) => true,
+            Keys::ByKid(map) => map.contains_key(kid),
+        }
+    }
+
+    /// Verifies `signature` against `request` (whose headers may be all of the request's:
+    /// the signature names the ones it covers).
+    ///
+    /// # Errors
+    ///
+    /// The [`VerifyError`] naming what is wrong.
+    pub fn verify(&self, request: &Signable<'_>, signature: &str) -> Result<(), VerifyError> {
+        if !request.path.starts_with('/') {
+            return Err(VerifyError::PathNotAbsolute(
+                request.path.chars().take(100).collect(),
+            ));
+        }
+        let detached = jws::split(signature)?;
+        let header = &detached.header;
+        if header.alg != ALG {
+            return Err(VerifyError::UnsupportedAlgorithm(
+                header.alg.chars().take(20).collect(),
+            ));
+        }
+        let key = match &self.keys {
+            Keys::One(key) => key,
+            Keys::ByKid(map) => map
+                .get(&header.kid)
+                .ok_or_else(|| VerifyError::UnknownKey(header.kid.chars().take(100).collect()))?,
+        };
+        match header.tl_version.as_deref() {
+            Some("2") => {}
+            None | Some("1") if self.allow_v1 => {
+                let input = jws::signing_input(&detached.encoded_header, request.body);
+                return if key.verify(&input, &detached.signature) {
+                    Ok(())
+                } else {
+                    Err(VerifyError::Invalid)
+                };
+            }
+            None | Some("1") => return Err(VerifyError::V1NotAllowed),
+            Some(other) => {
+                return Err(VerifyError::UnsupportedVersion(
+                    other.chars().take(20).collect(),
+                ));
+            }
+        }
+        let signed: Vec<&str> = header.signed_headers().collect();
+        for required in &self.required {
+            if !signed.iter().any(|s| s.eq_ignore_ascii_case(required)) {
+                return Err(VerifyError::RequiredHeaderNotSigned(required.clone()));
+            }
+        }
+        let mut values = Vec::with_capacity(signed.len());
+        for name in &signed {
+            let value = request
+                .headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| *v)
+                .ok_or_else(|| VerifyError::MissingSignedHeader((*name).to_owned()))?;
+            values.push((*name, value));
+        }
+        let path = request.path;
+        let other_path = match path.strip_suffix('/') {
+            Some(trimmed) if !trimmed.is_empty() => trimmed.to_owned(),
+            Some(_) => String::new(),
+            None => format!("{path}/"),
+        };
+        for candidate in [path, other_path.as_str()] {
+            if candidate.is_empty() {
+                continue;
+            }
+            let payload = jws::payload(
+                request.method,
+                candidate,
+                values.iter().copied(),
+                request.body,
+            );
+            let input = jws::signing_input(&detached.encoded_header, &payload);
+            if key.verify(&input, &detached.signature) {
+                return Ok(());
+            }
+        }
+        Err(VerifyError::Invalid)
+    }
+}

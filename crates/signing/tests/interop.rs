@@ -1,0 +1,313 @@
+//! TrueLayer's shared test vectors, and both directions against TrueLayer's own Rust crate
+//! (`truelayer-signing`, OpenSSL), over generated requests.
+
+use proptest::prelude::*;
+use truelayer_auth_signing::{KeyError, Signable, Signer, Verifier, VerifyError, jws_header};
+
+const KID: &str = "45fc75cf-5649-4134-84b3-192c2c78e990";
+const PRIVATE: &[u8] = include_bytes!("vectors/ec512-private.pem");
+const PUBLIC: &[u8] = include_bytes!("vectors/ec512-public.pem");
+const JWKS: &[u8] = include_bytes!("vectors/jwks.json");
+const TL_SIGNATURE: &str = include_str!("vectors/tl-signature.txt");
+const WEBHOOK_SIGNATURE: &str = include_str!("vectors/webhook-signature.txt");
+
+const SWEEPING_PATH: &str = "/merchant_accounts/a61acaef-ee05-4077-92f3-25543a11bd8d/sweeping";
+const SWEEPING_KEY: &str = "idemp-2076717c-9005-4811-a321-9e0787fa0382";
+const SWEEPING_BODY: &[u8] = br#"{"currency":"GBP","max_amount_in_minor":5000000,"name":"Foo???"}"#;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+}
+
+fn sweeping() -> Signable<'static> {
+    Signable::new("POST", SWEEPING_PATH)
+        .header("Idempotency-Key", SWEEPING_KEY)
+        .body(SWEEPING_BODY)
+}
+
+#[test]
+fn truelayers_signature_vector_verifies_with_the_pem_and_the_jwks() {
+    for verifier in [
+        Verifier::from_public_pem(PUBLIC).unwrap(),
+        Verifier::from_jwks(JWKS).unwrap(),
+    ] {
+        verifier.verify(&sweeping(), TL_SIGNATURE).unwrap();
+        // Header names are looked up in any case.
+        let lower = Signable::new("post", SWEEPING_PATH)
+            .header("idempotency-key", SWEEPING_KEY)
+            .body(SWEEPING_BODY);
+        verifier.verify(&lower, TL_SIGNATURE).unwrap();
+        // One trailing slash more is tolerated; a different body is not.
+        let slash = format!("{SWEEPING_PATH}/");
+        let slashed = Signable::new("POST", &slash)
+            .header("Idempotency-Key", SWEEPING_KEY)
+            .body(SWEEPING_BODY);
+        verifier.verify(&slashed, TL_SIGNATURE).unwrap();
+        let tampered = Signable::new("POST", SWEEPING_PATH)
+            .header("Idempotency-Key", SWEEPING_KEY)
+            .body(b"{}");
+        assert_eq!(
+            verifier.verify(&tampered, TL_SIGNATURE),
+            Err(VerifyError::Invalid)
+        );
+        let no_key = Signable::new("POST", SWEEPING_PATH).body(SWEEPING_BODY);
+        assert_eq!(
+            verifier.verify(&no_key, TL_SIGNATURE),
+            Err(VerifyError::MissingSignedHeader("Idempotency-Key".into()))
+        );
+    }
+}
+
+#[test]
+fn truelayers_webhook_vector_verifies_and_names_its_jku() {
+    let header = jws_header(WEBHOOK_SIGNATURE).unwrap();
+    assert_eq!(
+        header.jku.as_deref(),
+        Some("https://webhooks.truelayer.com/.well-known/jwks")
+    );
+    let verifier = Verifier::from_jwks(JWKS)
+        .unwrap()
+        .require_header("X-Tl-Webhook-Timestamp");
+    let webhook = |timestamp: &'static str| {
+        Signable::new("POST", "/tl-webhook")
+            .header("x-tl-webhook-timestamp", timestamp)
+            .header("content-type", "application/json")
+            .body(br#"{"event_type":"example","event_id":"18b2842b-a57b-4887-a0a6-d3c7c36f1020"}"#)
+    };
+    verifier
+        .verify(&webhook("2021-11-29T11:42:55Z"), WEBHOOK_SIGNATURE)
+        .unwrap();
+    assert_eq!(
+        verifier.verify(&webhook("2021-12-02T14:18:00Z"), WEBHOOK_SIGNATURE),
+        Err(VerifyError::Invalid)
+    );
+}
+
+#[test]
+fn what_this_crate_signs_verifies_with_the_vector_key_and_truelayers_crate() {
+    let signer = Signer::from_pem(KID, PRIVATE).unwrap();
+    let signature = runtime().block_on(signer.sign(&sweeping())).unwrap();
+    Verifier::from_public_pem(PUBLIC)
+        .unwrap()
+        .verify(&sweeping(), &signature)
+        .unwrap();
+    truelayer_signing::verify_with_pem(PUBLIC)
+        .method(truelayer_signing::Method::Post)
+        .path(SWEEPING_PATH)
+        .header("Idempotency-Key", SWEEPING_KEY.as_bytes())
+        .body(SWEEPING_BODY)
+        .build_verifier()
+        .verify(&signature)
+        .unwrap();
+    // Random nonces: two signatures of one request differ, and both verify.
+    let again = runtime().block_on(signer.sign(&sweeping())).unwrap();
+    assert_ne!(signature, again);
+}
+
+#[test]
+fn keys_that_are_not_p521_private_pem_are_refused_naming_what_they_are() {
+    for (pem, found) in [
+        (&include_bytes!("keys/p256.pem")[..], "an EC P-256 key"),
+        (&include_bytes!("keys/p384.pem")[..], "an EC P-384 key"),
+        (&include_bytes!("keys/rsa.pem")[..], "an RSA key"),
+        (&include_bytes!("keys/ed25519.pem")[..], "an Ed25519 key"),
+    ] {
+        match Signer::from_pem(KID, pem) {
+            Err(KeyError::WrongKeyType { found: got }) => assert_eq!(got, found),
+            other => panic!("{found}: {other:?}"),
+        }
+    }
+    match Verifier::from_public_pem(include_bytes!("keys/p384-public.pem")) {
+        Err(KeyError::WrongKeyType { found }) => assert_eq!(found, "an EC P-384 key"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        Signer::from_pem(KID, include_bytes!("keys/p521-encrypted.pem")).unwrap_err(),
+        KeyError::Encrypted
+    );
+    assert_eq!(
+        Signer::from_pem(KID, b"not a key").unwrap_err(),
+        KeyError::NotPem
+    );
+    assert!(matches!(
+        Signer::from_pem(KID, PUBLIC),
+        Err(KeyError::WrongPemKind { .. })
+    ));
+    assert_eq!(
+        Signer::from_pem(" ", PRIVATE).unwrap_err(),
+        KeyError::EmptyKid
+    );
+    // The message says what to do, and no key material appears anywhere.
+    let message = KeyError::WrongKeyType {
+        found: "an RSA key".into(),
+    }
+    .to_string();
+    assert!(message.contains("secp521r1"), "{message}");
+    let signer = Signer::from_pem(KID, PRIVATE).unwrap();
+    let shown = format!("{signer:?}");
+    assert!(shown.contains(KID) && !shown.contains("MIH"), "{shown}");
+}
+
+#[test]
+fn malformed_and_foreign_signatures_are_refused() {
+    let verifier = Verifier::from_jwks(JWKS).unwrap();
+    let (header, signature) = TL_SIGNATURE.trim().split_once("..").unwrap();
+    let attached = format!("{header}.eyJ4IjoxfQ.{signature}");
+    assert_eq!(
+        verifier.verify(&sweeping(), &attached),
+        Err(VerifyError::AttachedPayload)
+    );
+    assert_eq!(
+        verifier.verify(&sweeping(), "abc"),
+        Err(VerifyError::NotDetached)
+    );
+    let hs256 = format!(
+        "{}..{signature}",
+        base64_url(br#"{"alg":"HS256","kid":"45fc75cf-5649-4134-84b3-192c2c78e990","tl_version":"2","tl_headers":"Idempotency-Key"}"#)
+    );
+    assert_eq!(
+        verifier.verify(&sweeping(), &hs256),
+        Err(VerifyError::UnsupportedAlgorithm("HS256".into()))
+    );
+    let v1 = format!(
+        "{}..{signature}",
+        base64_url(br#"{"alg":"ES512","kid":"45fc75cf-5649-4134-84b3-192c2c78e990"}"#)
+    );
+    assert_eq!(
+        verifier.verify(&sweeping(), &v1),
+        Err(VerifyError::V1NotAllowed)
+    );
+    let unknown = format!(
+        "{}..{signature}",
+        base64_url(br#"{"alg":"ES512","kid":"db2e0bb4-e33d-4fc6-a8c5-645e70331127","tl_version":"2","tl_headers":"Idempotency-Key"}"#)
+    );
+    assert_eq!(
+        verifier.verify(&sweeping(), &unknown),
+        Err(VerifyError::UnknownKey(
+            "db2e0bb4-e33d-4fc6-a8c5-645e70331127".into()
+        )),
+        "the RSA key in the JWKS is never used"
+    );
+    let strict = Verifier::from_jwks(JWKS)
+        .unwrap()
+        .require_header("Content-Type");
+    assert_eq!(
+        strict.verify(&sweeping(), TL_SIGNATURE),
+        Err(VerifyError::RequiredHeaderNotSigned("Content-Type".into()))
+    );
+}
+
+#[test]
+fn a_v1_signature_verifies_only_when_allowed() {
+    // TrueLayer's v1 vector from their crate's tests: the body `{"abc":123}` alone.
+    let v1 = "eyJhbGciOiJFUzUxMiIsImtpZCI6IjQ1ZmM3NWNmLTU2NDktNDEzNC04NGIzLTE5MmMyYzc4ZTk5MCJ9..ASwrHoHm-1tuvTWj_YFbrMZiP22sUHEu826cJC7flb9nZLwdfP0L-RDhBA5csNLM2KtkAOD7pnJYS7tnw383gtuxAWnXI_NbJ5rZuYWVgVlqc9VCt8lkvyQZtKOiRQfpFmJWBDNULHWwFTyrX2UaOO_KWHnZ4_8jpNaNsyeQGe61gfk-";
+    let request = Signable::new("POST", "/anything").body(br#"{"abc":123}"#);
+    let verifier = Verifier::from_public_pem(PUBLIC).unwrap();
+    assert_eq!(
+        verifier.verify(&request, v1),
+        Err(VerifyError::V1NotAllowed)
+    );
+    verifier
+        .clone()
+        .allow_v1(true)
+        .verify(&request, v1)
+        .unwrap();
+}
+
+fn base64_url(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    // A tiny encoder, so the test does not lean on the crate it tests.
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n =
+            chunk.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b)) << (8 * (3 - chunk.len()));
+        for i in 0..=chunk.len() {
+            let _ = out.write_char(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// A request generated for the property tests: path, header names and values, body.
+#[derive(Debug, Clone)]
+struct Generated {
+    method: truelayer_signing::Method,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+fn generated() -> impl Strategy<Value = Generated> {
+    let method = prop_oneof![
+        Just(truelayer_signing::Method::Post),
+        Just(truelayer_signing::Method::Put),
+        Just(truelayer_signing::Method::Patch),
+        Just(truelayer_signing::Method::Delete),
+    ];
+    let path = "(/[A-Za-z0-9._~%!$&'()*+,;=:@-]{0,12}){1,5}";
+    let name = "[A-Za-z][A-Za-z0-9-]{0,15}";
+    let value = "[ -~]{0,40}";
+    let headers = proptest::collection::vec((name, value), 0..5).prop_map(|mut hs| {
+        // Header names are unique (case-insensitively) in a signed set.
+        let mut seen = std::collections::HashSet::new();
+        hs.retain(|(n, _)| seen.insert(n.to_ascii_lowercase()));
+        hs
+    });
+    let body = prop_oneof![
+        Just(Vec::new()),
+        proptest::collection::vec(any::<u8>(), 0..300), // non-UTF-8 included
+    ];
+    (method, path, headers, body).prop_map(|(method, path, headers, body)| Generated {
+        method,
+        path,
+        headers,
+        body,
+    })
+}
+
+fn signable(g: &Generated) -> Signable<'_> {
+    Signable::new(g.method.name(), &g.path)
+        .headers(g.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+        .body(&g.body)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn ours_verified_by_truelayers_crate(g in generated()) {
+        let signer = Signer::from_pem(KID, PRIVATE).unwrap();
+        let signature = runtime().block_on(signer.sign(&signable(&g))).unwrap();
+        let verified = truelayer_signing::verify_with_pem(PUBLIC)
+            .method(g.method)
+            .path(&g.path)
+            .headers(g.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())))
+            .body(&g.body)
+            .build_verifier()
+            .verify(&signature);
+        prop_assert!(verified.is_ok(), "{:?}", verified);
+    }
+
+    #[test]
+    fn theirs_verified_by_ours(g in generated()) {
+        let signature = truelayer_signing::sign_with_pem(KID, PRIVATE)
+            .method(g.method)
+            .path(&g.path)
+            .headers(g.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())))
+            .body(&g.body)
+            .build_signer()
+            .sign()
+            .unwrap();
+        let verifier = Verifier::from_jwks(JWKS).unwrap();
+        prop_assert_eq!(verifier.verify(&signable(&g), &signature), Ok(()));
+        // And a flipped body byte is caught.
+        if !g.body.is_empty() {
+            let mut tampered = g.clone();
+            tampered.body[0] ^= 1;
+            prop_assert_eq!(verifier.verify(&signable(&tampered), &signature), Err(VerifyError::Invalid));
+        }
+    }
+}

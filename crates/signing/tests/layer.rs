@@ -1,0 +1,261 @@
+//! The signing layer in a hyper-util stack with the bearer layer, against the emulator, which
+//! checks signatures with its own implementation (RustCrypto `p521`).
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{Full, StreamBody};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
+use truelayer_auth::{ClientCredentials, Environment, TokenCache};
+use truelayer_auth_emulator::Emulator;
+use truelayer_auth_signing::{
+    IDEMPOTENCY_KEY, Signer, SignerFuture, SignerSource, SigningError, SigningLayer, TL_SIGNATURE,
+};
+use truelayer_auth_tower::{BearerAuthLayer, CloneBodies, NoReplay};
+
+type HyperClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+fn tokens(emulator: &Emulator) -> TokenCache {
+    let creds =
+        ClientCredentials::new(emulator.client_id(), emulator.client_secret().into()).unwrap();
+    TokenCache::builder(Environment::custom(&emulator.url()).unwrap(), creds)
+        .build()
+        .unwrap()
+}
+
+fn signer(emulator: &Emulator) -> Signer {
+    Signer::from_pem(
+        emulator.signing_key_id(),
+        emulator.signing_key_pem().as_bytes(),
+    )
+    .unwrap()
+}
+
+/// The hyper client, recording the headers of every request it sends.
+#[derive(Clone)]
+struct Recording {
+    client: HyperClient,
+    sent: Arc<Mutex<Vec<HeaderMap>>>,
+}
+
+fn recording(sent: Arc<Mutex<Vec<HeaderMap>>>) -> Recording {
+    Recording {
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        sent,
+    }
+}
+
+impl Service<Request<Full<Bytes>>> for Recording {
+    type Response = <HyperClient as Service<Request<Full<Bytes>>>>::Response;
+    type Error = <HyperClient as Service<Request<Full<Bytes>>>>::Error;
+    type Future = <HyperClient as Service<Request<Full<Bytes>>>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.client.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Full<Bytes>>) -> Self::Future {
+        self.sent.lock().unwrap().push(request.headers().clone());
+        self.client.call(request)
+    }
+}
+
+fn payment(emulator: &Emulator, body: &'static str) -> Request<Full<Bytes>> {
+    Request::post(format!("{}/v3/payments", emulator.url()))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_post_through_bearer_and_signing_is_accepted_in_either_order() {
+    let emulator = Emulator::start().await.unwrap();
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let signing_outside = ServiceBuilder::new()
+        .layer(SigningLayer::new(signer(&emulator)))
+        .layer(BearerAuthLayer::new(tokens(&emulator)).replay_policy(CloneBodies))
+        .service(recording(sent.clone()));
+    let bearer_outside = ServiceBuilder::new()
+        .layer(BearerAuthLayer::new(tokens(&emulator)).replay_policy(CloneBodies))
+        .layer(SigningLayer::new(signer(&emulator)))
+        .service(recording(sent.clone()));
+    let a = signing_outside
+        .oneshot(payment(&emulator, "{}"))
+        .await
+        .unwrap();
+    assert_eq!(a.status(), StatusCode::CREATED);
+    let b = bearer_outside
+        .oneshot(payment(&emulator, "{}"))
+        .await
+        .unwrap();
+    assert_eq!(b.status(), StatusCode::CREATED);
+    for headers in sent.lock().unwrap().iter() {
+        let key = headers[IDEMPOTENCY_KEY].to_str().unwrap();
+        assert_eq!(uuid::Uuid::parse_str(key).unwrap().get_version_num(), 4);
+        assert!(headers.contains_key(TL_SIGNATURE));
+    }
+    assert_eq!(emulator.stats().payments_created, 2);
+}
+
+#[tokio::test]
+async fn a_replay_after_a_401_keeps_its_idempotency_key_and_is_signed_in_either_order() {
+    for signing_outside in [true, false] {
+        let emulator = Emulator::start().await.unwrap();
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let bearer = BearerAuthLayer::new(tokens(&emulator)).replay_policy(CloneBodies);
+        let signing = SigningLayer::new(signer(&emulator));
+        let send = |request| {
+            let client = recording(sent.clone());
+            let bearer = bearer.clone();
+            let signing = signing.clone();
+            async move {
+                if signing_outside {
+                    signing
+                        .layer(bearer.layer(client))
+                        .oneshot(request)
+                        .await
+                        .unwrap()
+                } else {
+                    bearer
+                        .layer(signing.layer(client))
+                        .oneshot(request)
+                        .await
+                        .unwrap()
+                }
+            }
+        };
+        assert_eq!(send(payment(&emulator, "{}")).await.status(), 201);
+        emulator.revoke_all_tokens();
+        sent.lock().unwrap().clear();
+        let response = send(payment(&emulator, r#"{"amount_in_minor":1}"#)).await;
+        assert_eq!(response.status(), 201, "signing outside: {signing_outside}");
+        let sent = sent.lock().unwrap();
+        assert_eq!(sent.len(), 2, "the request and its replay");
+        assert_eq!(
+            sent[0][IDEMPOTENCY_KEY], sent[1][IDEMPOTENCY_KEY],
+            "the replay is the same logical request (signing outside: {signing_outside})"
+        );
+        let stats = emulator.stats();
+        assert_eq!((stats.api_rejections, stats.signature_rejections), (1, 0));
+        assert_eq!(stats.payments_created, 2);
+    }
+}
+
+#[tokio::test]
+async fn the_callers_idempotency_key_is_kept_and_get_passes_untouched() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let recorder = {
+        let seen = seen.clone();
+        service_fn(move |request: Request<Full<Bytes>>| {
+            seen.lock().unwrap().push(request.headers().clone());
+            async { Ok::<_, Infallible>(http::Response::new(())) }
+        })
+    };
+    let client = SigningLayer::new(Signer::generate("kid")).layer(recorder);
+    let post = Request::post("http://api/v3/payments")
+        .header("idempotency-key", "mine-1")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    client.clone().oneshot(post).await.unwrap();
+    let get = Request::get("http://api/v3/payments/1")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    client.oneshot(get).await.unwrap();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen[0][IDEMPOTENCY_KEY], "mine-1");
+    assert!(seen[0].contains_key(TL_SIGNATURE));
+    assert!(!seen[1].contains_key(IDEMPOTENCY_KEY) && !seen[1].contains_key(TL_SIGNATURE));
+}
+
+#[tokio::test]
+async fn streaming_bodies_are_collected_and_signed_and_too_large_ones_never_sent() {
+    let emulator = Emulator::start().await.unwrap();
+    let stack = |limit| {
+        ServiceBuilder::new()
+            // A streaming body cannot be replayed.
+            .layer(BearerAuthLayer::new(tokens(&emulator)).replay_policy(NoReplay))
+            .layer(SigningLayer::new(signer(&emulator)).max_body_bytes(limit))
+            .service(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>())
+    };
+    let streamed = || {
+        let chunks = ["{\"amount_in_minor\":", "100,", "\"currency\":\"GBP\"}"]
+            .map(|c| Ok::<_, Infallible>(http_body::Frame::data(Bytes::from_static(c.as_bytes()))));
+        Request::post(format!("{}/v3/payments", emulator.url()))
+            .body(StreamBody::new(futures_util::stream::iter(chunks)))
+            .unwrap()
+    };
+    let response = stack(1024).oneshot(streamed()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let err = stack(10).oneshot(streamed()).await.unwrap_err();
+    match err {
+        truelayer_auth_tower::BearerAuthError::Service(SigningError::BodyTooLarge { limit }) => {
+            assert_eq!(limit, 10)
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        emulator.stats().api_requests,
+        1,
+        "the large one was never sent"
+    );
+}
+
+/// A store whose signing key is rotated: it serves the old key until asked to reload.
+#[derive(Clone)]
+struct Rotating {
+    old: Signer,
+    new: Signer,
+    reloaded: Arc<AtomicUsize>,
+}
+
+impl SignerSource for Rotating {
+    fn signer(&self) -> SignerFuture<'_> {
+        let current = if self.reloaded.load(Ordering::SeqCst) > 0 {
+            self.new.clone()
+        } else {
+            self.old.clone()
+        };
+        Box::pin(async move { Ok(current) })
+    }
+    fn reload(&self) -> SignerFuture<'_> {
+        self.reloaded.fetch_add(1, Ordering::SeqCst);
+        self.signer()
+    }
+}
+
+#[tokio::test]
+async fn a_rotated_signing_key_is_picked_up_after_a_signature_rejection() {
+    let emulator = Emulator::start().await.unwrap();
+    // TrueLayer knows only the new key; the store still serves the old one.
+    let new = Signer::generate("rotated-key");
+    emulator
+        .register_signing_key(
+            emulator.client_id(),
+            "rotated-key",
+            &new.public_key_pem().unwrap(),
+        )
+        .unwrap();
+    let source = Rotating {
+        old: Signer::generate("retired-key"),
+        new,
+        reloaded: Arc::new(AtomicUsize::new(0)),
+    };
+    let client = ServiceBuilder::new()
+        .layer(SigningLayer::new(source.clone()))
+        .layer(BearerAuthLayer::new(tokens(&emulator)).replay_policy(CloneBodies))
+        .service(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
+    let response = client.oneshot(payment(&emulator, "{}")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(source.reloaded.load(Ordering::SeqCst), 1);
+    let stats = emulator.stats();
+    assert_eq!(stats.payments_created, 1);
+    assert!(stats.signature_rejections >= 1);
+}
