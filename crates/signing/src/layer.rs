@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::HeaderName;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 use truelayer_auth::LogicalRequest;
@@ -59,10 +59,12 @@ const RELOAD_EVERY: Duration = Duration::from_secs(30);
 /// `Idempotency-Key`, the extra headers configured with [`sign_header`](Self::sign_header)
 /// and the exact body bytes sent. Other methods pass untouched.
 ///
-/// - **Bodies** are collected (a `Full<Bytes>` at once, without a copy; a streaming body up
-///   to [`max_body_bytes`](Self::max_body_bytes), 1 MiB by default: above it the call fails
-///   with [`SigningError::BodyTooLarge`] and nothing is sent). The inner service gets
-///   `Request<Full<Bytes>>`.
+/// - **Bodies** of modification requests are collected to be signed (a `Full<Bytes>` at
+///   once, without a copy; a streaming body up to [`max_body_bytes`](Self::max_body_bytes),
+///   1 MiB by default: above it the call fails with [`SigningError::BodyTooLarge`] and
+///   nothing is sent), and sent on as `B::from(bytes)`: the body type needs `From<Bytes>`
+///   (`Full<Bytes>`, `reqwest::Body` and most client bodies have it). Other requests keep
+///   their body, streaming or not.
 /// - **Composes with the bearer layer in either order.** Outside it, the replay the bearer
 ///   layer makes after a 401 copies the signed request. Inside it, the replay comes through
 ///   again and gets the same `Idempotency-Key` (shared through the request's
@@ -249,11 +251,11 @@ pub type ResponseFuture<R, E> =
 
 impl<S, K, B, ResBody> Service<Request<B>> for Signing<S, K>
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send,
     S::Error: Send,
     K: SignerSource,
-    B: http_body::Body + Send + 'static,
+    B: http_body::Body + From<Bytes> + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
     ResBody: Send + 'static,
@@ -282,21 +284,20 @@ async fn sign_and_send<S, K, B, ResBody>(
     request: Request<B>,
 ) -> Result<Response<ResBody>, SigningError<S::Error>>
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>> + Clone,
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone,
     K: SignerSource,
-    B: http_body::Body,
+    B: http_body::Body + From<Bytes>,
     B::Error: Into<BoxError>,
 {
-    let (mut parts, body) = request.into_parts();
-    let body = collect(body, settings.max_body).await?;
     let modifies = matches!(
-        parts.method,
+        *request.method(),
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
     );
     if !modifies {
-        let request = Request::from_parts(parts, Full::new(body));
         return inner.call(request).await.map_err(SigningError::Service);
     }
+    let (mut parts, body) = request.into_parts();
+    let body = collect(body, settings.max_body).await?;
     // The caller's key, or the one this logical request already has, or a new one.
     if !parts.headers.contains_key(IDEMPOTENCY_KEY) {
         let make = || {
@@ -313,7 +314,7 @@ where
     sign(&signer, &mut parts, &settings, &body).await?;
     let copy = copy_head(&parts);
     let response = inner
-        .call(Request::from_parts(parts, Full::new(body.clone())))
+        .call(Request::from_parts(parts, B::from(body.clone())))
         .await
         .map_err(SigningError::Service)?;
     if response.status() != StatusCode::UNAUTHORIZED || !settings.may_reload() {
@@ -336,7 +337,7 @@ where
     let mut parts = copy;
     sign(&fresh, &mut parts, &settings, &body).await?;
     inner
-        .oneshot(Request::from_parts(parts, Full::new(body)))
+        .oneshot(Request::from_parts(parts, B::from(body)))
         .await
         .map_err(SigningError::Service)
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
-use http_body_util::{Full, StreamBody};
+use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
@@ -183,13 +183,14 @@ async fn streaming_bodies_are_collected_and_signed_and_too_large_ones_never_sent
             // A streaming body cannot be replayed.
             .layer(BearerAuthLayer::new(tokens(&emulator)).replay_policy(NoReplay))
             .layer(SigningLayer::new(signer(&emulator)).max_body_bytes(limit))
-            .service(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>())
+            .service(Client::builder(TokioExecutor::new()).build_http::<Chunks>())
     };
     let streamed = || {
-        let chunks = ["{\"amount_in_minor\":", "100,", "\"currency\":\"GBP\"}"]
-            .map(|c| Ok::<_, Infallible>(http_body::Frame::data(Bytes::from_static(c.as_bytes()))));
+        let chunks = ["{\"amount_in_minor\":", "100,", "\"currency\":\"GBP\"}"];
         Request::post(format!("{}/v3/payments", emulator.url()))
-            .body(StreamBody::new(futures_util::stream::iter(chunks)))
+            .body(Chunks(
+                chunks.map(|c| Bytes::from_static(c.as_bytes())).into(),
+            ))
             .unwrap()
     };
     let response = stack(1024).oneshot(streamed()).await.unwrap();
@@ -206,6 +207,27 @@ async fn streaming_bodies_are_collected_and_signed_and_too_large_ones_never_sent
         1,
         "the large one was never sent"
     );
+}
+
+/// A body that arrives in chunks, with no length known in advance.
+struct Chunks(std::collections::VecDeque<Bytes>);
+
+impl From<Bytes> for Chunks {
+    fn from(bytes: Bytes) -> Self {
+        Chunks([bytes].into())
+    }
+}
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|c| Ok(http_body::Frame::data(c))))
+    }
 }
 
 /// A store whose signing key is rotated: it serves the old key until asked to reload.
@@ -258,4 +280,51 @@ async fn a_rotated_signing_key_is_picked_up_after_a_signature_rejection() {
     let stats = emulator.stats();
     assert_eq!(stats.payments_created, 1);
     assert!(stats.signature_rejections >= 1);
+}
+
+#[tokio::test]
+async fn what_the_layer_sends_verifies_with_truelayers_crate() {
+    let signer = Signer::generate("layer-kid");
+    let public = signer.public_key_pem().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let recorder = {
+        let seen = seen.clone();
+        service_fn(move |request: Request<Full<Bytes>>| {
+            let seen = seen.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let body = http_body_util::BodyExt::collect(body)
+                    .await
+                    .unwrap()
+                    .to_bytes();
+                seen.lock().unwrap().push((parts, body));
+                Ok::<_, Infallible>(http::Response::new(()))
+            }
+        })
+    };
+    let client = SigningLayer::new(signer)
+        .sign_header("Content-Type")
+        .layer(recorder);
+    let request =
+        Request::post("https://api.truelayer-sandbox.com/v3/payments/p-1/actions/cancel/")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(br#"{"reason":"x"}"#)))
+            .unwrap();
+    client.oneshot(request).await.unwrap();
+    let (parts, body) = seen.lock().unwrap().pop().unwrap();
+    let headers: Vec<(&str, &[u8])> = parts
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_bytes()))
+        .collect();
+    truelayer_signing::verify_with_pem(public.as_bytes())
+        .method(truelayer_signing::Method::Post)
+        .path(parts.uri.path())
+        .headers(headers)
+        .require_header("Idempotency-Key")
+        .require_header("Content-Type")
+        .body(&body)
+        .build_verifier()
+        .verify(parts.headers[TL_SIGNATURE].to_str().unwrap())
+        .unwrap();
 }

@@ -26,19 +26,19 @@ type Replay<S, B> = (S, Request<B>);
 
 pin_project! {
     /// The future of [`BearerAuth`](crate::BearerAuth).
-    pub struct ResponseFuture<S, T, B>
+    pub struct ResponseFuture<S, T, B, ResBody>
     where
         S: Service<Request<B>>,
     {
         #[pin]
-        state: State<S, B>,
+        state: State<S, B, ResBody>,
         tokens: Option<T>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<S, B>
+    enum State<S, B, ResBody>
     where
         S: Service<Request<B>>,
     {
@@ -55,6 +55,12 @@ pin_project! {
             token: Option<AccessToken>,
             replay: Option<Replay<S, B>>,
         },
+        Draining {
+            body: Pin<Box<ResBody>>,
+            drained: usize,
+            sent: Option<AccessToken>,
+            replay: Option<Replay<S, B>>,
+        },
         Refetching {
             token: TokenFuture,
             replay: Option<Replay<S, B>>,
@@ -66,13 +72,13 @@ pin_project! {
     }
 }
 
-impl<S: Service<Request<B>>, T, B> std::fmt::Debug for ResponseFuture<S, T, B> {
+impl<S: Service<Request<B>>, T, B, ResBody> std::fmt::Debug for ResponseFuture<S, T, B, ResBody> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 
-impl<S, T, B> ResponseFuture<S, T, B>
+impl<S, T, B, ResBody> ResponseFuture<S, T, B, ResBody>
 where
     S: Service<Request<B>>,
     T: TokenSource,
@@ -124,10 +130,14 @@ where
 
 const POLLED_AFTER_COMPLETION: &str = "ResponseFuture polled after completion";
 
-impl<S, T, B, ResBody> Future for ResponseFuture<S, T, B>
+/// The most of a 401's body read so its connection can be reused for the replay.
+const DRAIN_LIMIT: usize = 64 * 1024;
+
+impl<S, T, B, ResBody> Future for ResponseFuture<S, T, B, ResBody>
 where
     S: Service<Request<B>, Response = Response<ResBody>> + Clone,
     T: TokenSource,
+    ResBody: http_body::Body,
 {
     type Output = Result<Response<ResBody>, BearerAuthError<S::Error>>;
 
@@ -172,11 +182,36 @@ where
                     let tokens = this.tokens.as_ref().expect(POLLED_AFTER_COMPLETION);
                     // Only the token that was sent: a newer one in the source survives.
                     let acted = tokens.invalidate(&sent);
-                    let Some((service, request)) = replay.take() else {
+                    let Some(replay) = replay.take() else {
                         tracing::debug!(acted, "401 for a request that cannot be replayed");
                         return Poll::Ready(Ok(response));
                     };
                     tracing::debug!(acted, "401: replaying");
+                    // Read the 401's body first, so its connection goes back to the pool.
+                    this.state.set(State::Draining {
+                        body: Box::pin(response.into_body()),
+                        drained: 0,
+                        sent: Some(sent),
+                        replay: Some(replay),
+                    });
+                }
+                StateProj::Draining {
+                    body,
+                    drained,
+                    sent,
+                    replay,
+                } => {
+                    while *drained <= DRAIN_LIMIT {
+                        match ready!(body.as_mut().poll_frame(cx)) {
+                            Some(Ok(frame)) => {
+                                *drained += frame.data_ref().map_or(0, bytes::Buf::remaining);
+                            }
+                            Some(Err(_)) | None => break,
+                        }
+                    }
+                    let sent = sent.take().expect(POLLED_AFTER_COMPLETION);
+                    let (service, request) = replay.take().expect(POLLED_AFTER_COMPLETION);
+                    let tokens = this.tokens.as_ref().expect(POLLED_AFTER_COMPLETION);
                     let token = tokens.replacement(&sent, request.extensions());
                     this.state.set(State::Refetching {
                         token,

@@ -138,10 +138,11 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
     T: TokenSource,
     P: ReplayPolicy<ReqBody>,
+    ResBody: http_body::Body,
 {
     type Response = Response<ResBody>;
     type Error = BearerAuthError<S::Error>;
-    type Future = ResponseFuture<S, T, ReqBody>;
+    type Future = ResponseFuture<S, T, ReqBody, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(BearerAuthError::Service)

@@ -230,7 +230,7 @@ async fn with_the_token_endpoint_down_the_inner_service_is_never_called() {
     let counted = calls.clone();
     let inner = service_fn(move |_req: Request<Full<Bytes>>| {
         counted.fetch_add(1, Ordering::SeqCst);
-        async { Ok::<_, Infallible>(Response::new(())) }
+        async { Ok::<_, Infallible>(Response::new(Full::<Bytes>::default())) }
     });
     let err = BearerAuthLayer::new(cache(&emulator))
         .layer(inner)
@@ -263,7 +263,7 @@ async fn the_header_replaces_any_other_and_is_sensitive() {
         assert_eq!(values.len(), 1, "exactly one Authorization header");
         assert!(values[0].is_sensitive());
         record.lock().unwrap().push(format!("{req:?}"));
-        async { Ok::<_, Infallible>(Response::new(())) }
+        async { Ok::<_, Infallible>(Response::new(Full::<Bytes>::default())) }
     });
     let mut request = create_payment(&emulator, "{}");
     request
