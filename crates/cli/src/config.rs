@@ -42,9 +42,16 @@ pub(crate) struct AuthArgs {
 pub(crate) struct Resolved {
     pub(crate) environment: Environment,
     pub(crate) source: Arc<dyn CredentialsSource>,
+    pub(crate) kind: CredentialsKind,
     pub(crate) scopes: Scopes,
     /// The embedded emulator, when nothing was configured; dropping it stops it.
     pub(crate) embedded: Option<Emulator>,
+}
+
+/// Where the credentials came from, for what else that source can give (a signing key).
+pub(crate) enum CredentialsKind {
+    Given,
+    Vault(SecretsManagerCredentials),
 }
 
 impl AuthArgs {
@@ -60,7 +67,8 @@ impl AuthArgs {
                 .map_err(|e| Failure::usage(e.to_string()))?;
             return Ok(Resolved {
                 environment: parse_env(&env)?,
-                source: Arc::new(vault),
+                source: Arc::new(vault.clone()),
+                kind: CredentialsKind::Vault(vault),
                 scopes,
                 embedded: None,
             });
@@ -104,6 +112,7 @@ impl AuthArgs {
         Ok(Resolved {
             environment,
             source: Arc::new(credentials),
+            kind: CredentialsKind::Given,
             scopes,
             embedded,
         })

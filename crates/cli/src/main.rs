@@ -3,8 +3,9 @@
 
 mod config;
 mod proxy;
+mod sign;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
@@ -20,8 +21,18 @@ use crate::config::AuthArgs;
 #[derive(Debug, Parser)]
 #[command(name = "tlauth", version)]
 struct Cli {
+    /// How log lines on standard error look: `text` (coloured only on a terminal) or `json`
+    /// (one object a line, for log shippers). The level comes from RUST_LOG (default warn).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -41,8 +52,12 @@ enum Command {
     /// `Authorization: Bearer <token>` added.
     ///
     /// With no credentials configured it forwards to the embedded emulator's Payments
-    /// stand-in, so it can be tried offline.
+    /// stand-in (signing with the emulator's key), so it can be tried offline.
     Proxy(proxy::ProxyArgs),
+    /// Print the `Tl-Signature` value for a request (for curl, Postman or Insomnia).
+    Sign(sign::SignArgs),
+    /// Check a `Tl-Signature` value against a request: exit 0 when valid, 1 with the reason.
+    Verify(sign::VerifyArgs),
 }
 
 /// An error and its sources, joined by `: `: each layer says what failed, the last one why.
@@ -80,14 +95,17 @@ impl Failure {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().init(),
+        // Escape codes only where a terminal will read them, not in a piped log.
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -103,6 +121,8 @@ fn main() -> ExitCode {
             Command::Token(args) => token(args).await,
             Command::Emulator { port } => emulator(port).await,
             Command::Proxy(args) => proxy::run(args).await,
+            Command::Sign(args) => sign::sign(args).await,
+            Command::Verify(args) => sign::verify(args),
         }
     });
     match result {

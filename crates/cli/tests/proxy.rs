@@ -185,9 +185,30 @@ where
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_reach_the_payments_stand_in_with_a_valid_token() {
+async fn with_nothing_configured_it_fronts_the_embedded_emulator_and_signs() {
+    // The README's example: `tlauth proxy`, then a POST with curl, and a payment is made.
+    let proxy = Proxy::start(&[], &[]);
+    let created = reqwest::Client::new()
+        .post(proxy.url("/v3/payments"))
+        .json(&json!({ "amount_in_minor": 100, "currency": "GBP" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201, "{:?}", created.text().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_reach_the_payments_stand_in_signed_with_the_configured_key() {
     let emulator = Emulator::start().await.unwrap();
-    let env = emulator_env(&emulator);
+    let key_file =
+        std::env::temp_dir().join(format!("tlauth-proxy-key-{}.pem", std::process::id()));
+    std::fs::write(&key_file, emulator.signing_key_pem()).unwrap();
+    let mut env = emulator_env(&emulator);
+    env.push(("TRUELAYER_SIGNING_KEY_FILE", key_file.display().to_string()));
+    env.push((
+        "TRUELAYER_SIGNING_KEY_ID",
+        emulator.signing_key_id().to_owned(),
+    ));
     let proxy = Proxy::start(&["--upstream", &emulator.url()], &pairs(&env));
     let http = reqwest::Client::new();
     let created = http
@@ -210,7 +231,7 @@ async fn requests_reach_the_payments_stand_in_with_a_valid_token() {
         .unwrap();
     assert_eq!(fetched.status(), 200);
     let health: Value = http
-        .get(proxy.url("/healthz"))
+        .get(proxy.url("/.tlauth/healthz"))
         .send()
         .await
         .unwrap()
@@ -227,89 +248,12 @@ async fn requests_reach_the_payments_stand_in_with_a_valid_token() {
         (
             stats.tokens_issued,
             stats.api_requests,
-            stats.api_rejections
+            stats.api_rejections,
+            stats.signature_rejections
         ),
-        (1, 2, 0)
+        (1, 2, 0, 0)
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn method_path_query_and_headers_are_forwarded_faithfully() {
-    let emulator = Emulator::start().await.unwrap();
-    let upstream = recorder().await;
-    let env = emulator_env(&emulator);
-    let proxy = Proxy::start(
-        &["--upstream", &format!("http://{}/base", upstream.addr)],
-        &pairs(&env),
-    );
-    let response = reqwest::Client::new()
-        .patch(proxy.url("/v3/mandates/m-1?limit=5&cursor=a%20b"))
-        .header("idempotency-key", "idem-1")
-        .header("x-custom", "one")
-        .header("connection", "keep-alive, x-hop")
-        .header("x-hop", "must not pass")
-        .header("authorization", "Basic dXNlcjpwYXNz")
-        .body("{\"x\":1}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.headers()["x-upstream"], "kept");
-    assert!(
-        response.headers().get("x-upstream-hop").is_none(),
-        "hop-by-hop response headers dropped"
-    );
-    let echo: Value = response.json().await.unwrap();
-    assert_eq!(echo["method"], "PATCH");
-    assert_eq!(echo["uri"], "/base/v3/mandates/m-1?limit=5&cursor=a%20b");
-    assert_eq!(echo["bytes"], 7);
-    let h = &echo["headers"];
-    assert_eq!(h["idempotency-key"], json!(["idem-1"]));
-    assert_eq!(h["x-custom"], json!(["one"]));
-    assert_eq!(h["via"], json!(["1.1 tlauth"]));
-    assert!(
-        h.get("x-hop").is_none(),
-        "headers named in Connection are dropped: {h}"
-    );
-    let auth = h["authorization"].as_array().unwrap();
-    assert_eq!(auth.len(), 1);
-    let bearer = auth[0].as_str().unwrap().strip_prefix("Bearer ").unwrap();
-    emulator
-        .verify_token(bearer)
-        .expect("a valid token from the emulator");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_token_failure_is_a_502_naming_the_cause_without_the_secret() {
-    let emulator = Emulator::start().await.unwrap();
-    let marker = "MARKER-proxy-secret-77";
-    let url = emulator.url();
-    let proxy = Proxy::start(
-        &["--upstream", &url],
-        &[
-            ("TRUELAYER_ENV", &url),
-            ("TRUELAYER_CLIENT_ID", emulator.client_id()),
-            ("TRUELAYER_CLIENT_SECRET", marker),
-        ],
-    );
-    let response = reqwest::Client::new()
-        .post(proxy.url("/v3/payments"))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 502);
-    let text = response.text().await.unwrap();
-    let body: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(body["error"], "token_unavailable");
-    assert!(body["message"].as_str().unwrap().contains("invalid_client"));
-    assert!(!text.contains(marker));
-    assert_eq!(
-        emulator.stats().api_requests,
-        0,
-        "nothing was sent without a token"
-    );
-    let health = reqwest::get(proxy.url("/healthz")).await.unwrap();
-    assert_eq!(health.status(), 503);
+    let _ = std::fs::remove_file(key_file);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -395,6 +339,38 @@ async fn shutdown_lets_in_flight_requests_finish() {
     let mut proxy = proxy;
     let status = proxy.child.wait().unwrap();
     assert!(status.success(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn piped_logs_have_no_colour_codes_and_json_logs_are_json() {
+    for (format, check) in [
+        (
+            "text",
+            (|line: &str| !line.contains('\u{1b}')) as fn(&str) -> bool,
+        ),
+        ("json", |line: &str| {
+            serde_json::from_str::<Value>(line).is_ok()
+        }),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tlauth"))
+            .args(["--log-format", format, "token"])
+            .env_remove("TRUELAYER_ENV")
+            .env_remove("TRUELAYER_CLIENT_ID")
+            .env_remove("TRUELAYER_CLIENT_SECRET")
+            .env("RUST_LOG", "truelayer_auth=debug")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let log_lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| !l.starts_with("tlauth:"))
+            .collect();
+        assert!(!log_lines.is_empty(), "{format}: debug logs were written");
+        for line in log_lines {
+            assert!(check(line), "{format}: {line:?}");
+        }
+    }
 }
 
 #[test]

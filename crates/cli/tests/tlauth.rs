@@ -138,3 +138,130 @@ fn configuration_mistakes_exit_2_with_what_to_do() {
         );
     }
 }
+
+const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../signing/tests/vectors");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tlauth_sign_and_a_plain_http_client_create_a_payment() {
+    let emulator = Emulator::start().await.unwrap();
+    let key_file = std::env::temp_dir().join(format!("tlauth-sign-key-{}.pem", std::process::id()));
+    std::fs::write(&key_file, emulator.signing_key_pem()).unwrap();
+    let body = r#"{"amount_in_minor":100,"currency":"GBP"}"#;
+    let out = tlauth(
+        &[
+            "sign",
+            "--key-file",
+            key_file.to_str().unwrap(),
+            "--kid",
+            emulator.signing_key_id(),
+            "--path",
+            "/v3/payments",
+            "--header",
+            "Idempotency-Key: curl-1",
+            "--body",
+            body,
+        ],
+        &[],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let signature = text(&out.stdout).trim().to_owned();
+    // What `curl -H "Tl-Signature: $(tlauth sign ...)"` sends.
+    let token: Value = serde_json::from_slice(
+        &tlauth(
+            &["token"],
+            &[
+                ("TRUELAYER_ENV", &emulator.url()),
+                ("TRUELAYER_CLIENT_ID", emulator.client_id()),
+                ("TRUELAYER_CLIENT_SECRET", emulator.client_secret()),
+            ],
+            None,
+        )
+        .stdout,
+    )
+    .unwrap();
+    let response = reqwest::Client::new()
+        .post(format!("{}/v3/payments", emulator.url()))
+        .bearer_auth(token["access_token"].as_str().unwrap())
+        .header("idempotency-key", "curl-1")
+        .header("tl-signature", &signature)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(emulator.stats().signature_rejections, 0);
+    let _ = std::fs::remove_file(key_file);
+}
+
+#[test]
+fn tlauth_verify_accepts_truelayers_vector_and_names_what_is_wrong_otherwise() {
+    let signature = std::fs::read_to_string(format!("{VECTORS}/tl-signature.txt")).unwrap();
+    let verify = |body: &str, key: &str| {
+        tlauth(
+            &[
+                "verify",
+                "--public-key-file",
+                &format!("{VECTORS}/{key}"),
+                "--signature",
+                signature.trim(),
+                "--path",
+                "/merchant_accounts/a61acaef-ee05-4077-92f3-25543a11bd8d/sweeping",
+                "--header",
+                "Idempotency-Key: idemp-2076717c-9005-4811-a321-9e0787fa0382",
+                "--body",
+                body,
+            ],
+            &[],
+            None,
+        )
+    };
+    let body = r#"{"currency":"GBP","max_amount_in_minor":5000000,"name":"Foo???"}"#;
+    let ok = verify(body, "ec512-public.pem");
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    let tampered = verify("{}", "ec512-public.pem");
+    assert_eq!(tampered.status.code(), Some(1));
+    assert!(
+        text(&tampered.stderr).contains("does not match"),
+        "{}",
+        text(&tampered.stderr)
+    );
+    let with_jwks = tlauth(
+        &[
+            "verify",
+            "--jwks-file",
+            &format!("{VECTORS}/jwks.json"),
+            "--signature",
+            signature.trim(),
+            "--path",
+            "/merchant_accounts/a61acaef-ee05-4077-92f3-25543a11bd8d/sweeping",
+            "--header",
+            "idempotency-key: idemp-2076717c-9005-4811-a321-9e0787fa0382",
+            "--body",
+            body,
+        ],
+        &[],
+        None,
+    );
+    assert!(with_jwks.status.success(), "{}", text(&with_jwks.stderr));
+    let bad_key = tlauth(
+        &[
+            "sign",
+            "--key-file",
+            &format!("{VECTORS}/ec512-public.pem"),
+            "--kid",
+            "k",
+            "--path",
+            "/x",
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(bad_key.status.code(), Some(2));
+    assert!(
+        text(&bad_key.stderr).contains("not a private key"),
+        "{}",
+        text(&bad_key.stderr)
+    );
+}

@@ -113,14 +113,13 @@ impl Environment {
         }
     }
 
-    /// The Payments API base URL that goes with this environment's tokens.
-    ///
-    /// For a custom environment this is the same base URL (the emulator serves both).
-    pub fn api_url(&self) -> Url {
+    /// TrueLayer's Payments API base URL that goes with this environment's tokens; `None` for
+    /// a custom authorization server, whose API is wherever its operator put it.
+    pub fn api_url(&self) -> Option<Url> {
         match self {
-            Environment::Sandbox => parse_known(SANDBOX_API),
-            Environment::Production => parse_known(PRODUCTION_API),
-            Environment::Custom(c) => c.base.clone(),
+            Environment::Sandbox => Some(parse_known(SANDBOX_API)),
+            Environment::Production => Some(parse_known(PRODUCTION_API)),
+            Environment::Custom(_) => None,
         }
     }
 
@@ -227,7 +226,7 @@ mod tests {
             "https://auth.truelayer-sandbox.com/connect/token"
         );
         assert_eq!(
-            Environment::Sandbox.api_url().as_str(),
+            Environment::Sandbox.api_url().unwrap().as_str(),
             "https://api.truelayer-sandbox.com/"
         );
     }

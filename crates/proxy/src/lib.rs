@@ -1,0 +1,175 @@
+//! An authenticating, signing sidecar in front of TrueLayer's API: `tlauth proxy` as a
+//! library.
+//!
+//! It forwards every request to the upstream (TrueLayer's API, or the emulator) with
+//! `Authorization: Bearer <token>` from a [`TokenCache`], and, when given a signer, an
+//! `Idempotency-Key` and a `Tl-Signature` on every POST, PUT, PATCH and DELETE. It is safe to
+//! leave running on a laptop and observable in production:
+//!
+//! - **Safe by default**: loopback only unless remote clients are allowed; requests whose
+//!   `Host` is not the proxy's (a web page that rebound its name to 127.0.0.1) and browser
+//!   requests from other sites (`Origin`, `Sec-Fetch-Site: cross-site`) are refused; plain
+//!   http only to loopback upstreams; user info never leaves the upstream URL; header-read and
+//!   body timeouts, a connection cap, and backoff after accept errors.
+//! - **Faithful**: bodies stream both ways; hop-by-hop headers are dropped; bodies up to the
+//!   replay limit (chunked ones too) are held, so a request the upstream answers 401 is sent
+//!   again with a fresh token, after the 401's body is read so its connection is reused.
+//! - **Observable**: `{admin}/healthz` (JSON; 200 only while a usable token is held, a
+//!   Kubernetes readiness probe) and `{admin}/metrics` (Prometheus), off the proxied paths
+//!   (`/.tlauth` by default).
+//!
+//! # Example
+//!
+//! ```no_run
+//! use truelayer_auth::{EnvCredentials, Environment, TokenCache};
+//! use truelayer_auth_proxy::Proxy;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let tokens = TokenCache::builder(Environment::Sandbox, EnvCredentials::new()).build()?;
+//! let proxy = Proxy::builder("https://api.truelayer-sandbox.com", tokens)
+//!     .listen("127.0.0.1:8080".parse()?)
+//!     .build()?;
+//! let running = proxy.bind().await?;
+//! println!("listening on {}", running.local_addr());
+//! let stop = running.shutdown_handle();
+//! tokio::spawn(async move {
+//!     let _ = tokio::signal::ctrl_c().await;
+//!     stop.shutdown();
+//! });
+//! running.serve().await; // returns after the drain
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod body;
+mod config;
+mod forward;
+mod guard;
+mod metrics;
+mod server;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_rustls::HttpsConnectorBuilder;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::net::TcpListener;
+use truelayer_auth::TokenCache;
+use truelayer_auth_signing::{Signer, SignerSource, SigningLayer};
+use truelayer_auth_tower::{BearerAuthLayer, ReplayFn, replay_with};
+
+pub use config::{ProxyBuilder, ProxyError};
+pub use forward::ResponseBody;
+pub use server::{RunningProxy, ShutdownHandle};
+
+use crate::body::{ProxyBody, replay_held};
+use crate::config::Upstream;
+use crate::forward::{Forwarder, HttpClient, Measured, Stack};
+use crate::guard::Guard;
+use crate::metrics::Metrics;
+
+/// A configured proxy, not yet listening. Made by [`Proxy::builder`].
+pub struct Proxy<K = Signer> {
+    builder: ProxyBuilder<K>,
+    upstream: Upstream,
+    stack: Stack<K>,
+    metrics: Arc<Metrics>,
+}
+
+impl<K> std::fmt::Debug for Proxy<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("upstream", &self.upstream.display)
+            .field("listen", &self.builder.listen)
+            .field("signing", &self.builder.signer.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Proxy {
+    /// A proxy to `upstream` (a base URL such as `https://api.truelayer-sandbox.com`) with
+    /// tokens from `tokens`.
+    pub fn builder(upstream: impl Into<String>, tokens: TokenCache) -> ProxyBuilder {
+        ProxyBuilder::new(upstream.into(), tokens)
+    }
+}
+
+impl<K: SignerSource> Proxy<K> {
+    fn from_builder(builder: ProxyBuilder<K>, upstream: Upstream) -> Result<Self, ProxyError> {
+        // hyper directly (not reqwest): a proxy forwards `http` types as they are, and follows
+        // no redirects.
+        let https = HttpsConnectorBuilder::new()
+            .with_native_roots()
+            .map_err(ProxyError::TlsRoots)?
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client: HttpClient = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_timer(TokioTimer::new())
+            .build(https);
+        let metrics = Metrics::new();
+        let measured = Measured {
+            client,
+            metrics: metrics.clone(),
+        };
+        let policy: ReplayFn<fn(&ProxyBody) -> Option<ProxyBody>> = replay_with(replay_held);
+        let bearer = tower::Layer::layer(
+            &BearerAuthLayer::new(builder.tokens.clone()).replay_policy(policy),
+            measured,
+        );
+        let stack = match &builder.signer {
+            None => Stack::Plain(bearer),
+            // Signing outside the bearer layer: its replay copies the signed request.
+            Some(keys) => Stack::Signed(tower::Layer::layer(
+                &SigningLayer::new(keys.clone()).max_body_bytes(builder.signing_limit),
+                bearer,
+            )),
+        };
+        Ok(Proxy {
+            builder,
+            upstream,
+            stack,
+            metrics,
+        })
+    }
+
+    /// Binds the listen address. Nothing is served until [`RunningProxy::serve`].
+    ///
+    /// # Errors
+    ///
+    /// [`ProxyError::Bind`] when the address cannot be bound.
+    pub async fn bind(self) -> Result<RunningProxy<K>, ProxyError> {
+        let b = self.builder;
+        let bind_error = |source| ProxyError::Bind {
+            addr: b.listen,
+            source,
+        };
+        let listener = TcpListener::bind(b.listen).await.map_err(bind_error)?;
+        let local = listener.local_addr().map_err(bind_error)?;
+        if !local.ip().is_loopback() {
+            tracing::warn!(%local, "listening on an address that is not loopback: anything that can reach it can spend the merchant's token");
+        }
+        let forwarder = Forwarder {
+            stack: self.stack,
+            guard: Guard::new(local, &b.allowed_hosts, &b.allowed_origins, b.allow_remote),
+            upstream: self.upstream,
+            tokens: b.tokens,
+            metrics: self.metrics,
+            admin_path: b.admin_path,
+            replay_limit: b.replay_limit,
+            body_timeout: b.body_timeout,
+        };
+        Ok(RunningProxy {
+            listener,
+            local,
+            forwarder: Arc::new(forwarder),
+            shutdown: ShutdownHandle::default(),
+            max_connections: b.max_connections,
+            header_read_timeout: b.header_read_timeout,
+            drain_timeout: b.drain_timeout,
+        })
+    }
+}

@@ -1,0 +1,590 @@
+//! The proxy in-process, in front of the emulator and of a recording upstream.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use truelayer_auth::{ClientCredentials, Environment, TokenCache};
+use truelayer_auth_emulator::Emulator;
+use truelayer_auth_proxy::{Proxy, ProxyBuilder, ShutdownHandle};
+use truelayer_auth_signing::{Signer, SignerSource};
+
+fn tokens(emulator: &Emulator) -> TokenCache {
+    let creds =
+        ClientCredentials::new(emulator.client_id(), emulator.client_secret().into()).unwrap();
+    TokenCache::builder(Environment::custom(&emulator.url()).unwrap(), creds)
+        .build()
+        .unwrap()
+}
+
+struct Running {
+    addr: SocketAddr,
+    stop: ShutdownHandle,
+    served: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+async fn start<K: SignerSource>(builder: ProxyBuilder<K>) -> Running {
+    let running = builder
+        .listen("127.0.0.1:0".parse().unwrap())
+        .build()
+        .unwrap()
+        .bind()
+        .await
+        .unwrap();
+    let addr = running.local_addr();
+    let stop = running.shutdown_handle();
+    let served = tokio::spawn(running.serve());
+    Running { addr, stop, served }
+}
+
+/// An upstream that echoes what reaches it, counts its connections and the requests by
+/// path, and can be told to answer 401 to the next requests.
+#[derive(Clone, Default)]
+struct Recorder {
+    connections: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+    unauthorized_next: Arc<AtomicUsize>,
+}
+
+async fn recorder() -> (String, Recorder) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let recorder = Recorder::default();
+    let r = recorder.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            r.connections.fetch_add(1, Ordering::SeqCst);
+            let r = r.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let r = r.clone();
+                    async move { Ok::<_, std::convert::Infallible>(record(req, r).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (format!("http://{addr}"), recorder)
+}
+
+async fn record(req: Request<Incoming>, r: Recorder) -> Response<Full<Bytes>> {
+    r.requests.fetch_add(1, Ordering::SeqCst);
+    let (parts, mut body) = req.into_parts();
+    let mut bytes = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            bytes += data.len() as u64;
+        }
+    }
+    let headers: BTreeMap<String, Vec<String>> = parts
+        .headers
+        .keys()
+        .map(|k| {
+            let values = parts.headers.get_all(k).iter();
+            (
+                k.to_string(),
+                values
+                    .map(|v| v.to_str().unwrap_or("?").to_owned())
+                    .collect(),
+            )
+        })
+        .collect();
+    let echo = json!({
+        "method": parts.method.as_str(),
+        "uri": parts.uri.to_string(),
+        "headers": headers,
+        "bytes": bytes,
+    });
+    let unauthorized = r
+        .unauthorized_next
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    let (status, body) = if unauthorized {
+        // A large 401 body: the proxy must read it before replaying on this connection.
+        (StatusCode::UNAUTHORIZED, "x".repeat(20_000))
+    } else {
+        (StatusCode::OK, echo.to_string())
+    };
+    Response::builder()
+        .status(status)
+        .header("connection", "keep-alive, x-upstream-hop")
+        .header("x-upstream-hop", "dropped")
+        .header("x-upstream", "kept")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn method_path_query_and_headers_are_forwarded_faithfully() {
+    let emulator = Emulator::start().await.unwrap();
+    let (upstream, _) = recorder().await;
+    let proxy = start(Proxy::builder(
+        format!("{upstream}/base"),
+        tokens(&emulator),
+    ))
+    .await;
+    let response = reqwest::Client::new()
+        .patch(proxy.url("/v3/mandates/m-1?limit=5&cursor=a%20b"))
+        .header("idempotency-key", "idem-1")
+        .header("x-custom", "one")
+        .header("connection", "keep-alive, x-hop")
+        .header("x-hop", "must not pass")
+        .header("authorization", "Basic dXNlcjpwYXNz")
+        .body("{\"x\":1}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-upstream"], "kept");
+    assert_eq!(response.headers()["via"], "1.1 tlauth");
+    assert!(response.headers().get("x-upstream-hop").is_none());
+    let echo: Value = response.json().await.unwrap();
+    assert_eq!(echo["method"], "PATCH");
+    assert_eq!(echo["uri"], "/base/v3/mandates/m-1?limit=5&cursor=a%20b");
+    assert_eq!(echo["bytes"], 7);
+    let h = &echo["headers"];
+    assert_eq!(h["idempotency-key"], json!(["idem-1"]));
+    assert_eq!(h["x-custom"], json!(["one"]));
+    assert_eq!(h["via"], json!(["1.1 tlauth"]));
+    assert!(
+        h.get("x-hop").is_none(),
+        "headers named in Connection are dropped: {h}"
+    );
+    let auth = h["authorization"].as_array().unwrap();
+    assert_eq!(auth.len(), 1);
+    let bearer = auth[0].as_str().unwrap().strip_prefix("Bearer ").unwrap();
+    emulator
+        .verify_token(bearer)
+        .expect("a valid token from the emulator");
+    proxy.stop.shutdown();
+    proxy.served.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_posts_create_payments_and_a_replay_keeps_its_idempotency_key() {
+    let emulator = Emulator::start().await.unwrap();
+    let signer = Signer::from_pem(
+        emulator.signing_key_id(),
+        emulator.signing_key_pem().as_bytes(),
+    )
+    .unwrap();
+    let proxy = start(Proxy::builder(emulator.url(), tokens(&emulator)).signer(signer)).await;
+    let http = reqwest::Client::new();
+    let pay = |body: &'static str| {
+        http.post(proxy.url("/v3/payments"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    assert_eq!(pay("{}").await.unwrap().status(), 201);
+    // The token is revoked: the upstream answers 401, the proxy replays with a fresh token,
+    // the same Idempotency-Key and a valid signature.
+    emulator.revoke_all_tokens();
+    let replayed = pay(r#"{"amount_in_minor":5}"#).await.unwrap();
+    assert_eq!(replayed.status(), 201);
+    let stats = emulator.stats();
+    assert_eq!((stats.api_rejections, stats.signature_rejections), (1, 0));
+    assert_eq!(stats.payments_created, 2);
+    // A caller's own key is kept: the same request twice is one payment.
+    let twice = || {
+        http.post(proxy.url("/v3/payments"))
+            .header("idempotency-key", "caller-key-1")
+            .body("{}")
+            .send()
+    };
+    let first: Value = twice().await.unwrap().json().await.unwrap();
+    let second: Value = twice().await.unwrap().json().await.unwrap();
+    assert_eq!(first["id"], second["id"]);
+    assert_eq!(emulator.stats().payments_created, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_failure_is_a_502_naming_the_cause_and_readiness_is_503() {
+    let emulator = Emulator::start().await.unwrap();
+    let marker = "MARKER-proxy-secret-77";
+    let wrong = ClientCredentials::new(emulator.client_id(), marker.into()).unwrap();
+    let tokens = TokenCache::builder(Environment::custom(&emulator.url()).unwrap(), wrong)
+        .build()
+        .unwrap();
+    let proxy = start(Proxy::builder(emulator.url(), tokens)).await;
+    let response = reqwest::get(proxy.url("/v3/payments/p-1")).await.unwrap();
+    assert_eq!(response.status(), 502);
+    let text = response.text().await.unwrap();
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["error"], "token_unavailable");
+    assert!(
+        body["message"].as_str().unwrap().contains("invalid_client"),
+        "{text}"
+    );
+    assert!(!text.contains(marker));
+    assert_eq!(
+        emulator.stats().api_requests,
+        0,
+        "nothing was sent without a token"
+    );
+    let health = reqwest::get(proxy.url("/.tlauth/healthz")).await.unwrap();
+    assert_eq!(health.status(), 503);
+    let health: Value = health.json().await.unwrap();
+    assert_eq!(health["ready"], false);
+    assert!(!health.to_string().contains(marker));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_lives_off_the_proxied_paths_and_upstream_healthz_stays_reachable() {
+    let emulator = Emulator::start().await.unwrap();
+    let (upstream, _) = recorder().await;
+    let tokens = tokens(&emulator);
+    tokens.token().await.unwrap();
+    let proxy = start(Proxy::builder(upstream, tokens).admin_path("/_proxy")).await;
+    let health = reqwest::get(proxy.url("/_proxy/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    let health: Value = health.json().await.unwrap();
+    assert_eq!(
+        (health["status"].as_str(), health["ready"].as_bool()),
+        (Some("ok"), Some(true))
+    );
+    assert!(
+        !health.to_string().contains("eyJ"),
+        "health never shows the token"
+    );
+    let upstream_health: Value = reqwest::get(proxy.url("/healthz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        upstream_health["uri"], "/healthz",
+        "forwarded to the upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebinding_hosts_and_cross_site_browsers_are_refused() {
+    let emulator = Emulator::start().await.unwrap();
+    let (upstream, recorded) = recorder().await;
+    let proxy =
+        start(Proxy::builder(upstream, tokens(&emulator)).allow_origin("https://console.example"))
+            .await;
+    let http = reqwest::Client::new();
+    // A page on evil.example rebound its name to 127.0.0.1: its requests carry its Host.
+    let rebound = http
+        .get(proxy.url("/v3/payments/p-1"))
+        .header("host", format!("evil.example:{}", proxy.addr.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), 403);
+    assert_eq!(
+        rebound.json::<Value>().await.unwrap()["error"],
+        "host_not_allowed"
+    );
+    let cross_site = http
+        .post(proxy.url("/v3/payments"))
+        .header("origin", "https://evil.example")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross_site.status(), 403);
+    let fetch_site = http
+        .get(proxy.url("/v3/payments/p-1"))
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fetch_site.status(), 403);
+    assert_eq!(
+        recorded.requests.load(Ordering::SeqCst),
+        0,
+        "nothing was forwarded"
+    );
+    // Its own host and an allowed origin pass.
+    let ok = http
+        .get(proxy.url("/v3/payments/p-1"))
+        .header("host", format!("localhost:{}", proxy.addr.port()))
+        .header("origin", "https://console.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_shed_and_others_keep_being_served() {
+    let emulator = Emulator::start().await.unwrap();
+    let (upstream, _) = recorder().await;
+    let proxy = start(
+        Proxy::builder(upstream, tokens(&emulator))
+            .header_read_timeout(Duration::from_millis(800))
+            .max_connections(256),
+    )
+    .await;
+    // 100 slowloris connections: a request line, then a header byte a little at a time.
+    let mut slow = Vec::new();
+    for _ in 0..100 {
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x")
+            .await
+            .unwrap();
+        slow.push(stream);
+    }
+    let dripping = tokio::spawn(async move {
+        let mut closed = 0;
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            closed = 0;
+            for stream in &mut slow {
+                if stream.write_all(b"x").await.is_err() {
+                    closed += 1;
+                    continue;
+                }
+                let mut byte = [0u8; 1];
+                let read =
+                    tokio::time::timeout(Duration::from_millis(1), stream.read(&mut byte)).await;
+                if let Ok(Ok(0) | Err(_)) = read {
+                    closed += 1;
+                }
+            }
+        }
+        closed
+    });
+    // Meanwhile, ordinary clients are served at once.
+    for _ in 0..10 {
+        let started = std::time::Instant::now();
+        let response = reqwest::get(proxy.url("/v3/payments/p-1")).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(started.elapsed() < Duration::from_millis(500));
+    }
+    let closed = dripping.await.unwrap();
+    assert_eq!(
+        closed, 100,
+        "every slow connection was shed after the header timeout"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_body_is_read_before_the_replay_so_the_connection_is_reused() {
+    let emulator = Emulator::start().await.unwrap();
+    let (upstream, recorded) = recorder().await;
+    let proxy = start(Proxy::builder(upstream, tokens(&emulator))).await;
+    let client = reqwest::Client::new();
+    assert_eq!(
+        client
+            .get(proxy.url("/warm"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let before = recorded.connections.load(Ordering::SeqCst);
+    recorded.unauthorized_next.store(1, Ordering::SeqCst);
+    let response = client.get(proxy.url("/replayed")).send().await.unwrap();
+    assert_eq!(response.status(), 200, "replayed after the 401");
+    assert_eq!(recorded.requests.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        recorded.connections.load(Ordering::SeqCst),
+        before,
+        "the 401 and the replay went over the pooled connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_chunked_bodies_are_replayed_and_large_ones_streamed() {
+    let emulator = Emulator::start().await.unwrap();
+    let (upstream, recorded) = recorder().await;
+    let proxy = start(Proxy::builder(upstream, tokens(&emulator)).replay_limit(1024)).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<StreamBody<futures_stream::Chunks>>();
+    let chunked = |chunks: usize| {
+        Request::post(proxy.url("/upload"))
+            .body(StreamBody::new(futures_stream::Chunks(chunks)))
+            .unwrap()
+    };
+    recorded.unauthorized_next.store(1, Ordering::SeqCst);
+    let small = client.request(chunked(3)).await.unwrap();
+    assert_eq!(
+        small.status(),
+        200,
+        "a short chunked body was held and replayed"
+    );
+    let echo: Value =
+        serde_json::from_slice(&small.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(echo["bytes"], 300);
+    recorded.unauthorized_next.store(1, Ordering::SeqCst);
+    let large = client.request(chunked(50)).await.unwrap();
+    assert_eq!(
+        large.status(),
+        401,
+        "a long one streams, so its 401 comes back"
+    );
+}
+
+mod futures_stream {
+    use super::*;
+
+    /// `n` chunks of 100 bytes, no length known in advance.
+    pub(super) struct Chunks(pub(super) usize);
+
+    impl futures_core::Stream for Chunks {
+        type Item = Result<Frame<Bytes>, std::convert::Infallible>;
+
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            if self.0 == 0 {
+                return std::task::Poll::Ready(None);
+            }
+            self.0 -= 1;
+            std::task::Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'c'; 100])))))
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_prometheus_text_with_requests_latency_replays_and_token_health() {
+    let emulator = Emulator::start().await.unwrap();
+    let (upstream, recorded) = recorder().await;
+    let proxy = start(Proxy::builder(upstream, tokens(&emulator))).await;
+    let http = reqwest::Client::new();
+    for _ in 0..3 {
+        http.get(proxy.url("/v3/payments/p-1"))
+            .send()
+            .await
+            .unwrap();
+    }
+    recorded.unauthorized_next.store(1, Ordering::SeqCst);
+    http.post(proxy.url("/v3/payments"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    http.get(proxy.url("/nope"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    let text = http
+        .get(proxy.url("/.tlauth/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match &s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => *v,
+                other => panic!("{name}: {other:?}"),
+            })
+            .sum()
+    };
+    assert_eq!(
+        value(
+            "tlauth_proxy_requests_total",
+            &[("method", "GET"), ("status", "2xx")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            "tlauth_proxy_requests_total",
+            &[("method", "POST"), ("status", "2xx")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            "tlauth_proxy_requests_total",
+            &[("method", "GET"), ("status", "4xx")]
+        ),
+        1.0
+    );
+    assert_eq!(value("tlauth_proxy_replays_total", &[]), 1.0);
+    assert_eq!(value("tlauth_proxy_refused_total", &[]), 1.0);
+    // The first token, and the refresh the 401 asked for.
+    assert_eq!(value("tlauth_proxy_token_fetches_total", &[]), 2.0);
+    assert_eq!(value("tlauth_proxy_token_usable", &[]), 1.0);
+    assert!(value("tlauth_proxy_token_remaining_seconds", &[]) > 3000.0);
+    let latency = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "tlauth_proxy_upstream_duration_seconds")
+        .expect("the latency histogram");
+    match &latency.value {
+        prometheus_parse::Value::Histogram(buckets) => {
+            let total = buckets.last().unwrap().count;
+            assert_eq!(total, 5.0, "four requests and one replay: {buckets:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!text.contains("eyJ"), "metrics never show the token");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
+    let emulator = Emulator::start().await.unwrap();
+    emulator.set_api_latency(Duration::from_millis(500));
+    let proxy = start(Proxy::builder(emulator.url(), tokens(&emulator))).await;
+    let in_flight = tokio::spawn({
+        let url = proxy.url("/v3/payments/p-1");
+        async move { reqwest::get(url).await.unwrap().status() }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy.stop.shutdown();
+    assert_eq!(in_flight.await.unwrap(), 404, "finished (no such payment)");
+    proxy.served.await.unwrap();
+    assert!(
+        TcpStream::connect(proxy.addr).await.is_err(),
+        "no longer listening"
+    );
+}
+
+#[test]
+fn configuration_mistakes_are_refused_before_listening() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let emulator = Emulator::start().await.unwrap();
+        let err = Proxy::builder("http://api.truelayer.com", tokens(&emulator))
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("clear text"), "{err}");
+        let err = Proxy::builder(emulator.url(), tokens(&emulator))
+            .listen("0.0.0.0:0".parse().unwrap())
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("not a loopback"), "{err}");
+    });
+}
