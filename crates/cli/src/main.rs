@@ -43,10 +43,22 @@ enum Command {
     /// embedded emulator, so this works offline.
     Token(AuthArgs),
     /// Run the TrueLayer auth emulator (token endpoint and Payments API stand-in) on 127.0.0.1.
+    ///
+    /// With --webhook-url, payments send TrueLayer's webhooks (`payment_authorized`,
+    /// `payment_executed`, `payment_settled`, `payment_failed`) to that URL as they move,
+    /// signed with a `Tl-Signature` whose `jku` names the emulator's webhook JWKS.
     Emulator {
         /// The port to listen on (0 picks a free one).
         #[arg(long, default_value_t = 0)]
         port: u16,
+        /// POST payment webhooks to this http:// URL (the emulator has no TLS client).
+        #[arg(long, value_name = "URL")]
+        webhook_url: Option<String>,
+        /// Move each new payment one status forward every this many milliseconds until it is
+        /// settled; 0 never moves them (POST /emulator/payments/{id}/status does). Defaults
+        /// to 2000 with --webhook-url, to 0 without.
+        #[arg(long, value_name = "MILLIS")]
+        payment_step: Option<u64>,
     },
     /// Listen on a loopback address and forward every request to the TrueLayer API with
     /// `Authorization: Bearer <token>` added.
@@ -119,7 +131,11 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Token(args) => token(args).await,
-            Command::Emulator { port } => emulator(port).await,
+            Command::Emulator {
+                port,
+                webhook_url,
+                payment_step,
+            } => emulator(port, webhook_url, payment_step).await,
             Command::Proxy(args) => proxy::run(args).await,
             Command::Sign(args) => sign::sign(args).await,
             Command::Verify(args) => sign::verify(args),
@@ -162,15 +178,41 @@ async fn token(args: AuthArgs) -> Result<(), Failure> {
     writeln!(stdout, "{json:#}").map_err(|e| Failure::failed(format!("writing the token: {e}")))
 }
 
-async fn emulator(port: u16) -> Result<(), Failure> {
+/// The payment schedule `tlauth emulator --webhook-url` gets without `--payment-step`, so
+/// webhooks arrive without any further calls.
+const DEFAULT_PAYMENT_STEP_MILLIS: u64 = 2000;
+
+async fn emulator(
+    port: u16,
+    webhook_url: Option<String>,
+    payment_step: Option<u64>,
+) -> Result<(), Failure> {
     let emulator = Emulator::bind(SocketAddr::from(([127, 0, 0, 1], port)))
         .await
         .map_err(|e| Failure::usage(format!("could not listen on 127.0.0.1:{port}: {e}")))?;
+    emulator
+        .set_webhook_url(webhook_url.as_deref())
+        .map_err(|e| Failure::usage(format!("--webhook-url: {e}")))?;
+    let default_step = webhook_url.as_ref().map(|_| DEFAULT_PAYMENT_STEP_MILLIS);
+    let step = payment_step.or(default_step).filter(|ms| *ms > 0);
+    emulator.set_payment_schedule(step.map(std::time::Duration::from_millis));
     eprintln!(
-        "tlauth: TrueLayer auth emulator on {}; Payments API stand-in at {}/v3/payments (Ctrl-C stops it)",
+        "tlauth: TrueLayer auth emulator on {}; Payments API stand-in at {}/v3/payments; webhooks signed with jku {} (Ctrl-C stops it)",
         emulator.url(),
-        emulator.url()
+        emulator.url(),
+        emulator.webhook_jku()
     );
+    if let Some(url) = &webhook_url {
+        match step {
+            Some(ms) => eprintln!(
+                "tlauth: webhooks to {url}; each new payment moves one status every {ms} ms until settled"
+            ),
+            None => eprintln!(
+                "tlauth: webhooks to {url}; payments move with POST {}/emulator/payments/{{id}}/status",
+                emulator.url()
+            ),
+        }
+    }
     std::io::stdout()
         .write_all(emulator.env_lines().as_bytes())
         .map_err(|e| Failure::failed(e.to_string()))?;

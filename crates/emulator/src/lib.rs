@@ -15,8 +15,41 @@
 //! the reason otherwise. Signatures are checked with RustCrypto's `p521`, apart from the
 //! project's signing crate, so the two check each other.
 //!
-//! Tests drive faults through the [`Emulator`] handle; other tools use the admin routes under
-//! `/emulator/` (see the README of this crate's binary, `truelayer-auth-emulator --help`).
+//! # Payment statuses and webhooks
+//!
+//! A created payment is `authorization_required`, and moves as TrueLayer's do: to
+//! `authorizing`, `authorized`, `executed` and `settled` ([`PaymentStatus`]), or from any of
+//! the first four to `failed`, with a `failure_stage` (the status it failed in) and a
+//! `failure_reason` (`authorization_failed`, `provider_rejected`, `insufficient_funds`,
+//! `expired`, ...). Settled and failed are final. Payments move only when told to:
+//! [`Emulator::advance_payment`] (forward through every status in between) and
+//! [`Emulator::fail_payment`], or `POST /emulator/payments/{id}/status`; or on a schedule,
+//! [`Emulator::set_payment_schedule`], which moves each payment created afterwards one status
+//! every step until it is settled. `GET /v3/payments/{id}` shows the status, and the failure
+//! stage and reason of a failed payment.
+//!
+//! With a webhook URL set ([`Emulator::set_webhook_url`], `http://` only, as the emulator has
+//! no TLS client) the emulator POSTs TrueLayer's v3 webhooks as payments move:
+//! `payment_authorized`, `payment_executed`, `payment_settled` and `payment_failed`, each
+//! with a new `event_id`, `event_version` 1, the `payment_id`, the `payment_method` type,
+//! the time (`authorized_at`, ..., `failed_at`: RFC 3339 UTC, to the second, on the
+//! emulator's clock, which [`Emulator::advance_clock`] moves), and the request's `metadata`;
+//! `payment_settled` adds a `payment_source` and the request's `user.id` as `user_id`. Each
+//! is signed as TrueLayer signs webhooks: a `Tl-Signature` (ES512 detached JWS, `tl_version`
+//! 2, `kid` [`WEBHOOK_KEY_ID`]) over `POST`, the URL's path, the `X-Tl-Webhook-Timestamp`
+//! and `Content-Type` headers and the body, whose JOSE header has a `jku`
+//! ([`Emulator::webhook_jku`], `{url}/webhooks/jwks`) naming the JWKS that holds the key.
+//! A receiver verifies it as it would TrueLayer's, with its allowed `jku` list pointing at
+//! the emulator. A webhook not answered 2xx within [`WEBHOOK_ATTEMPT_TIMEOUT`] is tried
+//! again with the same event id and body, freshly stamped and signed, after 1 s, 2 s, 4 s,
+//! ... up to 60 s ([`WEBHOOK_RETRY_BASE`], [`WEBHOOK_RETRY_CAP`]), at most
+//! [`WEBHOOK_MAX_ATTEMPTS`] times, then abandoned; [`Stats`] counts attempts, deliveries and
+//! abandonments. A payment's webhooks go out in the order of its statuses: the next is sent
+//! once the one before is delivered or abandoned. Without a URL, statuses change and nothing
+//! is sent. [`Emulator::sign_webhook`] signs webhooks tests craft themselves.
+//!
+//! Tests drive faults, statuses and webhooks through the [`Emulator`] handle; other tools use
+//! the admin routes under `/emulator/` (listed by `truelayer-auth-emulator --help`).
 //!
 //! # Example
 //!
@@ -42,6 +75,7 @@ mod server;
 mod signature;
 mod state;
 mod token_endpoint;
+mod webhooks;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -50,6 +84,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::http::header;
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -57,8 +92,12 @@ use tokio::task::JoinHandle;
 pub use faults::Fault;
 pub use keys::{AUDIENCE, Claims, KEY_ID};
 pub use state::{DEFAULT_LIFETIME, KNOWN_SCOPES, Stats};
+pub use webhooks::{
+    PaymentStatus, WEBHOOK_ATTEMPT_TIMEOUT, WEBHOOK_KEY_ID, WEBHOOK_MAX_ATTEMPTS,
+    WEBHOOK_RETRY_BASE, WEBHOOK_RETRY_CAP,
+};
 
-use state::{Client, RandomFaults, State, random_secret};
+use state::{Client, PaymentChange, RandomFaults, State, random_secret};
 
 /// The client_id of the client every emulator starts with.
 pub const DEFAULT_CLIENT_ID: &str = "emulator-client";
@@ -82,6 +121,7 @@ impl fmt::Debug for Emulator {
             .field("client_id", &DEFAULT_CLIENT_ID)
             .field("client_secret", &"[redacted]")
             .field("signing_key_id", &DEFAULT_SIGNING_KEY_ID)
+            .field("webhook_jku", &self.webhook_jku())
             .finish_non_exhaustive()
     }
 }
@@ -307,11 +347,104 @@ impl Emulator {
     pub fn stats(&self) -> Stats {
         self.state.stats()
     }
+
+    /// A payment as `GET /v3/payments/{id}` answers it (`id`, `status`, and for a failed
+    /// payment `failure_stage` and `failure_reason`), or `None` for an unknown id.
+    pub fn payment(&self, id: &str) -> Option<serde_json::Value> {
+        self.state.payment_view(id)
+    }
+
+    /// The URL of the JWKS holding the webhook signing key, `{url}/webhooks/jwks`: the `jku`
+    /// in every webhook's `Tl-Signature` header.
+    pub fn webhook_jku(&self) -> String {
+        self.state.webhooks.jku().to_owned()
+    }
+
+    /// The JWKS served at [`Emulator::webhook_jku`]: `{"keys": [<the P-521 key>]}`, its
+    /// `kid` [`WEBHOOK_KEY_ID`].
+    pub fn webhook_jwks(&self) -> serde_json::Value {
+        self.state.webhooks.jwks()
+    }
+
+    /// The webhook signing public key (SPKI PEM, P-521), for receivers that pin a key rather
+    /// than fetch the JWKS.
+    pub fn webhook_public_key_pem(&self) -> String {
+        self.state.webhooks.public_pem()
+    }
+
+    /// Sets the URL webhooks are POSTed to, or stops sending them with `None` (statuses still
+    /// change). Webhooks already queued keep their URL.
+    ///
+    /// # Errors
+    ///
+    /// When `url` is not an absolute `http://` URL with a host: the emulator has no TLS
+    /// client, so `https://` URLs are refused.
+    pub fn set_webhook_url(&self, url: Option<&str>) -> Result<(), String> {
+        let url = url.map(webhooks::parse_url).transpose()?;
+        self.state.set_webhook_url(url);
+        Ok(())
+    }
+
+    /// Moves payment `id` forward to `to` through every status in between, in order,
+    /// sending the webhook of each status that has one (`payment_authorized`,
+    /// `payment_executed`, `payment_settled`) when a webhook URL is set.
+    ///
+    /// # Errors
+    ///
+    /// For an unknown payment, a payment already at or past `to`, or one that is settled or
+    /// failed (both final).
+    pub fn advance_payment(&self, id: &str, to: PaymentStatus) -> Result<(), String> {
+        self.state
+            .move_payment(id, PaymentChange::To(to))
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Fails payment `id` with `reason` (TrueLayer's `failure_reason`, such as
+    /// `authorization_failed`, `provider_rejected`, `insufficient_funds` or `expired`); its
+    /// `failure_stage` is the status it was in. Sends `payment_failed` when a webhook URL is
+    /// set.
+    ///
+    /// # Errors
+    ///
+    /// For an unknown payment, an empty reason, or a payment that is settled or failed.
+    pub fn fail_payment(&self, id: &str, reason: &str) -> Result<(), String> {
+        if reason.trim().is_empty() {
+            return Err("a failure reason is needed".to_owned());
+        }
+        self.state
+            .move_payment(id, PaymentChange::Fail(reason.to_owned()))
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    /// With `Some(step)`, every payment created afterwards moves forward one status each
+    /// `step` (on tokio's clock, so paused-clock tests skip the waits) until it is settled,
+    /// sending its webhooks on the way; a payment failed or moved to settled meanwhile stops
+    /// its schedule. `None` (the default) leaves new payments in `authorization_required`.
+    pub fn set_payment_schedule(&self, step: Option<Duration>) {
+        self.state.set_payment_step(step);
+    }
+
+    /// Sets the wait after a webhook's first failed attempt ([`WEBHOOK_RETRY_BASE`], 1 s, by
+    /// default); later waits double it up to [`WEBHOOK_RETRY_CAP`]. For tests that exercise
+    /// retries on a real clock.
+    pub fn set_webhook_retry_base(&self, base: Duration) {
+        self.state.set_webhook_retry_base(base);
+    }
+
+    /// The `Tl-Signature` the emulator would send with a webhook POSTed to `path` with this
+    /// `X-Tl-Webhook-Timestamp` and body: for tests that craft webhooks, such as ones with a
+    /// stale timestamp.
+    pub fn sign_webhook(&self, path: &str, timestamp: &str, body: &[u8]) -> String {
+        self.state.webhooks.sign(path, timestamp, body)
+    }
 }
 
 impl Drop for Emulator {
     fn drop(&mut self) {
         self.task.abort();
+        self.state.shutdown();
     }
 }
 
@@ -336,5 +469,22 @@ fn router(state: Arc<State>) -> Router {
         )
         .route("/emulator/revoke", post(admin::revoke))
         .route("/emulator/stats", get(admin::stats))
+        .route("/emulator/webhooks", post(admin::webhooks))
+        .route("/emulator/payment-schedule", post(admin::payment_schedule))
+        .route(
+            "/emulator/payments/{id}/status",
+            post(admin::payment_status),
+        )
+        .route("/webhooks/jwks", get(webhook_jwks))
         .with_state(state)
+}
+
+/// `GET /webhooks/jwks`: the webhook signing key, cacheable for five minutes.
+async fn webhook_jwks(
+    axum::extract::State(state): axum::extract::State<Arc<State>>,
+) -> impl axum::response::IntoResponse {
+    (
+        [(header::CACHE_CONTROL, "max-age=300")],
+        axum::Json(state.webhooks.jwks()),
+    )
 }

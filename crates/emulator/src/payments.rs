@@ -90,6 +90,7 @@ pub(crate) async fn create_payment(
     });
     state.store_payment(id.clone(), payment);
     state.count(Counter::PaymentCreated);
+    state.schedule_payment(id.clone());
     let answer = json!({ "id": id, "status": "authorization_required" });
     state.answer_idempotency(&claims.client_id, &key, Some((201, answer.clone())));
     (StatusCode::CREATED, Json(answer)).into_response()
@@ -103,8 +104,8 @@ pub(crate) async fn get_payment(
     if let Err(r) = authenticate(&state, &headers) {
         return *r;
     }
-    match state.payment(&id) {
-        Some(p) => Json(json!({ "id": p["id"], "status": p["status"] })).into_response(),
+    match state.payment_view(&id) {
+        Some(view) => Json(view).into_response(),
         None => (
             StatusCode::NOT_FOUND,
             Json(json!({ "title": "Not Found", "status": 404, "detail": "no such payment" })),

@@ -55,7 +55,6 @@ impl KeyPair {
             .unwrap_or_else(|_| unreachable!("a P-521 key always encodes"))
     }
 
-    #[allow(dead_code)] // webhooks (next change) sign with it
     pub(crate) fn public_pem(&self) -> String {
         self.key
             .verifying_key()
@@ -63,7 +62,6 @@ impl KeyPair {
             .unwrap_or_else(|_| unreachable!("a P-521 key always encodes"))
     }
 
-    #[allow(dead_code)] // webhooks (next change) sign with it
     /// The key as a JWK (`kty` EC, `crv` P-521, 66-byte coordinates).
     pub(crate) fn jwk(&self, kid: &str) -> serde_json::Value {
         let point = self.key.verifying_key().to_sec1_point(false);
@@ -79,7 +77,6 @@ impl KeyPair {
         })
     }
 
-    #[allow(dead_code)] // webhooks (next change) sign with it
     /// A v2 `Tl-Signature` with a `jku`, as TrueLayer signs webhooks.
     pub(crate) fn sign(
         &self,

@@ -1,15 +1,25 @@
 //! The emulator's shared state: clients, faults, counters, clock and revocations.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Mutex;
+use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use axum::http::Uri;
 use serde::Serialize;
+use serde_json::json;
+use tokio::runtime::Handle;
+use tokio::task::JoinSet;
 
 use crate::faults::Fault;
 use crate::keys::{AUDIENCE, Claims, signing_key};
 use crate::signature::PublicKey;
+use crate::webhooks::{
+    PaymentStatus, WEBHOOK_RETRY_BASE, Webhook, Webhooks, deliver_queue, failed_event, rfc3339,
+    status_event,
+};
 
 /// The default token lifetime, as TrueLayer issues today.
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
@@ -50,6 +60,12 @@ pub struct Stats {
     pub signature_rejections: u64,
     /// Payments created (an idempotent repeat creates none).
     pub payments_created: u64,
+    /// Webhook delivery attempts, retries included.
+    pub webhooks_sent: u64,
+    /// Webhooks answered with a 2xx status.
+    pub webhooks_delivered: u64,
+    /// Webhooks given up on after their last attempt failed.
+    pub webhooks_abandoned: u64,
 }
 
 #[derive(Default)]
@@ -62,6 +78,9 @@ struct Counters {
     api_rejections: AtomicU64,
     signature_rejections: AtomicU64,
     payments_created: AtomicU64,
+    webhooks_sent: AtomicU64,
+    webhooks_delivered: AtomicU64,
+    webhooks_abandoned: AtomicU64,
 }
 
 /// A fraction of token requests that fail, chosen from a set of faults.
@@ -84,6 +103,15 @@ struct Control {
     signing_keys: HashMap<String, HashMap<String, PublicKey>>,
     /// Idempotency keys: (client_id, key) → what the first request was and got.
     idempotency: HashMap<(String, String), Idempotent>,
+    /// Where webhooks go; none are sent without one.
+    webhook_url: Option<Uri>,
+    /// When set, each payment created advances one status this often until settled.
+    payment_step: Option<Duration>,
+    /// The first retry delay, when not [`WEBHOOK_RETRY_BASE`].
+    webhook_retry_base: Option<Duration>,
+    /// Webhooks waiting for delivery, per payment id, in order. A payment has an entry
+    /// exactly while a task is delivering its queue.
+    outbox: HashMap<String, VecDeque<Webhook>>,
 }
 
 /// What an `Idempotency-Key` has seen.
@@ -114,6 +142,36 @@ pub(crate) struct State {
     clock_offset_secs: AtomicI64,
     next_seq: AtomicU64,
     revoked_below_seq: AtomicU64,
+    pub(crate) webhooks: Webhooks,
+    /// Payment schedules and webhook deliveries; `None` once the emulator is dropped, which
+    /// aborts them all.
+    tasks: Mutex<Option<JoinSet<()>>>,
+    runtime: Handle,
+}
+
+/// A change of a payment's status.
+pub(crate) enum PaymentChange {
+    /// Forward to this status, through every status between.
+    To(PaymentStatus),
+    /// Forward to the next status.
+    Next,
+    /// To `failed`, for this reason.
+    Fail(String),
+}
+
+/// Why a payment's status could not change.
+pub(crate) enum MoveError {
+    UnknownPayment(String),
+    Refused(String),
+}
+
+impl fmt::Display for MoveError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MoveError::UnknownPayment(id) => write!(f, "there is no payment {id}"),
+            MoveError::Refused(why) => f.write_str(why),
+        }
+    }
 }
 
 pub(crate) enum Authorization {
@@ -128,8 +186,12 @@ pub(crate) enum Rejection {
 }
 
 impl State {
+    /// A new state for an emulator at `issuer`, its tasks spawned on the current runtime.
     pub(crate) fn new(issuer: String) -> Self {
         State {
+            webhooks: Webhooks::new(&issuer),
+            tasks: Mutex::new(Some(JoinSet::new())),
+            runtime: Handle::current(),
             issuer,
             clients: Mutex::default(),
             control: Mutex::default(),
@@ -308,8 +370,172 @@ impl State {
         lock(&self.control).payments.insert(id, payment);
     }
 
-    pub(crate) fn payment(&self, id: &str) -> Option<serde_json::Value> {
-        lock(&self.control).payments.get(id).cloned()
+    /// A payment as `GET /v3/payments/{id}` shows it.
+    pub(crate) fn payment_view(&self, id: &str) -> Option<serde_json::Value> {
+        let control = lock(&self.control);
+        let payment = control.payments.get(id)?;
+        let mut view = json!({ "id": payment["id"], "status": payment["status"] });
+        if payment["status"] == "failed" {
+            view["failure_stage"] = payment["failure_stage"].clone();
+            view["failure_reason"] = payment["failure_reason"].clone();
+        }
+        Some(view)
+    }
+
+    pub(crate) fn set_webhook_url(&self, url: Option<Uri>) {
+        lock(&self.control).webhook_url = url;
+    }
+
+    pub(crate) fn set_payment_step(&self, step: Option<Duration>) {
+        lock(&self.control).payment_step = step;
+    }
+
+    pub(crate) fn set_webhook_retry_base(&self, base: Duration) {
+        lock(&self.control).webhook_retry_base = Some(base);
+    }
+
+    pub(crate) fn webhook_retry_base(&self) -> Duration {
+        lock(&self.control)
+            .webhook_retry_base
+            .unwrap_or(WEBHOOK_RETRY_BASE)
+    }
+
+    /// Moves a payment to another status, queueing the webhooks of every status it passes
+    /// (when a webhook URL is set). Returns the status it is in now.
+    pub(crate) fn move_payment(
+        self: &Arc<Self>,
+        id: &str,
+        change: PaymentChange,
+    ) -> Result<&'static str, MoveError> {
+        let now = rfc3339(self.now_unix());
+        let mut control = lock(&self.control);
+        let url = control.webhook_url.clone();
+        let payment = control
+            .payments
+            .get_mut(id)
+            .ok_or_else(|| MoveError::UnknownPayment(id.to_owned()))?;
+        let current = match payment["status"].as_str().unwrap_or_default() {
+            "failed" => {
+                return Err(MoveError::Refused(format!(
+                    "payment {id} has failed, and failed is final"
+                )));
+            }
+            status => status
+                .parse::<PaymentStatus>()
+                .map_err(MoveError::Refused)?,
+        };
+        if current == PaymentStatus::Settled {
+            return Err(MoveError::Refused(format!(
+                "payment {id} is settled, and settled is final"
+            )));
+        }
+        let mut events = Vec::new();
+        let now_in = match change {
+            PaymentChange::Fail(reason) => {
+                payment["status"] = json!("failed");
+                payment["failure_stage"] = json!(current.as_str());
+                payment["failure_reason"] = json!(reason);
+                events.push(failed_event(payment, current, &reason, &now));
+                "failed"
+            }
+            PaymentChange::To(_) | PaymentChange::Next => {
+                let to = match change {
+                    PaymentChange::To(to) => to,
+                    _ => current.next().unwrap_or(current),
+                };
+                if to == current {
+                    return Err(MoveError::Refused(format!(
+                        "payment {id} is already {current}"
+                    )));
+                }
+                if to < current {
+                    return Err(MoveError::Refused(format!(
+                        "payment {id} is {current}; it cannot move back to {to}"
+                    )));
+                }
+                let mut status = current;
+                while let Some(next) = status.next().filter(|next| *next <= to) {
+                    status = next;
+                    payment["status"] = json!(status.as_str());
+                    events.extend(status_event(payment, status, &now));
+                }
+                status.as_str()
+            }
+        };
+        let start = match url {
+            Some(url) if !events.is_empty() => {
+                let entry = control.outbox.entry(id.to_owned());
+                let start = matches!(entry, Entry::Vacant(_));
+                entry
+                    .or_default()
+                    .extend(events.into_iter().map(|event| Webhook {
+                        url: url.clone(),
+                        event,
+                    }));
+                start
+            }
+            _ => false,
+        };
+        drop(control);
+        if start {
+            self.spawn(deliver_queue(self.clone(), id.to_owned()));
+        }
+        Ok(now_in)
+    }
+
+    /// The next webhook queued for `payment_id`; `None` (and the queue gone, so the next
+    /// webhook starts a new delivery task) when there is none.
+    pub(crate) fn next_webhook(&self, payment_id: &str) -> Option<Webhook> {
+        let mut control = lock(&self.control);
+        let next = control
+            .outbox
+            .get_mut(payment_id)
+            .and_then(VecDeque::pop_front);
+        if next.is_none() {
+            control.outbox.remove(payment_id);
+        }
+        next
+    }
+
+    /// With a payment schedule set, moves the new payment `id` forward one status each step
+    /// until it is settled (or another change makes it final).
+    pub(crate) fn schedule_payment(self: &Arc<Self>, id: String) {
+        let Some(step) = lock(&self.control).payment_step else {
+            return;
+        };
+        // The task holds no strong reference between steps: a dropped emulator is gone.
+        let state = Arc::downgrade(self);
+        self.spawn(async move {
+            loop {
+                tokio::time::sleep(step).await;
+                let Some(state) = state.upgrade() else { return };
+                match state.move_payment(&id, PaymentChange::Next) {
+                    Ok(status) if status != PaymentStatus::Settled.as_str() => {}
+                    Ok(_) => return,
+                    Err(why) => {
+                        tracing::debug!(payment_id = %id, "payment schedule stopped: {why}");
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Runs `task` until it ends or the emulator is dropped.
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let mut tasks = lock(&self.tasks);
+        if let Some(set) = tasks.as_mut() {
+            // Reap finished tasks so the set does not grow without bound.
+            while set.try_join_next().is_some() {}
+            set.spawn_on(task, &self.runtime);
+        }
+    }
+
+    /// Aborts every schedule and delivery, and refuses new ones.
+    pub(crate) fn shutdown(&self) {
+        let tasks = lock(&self.tasks).take();
+        // Dropping the set aborts its tasks.
+        drop(tasks);
     }
 
     pub(crate) fn set_api_latency(&self, latency: Duration) {
@@ -401,6 +627,9 @@ impl State {
             Counter::ApiRejection => &c.api_rejections,
             Counter::SignatureRejection => &c.signature_rejections,
             Counter::PaymentCreated => &c.payments_created,
+            Counter::WebhookSent => &c.webhooks_sent,
+            Counter::WebhookDelivered => &c.webhooks_delivered,
+            Counter::WebhookAbandoned => &c.webhooks_abandoned,
         };
         atomic.fetch_add(1, Ordering::Relaxed);
     }
@@ -416,6 +645,9 @@ impl State {
             api_rejections: c.api_rejections.load(Ordering::Relaxed),
             signature_rejections: c.signature_rejections.load(Ordering::Relaxed),
             payments_created: c.payments_created.load(Ordering::Relaxed),
+            webhooks_sent: c.webhooks_sent.load(Ordering::Relaxed),
+            webhooks_delivered: c.webhooks_delivered.load(Ordering::Relaxed),
+            webhooks_abandoned: c.webhooks_abandoned.load(Ordering::Relaxed),
         }
     }
 }
@@ -430,6 +662,9 @@ pub(crate) enum Counter {
     ApiRejection,
     SignatureRejection,
     PaymentCreated,
+    WebhookSent,
+    WebhookDelivered,
+    WebhookAbandoned,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -1,0 +1,250 @@
+//! `tlauth emulator --webhook-url` as a process: a payment created through its API moves on
+//! its schedule and the webhooks reach a receiver, signed with the key its `jku` publishes.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use truelayer_auth_signing::{Signable, Signer, Verifier};
+
+struct Running {
+    child: Child,
+    /// The startup lines on standard error.
+    banner: Vec<String>,
+    /// `TRUELAYER_*` lines on standard output.
+    env: Vec<(String, String)>,
+}
+
+impl Running {
+    fn start(args: &[&str]) -> Running {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tlauth"))
+            .arg("emulator")
+            .args(["--port", "0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let env = (0..3)
+            .map(|_| {
+                let line = stdout.next().expect("the emulator's settings").unwrap();
+                let (name, value) = line.split_once('=').unwrap();
+                (name.to_owned(), value.to_owned())
+            })
+            .collect();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut banner = vec![stderr.next().expect("a startup line").unwrap()];
+        if args.contains(&"--webhook-url") {
+            banner.push(stderr.next().expect("a webhook line").unwrap());
+        }
+        // Keep draining stderr so the emulator never blocks on a full pipe.
+        std::thread::spawn(move || for _ in stderr {});
+        Running { child, banner, env }
+    }
+
+    fn var(&self, name: &str) -> &str {
+        &self.env.iter().find(|(n, _)| n == name).unwrap().1
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Hook {
+    path: String,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Bytes,
+}
+
+impl Hook {
+    fn header(&self, name: &str) -> &str {
+        let (_, v) = self.headers.iter().find(|(n, _)| n == name).unwrap();
+        std::str::from_utf8(v).unwrap()
+    }
+}
+
+/// A receiver answering 200 to everything, handing each request over.
+async fn receiver() -> (String, mpsc::UnboundedReceiver<Hook>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/webhooks", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let tx = tx.clone();
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body.collect().await.unwrap().to_bytes();
+                        let _ = tx.send(Hook {
+                            path: parts.uri.path().to_owned(),
+                            headers: parts
+                                .headers
+                                .iter()
+                                .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+                                .collect(),
+                            body,
+                        });
+                        Ok::<_, std::convert::Infallible>(
+                            Response::builder()
+                                .status(StatusCode::OK)
+                                .body(Full::new(Bytes::new()))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (url, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_move_on_their_schedule_and_send_signed_webhooks() {
+    let (hook_url, mut hooks) = receiver().await;
+    let running = tokio::task::spawn_blocking(move || {
+        Running::start(&["--webhook-url", &hook_url, "--payment-step", "50"])
+    })
+    .await
+    .unwrap();
+    let base = running.var("TRUELAYER_ENV").to_owned();
+    let jku = format!("{base}/webhooks/jwks");
+    assert!(
+        running.banner[0].contains(&format!("jku {jku}")),
+        "{:?}",
+        running.banner
+    );
+    assert!(
+        running.banner[1].contains("every 50 ms"),
+        "{:?}",
+        running.banner
+    );
+
+    // Register a request-signing key, as in Console, and create a payment.
+    let http = reqwest::Client::new();
+    let registered = http
+        .post(format!(
+            "{base}/emulator/clients/emulator-client/signing-keys"
+        ))
+        .json(&json!({
+            "kid": "cli-test-kid",
+            "public_key_pem": include_str!("../../signing/tests/vectors/ec512-public.pem"),
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), 204);
+    let token: Value = http
+        .post(format!("{base}/connect/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", running.var("TRUELAYER_CLIENT_ID")),
+            ("client_secret", running.var("TRUELAYER_CLIENT_SECRET")),
+            ("scope", "payments"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let signer = Signer::from_pem(
+        "cli-test-kid",
+        include_bytes!("../../signing/tests/vectors/ec512-private.pem"),
+    )
+    .unwrap();
+    let body = br#"{"amount_in_minor":100,"currency":"GBP","metadata":{"order":"7"}}"#;
+    let signature = signer
+        .sign(
+            &Signable::new("POST", "/v3/payments")
+                .header("Idempotency-Key", "cli-key-1")
+                .body(body),
+        )
+        .await
+        .unwrap();
+    let created = http
+        .post(format!("{base}/v3/payments"))
+        .bearer_auth(token["access_token"].as_str().unwrap())
+        .header("content-type", "application/json")
+        .header("idempotency-key", "cli-key-1")
+        .header("tl-signature", signature)
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let id = created.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let jwks = http.get(&jku).send().await.unwrap().bytes().await.unwrap();
+    let verifier = Verifier::from_jwks(&jwks)
+        .unwrap()
+        .require_header("X-Tl-Webhook-Timestamp");
+    for kind in ["payment_authorized", "payment_executed", "payment_settled"] {
+        let hook = tokio::time::timeout(Duration::from_secs(10), hooks.recv())
+            .await
+            .expect("a webhook within 10 s")
+            .unwrap();
+        let json: Value = serde_json::from_slice(&hook.body).unwrap();
+        assert_eq!(json["type"], kind);
+        assert_eq!(json["payment_id"], id.as_str());
+        assert_eq!(json["metadata"], json!({ "order": "7" }));
+        assert_eq!(hook.path, "/webhooks");
+        let signature = hook.header("tl-signature");
+        let header = truelayer_auth_signing::jws_header(signature).unwrap();
+        assert_eq!(header.jku.as_deref(), Some(jku.as_str()));
+        let request = Signable::new("POST", &hook.path)
+            .headers(hook.headers.iter().map(|(n, v)| (n.as_str(), v)))
+            .body(&hook.body);
+        verifier.verify(&request, signature).unwrap();
+    }
+}
+
+#[test]
+fn a_webhook_url_alone_moves_payments_every_two_seconds_and_https_is_refused() {
+    let running = Running::start(&["--webhook-url", "http://127.0.0.1:9/hooks"]);
+    assert!(
+        running.banner[1].contains("every 2000 ms"),
+        "{:?}",
+        running.banner
+    );
+    drop(running);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_tlauth"))
+        .args([
+            "emulator",
+            "--port",
+            "0",
+            "--webhook-url",
+            "https://example.com/hooks",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--webhook-url") && stderr.contains("https"),
+        "{stderr}"
+    );
+}
