@@ -70,11 +70,12 @@ fn run(name: &str, mut cmd: Command) -> Result<(), String> {
 }
 
 /// `<package> --example <name>` for every example CI runs.
-const EXAMPLES: [&str; 4] = [
+const EXAMPLES: [&str; 5] = [
     "truelayer-auth-tower --example hyper_client",
     "truelayer-auth-tower --example multi_merchant",
     "truelayer-auth-tower --example axum_service",
     "truelayer-auth-tower --example reqwest_client",
+    "truelayer-auth-webhooks --example webhook_server",
 ];
 
 fn ci() -> Result<(), String> {

@@ -148,6 +148,20 @@ impl PrivateKey {
             .to_vec()
     }
 
+    /// The public key as a JWK (`kty` EC, `crv` P-521, 66-byte base64url coordinates).
+    pub(crate) fn public_jwk(&self, kid: &str) -> serde_json::Value {
+        let point = self.pair.public_key().as_ref();
+        serde_json::json!({
+            "kty": "EC",
+            "crv": "P-521",
+            "alg": jws::ALG,
+            "use": "sig",
+            "kid": kid,
+            "x": jws::encode(&point[1..67]),
+            "y": jws::encode(&point[67..133]),
+        })
+    }
+
     pub(crate) fn public_key(&self) -> PublicKey {
         PublicKey::from_point(self.pair.public_key().as_ref())
             .unwrap_or_else(|| unreachable!("a key pair's own point is valid"))

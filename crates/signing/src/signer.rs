@@ -249,6 +249,12 @@ impl Signer {
         self.generated.as_ref().map(|key| key.public_key().to_pem())
     }
 
+    /// The public key of a key made by [`Signer::generate`] as a JWK with this signer's
+    /// `kid` (`kty` EC, `crv` P-521), to publish in a JWKS (`{"keys": [...]}`).
+    pub fn public_jwk(&self) -> Option<serde_json::Value> {
+        self.generated.as_ref().map(|key| key.public_jwk(&self.kid))
+    }
+
     /// The key id.
     pub fn kid(&self) -> &str {
         &self.kid

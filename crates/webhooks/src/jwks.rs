@@ -1,0 +1,443 @@
+//! The JWKS cache: one entry per allowed `jku`, fetched only from there, single flight,
+//! rate limited, served stale when a refresh fails.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+use truelayer_auth_signing::Verifier;
+
+use crate::error::{JwksError, WebhookError};
+
+/// The largest JWKS document read (TrueLayer's has a handful of keys: a few KiB).
+pub const MAX_JWKS_BYTES: usize = 64 * 1024;
+
+/// A JWKS document as fetched, with how long its server says it may be cached.
+#[derive(Clone)]
+pub struct FetchedJwks {
+    body: Bytes,
+    max_age: Option<Duration>,
+}
+
+impl fmt::Debug for FetchedJwks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FetchedJwks")
+            .field("bytes", &self.body.len())
+            .field("max_age", &self.max_age)
+            .finish()
+    }
+}
+
+impl FetchedJwks {
+    /// A JWKS document (`{"keys": [...]}`) with no caching hint.
+    pub fn new(body: impl Into<Bytes>) -> Self {
+        FetchedJwks {
+            body: body.into(),
+            max_age: None,
+        }
+    }
+
+    /// How long the document may be cached (`Cache-Control: max-age`), kept within the
+    /// verifier's floor and ceiling.
+    #[must_use]
+    pub fn max_age(mut self, max_age: Duration) -> Self {
+        self.max_age = Some(max_age);
+        self
+    }
+}
+
+/// The future a [`FetchJwks`] returns.
+pub type FetchFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<FetchedJwks, JwksError>> + Send + 'a>>;
+
+/// Where JWKS documents come from. The default fetches the `jku` over HTTPS with reqwest
+/// (no redirects, a timeout, at most [`MAX_JWKS_BYTES`]); implement this to fetch through
+/// your own HTTP stack or an egress proxy, or to serve a pinned document.
+///
+/// It is only ever asked for a `jku` on the verifier's allow-list.
+pub trait FetchJwks: Send + Sync + fmt::Debug + 'static {
+    /// Fetches the JWKS at `jku`.
+    fn fetch<'a>(&'a self, jku: &'a str) -> FetchFuture<'a>;
+}
+
+/// The default fetcher: reqwest, rustls, no redirects.
+#[derive(Debug)]
+pub(crate) struct HttpFetcher {
+    http: reqwest::Client,
+}
+
+impl HttpFetcher {
+    pub(crate) fn new(timeout: Duration) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .timeout(timeout)
+            .user_agent(concat!(
+                "truelayer-auth-webhooks/",
+                env!("CARGO_PKG_VERSION")
+            ))
+            .build()?;
+        Ok(HttpFetcher { http })
+    }
+}
+
+impl FetchJwks for HttpFetcher {
+    fn fetch<'a>(&'a self, jku: &'a str) -> FetchFuture<'a> {
+        Box::pin(async move {
+            let transport = |e: reqwest::Error| JwksError::Transport {
+                jku: jku.to_owned(),
+                source: Arc::new(e.without_url()),
+            };
+            let mut response = self
+                .http
+                .get(jku)
+                .header(http::header::ACCEPT, "application/json")
+                .send()
+                .await
+                .map_err(transport)?;
+            if response.status() != reqwest::StatusCode::OK {
+                return Err(JwksError::Status {
+                    jku: jku.to_owned(),
+                    status: response.status().as_u16(),
+                });
+            }
+            let max_age = response
+                .headers()
+                .get(http::header::CACHE_CONTROL)
+                .and_then(|v| v.to_str().ok())
+                .and_then(cache_max_age);
+            let too_large = || JwksError::TooLarge {
+                jku: jku.to_owned(),
+                limit: MAX_JWKS_BYTES,
+            };
+            if response
+                .content_length()
+                .is_some_and(|n| n > MAX_JWKS_BYTES as u64)
+            {
+                return Err(too_large());
+            }
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(transport)? {
+                if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                    return Err(too_large());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            let mut fetched = FetchedJwks::new(body);
+            fetched.max_age = max_age;
+            Ok(fetched)
+        })
+    }
+}
+
+/// `max-age` from a `Cache-Control` value; `no-store`/`no-cache` count as zero (the floor
+/// applies).
+fn cache_max_age(value: &str) -> Option<Duration> {
+    let mut max_age = None;
+    for directive in value.split(',').map(str::trim) {
+        let lower = directive.to_ascii_lowercase();
+        if lower == "no-store" || lower == "no-cache" {
+            return Some(Duration::ZERO);
+        }
+        if let Some(seconds) = lower.strip_prefix("max-age=") {
+            max_age = seconds
+                .trim_matches('"')
+                .parse::<u64>()
+                .ok()
+                .map(Duration::from_secs);
+        }
+    }
+    max_age
+}
+
+/// How the cache treats freshness and refetching.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Policy {
+    pub(crate) min_ttl: Duration,
+    pub(crate) max_ttl: Duration,
+    pub(crate) default_ttl: Duration,
+    pub(crate) refetch_interval: Duration,
+    pub(crate) fetch_timeout: Duration,
+}
+
+/// The keys of one JWKS: the EC P-521 ones for verifying, and what the others are.
+#[derive(Debug)]
+pub(crate) struct KeySet {
+    pub(crate) verifier: Verifier,
+    /// kid → description, for keys that are not EC P-521.
+    unusable: HashMap<String, String>,
+}
+
+impl KeySet {
+    fn parse(jku: &str, body: &[u8]) -> Result<Self, JwksError> {
+        let not_jwks = || JwksError::NotJwks {
+            jku: jku.to_owned(),
+        };
+        let verifier = Verifier::from_jwks(body).map_err(|_| not_jwks())?;
+        let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| not_jwks())?;
+        let mut unusable = HashMap::new();
+        for key in value["keys"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+            let field = |name: &str| key.get(name).and_then(serde_json::Value::as_str);
+            let Some(kid) = field("kid") else { continue };
+            if verifier.has_key(kid) {
+                continue;
+            }
+            let found = match (field("kty"), field("crv")) {
+                (Some("EC"), Some("P-521")) => "an EC P-521 key with invalid coordinates".into(),
+                (Some(kty), Some(crv)) => format!("a {kty} key on {crv}"),
+                (Some(kty), None) => format!("a {kty} key"),
+                (None, _) => "a key with no kty".into(),
+            };
+            unusable.insert(kid.to_owned(), truncate(&found, 60));
+        }
+        Ok(KeySet { verifier, unusable })
+    }
+
+    fn knows(&self, kid: &str) -> bool {
+        self.verifier.has_key(kid) || self.unusable.contains_key(kid)
+    }
+
+    /// The verifier when `kid` is a usable key, else why not.
+    fn check(self: &Arc<Self>, kid: &str) -> Result<Arc<KeySet>, WebhookError> {
+        if self.verifier.has_key(kid) {
+            return Ok(self.clone());
+        }
+        Err(match self.unusable.get(kid) {
+            Some(found) => WebhookError::UnsupportedKey {
+                kid: truncate(kid, 100),
+                found: found.clone(),
+            },
+            None => WebhookError::UnknownKey {
+                kid: truncate(kid, 100),
+            },
+        })
+    }
+}
+
+#[derive(Default)]
+struct EntryState {
+    keys: Option<Arc<KeySet>>,
+    fresh_until: Option<Instant>,
+    last_attempt: Option<Instant>,
+    last_error: Option<JwksError>,
+    /// Bumped by every fetch attempt, so a caller that waited for one knows it happened.
+    attempts: u64,
+}
+
+struct Entry {
+    jku: String,
+    state: Mutex<EntryState>,
+    /// Held while fetching: one fetch at a time per `jku`. A tokio mutex, so a caller that
+    /// is dropped mid-fetch releases it and the next waiter fetches instead.
+    fetching: tokio::sync::Mutex<()>,
+}
+
+enum Decision {
+    /// These keys know the kid (fresh, or stale with no refresh allowed yet).
+    Use(Arc<KeySet>),
+    /// Fetch first; `Some` holds stale keys that know the kid.
+    Fetch(Option<Arc<KeySet>>),
+    /// No keys know the kid and no fetch is allowed yet.
+    Refuse,
+}
+
+/// The JWKS of each allowed `jku`.
+pub(crate) struct JwksCache {
+    entries: HashMap<String, Entry>,
+    fetcher: Arc<dyn FetchJwks>,
+    policy: Policy,
+}
+
+impl fmt::Debug for JwksCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwksCache")
+            .field("jkus", &self.entries.keys().collect::<Vec<_>>())
+            .field("fetcher", &self.fetcher)
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+impl JwksCache {
+    pub(crate) fn new(jkus: &[String], fetcher: Arc<dyn FetchJwks>, policy: Policy) -> Self {
+        let entries = jkus
+            .iter()
+            .map(|jku| {
+                (
+                    jku.clone(),
+                    Entry {
+                        jku: jku.clone(),
+                        state: Mutex::default(),
+                        fetching: tokio::sync::Mutex::new(()),
+                    },
+                )
+            })
+            .collect();
+        JwksCache {
+            entries,
+            fetcher,
+            policy,
+        }
+    }
+
+    pub(crate) fn allows(&self, jku: &str) -> bool {
+        self.entries.contains_key(jku)
+    }
+
+    /// The keys that can check a signature by `kid` from `jku` (which must be allowed).
+    pub(crate) async fn keys_for(&self, jku: &str, kid: &str) -> Result<Arc<KeySet>, WebhookError> {
+        let Some(entry) = self.entries.get(jku) else {
+            return Err(WebhookError::JkuNotAllowed {
+                jku: truncate(jku, 200),
+            });
+        };
+        let (decision, seen) = self.decide(entry, kid, true);
+        match decision {
+            Decision::Use(keys) => return keys.check(kid),
+            Decision::Fetch(Some(stale)) => {
+                // The kid is known from a stale copy: refresh if nobody is, else serve it.
+                let Ok(_guard) = entry.fetching.try_lock() else {
+                    return stale.check(kid);
+                };
+                if lock(&entry.state).attempts == seen {
+                    self.fetch(entry).await;
+                }
+            }
+            Decision::Fetch(None) => {
+                let _guard = entry.fetching.lock().await;
+                // Someone fetched while this caller waited: use what they got, fetch no
+                // more (a flood of unknown kids makes one fetch, not one each).
+                if lock(&entry.state).attempts == seen {
+                    self.fetch(entry).await;
+                }
+            }
+            Decision::Refuse => {
+                // No fetch allowed now; but one may be running (the first webhooks arrive
+                // together): wait for its result rather than refuse.
+                if entry.fetching.try_lock().is_ok() {
+                    return Err(self.refusal(entry, kid));
+                }
+                drop(entry.fetching.lock().await);
+            }
+        }
+        match self.decide(entry, kid, false).0 {
+            Decision::Use(keys) | Decision::Fetch(Some(keys)) => keys.check(kid),
+            Decision::Fetch(None) | Decision::Refuse => Err(self.refusal(entry, kid)),
+        }
+    }
+
+    fn decide(&self, entry: &Entry, kid: &str, may_fetch: bool) -> (Decision, u64) {
+        let state = lock(&entry.state);
+        let now = Instant::now();
+        let may_attempt = may_fetch
+            && state
+                .last_attempt
+                .is_none_or(|at| now >= at + self.policy.refetch_interval);
+        let fresh = state.fresh_until.is_some_and(|until| now < until);
+        let decision = match &state.keys {
+            Some(keys) if keys.knows(kid) => {
+                if fresh || !may_attempt {
+                    Decision::Use(keys.clone())
+                } else {
+                    Decision::Fetch(Some(keys.clone()))
+                }
+            }
+            _ if may_attempt => Decision::Fetch(None),
+            _ => Decision::Refuse,
+        };
+        (decision, state.attempts)
+    }
+
+    fn refusal(&self, entry: &Entry, kid: &str) -> WebhookError {
+        let state = lock(&entry.state);
+        match (&state.keys, &state.last_error) {
+            (Some(keys), _) => match keys.check(kid) {
+                Err(e) => e,
+                Ok(_) => WebhookError::UnknownKey {
+                    kid: truncate(kid, 100),
+                },
+            },
+            (None, Some(error)) => WebhookError::KeysUnavailable(error.clone()),
+            (None, None) => WebhookError::KeysUnavailable(JwksError::Timeout {
+                jku: entry.jku.clone(),
+            }),
+        }
+    }
+
+    /// One fetch of `entry`'s JWKS; the caller holds `entry.fetching`.
+    async fn fetch(&self, entry: &Entry) {
+        let started = Instant::now();
+        {
+            let mut state = lock(&entry.state);
+            state.last_attempt = Some(started);
+            state.attempts += 1;
+        }
+        let result =
+            match tokio::time::timeout(self.policy.fetch_timeout, self.fetcher.fetch(&entry.jku))
+                .await
+            {
+                Ok(Ok(fetched)) => {
+                    KeySet::parse(&entry.jku, &fetched.body).map(|keys| (keys, fetched))
+                }
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(JwksError::Timeout {
+                    jku: entry.jku.clone(),
+                }),
+            };
+        let mut state = lock(&entry.state);
+        match result {
+            Ok((keys, fetched)) => {
+                let ttl = fetched
+                    .max_age
+                    .unwrap_or(self.policy.default_ttl)
+                    .clamp(self.policy.min_ttl, self.policy.max_ttl);
+                tracing::debug!(jku = %entry.jku, ttl_secs = ttl.as_secs(), "fetched webhook JWKS");
+                state.keys = Some(Arc::new(keys));
+                state.fresh_until = Some(started + ttl);
+                state.last_error = None;
+            }
+            Err(error) => {
+                tracing::warn!(
+                    jku = %entry.jku,
+                    error = %crate::chain(&error),
+                    serving_stale = state.keys.is_some(),
+                    "webhook JWKS fetch failed"
+                );
+                state.last_error = Some(error);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+pub(crate) fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_control_max_age_and_no_store() {
+        assert_eq!(
+            cache_max_age("public, max-age=300"),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(cache_max_age("no-store"), Some(Duration::ZERO));
+        assert_eq!(
+            cache_max_age("Max-Age=\"60\""),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(cache_max_age("public"), None);
+        assert_eq!(cache_max_age("max-age=soon"), None);
+    }
+}

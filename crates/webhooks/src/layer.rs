@@ -1,0 +1,284 @@
+//! [`WebhookLayer`]: verify before the handler runs.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body::Body;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use tower::{Layer, Service};
+
+use crate::error::WebhookError;
+use crate::event::event_id;
+use crate::ledger::{Begin, EventLedger};
+use crate::verifier::WebhookVerifier;
+
+/// The largest webhook body read by default (TrueLayer's are a few KiB).
+pub const DEFAULT_MAX_BODY: usize = 256 * 1024;
+
+/// A tower layer that verifies TrueLayer webhooks before the handler runs.
+///
+/// The body is read (up to [`max_body_bytes`](Self::max_body_bytes), 413 above it) and
+/// checked by the [`WebhookVerifier`]; a webhook that fails gets a short `text/plain` answer
+/// (401, or 503 when the keys could not be fetched) and a `warn` log line naming why, and
+/// the handler never sees it. A verified one reaches the handler with the exact bytes as an
+/// `http_body_util::Full<Bytes>` body (axum's `Router::layer` accepts that) and a
+/// [`VerifiedWebhook`](crate::VerifiedWebhook) in its extensions.
+///
+/// With an [`EventLedger`], an `event_id` already handled is answered 200 without reaching
+/// the handler (TrueLayer retries, replays), one being handled 409.
+///
+/// # Example
+///
+/// ```
+/// use axum::{Router, routing::post};
+/// use truelayer_auth_webhooks::{InMemoryLedger, Webhook, WebhookLayer, WebhookVerifier};
+///
+/// async fn handle(webhook: Webhook) -> &'static str {
+///     println!("{} {}", webhook.event_type(), webhook.event_id);
+///     "ok"
+/// }
+///
+/// let verifier = WebhookVerifier::builder().build()?;
+/// let app: Router = Router::new()
+///     .route("/tl-webhook", post(handle))
+///     .layer(WebhookLayer::new(verifier).ledger(InMemoryLedger::new(100_000)));
+/// # let _ = app;
+/// # Ok::<(), truelayer_auth_webhooks::ConfigError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct WebhookLayer {
+    config: Arc<Config>,
+}
+
+#[derive(Debug)]
+struct Config {
+    verifier: WebhookVerifier,
+    ledger: Option<Arc<dyn EventLedger>>,
+    max_body: usize,
+}
+
+impl WebhookLayer {
+    /// A layer checking webhooks with `verifier`.
+    pub fn new(verifier: WebhookVerifier) -> Self {
+        WebhookLayer {
+            config: Arc::new(Config {
+                verifier,
+                ledger: None,
+                max_body: DEFAULT_MAX_BODY,
+            }),
+        }
+    }
+
+    /// Hands each `event_id` to the handler until one delivery is answered 2xx, and never
+    /// after.
+    #[must_use]
+    pub fn ledger(mut self, ledger: impl EventLedger) -> Self {
+        self.config_mut().ledger = Some(Arc::new(ledger));
+        self
+    }
+
+    /// The largest body read ([`DEFAULT_MAX_BODY`] by default); larger ones get 413.
+    #[must_use]
+    pub fn max_body_bytes(mut self, limit: usize) -> Self {
+        self.config_mut().max_body = limit;
+        self
+    }
+
+    fn config_mut(&mut self) -> &mut Config {
+        Arc::get_mut(&mut self.config).unwrap_or_else(|| {
+            unreachable!("a layer is configured before it is cloned into services")
+        })
+    }
+}
+
+impl<S> Layer<S> for WebhookLayer {
+    type Service = VerifyWebhooks<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        VerifyWebhooks {
+            inner,
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// The service [`WebhookLayer`] makes.
+#[derive(Clone)]
+pub struct VerifyWebhooks<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for VerifyWebhooks<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifyWebhooks")
+            .field("inner", &self.inner)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// The future [`VerifyWebhooks`] returns.
+pub type ResponseFuture<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send>>;
+
+impl<S, B, ResBody> Service<Request<B>> for VerifyWebhooks<S>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    ResBody: From<Bytes> + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        // The clone is not ready; the service that was polled ready goes into the future.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let config = self.config.clone();
+        Box::pin(async move {
+            let (mut parts, body) = request.into_parts();
+            let bytes = match read_body(body, config.max_body, &parts.headers).await {
+                Ok(bytes) => bytes,
+                Err(error) => return Ok(refuse(&error)),
+            };
+            let path = original_path(&parts);
+            let verified = match config
+                .verifier
+                .verify(&parts.method, &path, &parts.headers, &bytes)
+                .await
+            {
+                Ok(verified) => verified,
+                Err(error) => return Ok(refuse(&error)),
+            };
+            let mut claim = None;
+            if let (Some(ledger), Some(id)) = (&config.ledger, event_id(&bytes)) {
+                match ledger.begin(&id).await {
+                    Ok(Begin::New) => {
+                        claim = Some(Claim {
+                            ledger: ledger.clone(),
+                            event_id: id,
+                            settled: false,
+                        });
+                    }
+                    Ok(Begin::Done) => {
+                        tracing::debug!(event_id = %id, "webhook event already handled");
+                        return Ok(answer(StatusCode::OK, "already handled"));
+                    }
+                    Ok(Begin::InProgress) => {
+                        tracing::debug!(event_id = %id, "webhook event being handled");
+                        return Ok(answer(StatusCode::CONFLICT, "being handled"));
+                    }
+                    // Not recorded; TrueLayer will retry. Still answered (no `?`): the
+                    // handler must not run without a claim.
+                    Err(error) => {
+                        tracing::warn!(event_id = %id, error = %crate::chain(&error), "webhook ledger failed");
+                        return Ok(answer(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "event ledger unavailable",
+                        ));
+                    }
+                }
+            }
+            parts.extensions.insert(verified);
+            let response = inner
+                .call(Request::from_parts(parts, Full::new(bytes)))
+                .await?;
+            if let Some(mut claim) = claim
+                && response.status().is_success()
+            {
+                claim.settled = true;
+                if let Err(error) = claim.ledger.complete(&claim.event_id).await {
+                    tracing::warn!(
+                        event_id = %claim.event_id,
+                        error = %crate::chain(&error),
+                        "webhook handled but not recorded; a retry will reach the handler again"
+                    );
+                    claim.ledger.release(&claim.event_id);
+                }
+            }
+            // A claim not settled is dropped here: released, so TrueLayer's retry is handled.
+            Ok(response)
+        })
+    }
+}
+
+/// A claimed `event_id`: released on drop unless the handler succeeded.
+struct Claim {
+    ledger: Arc<dyn EventLedger>,
+    event_id: String,
+    settled: bool,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.ledger.release(&self.event_id);
+        }
+    }
+}
+
+async fn read_body<B>(
+    body: B,
+    limit: usize,
+    headers: &http::HeaderMap,
+) -> Result<Bytes, WebhookError>
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(WebhookError::BodyTooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<LengthLimitError>() => Err(WebhookError::BodyTooLarge { limit }),
+        Err(error) => Err(WebhookError::Body(error)),
+    }
+}
+
+/// The path TrueLayer addressed: under axum's `Router::nest` the URI is stripped of the
+/// prefix, and the original is in the extensions.
+fn original_path(parts: &http::request::Parts) -> String {
+    #[cfg(feature = "axum")]
+    if let Some(original) = parts.extensions.get::<axum::extract::OriginalUri>() {
+        return original.0.path().to_owned();
+    }
+    parts.uri.path().to_owned()
+}
+
+fn refuse<ResBody: From<Bytes>>(error: &WebhookError) -> Response<ResBody> {
+    tracing::warn!(
+        reason = error.reason(),
+        error = %crate::chain(error),
+        "webhook refused"
+    );
+    answer(error.status(), error.reason())
+}
+
+fn answer<ResBody: From<Bytes>>(status: StatusCode, text: &'static str) -> Response<ResBody> {
+    let mut response = Response::new(ResBody::from(Bytes::from_static(text.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

@@ -1,0 +1,87 @@
+//! Verify TrueLayer webhooks in tower and axum servers.
+//!
+//! TrueLayer signs each webhook with a `Tl-Signature` (ES512, detached JWS v2, the same
+//! scheme as requests) whose JOSE header names, in `jku`, the JWKS holding its key, and
+//! covers an `X-Tl-Webhook-Timestamp` header. What people get wrong, and what this crate
+//! does instead:
+//!
+//! - **Trusting the `jku` they are sent**: anyone can sign a webhook with their own key and
+//!   point `jku` at their own JWKS. The `jku` must match an allow-list exactly (TrueLayer's
+//!   production and sandbox URLs by default), checked before anything is fetched.
+//! - **Fetching the JWKS on every webhook, or never refreshing it**: the JWKS of each
+//!   allowed URL is cached per its `Cache-Control` (within a floor and a ceiling), refetched
+//!   once when a webhook names an unknown `kid` (a key rotation), at most once per interval
+//!   however many webhooks ask (a flood of made-up kids costs one fetch), and the last good
+//!   copy is served when a refresh fails.
+//! - **Accepting replays**: the timestamp must be signed and within a window of now (5
+//!   minutes by default, both directions), and an [`EventLedger`] hands each `event_id` to the
+//!   handler until it succeeds once (TrueLayer retries until it gets a 2xx).
+//!
+//! [`WebhookLayer`] does all of it in front of any tower service; with the `axum` feature
+//! (on by default), a handler takes a typed [`Webhook`] as an extractor.
+//!
+//! # Example
+//!
+//! ```
+//! use axum::{Router, http::StatusCode, routing::post};
+//! use truelayer_auth_webhooks::{
+//!     InMemoryLedger, Webhook, WebhookEvent, WebhookLayer, WebhookVerifier,
+//! };
+//!
+//! async fn on_webhook(webhook: Webhook) -> StatusCode {
+//!     match &webhook.event {
+//!         WebhookEvent::PaymentSettled(settled) => {
+//!             println!("payment {} settled", settled.payment_id);
+//!         }
+//!         WebhookEvent::PaymentFailed(failed) => {
+//!             println!("payment {} failed: {:?}", failed.payment_id, failed.failure_reason);
+//!         }
+//!         other => println!("ignoring {}", other.event_type()),
+//!     }
+//!     StatusCode::OK
+//! }
+//!
+//! let verifier = WebhookVerifier::builder().build()?; // TrueLayer's production + sandbox
+//! let app: Router = Router::new()
+//!     .route("/tl-webhook", post(on_webhook))
+//!     .layer(WebhookLayer::new(verifier).ledger(InMemoryLedger::new(100_000)));
+//! # let _ = app;
+//! # Ok::<(), truelayer_auth_webhooks::ConfigError>(())
+//! ```
+
+#![forbid(unsafe_code)]
+
+#[cfg(feature = "axum")]
+mod axum_extract;
+mod error;
+mod event;
+mod jwks;
+mod layer;
+mod ledger;
+mod verifier;
+
+#[cfg(feature = "axum")]
+pub use axum_extract::WebhookRejection;
+pub use error::{ConfigError, JwksError, WebhookError};
+pub use event::{
+    PaymentAuthorized, PaymentExecuted, PaymentFailed, PaymentSettled, Webhook, WebhookEvent,
+};
+pub use jwks::{FetchFuture, FetchJwks, FetchedJwks, MAX_JWKS_BYTES};
+pub use layer::{DEFAULT_MAX_BODY, ResponseFuture, VerifyWebhooks, WebhookLayer};
+pub use ledger::{Begin, EventLedger, InMemoryLedger, LedgerError, LedgerFuture};
+pub use verifier::{
+    SIGNATURE_HEADER, TIMESTAMP_HEADER, TRUELAYER_PRODUCTION_JKU, TRUELAYER_SANDBOX_JKU,
+    VerifiedWebhook, WebhookVerifier, WebhookVerifierBuilder,
+};
+
+/// An error and its causes, `: `-separated, for log lines.
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

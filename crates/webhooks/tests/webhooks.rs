@@ -1,0 +1,836 @@
+//! The webhook layer and its JWKS cache against JWKS servers run by the test (never the
+//! network): allow-list, timestamp window, rotation, kid floods, JWKS outages, key types,
+//! body limits, the ledger, axum and plain hyper.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Extension;
+use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tower::ServiceExt;
+use truelayer_auth_signing::{Signable, Signer};
+use truelayer_auth_webhooks::{
+    FetchFuture, FetchJwks, FetchedJwks, InMemoryLedger, VerifiedWebhook, Webhook, WebhookError,
+    WebhookEvent, WebhookLayer, WebhookVerifier,
+};
+
+/// A JWKS server: its keys, status and caching can change; it counts fetches.
+#[derive(Clone)]
+struct JwksServer {
+    addr: SocketAddr,
+    state: Arc<JwksState>,
+}
+
+struct JwksState {
+    keys: Mutex<Value>,
+    status: AtomicU16,
+    max_age: AtomicU64,
+    fetches: AtomicUsize,
+    delay_ms: AtomicU64,
+}
+
+impl JwksServer {
+    async fn start(keys: Vec<Value>) -> Self {
+        let state = Arc::new(JwksState {
+            keys: Mutex::new(json!({ "keys": keys })),
+            status: AtomicU16::new(200),
+            max_age: AtomicU64::new(300),
+            fetches: AtomicUsize::new(0),
+            delay_ms: AtomicU64::new(0),
+        });
+        let served = state.clone();
+        let app = Router::new().route(
+            "/jwks",
+            get(move || {
+                let state = served.clone();
+                async move {
+                    state.fetches.fetch_add(1, Ordering::SeqCst);
+                    let delay = state.delay_ms.load(Ordering::SeqCst);
+                    if delay > 0 {
+                        tokio::time::sleep(Duration::from_millis(delay)).await;
+                    }
+                    let status = StatusCode::from_u16(state.status.load(Ordering::SeqCst))
+                        .unwrap_or(StatusCode::OK);
+                    let body = state.keys.lock().unwrap().to_string();
+                    let max_age = state.max_age.load(Ordering::SeqCst);
+                    (
+                        status,
+                        [("cache-control", format!("public, max-age={max_age}"))],
+                        body,
+                    )
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        JwksServer { addr, state }
+    }
+
+    fn jku(&self) -> String {
+        format!("http://{}/jwks", self.addr)
+    }
+
+    fn fetches(&self) -> usize {
+        self.state.fetches.load(Ordering::SeqCst)
+    }
+
+    fn set_keys(&self, keys: Vec<Value>) {
+        *self.state.keys.lock().unwrap() = json!({ "keys": keys });
+    }
+}
+
+fn now_rfc3339(offset: Duration, past: bool) -> String {
+    let now = OffsetDateTime::now_utc();
+    let at = if past { now - offset } else { now + offset };
+    at.replace_nanosecond(0).unwrap().format(&Rfc3339).unwrap()
+}
+
+/// A webhook as TrueLayer sends it: signed timestamp and content type, with a jku.
+async fn webhook(signer: &Signer, jku: &str, path: &str, body: &str) -> Request<Body> {
+    webhook_at(signer, jku, path, body, &now_rfc3339(Duration::ZERO, true)).await
+}
+
+async fn webhook_at(
+    signer: &Signer,
+    jku: &str,
+    path: &str,
+    body: &str,
+    timestamp: &str,
+) -> Request<Body> {
+    let signature = signer
+        .sign_with_jku(
+            &Signable::new("POST", path)
+                .header("X-Tl-Webhook-Timestamp", timestamp)
+                .header("Content-Type", "application/json")
+                .body(body.as_bytes()),
+            Some(jku),
+        )
+        .await
+        .unwrap();
+    Request::post(path)
+        .header("x-tl-webhook-timestamp", timestamp)
+        .header("content-type", "application/json")
+        .header("tl-signature", signature)
+        .body(Body::from(body.to_owned()))
+        .unwrap()
+}
+
+fn settled_body(event_id: &str) -> String {
+    json!({
+        "type": "payment_settled",
+        "event_id": event_id,
+        "event_version": 1,
+        "payment_id": "pay-1",
+        "settled_at": "2026-11-26T10:00:00Z",
+        "payment_method": { "type": "bank_transfer" },
+    })
+    .to_string()
+}
+
+/// An axum app behind the layer; records what its handler saw.
+#[derive(Clone, Default)]
+struct Seen(Arc<Mutex<Vec<(String, String)>>>);
+
+impl Seen {
+    fn events(&self) -> Vec<(String, String)> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+fn app(layer: WebhookLayer, seen: Seen, answer: StatusCode) -> Router {
+    Router::new()
+        .route(
+            "/tl-webhook",
+            post(
+                move |Extension(verified): Extension<VerifiedWebhook>, webhook: Webhook| {
+                    let seen = seen.clone();
+                    async move {
+                        assert!(!verified.kid().is_empty());
+                        seen.0
+                            .lock()
+                            .unwrap()
+                            .push((webhook.event_type().to_owned(), webhook.event_id.clone()));
+                        answer
+                    }
+                },
+            ),
+        )
+        .layer(layer)
+}
+
+async fn send(app: &Router, request: Request<Body>) -> (StatusCode, String) {
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn verifier_for(jkus: &[&str]) -> truelayer_auth_webhooks::WebhookVerifierBuilder {
+    WebhookVerifier::builder().allowed_jkus(jkus.iter().map(|s| (*s).to_owned()))
+}
+
+#[tokio::test]
+async fn a_signed_webhook_reaches_the_handler_typed_and_a_tampered_one_does_not() {
+    let signer = Signer::generate("tl-key-1");
+    let jwks = JwksServer::start(vec![signer.public_jwk().unwrap()]).await;
+    let verifier = verifier_for(&[&jwks.jku()]).build().unwrap();
+    let seen = Seen::default();
+    let app = app(WebhookLayer::new(verifier), seen.clone(), StatusCode::OK);
+
+    let (status, _) = send(
+        &app,
+        webhook(&signer, &jwks.jku(), "/tl-webhook", &settled_body("e-1")).await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        seen.events(),
+        vec![("payment_settled".to_owned(), "e-1".to_owned())]
+    );
+
+    // The same signature over a different body.
+    let mut tampered = webhook(&signer, &jwks.jku(), "/tl-webhook", &settled_body("e-2")).await;
+    *tampered.body_mut() = Body::from(settled_body("e-2").replace("pay-1", "pay-9"));
+    let (status, reason) = send(&app, tampered).await;
+    assert_eq!(
+        (status, reason.as_str()),
+        (StatusCode::UNAUTHORIZED, "invalid_signature")
+    );
+
+    // Signed for another path.
+    let mut moved = webhook(&signer, &jwks.jku(), "/other", &settled_body("e-3")).await;
+    *moved.uri_mut() = "/tl-webhook".parse().unwrap();
+    assert_eq!(send(&app, moved).await.0, StatusCode::UNAUTHORIZED);
+
+    // No signature at all.
+    let bare = Request::post("/tl-webhook")
+        .header("x-tl-webhook-timestamp", now_rfc3339(Duration::ZERO, true))
+        .body(Body::from(settled_body("e-4")))
+        .unwrap();
+    assert_eq!(
+        send(&app, bare).await,
+        (StatusCode::UNAUTHORIZED, "missing_signature".into())
+    );
+    assert_eq!(
+        seen.events().len(),
+        1,
+        "refused webhooks never reach the handler"
+    );
+    assert_eq!(jwks.fetches(), 1, "one fetch served every check");
+}
+
+#[tokio::test]
+async fn a_jku_off_the_allow_list_is_refused_without_any_fetch() {
+    let truelayer = Signer::generate("tl-key");
+    let attacker = Signer::generate("tl-key");
+    let allowed = JwksServer::start(vec![truelayer.public_jwk().unwrap()]).await;
+    let evil = JwksServer::start(vec![attacker.public_jwk().unwrap()]).await;
+    let seen = Seen::default();
+    let app = app(
+        WebhookLayer::new(verifier_for(&[&allowed.jku()]).build().unwrap()),
+        seen.clone(),
+        StatusCode::OK,
+    );
+    // The attacker's own key and JWKS: a signature that verifies, under a jku of their own.
+    let forged = webhook(&attacker, &evil.jku(), "/tl-webhook", &settled_body("e-1")).await;
+    assert_eq!(
+        send(&app, forged).await,
+        (StatusCode::UNAUTHORIZED, "jku_not_allowed".into())
+    );
+    // A near miss of the allowed URL is not allowed either: the match is exact.
+    let near = format!("{}/", allowed.jku());
+    let forged = webhook(&attacker, &near, "/tl-webhook", &settled_body("e-2")).await;
+    assert_eq!(send(&app, forged).await.0, StatusCode::UNAUTHORIZED);
+    // The attacker's key under the allowed jku does not verify.
+    let forged = webhook(
+        &attacker,
+        &allowed.jku(),
+        "/tl-webhook",
+        &settled_body("e-3"),
+    )
+    .await;
+    assert_eq!(
+        send(&app, forged).await,
+        (StatusCode::UNAUTHORIZED, "invalid_signature".into())
+    );
+    assert_eq!(evil.fetches(), 0, "an off-list jku is never fetched");
+    assert!(seen.events().is_empty());
+}
+
+#[tokio::test]
+async fn stale_future_and_unsigned_timestamps_are_refused_before_any_fetch() {
+    let signer = Signer::generate("k");
+    let jwks = JwksServer::start(vec![signer.public_jwk().unwrap()]).await;
+    let app = app(
+        WebhookLayer::new(verifier_for(&[&jwks.jku()]).build().unwrap()),
+        Seen::default(),
+        StatusCode::OK,
+    );
+    let body = settled_body("e-1");
+    for (timestamp, why) in [
+        (
+            now_rfc3339(Duration::from_secs(6 * 60), true),
+            "timestamp_outside_window",
+        ),
+        (
+            now_rfc3339(Duration::from_secs(6 * 60), false),
+            "timestamp_outside_window",
+        ),
+        ("yesterday".to_owned(), "invalid_timestamp"),
+    ] {
+        let request = webhook_at(&signer, &jwks.jku(), "/tl-webhook", &body, &timestamp).await;
+        assert_eq!(
+            send(&app, request).await,
+            (StatusCode::UNAUTHORIZED, why.into()),
+            "{timestamp}"
+        );
+    }
+    // A valid timestamp the signature does not cover: it could be swapped for a fresh one.
+    let signature = signer
+        .sign_with_jku(
+            &Signable::new("POST", "/tl-webhook")
+                .header("Content-Type", "application/json")
+                .body(body.as_bytes()),
+            Some(&jwks.jku()),
+        )
+        .await
+        .unwrap();
+    let unsigned = Request::post("/tl-webhook")
+        .header("x-tl-webhook-timestamp", now_rfc3339(Duration::ZERO, true))
+        .header("content-type", "application/json")
+        .header("tl-signature", signature)
+        .body(Body::from(body.clone()))
+        .unwrap();
+    assert_eq!(
+        send(&app, unsigned).await,
+        (StatusCode::UNAUTHORIZED, "timestamp_not_signed".into())
+    );
+    assert_eq!(jwks.fetches(), 0);
+    // Inside the window, in either direction.
+    for timestamp in [
+        now_rfc3339(Duration::from_secs(4 * 60), true),
+        now_rfc3339(Duration::from_secs(4 * 60), false),
+    ] {
+        let request = webhook_at(&signer, &jwks.jku(), "/tl-webhook", &body, &timestamp).await;
+        assert_eq!(send(&app, request).await.0, StatusCode::OK, "{timestamp}");
+    }
+}
+
+#[tokio::test]
+async fn a_thousand_concurrent_first_webhooks_make_one_fetch() {
+    let signer = Signer::generate("k");
+    let jwks = JwksServer::start(vec![signer.public_jwk().unwrap()]).await;
+    jwks.state.delay_ms.store(200, Ordering::SeqCst);
+    let verifier = verifier_for(&[&jwks.jku()]).build().unwrap();
+    let request = webhook(&signer, &jwks.jku(), "/tl-webhook", &settled_body("e")).await;
+    let (parts, body) = request.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..1000 {
+        let (verifier, headers, body) = (verifier.clone(), parts.headers.clone(), body.clone());
+        tasks.spawn(async move {
+            verifier
+                .verify(&Method::POST, "/tl-webhook", &headers, &body)
+                .await
+                .map(|_| ())
+        });
+    }
+    let mut verified = 0;
+    while let Some(result) = tasks.join_next().await {
+        result.unwrap().unwrap();
+        verified += 1;
+    }
+    assert_eq!(verified, 1000);
+    assert_eq!(jwks.fetches(), 1);
+}
+
+#[tokio::test]
+async fn a_rotated_key_is_fetched_once_and_a_removed_one_refused() {
+    let old = Signer::generate("key-2025");
+    let new = Signer::generate("key-2026");
+    let jwks = JwksServer::start(vec![old.public_jwk().unwrap()]).await;
+    let verifier = verifier_for(&[&jwks.jku()])
+        .jwks_refetch_interval(Duration::ZERO)
+        .build()
+        .unwrap();
+    let check = |request: Request<Body>| {
+        let verifier = verifier.clone();
+        async move {
+            let (parts, body) = request.into_parts();
+            let body = body.collect().await.unwrap().to_bytes();
+            verifier
+                .verify(&parts.method, parts.uri.path(), &parts.headers, &body)
+                .await
+        }
+    };
+    check(webhook(&old, &jwks.jku(), "/h", &settled_body("1")).await)
+        .await
+        .unwrap();
+    assert_eq!(jwks.fetches(), 1);
+    // TrueLayer rotates: the new key is published, the old one withdrawn.
+    jwks.set_keys(vec![new.public_jwk().unwrap()]);
+    let verified = check(webhook(&new, &jwks.jku(), "/h", &settled_body("2")).await)
+        .await
+        .unwrap();
+    assert_eq!(verified.kid(), "key-2026");
+    assert_eq!(jwks.fetches(), 2, "the unknown kid made one refetch");
+    check(webhook(&new, &jwks.jku(), "/h", &settled_body("3")).await)
+        .await
+        .unwrap();
+    assert_eq!(jwks.fetches(), 2, "the fresh copy serves the new key");
+    let refused = check(webhook(&old, &jwks.jku(), "/h", &settled_body("4")).await).await;
+    assert!(
+        matches!(refused, Err(WebhookError::UnknownKey { .. })),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_flood_of_unknown_kids_makes_one_fetch_per_interval() {
+    let real = Signer::generate("real");
+    let jwks = JwksServer::start(vec![real.public_jwk().unwrap()]).await;
+    let verifier = verifier_for(&[&jwks.jku()]).build().unwrap(); // 30 s refetch interval
+    let app = app(WebhookLayer::new(verifier), Seen::default(), StatusCode::OK);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..300 {
+        let bogus = Signer::generate(format!("bogus-{i}"));
+        let request = webhook(&bogus, &jwks.jku(), "/tl-webhook", &settled_body("e")).await;
+        let app = app.clone();
+        tasks.spawn(async move { send(&app, request).await });
+    }
+    while let Some(result) = tasks.join_next().await {
+        assert_eq!(
+            result.unwrap(),
+            (StatusCode::UNAUTHORIZED, "unknown_key".into())
+        );
+    }
+    assert_eq!(jwks.fetches(), 1, "one fetch for 300 made-up kids");
+    let genuine = webhook(&real, &jwks.jku(), "/tl-webhook", &settled_body("e")).await;
+    assert_eq!(
+        send(&app, genuine).await.0,
+        StatusCode::OK,
+        "real webhooks still pass"
+    );
+}
+
+#[tokio::test]
+async fn when_the_jwks_is_down_the_last_good_copy_is_served() {
+    let signer = Signer::generate("k");
+    let jwks = JwksServer::start(vec![signer.public_jwk().unwrap()]).await;
+    jwks.state.max_age.store(0, Ordering::SeqCst); // stale at once (floor set to zero below)
+    let verifier = verifier_for(&[&jwks.jku()])
+        .jwks_ttl(Duration::ZERO, Duration::ZERO, Duration::from_secs(60))
+        .jwks_refetch_interval(Duration::ZERO)
+        .build()
+        .unwrap();
+    let app = app(WebhookLayer::new(verifier), Seen::default(), StatusCode::OK);
+    let jku = jwks.jku();
+    let request = webhook(&signer, &jku, "/tl-webhook", &settled_body("1")).await;
+    assert_eq!(send(&app, request).await.0, StatusCode::OK);
+    jwks.state.status.store(503, Ordering::SeqCst);
+    for id in ["2", "3"] {
+        let request = webhook(&signer, &jku, "/tl-webhook", &settled_body(id)).await;
+        assert_eq!(
+            send(&app, request).await.0,
+            StatusCode::OK,
+            "stale keys serve"
+        );
+    }
+    assert_eq!(
+        jwks.fetches(),
+        3,
+        "each stale use tried a refresh (interval zero)"
+    );
+
+    // With nothing cached, an outage is a 503 (TrueLayer retries), not a 401.
+    let cold = JwksServer::start(vec![signer.public_jwk().unwrap()]).await;
+    cold.state.status.store(500, Ordering::SeqCst);
+    let app = app_for(&cold);
+    let request = webhook(&signer, &cold.jku(), "/tl-webhook", &settled_body("1")).await;
+    assert_eq!(
+        send(&app, request).await,
+        (StatusCode::SERVICE_UNAVAILABLE, "keys_unavailable".into())
+    );
+}
+
+fn app_for(jwks: &JwksServer) -> Router {
+    app(
+        WebhookLayer::new(verifier_for(&[&jwks.jku()]).build().unwrap()),
+        Seen::default(),
+        StatusCode::OK,
+    )
+}
+
+#[tokio::test]
+async fn an_rsa_or_wrong_curve_key_under_the_kid_is_refused() {
+    let signer = Signer::generate("k");
+    let rsa = json!({"kty": "RSA", "kid": "k", "n": "0vx7agoebGcQSuu", "e": "AQAB"});
+    let p256 = json!({"kty": "EC", "crv": "P-256", "kid": "k",
+        "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+        "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"});
+    for (key, found) in [(rsa, "RSA"), (p256, "P-256")] {
+        let jwks = JwksServer::start(vec![key]).await;
+        let verifier = verifier_for(&[&jwks.jku()]).build().unwrap();
+        let request = webhook(&signer, &jwks.jku(), "/h", &settled_body("1")).await;
+        let (parts, body) = request.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        let error = verifier
+            .verify(&parts.method, "/h", &parts.headers, &body)
+            .await
+            .unwrap_err();
+        match &error {
+            WebhookError::UnsupportedKey { kid, found: what } => {
+                assert_eq!(kid, "k");
+                assert!(what.contains(found), "{what}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(error.status(), StatusCode::UNAUTHORIZED);
+    }
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_gets_413_and_never_reaches_the_handler() {
+    let signer = Signer::generate("k");
+    let jwks = JwksServer::start(vec![signer.public_jwk().unwrap()]).await;
+    let seen = Seen::default();
+    let app = app(
+        WebhookLayer::new(verifier_for(&[&jwks.jku()]).build().unwrap()).max_body_bytes(1024),
+        seen.clone(),
+        StatusCode::OK,
+    );
+    let big = json!({"type": "payment_settled", "event_id": "e", "payment_id": "p",
+        "padding": "x".repeat(2000)})
+    .to_string();
+    let request = webhook(&signer, &jwks.jku(), "/tl-webhook", &big).await;
+    assert_eq!(
+        send(&app, request).await,
+        (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large".into())
+    );
+    // Without a Content-Length (chunked), the limit holds while reading.
+    let mut request = webhook(&signer, &jwks.jku(), "/tl-webhook", &big).await;
+    let chunks = big
+        .as_bytes()
+        .chunks(100)
+        .map(|c| Ok::<_, Infallible>(http_body::Frame::data(Bytes::copy_from_slice(c))))
+        .collect::<Vec<_>>();
+    *request.body_mut() = Body::new(http_body_util::StreamBody::new(futures_util::stream::iter(
+        chunks,
+    )));
+    assert_eq!(send(&app, request).await.0, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(seen.events().is_empty());
+    assert_eq!(jwks.fetches(), 0);
+}
+
+#[tokio::test]
+async fn the_ledger_hands_an_event_to_the_handler_until_it_succeeds_once() {
+    let signer = Signer::generate("k");
+    let jwks = JwksServer::start(vec![signer.public_jwk().unwrap()]).await;
+    let verifier = verifier_for(&[&jwks.jku()]).build().unwrap();
+    let layer = WebhookLayer::new(verifier).ledger(InMemoryLedger::new(1000));
+    let failing = Seen::default();
+    let down = app(
+        layer.clone(),
+        failing.clone(),
+        StatusCode::INTERNAL_SERVER_ERROR,
+    );
+    let seen = Seen::default();
+    let up = app(layer, seen.clone(), StatusCode::OK);
+    let body = settled_body("evt-1");
+
+    // The handler fails: the event is not marked, TrueLayer's retry reaches the handler.
+    let first = webhook(&signer, &jwks.jku(), "/tl-webhook", &body).await;
+    assert_eq!(
+        send(&down, first).await.0,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    let retry = webhook(&signer, &jwks.jku(), "/tl-webhook", &body).await;
+    assert_eq!(send(&up, retry).await.0, StatusCode::OK);
+    // Handled: a later retry, or a replay of the captured request, does not reach it again.
+    let again = webhook(&signer, &jwks.jku(), "/tl-webhook", &body).await;
+    let replay = clone_request(&again, &body).await;
+    assert_eq!(
+        send(&up, again).await,
+        (StatusCode::OK, "already handled".into())
+    );
+    assert_eq!(send(&up, replay).await.0, StatusCode::OK);
+    assert_eq!(failing.events().len(), 1);
+    assert_eq!(
+        seen.events(),
+        vec![("payment_settled".to_owned(), "evt-1".to_owned())]
+    );
+}
+
+/// A byte-for-byte copy of a webhook, as an attacker who captured it would send it.
+async fn clone_request(request: &Request<Body>, body: &str) -> Request<Body> {
+    let mut copy = Request::post(request.uri().clone())
+        .body(Body::from(body.to_owned()))
+        .unwrap();
+    *copy.headers_mut() = request.headers().clone();
+    copy
+}
+
+#[tokio::test]
+async fn under_router_nest_the_original_path_is_verified() {
+    let signer = Signer::generate("k");
+    let jwks = JwksServer::start(vec![signer.public_jwk().unwrap()]).await;
+    let seen = Seen::default();
+    let inner = app(
+        WebhookLayer::new(verifier_for(&[&jwks.jku()]).build().unwrap()),
+        seen.clone(),
+        StatusCode::OK,
+    );
+    let outer = Router::new().nest("/hooks", inner);
+    let request = webhook(
+        &signer,
+        &jwks.jku(),
+        "/hooks/tl-webhook",
+        &settled_body("1"),
+    )
+    .await;
+    assert_eq!(send(&outer, request).await.0, StatusCode::OK);
+    assert_eq!(seen.events().len(), 1);
+}
+
+#[tokio::test]
+async fn the_extractor_refuses_requests_no_layer_verified() {
+    let app: Router = Router::new().route(
+        "/tl-webhook",
+        post(|webhook: Webhook| async move { webhook.event_id }),
+    );
+    let request = Request::post("/tl-webhook")
+        .body(Body::from(settled_body("e")))
+        .unwrap();
+    assert_eq!(
+        send(&app, request).await.0,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+}
+
+#[tokio::test]
+async fn plain_hyper_serves_the_layer_over_a_real_connection() {
+    use hyper_util::rt::TokioIo;
+    use hyper_util::service::TowerToHyperService;
+
+    let signer = Signer::generate("k");
+    let jwks = JwksServer::start(vec![signer.public_jwk().unwrap()]).await;
+    let verifier = verifier_for(&[&jwks.jku()]).build().unwrap();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let counter = handled.clone();
+    let service = tower::ServiceBuilder::new()
+        .layer(WebhookLayer::new(verifier))
+        .service_fn(move |request: Request<Full<Bytes>>| {
+            let counter = counter.clone();
+            async move {
+                assert!(request.extensions().get::<VerifiedWebhook>().is_some());
+                let body = request.into_body().collect().await?.to_bytes();
+                let webhook: Webhook = serde_json::from_slice(&body).unwrap();
+                assert!(matches!(webhook.event, WebhookEvent::PaymentSettled(_)));
+                counter.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
+            }
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let service = TowerToHyperService::new(service.clone());
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    let request = webhook(&signer, &jwks.jku(), "/tl-webhook", &settled_body("1")).await;
+    let client = reqwest_like(addr, request).await;
+    assert_eq!(client, 200);
+    let mut forged = webhook(&signer, &jwks.jku(), "/tl-webhook", &settled_body("1")).await;
+    forged
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("text/plain"));
+    assert_eq!(reqwest_like(addr, forged).await, 401);
+    assert_eq!(handled.load(Ordering::SeqCst), 1);
+}
+
+/// Sends a request over a real hyper client connection, returning the status.
+async fn reqwest_like(addr: SocketAddr, request: Request<Body>) -> u16 {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let (mut parts, body) = request.into_parts();
+    parts
+        .headers
+        .insert("host", HeaderValue::from_str(&addr.to_string()).unwrap());
+    let body = body.collect().await.unwrap().to_bytes();
+    let response = sender
+        .send_request(Request::from_parts(parts, Full::new(body)))
+        .await
+        .unwrap();
+    response.status().as_u16()
+}
+
+/// TrueLayer's webhook vector, with the JWKS of the vectors folder served for its jku.
+#[derive(Debug)]
+struct VectorJwks;
+
+impl FetchJwks for VectorJwks {
+    fn fetch<'a>(&'a self, jku: &'a str) -> FetchFuture<'a> {
+        assert_eq!(jku, truelayer_auth_webhooks::TRUELAYER_PRODUCTION_JKU);
+        Box::pin(async {
+            Ok(FetchedJwks::new(include_str!(
+                "../../signing/tests/vectors/jwks.json"
+            )))
+        })
+    }
+}
+
+#[tokio::test]
+async fn truelayers_webhook_vector_verifies_with_the_vector_jwks() {
+    let signature = include_str!("../../signing/tests/vectors/webhook-signature.txt").trim();
+    let sent = OffsetDateTime::parse("2021-11-29T11:42:55Z", &Rfc3339).unwrap();
+    let age = SystemTime::now().duration_since(sent.into()).unwrap();
+    let verifier = WebhookVerifier::builder()
+        .allowed_jkus([truelayer_auth_webhooks::TRUELAYER_PRODUCTION_JKU])
+        .fetcher(VectorJwks)
+        // The vector was signed in 2021: widen the window to reach it.
+        .timestamp_window(age + Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "x-tl-webhook-timestamp",
+        HeaderValue::from_static("2021-11-29T11:42:55Z"),
+    );
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    headers.insert("tl-signature", HeaderValue::from_str(signature).unwrap());
+    let body = br#"{"event_type":"example","event_id":"18b2842b-a57b-4887-a0a6-d3c7c36f1020"}"#;
+    let verified = verifier
+        .verify(&Method::POST, "/tl-webhook", &headers, body)
+        .await
+        .unwrap();
+    assert_eq!(verified.kid(), "45fc75cf-5649-4134-84b3-192c2c78e990");
+    assert_eq!(verified.timestamp(), SystemTime::from(sent));
+    let webhook: Webhook = serde_json::from_slice(body).unwrap();
+    assert_eq!(webhook.event_type(), "example");
+    // The same vector with the timestamp changed, or under the default window, is refused.
+    let mut moved = headers.clone();
+    moved.insert(
+        "x-tl-webhook-timestamp",
+        HeaderValue::from_static("2021-11-29T11:42:56Z"),
+    );
+    assert!(matches!(
+        verifier
+            .verify(&Method::POST, "/tl-webhook", &moved, body)
+            .await,
+        Err(WebhookError::InvalidSignature(_))
+    ));
+    let strict = WebhookVerifier::builder()
+        .fetcher(VectorJwks)
+        .build()
+        .unwrap();
+    assert!(matches!(
+        strict
+            .verify(&Method::POST, "/tl-webhook", &headers, body)
+            .await,
+        Err(WebhookError::TimestampOutsideWindow { .. })
+    ));
+}
+
+/// A fetcher in the test process, so time can run on tokio's paused clock (no sockets).
+#[derive(Debug, Clone)]
+struct CountingJwks {
+    jwks: Arc<Mutex<FetchedJwks>>,
+    fetches: Arc<AtomicUsize>,
+}
+
+impl FetchJwks for CountingJwks {
+    fn fetch<'a>(&'a self, _jku: &'a str) -> FetchFuture<'a> {
+        self.fetches.fetch_add(1, Ordering::SeqCst);
+        let jwks = self.jwks.lock().unwrap().clone();
+        Box::pin(async move { Ok(jwks) })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn cache_control_is_kept_within_the_floor_and_ceiling_and_refetches_are_spaced() {
+    let signer = Signer::generate("k");
+    let jku = "https://webhooks.example.test/jwks";
+    let document = json!({ "keys": [signer.public_jwk().unwrap()] }).to_string();
+    let fetcher = CountingJwks {
+        jwks: Arc::new(Mutex::new(
+            FetchedJwks::new(document.clone()).max_age(Duration::from_secs(5)),
+        )),
+        fetches: Arc::new(AtomicUsize::new(0)),
+    };
+    let verifier = WebhookVerifier::builder()
+        .allowed_jkus([jku])
+        .fetcher(fetcher.clone())
+        .jwks_ttl(
+            Duration::from_secs(60),
+            Duration::from_secs(600),
+            Duration::from_secs(3600),
+        )
+        .build()
+        .unwrap();
+    let verify = |signer: Signer| {
+        let verifier = verifier.clone();
+        async move {
+            let request = webhook(&signer, jku, "/h", &settled_body("1")).await;
+            let (parts, body) = request.into_parts();
+            let body = body.collect().await.unwrap().to_bytes();
+            verifier
+                .verify(&parts.method, "/h", &parts.headers, &body)
+                .await
+        }
+    };
+    let fetches = || fetcher.fetches.load(Ordering::SeqCst);
+    verify(signer.clone()).await.unwrap();
+    assert_eq!(fetches(), 1);
+    // max-age=5 is raised to the 60 s floor.
+    tokio::time::advance(Duration::from_secs(59)).await;
+    verify(signer.clone()).await.unwrap();
+    assert_eq!(fetches(), 1, "fresh for the floor, not the 5 s asked");
+    tokio::time::advance(Duration::from_secs(2)).await;
+    verify(signer.clone()).await.unwrap();
+    assert_eq!(fetches(), 2, "stale after the floor: one refresh");
+
+    // A week asked is cut to the one-hour ceiling.
+    *fetcher.jwks.lock().unwrap() =
+        FetchedJwks::new(document).max_age(Duration::from_secs(7 * 24 * 3600));
+    tokio::time::advance(Duration::from_secs(61)).await;
+    verify(signer.clone()).await.unwrap();
+    assert_eq!(fetches(), 3);
+    tokio::time::advance(Duration::from_secs(3599)).await;
+    verify(signer.clone()).await.unwrap();
+    assert_eq!(fetches(), 3);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    verify(signer.clone()).await.unwrap();
+    assert_eq!(fetches(), 4, "the ceiling ends freshness");
+
+    // Unknown kids: at most one refetch per 30 s interval.
+    let stranger = Signer::generate("stranger");
+    tokio::time::advance(Duration::from_secs(29)).await;
+    assert!(verify(stranger.clone()).await.is_err());
+    assert_eq!(fetches(), 4, "29 s after the last fetch: no refetch");
+    tokio::time::advance(Duration::from_secs(2)).await;
+    for _ in 0..10 {
+        assert!(verify(stranger.clone()).await.is_err());
+    }
+    assert_eq!(fetches(), 5, "one refetch for ten webhooks in the interval");
+}
