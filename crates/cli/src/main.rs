@@ -118,7 +118,11 @@ fn main() -> ExitCode {
         // Escape codes only where a terminal will read them, not in a piped log.
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // The proxy runs a single-threaded runtime per worker (the first on this thread), so a
+    // request never crosses threads; everything else gets the multi-threaded one.
+    let runtime = match matches!(cli.command, Command::Proxy(_))
+        .then(tokio::runtime::Builder::new_current_thread)
+        .unwrap_or_else(tokio::runtime::Builder::new_multi_thread)
         .enable_all()
         .build()
     {

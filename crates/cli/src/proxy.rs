@@ -53,6 +53,10 @@ pub(crate) struct ProxyArgs {
     /// The most client connections at once.
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
+    /// Threads serving requests, each with its own runtime, socket (SO_REUSEPORT) and
+    /// upstream connection pool (0: one per CPU).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
     /// Seconds in-flight requests get to finish after SIGINT or SIGTERM.
     #[arg(long, default_value_t = 30)]
     shutdown_timeout: u64,
@@ -130,6 +134,10 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), Failure> {
         .header_read_timeout(Duration::from_secs(args.header_timeout.max(1)))
         .body_timeout(Duration::from_secs(args.body_timeout.max(1)))
         .max_connections(args.max_connections)
+        .workers(match args.workers {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            n => n,
+        })
         .drain_timeout(Duration::from_secs(args.shutdown_timeout));
     for host in args.allowed_hosts {
         builder = builder.allow_host(host);

@@ -3,8 +3,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use http::HeaderValue;
 use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Uri};
 use truelayer_auth::TokenCache;
 use truelayer_auth_signing::{Signer, SignerSource};
 use url::{Host, Url};
@@ -61,8 +61,8 @@ pub enum ProxyError {
 /// The upstream, parsed once.
 #[derive(Debug, Clone)]
 pub(crate) struct Upstream {
-    pub(crate) scheme: Scheme,
-    pub(crate) authority: Authority,
+    /// `scheme://authority/`: where to connect.
+    pub(crate) origin: Uri,
     /// The base path without a trailing `/` (empty for none).
     pub(crate) base_path: String,
     /// `Host` for upstream requests: the authority, without user info.
@@ -108,10 +108,15 @@ impl Upstream {
         let host_header = HeaderValue::from_str(authority.as_str())
             .map_err(|_| invalid("its host is not a valid Host header"))?;
         let base_path = url.path().trim_end_matches('/').to_owned();
+        let origin = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|_| invalid("its scheme and host do not make a URI"))?;
         Ok(Upstream {
+            origin,
             display: format!("{}://{}{}", scheme, authority, base_path),
-            scheme,
-            authority,
             base_path,
             host: host_header,
         })
@@ -135,6 +140,7 @@ pub struct ProxyBuilder<K = Signer> {
     pub(crate) body_timeout: Duration,
     pub(crate) max_connections: usize,
     pub(crate) drain_timeout: Duration,
+    pub(crate) workers: usize,
 }
 
 impl ProxyBuilder {
@@ -154,6 +160,7 @@ impl ProxyBuilder {
             body_timeout: Duration::from_secs(30),
             max_connections: 1024,
             drain_timeout: Duration::from_secs(30),
+            workers: 1,
         }
     }
 }
@@ -177,6 +184,7 @@ impl<K> ProxyBuilder<K> {
             body_timeout: self.body_timeout,
             max_connections: self.max_connections,
             drain_timeout: self.drain_timeout,
+            workers: self.workers,
         }
     }
 
@@ -264,6 +272,20 @@ impl<K> ProxyBuilder<K> {
         self
     }
 
+    /// How many threads serve, each with its own single-threaded tokio runtime, listening
+    /// socket (`SO_REUSEPORT`: the kernel spreads connections) and upstream connection pool,
+    /// as nginx runs a worker per core. Default 1: [`RunningProxy::serve`] runs on the
+    /// caller's runtime. With more, one worker runs there and the others on threads of
+    /// their own; a request then never crosses threads, which is what makes the proxy as
+    /// fast as nginx (see `docs/benchmarks.md`). The token cache is shared by all.
+    ///
+    /// [`RunningProxy::serve`]: crate::RunningProxy::serve
+    #[must_use]
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.workers = workers;
+        self
+    }
+
     /// Checks the configuration.
     ///
     /// # Errors
@@ -283,6 +305,12 @@ impl<K> ProxyBuilder<K> {
             return Err(ProxyError::InvalidSetting {
                 name: "max_connections",
                 reason: "at least one connection is needed",
+            });
+        }
+        if self.workers == 0 || self.workers > 1024 {
+            return Err(ProxyError::InvalidSetting {
+                name: "workers",
+                reason: "between 1 and 1024 workers",
             });
         }
         if self.header_read_timeout.is_zero() || self.body_timeout.is_zero() {

@@ -1,9 +1,8 @@
 //! One request: checked, taken in, signed and authorized, forwarded, answered.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -11,12 +10,7 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use pin_project_lite::pin_project;
-use tokio::time::Instant;
-use tower::{Service, ServiceExt};
+use tower::ServiceExt;
 use truelayer_auth::TokenCache;
 use truelayer_auth_signing::{SignerSource, Signing, SigningError};
 use truelayer_auth_tower::{BearerAuth, BearerAuthError, ReplayFn};
@@ -25,10 +19,10 @@ use crate::body::{BoxError, ProxyBody, Refused, take_in};
 use crate::config::Upstream;
 use crate::guard::{Guard, Refusal};
 use crate::metrics::Metrics;
+use crate::pool::{Pool, UpstreamBody, UpstreamError};
 
-pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 pub(crate) type Bearer =
-    BearerAuth<Measured, TokenCache, ReplayFn<fn(&ProxyBody) -> Option<ProxyBody>>>;
+    BearerAuth<Pool, TokenCache, ReplayFn<fn(&ProxyBody) -> Option<ProxyBody>>>;
 
 /// The client stack: bearer auth, and signing when a signer is configured.
 #[derive(Clone)]
@@ -50,9 +44,9 @@ pub(crate) struct Forwarder<K> {
 }
 
 /// A response body: the upstream's, streamed, or one the proxy wrote.
-pub enum ResponseBody {
+pub(crate) enum ResponseBody {
     /// The upstream's body, as it comes.
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
     /// A body the proxy wrote (errors, health, metrics).
     Local(Full<Bytes>),
 }
@@ -287,8 +281,9 @@ impl<K: SignerSource> Forwarder<K> {
         Ok(Request::from_parts(parts, body))
     }
 
-    /// The request target on the upstream: its scheme and authority, its base path, then the
-    /// path and query as received. Without a base path nothing is allocated.
+    /// The request target on the upstream, in origin form (the pool knows where to
+    /// connect): its base path, then the path and query as received. Without a base path
+    /// nothing is allocated.
     fn upstream_uri(&self, uri: &Uri) -> Option<Uri> {
         let path_and_query = match (self.upstream.base_path.is_empty(), uri.path_and_query()) {
             (true, Some(pq)) => pq.clone(),
@@ -298,24 +293,20 @@ impl<K: SignerSource> Forwarder<K> {
                 format!("{}{pq}", self.upstream.base_path).parse().ok()?
             }
         };
-        Uri::builder()
-            .scheme(self.upstream.scheme.clone())
-            .authority(self.upstream.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .ok()
+        Some(Uri::from(path_and_query))
     }
 }
 
 enum Failure {
-    Bearer(BearerAuthError<hyper_util::client::legacy::Error>),
-    Signing(SigningError<BearerAuthError<hyper_util::client::legacy::Error>>),
+    Bearer(BearerAuthError<UpstreamError>),
+    Signing(SigningError<BearerAuthError<UpstreamError>>),
 }
 
 const VIA: HeaderValue = HeaderValue::from_static("1.1 tlauth");
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 9] = [
+// A static, not a const: a const array of names is built and dropped at every use.
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -328,23 +319,31 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 ];
 
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers named in `Connection` are hop-by-hop too; most requests have none to collect.
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in &named {
-            headers.remove(name);
+    // One pass over the (few) names present, removing only what is there: a lookup per
+    // hop-by-hop name would hash each of them for every message, and most messages carry
+    // none, or only `Connection: keep-alive`.
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if HOP_BY_HOP.contains(name) {
+            doomed.push(name.clone());
         }
     }
-    for name in &HOP_BY_HOP {
-        if headers.contains_key(name) {
-            headers.remove(name);
+    if doomed.is_empty() {
+        return;
+    }
+    // Headers named in `Connection` are hop-by-hop too (`keep-alive` and `close` name none).
+    for value in headers.get_all(header::CONNECTION) {
+        for token in value.to_str().unwrap_or_default().split(',').map(str::trim) {
+            if let Some(name) = headers
+                .keys()
+                .find(|name| name.as_str().eq_ignore_ascii_case(token))
+            {
+                doomed.push(name.clone());
+            }
         }
+    }
+    for name in &doomed {
+        headers.remove(name);
     }
 }
 
@@ -372,50 +371,35 @@ fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// The hyper client, timing each exchange and counting replays.
-#[derive(Clone)]
-pub(crate) struct Measured {
-    pub(crate) client: HttpClient,
-    pub(crate) metrics: Arc<Metrics>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Service<Request<ProxyBody>> for Measured {
-    type Response = Response<Incoming>;
-    type Error = hyper_util::client::legacy::Error;
-    type Future = MeasuredFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.client.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<ProxyBody>) -> Self::Future {
-        if matches!(request.body(), ProxyBody::Replay(_)) {
-            self.metrics.replayed();
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, X-Hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-hop", "1"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("content-type", "application/json"),
+            ("x-end-to-end", "2"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
         }
-        MeasuredFuture {
-            inner: self.client.call(request),
-            started: Instant::now(),
-            metrics: self.metrics.clone(),
-        }
-    }
-}
+        strip_hop_by_hop(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-type", "x-end-to-end"]);
 
-pin_project! {
-    pub(crate) struct MeasuredFuture {
-        #[pin]
-        inner: hyper_util::client::legacy::ResponseFuture,
-        started: Instant,
-        metrics: Arc<Metrics>,
-    }
-}
-
-impl Future for MeasuredFuture {
-    type Output = Result<Response<Incoming>, hyper_util::client::legacy::Error>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let out = ready!(this.inner.poll(cx));
-        this.metrics.upstream(this.started.elapsed());
-        Poll::Ready(out)
+        let mut plain = HeaderMap::new();
+        plain.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(plain.len(), 1);
     }
 }

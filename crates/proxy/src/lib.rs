@@ -47,34 +47,32 @@ mod config;
 mod forward;
 mod guard;
 mod metrics;
+mod pool;
 mod server;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use hyper_rustls::HttpsConnectorBuilder;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::net::TcpListener;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
 use truelayer_auth::TokenCache;
 use truelayer_auth_signing::{Signer, SignerSource, SigningLayer};
 use truelayer_auth_tower::{BearerAuthLayer, ReplayFn, replay_with};
 
 pub use config::{ProxyBuilder, ProxyError};
-pub use forward::ResponseBody;
 pub use server::{RunningProxy, ShutdownHandle};
 
 use crate::body::{ProxyBody, replay_held};
 use crate::config::Upstream;
-use crate::forward::{Forwarder, HttpClient, Measured, Stack};
+use crate::forward::{Forwarder, Stack};
 use crate::guard::Guard;
 use crate::metrics::Metrics;
+use crate::pool::Pool;
 
 /// A configured proxy, not yet listening. Made by [`Proxy::builder`].
 pub struct Proxy<K = Signer> {
     builder: ProxyBuilder<K>,
     upstream: Upstream,
-    stack: Stack<K>,
+    connector: HttpsConnector<HttpConnector>,
     metrics: Arc<Metrics>,
 }
 
@@ -100,72 +98,87 @@ impl<K: SignerSource> Proxy<K> {
     fn from_builder(builder: ProxyBuilder<K>, upstream: Upstream) -> Result<Self, ProxyError> {
         // hyper directly (not reqwest): a proxy forwards `http` types as they are, and follows
         // no redirects.
-        let https = HttpsConnectorBuilder::new()
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        let connector = HttpsConnectorBuilder::new()
             .with_native_roots()
             .map_err(ProxyError::TlsRoots)?
             .https_or_http()
             .enable_http1()
-            .build();
-        let client: HttpClient = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_timer(TokioTimer::new())
-            .build(https);
-        let metrics = Metrics::new();
-        let measured = Measured {
-            client,
-            metrics: metrics.clone(),
-        };
-        let policy: ReplayFn<fn(&ProxyBody) -> Option<ProxyBody>> = replay_with(replay_held);
-        let bearer = tower::Layer::layer(
-            &BearerAuthLayer::new(builder.tokens.clone()).replay_policy(policy),
-            measured,
-        );
-        let stack = match &builder.signer {
-            None => Stack::Plain(bearer),
-            // Signing outside the bearer layer: its replay copies the signed request.
-            Some(keys) => Stack::Signed(tower::Layer::layer(
-                &SigningLayer::new(keys.clone()).max_body_bytes(builder.signing_limit),
-                bearer,
-            )),
-        };
+            .wrap_connector(http);
         Ok(Proxy {
             builder,
             upstream,
-            stack,
-            metrics,
+            connector,
+            metrics: Metrics::new(),
         })
     }
 
-    /// Binds the listen address. Nothing is served until [`RunningProxy::serve`].
+    /// One worker's client stack: its own connection pool, so its requests stay on its
+    /// thread.
+    fn stack(&self) -> Stack<K> {
+        let pool = Pool::new(
+            self.connector.clone(),
+            self.upstream.origin.clone(),
+            self.metrics.clone(),
+        );
+        let policy: ReplayFn<fn(&ProxyBody) -> Option<ProxyBody>> = replay_with(replay_held);
+        let bearer = tower::Layer::layer(
+            &BearerAuthLayer::new(self.builder.tokens.clone()).replay_policy(policy),
+            pool,
+        );
+        match &self.builder.signer {
+            None => Stack::Plain(bearer),
+            // Signing outside the bearer layer: its replay copies the signed request.
+            Some(keys) => Stack::Signed(tower::Layer::layer(
+                &SigningLayer::new(keys.clone()).max_body_bytes(self.builder.signing_limit),
+                bearer,
+            )),
+        }
+    }
+
+    /// Binds the listen address (one socket per worker). Nothing is served until
+    /// [`RunningProxy::serve`].
     ///
     /// # Errors
     ///
     /// [`ProxyError::Bind`] when the address cannot be bound.
     pub async fn bind(self) -> Result<RunningProxy<K>, ProxyError> {
-        let b = self.builder;
+        let b = &self.builder;
         let bind_error = |source| ProxyError::Bind {
             addr: b.listen,
             source,
         };
-        let listener = TcpListener::bind(b.listen).await.map_err(bind_error)?;
-        let local = listener.local_addr().map_err(bind_error)?;
+        let first = server::listen(b.listen, b.workers > 1).map_err(bind_error)?;
+        let local = first.local_addr().map_err(bind_error)?;
+        let mut listeners = vec![first];
+        for _ in 1..b.workers {
+            listeners.push(server::listen(local, true).map_err(bind_error)?);
+        }
         if !local.ip().is_loopback() {
             tracing::warn!(%local, "listening on an address that is not loopback: anything that can reach it can spend the merchant's token");
         }
-        let forwarder = Forwarder {
-            stack: self.stack,
-            guard: Guard::new(local, &b.allowed_hosts, &b.allowed_origins, b.allow_remote),
-            upstream: self.upstream,
-            tokens: b.tokens,
-            metrics: self.metrics,
-            admin_path: b.admin_path,
-            replay_limit: b.replay_limit,
-            body_timeout: b.body_timeout,
-        };
+        let guard = Guard::new(local, &b.allowed_hosts, &b.allowed_origins, b.allow_remote);
+        let workers = listeners
+            .into_iter()
+            .map(|listener| server::Worker {
+                listener,
+                forwarder: Arc::new(Forwarder {
+                    stack: self.stack(),
+                    guard: guard.clone(),
+                    upstream: self.upstream.clone(),
+                    tokens: b.tokens.clone(),
+                    metrics: self.metrics.clone(),
+                    admin_path: b.admin_path.clone(),
+                    replay_limit: b.replay_limit,
+                    body_timeout: b.body_timeout,
+                }),
+            })
+            .collect();
         Ok(RunningProxy {
-            listener,
+            workers,
             local,
-            forwarder: Arc::new(forwarder),
             shutdown: ShutdownHandle::default(),
             max_connections: b.max_connections,
             header_read_timeout: b.header_read_timeout,

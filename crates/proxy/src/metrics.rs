@@ -1,7 +1,7 @@
 //! Prometheus metrics at `{admin}/metrics`, in the OpenMetrics text format.
 
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
@@ -24,6 +24,8 @@ struct RequestLabels {
 pub(crate) struct Metrics {
     registry: Mutex<Registry>,
     requests: Family<RequestLabels, Counter>,
+    /// Each (method, status class) series, resolved once: no label hashing per request.
+    request_series: [[OnceLock<Counter>; STATUS_CLASSES.len()]; METHODS.len()],
     upstream_seconds: Histogram,
     replays: Counter,
     signing_failures: Counter,
@@ -104,6 +106,7 @@ impl Metrics {
         Arc::new(Metrics {
             registry: Mutex::new(registry),
             requests,
+            request_series: Default::default(),
             upstream_seconds,
             replays,
             signing_failures,
@@ -118,10 +121,15 @@ impl Metrics {
     }
 
     pub(crate) fn answered(&self, method: &Method, status: StatusCode) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                method: method_label(method),
-                status: status_class(status),
+        let (m, c) = (method_index(method), status_index(status));
+        self.request_series[m][c]
+            .get_or_init(|| {
+                self.requests
+                    .get_or_create(&RequestLabels {
+                        method: METHODS[m],
+                        status: STATUS_CLASSES[c],
+                    })
+                    .clone()
             })
             .inc();
     }
@@ -173,25 +181,31 @@ impl Metrics {
     }
 }
 
-fn method_label(method: &Method) -> &'static str {
+const METHODS: [&str; 8] = [
+    "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "other",
+];
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn method_index(method: &Method) -> usize {
     match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::PATCH => "PATCH",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        _ => "other",
+        Method::GET => 0,
+        Method::POST => 1,
+        Method::PUT => 2,
+        Method::PATCH => 3,
+        Method::DELETE => 4,
+        Method::HEAD => 5,
+        Method::OPTIONS => 6,
+        _ => 7,
     }
 }
 
-fn status_class(status: StatusCode) -> &'static str {
+fn status_index(status: StatusCode) -> usize {
     match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{Notify, Semaphore};
 use truelayer_auth_signing::SignerSource;
 
@@ -44,11 +44,44 @@ impl ShutdownHandle {
     }
 }
 
+/// Binds a listening socket, with `SO_REUSEPORT` when several workers share the address.
+/// Returned as a std listener, so each worker registers it with its own runtime.
+pub(crate) fn listen(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    #[cfg(not(unix))]
+    let _ = reuse_port;
+    socket.bind(addr)?;
+    socket.listen(1024)?.into_std()
+}
+
+/// One accept loop and the forwarder (with its own connection pool) its connections use.
+pub(crate) struct Worker<K> {
+    pub(crate) listener: std::net::TcpListener,
+    pub(crate) forwarder: Arc<Forwarder<K>>,
+}
+
+/// What every worker shares.
+#[derive(Clone)]
+struct Shared {
+    shutdown: ShutdownHandle,
+    permits: Arc<Semaphore>,
+    header_read_timeout: Duration,
+    drain_timeout: Duration,
+}
+
 /// A proxy listening on its address, not yet serving. See the crate docs.
 pub struct RunningProxy<K> {
-    pub(crate) listener: TcpListener,
+    pub(crate) workers: Vec<Worker<K>>,
     pub(crate) local: SocketAddr,
-    pub(crate) forwarder: Arc<Forwarder<K>>,
     pub(crate) shutdown: ShutdownHandle,
     pub(crate) max_connections: usize,
     pub(crate) header_read_timeout: Duration,
@@ -59,6 +92,7 @@ impl<K> std::fmt::Debug for RunningProxy<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RunningProxy")
             .field("local", &self.local)
+            .field("workers", &self.workers.len())
             .finish_non_exhaustive()
     }
 }
@@ -75,23 +109,77 @@ impl<K: SignerSource> RunningProxy<K> {
     }
 
     /// Serves until shut down, then drains. Returns when every connection has closed or the
-    /// drain timeout passed.
+    /// drain timeout passed. The first worker runs on the caller's runtime; others (see
+    /// [`ProxyBuilder::workers`](crate::ProxyBuilder::workers)) on threads of their own.
     pub async fn serve(self) {
+        let shared = Shared {
+            shutdown: self.shutdown,
+            permits: Arc::new(Semaphore::new(self.max_connections)),
+            header_read_timeout: self.header_read_timeout,
+            drain_timeout: self.drain_timeout,
+        };
+        let mut workers = self.workers.into_iter();
+        let first = workers.next();
+        let mut finished = Vec::new();
+        for (index, worker) in workers.enumerate() {
+            let (done, finished_rx) = tokio::sync::oneshot::channel::<()>();
+            let shared = shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("tlauth-proxy-{}", index + 1))
+                .spawn(move || {
+                    match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime.block_on(worker.run(shared)),
+                        Err(e) => tracing::error!(error = %e, "a proxy worker could not start its runtime"),
+                    }
+                    drop(done);
+                });
+            match spawned {
+                Ok(_) => finished.push(finished_rx),
+                Err(e) => {
+                    tracing::error!(error = %e, "a proxy worker thread could not start; serving with fewer")
+                }
+            }
+        }
+        if let Some(first) = first {
+            first.run(shared).await;
+        }
+        for worker in finished {
+            // Err means the thread ended (its `done` dropped): finished either way.
+            let _ = worker.await;
+        }
+    }
+}
+
+impl<K: SignerSource> Worker<K> {
+    async fn run(self, shared: Shared) {
+        let listener = match self
+            .listener
+            .set_nonblocking(true)
+            .and_then(|()| TcpListener::from_std(self.listener))
+        {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::error!(error = %e, "a proxy worker could not use its socket");
+                return;
+            }
+        };
         let graceful = GracefulShutdown::new();
-        let permits = Arc::new(Semaphore::new(self.max_connections));
         let mut backoff = Duration::ZERO;
         loop {
             // At the cap, wait for a connection to close before accepting another.
             let permit = tokio::select! {
-                permit = permits.clone().acquire_owned() => match permit {
+                permit = shared.permits.clone().acquire_owned() => match permit {
                     Ok(permit) => permit,
                     Err(_) => break,
                 },
-                () = self.shutdown.requested() => break,
+                () = shared.shutdown.requested() => break,
             };
             let accepted = tokio::select! {
-                accepted = self.listener.accept() => accepted,
-                () = self.shutdown.requested() => break,
+                accepted = listener.accept() => accepted,
+                () = shared.shutdown.requested() => break,
             };
             let stream = match accepted {
                 Ok((stream, _)) => {
@@ -113,8 +201,9 @@ impl<K: SignerSource> RunningProxy<K> {
                 async move { Ok::<_, Infallible>(forwarder.handle(request).await) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
+                .writev(false)
                 .timer(TokioTimer::new())
-                .header_read_timeout(self.header_read_timeout)
+                .header_read_timeout(shared.header_read_timeout)
                 .serve_connection(TokioIo::new(stream), service);
             let watched = graceful.watch(connection);
             tokio::spawn(async move {
@@ -124,14 +213,14 @@ impl<K: SignerSource> RunningProxy<K> {
                 drop(permit);
             });
         }
-        drop(self.listener);
+        drop(listener);
         tracing::info!(
-            drain_ms = self.drain_timeout.as_millis() as u64,
+            drain_ms = shared.drain_timeout.as_millis() as u64,
             "shutting down; waiting for in-flight requests"
         );
         tokio::select! {
             () = graceful.shutdown() => tracing::info!("all connections closed"),
-            () = tokio::time::sleep(self.drain_timeout) => tracing::warn!("drain deadline passed; closing the rest"),
+            () = tokio::time::sleep(shared.drain_timeout) => tracing::warn!("drain deadline passed; closing the rest"),
         }
     }
 }

@@ -63,6 +63,11 @@ struct Recorder {
 }
 
 async fn recorder() -> (String, Recorder) {
+    recorder_with(true).await
+}
+
+/// A recorder that closes each connection after one response when `keep_alive` is false.
+async fn recorder_with(keep_alive: bool) -> (String, Recorder) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let recorder = Recorder::default();
@@ -78,6 +83,7 @@ async fn recorder() -> (String, Recorder) {
                     async move { Ok::<_, std::convert::Infallible>(record(req, r).await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(keep_alive)
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
             });
@@ -566,6 +572,67 @@ async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
     assert!(
         TcpStream::connect(proxy.addr).await.is_err(),
         "no longer listening"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_workers_share_the_port_reuse_upstream_connections_and_stop_together() {
+    let emulator = Emulator::start().await.unwrap();
+    let (upstream, recorded) = recorder().await;
+    let proxy = start(Proxy::builder(upstream, tokens(&emulator)).workers(3)).await;
+    let mut clients = tokio::task::JoinSet::new();
+    for client in 0..16 {
+        let url = proxy.url(&format!("/c/{client}"));
+        clients.spawn(async move {
+            // One connection per client, 20 requests on it.
+            let http = reqwest::Client::new();
+            for _ in 0..20 {
+                let response = http.get(&url).send().await.unwrap();
+                assert_eq!(response.status(), 200);
+                response.bytes().await.unwrap();
+            }
+        });
+    }
+    while let Some(done) = clients.join_next().await {
+        done.unwrap();
+    }
+    assert_eq!(recorded.requests.load(Ordering::SeqCst), 320);
+    let connections = recorded.connections.load(Ordering::SeqCst);
+    assert!(
+        connections <= 16,
+        "upstream connections are kept and reused: {connections} for 320 requests"
+    );
+    proxy.stop.shutdown();
+    tokio::time::timeout(Duration::from_secs(10), proxy.served)
+        .await
+        .expect("every worker drains and stops")
+        .unwrap();
+    assert!(
+        TcpStream::connect(proxy.addr).await.is_err(),
+        "no worker listens"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_closes_its_connections_costs_no_failed_request() {
+    let emulator = Emulator::start().await.unwrap();
+    let (upstream, recorded) = recorder_with(false).await;
+    let proxy = start(Proxy::builder(upstream, tokens(&emulator))).await;
+    let http = reqwest::Client::new();
+    for i in 0..50 {
+        let response = http
+            .get(proxy.url(&format!("/r/{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "request {i}");
+        response.bytes().await.unwrap();
+    }
+    assert_eq!(recorded.requests.load(Ordering::SeqCst), 50);
+    assert_eq!(
+        recorded.connections.load(Ordering::SeqCst),
+        50,
+        "one per request"
     );
 }
 

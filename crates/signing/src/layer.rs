@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::header::HeaderName;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
+use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 use truelayer_auth::LogicalRequest;
@@ -243,11 +244,58 @@ impl<E: std::error::Error + 'static> std::error::Error for SigningError<E> {
     }
 }
 
-/// The future of [`Signing`]. Boxed: collecting the body and the signer source's future are
-/// async work of their own, and an ECDSA P-521 signature (about a millisecond's worth of
-/// work, see `docs/benchmarks.md`) dwarfs one allocation.
-pub type ResponseFuture<R, E> =
+type SignedFuture<R, E> =
     Pin<Box<dyn Future<Output = Result<R, SigningError<E>>> + Send + 'static>>;
+
+pin_project! {
+    /// The future of [`Signing`]. A request that is not signed (GET, HEAD, ...) is the inner
+    /// service's future, untouched. A signed one is boxed: collecting the body and the signer
+    /// source's future are async work of their own, and an ECDSA P-521 signature (about a
+    /// tenth of a millisecond, see `docs/benchmarks.md`) dwarfs one allocation.
+    pub struct ResponseFuture<F, R, E> {
+        #[pin]
+        state: State<F, R, E>,
+    }
+}
+
+pin_project! {
+    #[project = Projected]
+    enum State<F, R, E> {
+        Unsigned { #[pin] inner: F },
+        Signed { inner: SignedFuture<R, E> },
+    }
+}
+
+impl<F, R, E> fmt::Debug for ResponseFuture<F, R, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.state {
+            State::Unsigned { .. } => "ResponseFuture::Unsigned",
+            State::Signed { .. } => "ResponseFuture::Signed",
+        })
+    }
+}
+
+impl<F, R, E> Future for ResponseFuture<F, R, E>
+where
+    F: Future<Output = Result<R, E>>,
+{
+    type Output = Result<R, SigningError<E>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            Projected::Unsigned { inner } => inner.poll(cx).map_err(SigningError::Service),
+            Projected::Signed { inner } => inner.as_mut().poll(cx),
+        }
+    }
+}
+
+/// Whether the layer signs requests with this method.
+fn signs(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    )
+}
 
 impl<S, K, B, ResBody> Service<Request<B>> for Signing<S, K>
 where
@@ -262,18 +310,29 @@ where
 {
     type Response = Response<ResBody>;
     type Error = SigningError<S::Error>;
-    type Future = ResponseFuture<Response<ResBody>, S::Error>;
+    type Future = ResponseFuture<S::Future, Response<ResBody>, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(SigningError::Service)
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
+        if !signs(request.method()) {
+            return ResponseFuture {
+                state: State::Unsigned {
+                    inner: self.inner.call(request),
+                },
+            };
+        }
         // The ready service goes into the future; a clone stays (tower's clone and swap).
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let (keys, settings) = (self.keys.clone(), self.settings.clone());
-        Box::pin(sign_and_send(inner, keys, settings, request))
+        ResponseFuture {
+            state: State::Signed {
+                inner: Box::pin(sign_and_send(inner, keys, settings, request)),
+            },
+        }
     }
 }
 
@@ -289,13 +348,6 @@ where
     B: http_body::Body + From<Bytes>,
     B::Error: Into<BoxError>,
 {
-    let modifies = matches!(
-        *request.method(),
-        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
-    );
-    if !modifies {
-        return inner.call(request).await.map_err(SigningError::Service);
-    }
     let (mut parts, body) = request.into_parts();
     let body = collect(body, settings.max_body).await?;
     // The caller's key, or the one this logical request already has, or a new one.

@@ -1,0 +1,241 @@
+//! One worker's HTTP/1.1 connections to the upstream.
+//!
+//! A proxy has one upstream, and each worker its own connections, so the pool is a stack of
+//! idle senders: no key to hash, no lock anyone else takes, no task spawned per request. A
+//! connection goes back on the stack when its response body has been read to the end (a
+//! response dropped half-read closes its connection, which cannot be reused).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use tower::{Service, ServiceExt};
+
+use crate::body::{BoxError, ProxyBody};
+use crate::metrics::Metrics;
+
+/// How long connecting (TCP and TLS) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle connections kept per worker.
+const MAX_IDLE: usize = 256;
+/// An idle connection older than this is closed rather than reused (upstreams close theirs
+/// after a minute or so; TrueLayer's load balancers after 60 s or more).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+
+/// Why a request could not be exchanged with the upstream.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpstreamError {
+    /// TCP or TLS connection failed.
+    #[error("could not connect to the upstream")]
+    Connect(#[source] BoxError),
+    /// Connecting took longer than the connect timeout.
+    #[error("connecting to the upstream timed out")]
+    ConnectTimeout,
+    /// The HTTP exchange failed.
+    #[error("the exchange with the upstream failed")]
+    Http(#[source] hyper::Error),
+}
+
+/// The pool of one worker: a cheap handle.
+#[derive(Clone)]
+pub(crate) struct Pool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    connector: HttpsConnector<HttpConnector>,
+    /// `scheme://authority/`: where to connect.
+    target: Uri,
+    idle: Mutex<Vec<(SendRequest<ProxyBody>, Instant)>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Pool {
+    pub(crate) fn new(
+        connector: HttpsConnector<HttpConnector>,
+        target: Uri,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Pool {
+            inner: Arc::new(Inner {
+                connector,
+                target,
+                idle: Mutex::new(Vec::new()),
+                metrics,
+            }),
+        }
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<(SendRequest<ProxyBody>, Instant)>> {
+        self.inner
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The most recently used idle connection that is still open (the hottest).
+    fn checkout(&self) -> Option<SendRequest<ProxyBody>> {
+        let mut idle = self.idle();
+        while let Some((sender, since)) = idle.pop() {
+            if !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn give_back(&self, sender: SendRequest<ProxyBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle();
+        if idle.len() < MAX_IDLE {
+            idle.push((sender, Instant::now()));
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<ProxyBody>, UpstreamError> {
+        let connecting = self
+            .inner
+            .connector
+            .clone()
+            .oneshot(self.inner.target.clone());
+        let io = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout)?
+            .map_err(UpstreamError::Connect)?;
+        let (sender, connection) = http1::Builder::new()
+            .writev(false)
+            .handshake(io)
+            .await
+            .map_err(UpstreamError::Http)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn send(
+        self,
+        mut request: Request<ProxyBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let started = tokio::time::Instant::now();
+        loop {
+            let (mut sender, reused) = match self.checkout() {
+                Some(sender) => (sender, true),
+                // Boxed: the connect future is large and rarely needed.
+                None => (Box::pin(self.connect()).await?, false),
+            };
+            // A kept-alive connection finishing its last response becomes ready here; one
+            // the upstream closed meanwhile fails, and another is tried.
+            if let Err(e) = sender.ready().await {
+                if reused {
+                    continue;
+                }
+                return Err(UpstreamError::Http(e));
+            }
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    self.inner.metrics.upstream(started.elapsed());
+                    let (parts, body) = response.into_parts();
+                    let mut body = UpstreamBody {
+                        body,
+                        sender: Some(sender),
+                        pool: self.clone(),
+                    };
+                    if body.body.is_end_stream() {
+                        body.finished();
+                    }
+                    return Ok(Response::from_parts(parts, body));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Not sent at all (the connection closed first): safe to send on another.
+                    Some(unsent) if reused => request = unsent,
+                    _ => return Err(UpstreamError::Http(e.into_error())),
+                },
+            }
+        }
+    }
+}
+
+/// The future [`Pool`] returns: one allocation per request.
+pub(crate) type PoolFuture =
+    Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + Send>>;
+
+impl Service<Request<ProxyBody>> for Pool {
+    type Response = Response<UpstreamBody>;
+    type Error = UpstreamError;
+    type Future = PoolFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<ProxyBody>) -> Self::Future {
+        if matches!(request.body(), ProxyBody::Replay(_)) {
+            self.inner.metrics.replayed();
+        }
+        Box::pin(self.clone().send(request))
+    }
+}
+
+/// An upstream response body; its connection returns to the pool once it has been read to
+/// the end.
+pub(crate) struct UpstreamBody {
+    body: Incoming,
+    sender: Option<SendRequest<ProxyBody>>,
+    pool: Pool,
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody").finish_non_exhaustive()
+    }
+}
+
+impl UpstreamBody {
+    fn finished(&mut self) {
+        if let Some(sender) = self.sender.take() {
+            self.pool.give_back(sender);
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.finished(),
+            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.finished(),
+            // An error: the connection is not reused (dropping the sender closes it).
+            Poll::Ready(Some(Err(_))) => self.sender = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
