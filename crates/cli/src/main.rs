@@ -57,7 +57,7 @@ enum Command {
         /// Move each new payment one status forward every this many milliseconds until it is
         /// settled; 0 never moves them (POST /emulator/payments/{id}/status does). Defaults
         /// to 2000 with --webhook-url, to 0 without.
-        #[arg(long, value_name = "MILLIS")]
+        #[arg(long = "payment-step-ms", value_name = "MILLIS")]
         payment_step: Option<u64>,
     },
     /// Listen on a loopback address and forward every request to the TrueLayer API with
@@ -182,7 +182,7 @@ async fn token(args: AuthArgs) -> Result<(), Failure> {
     writeln!(stdout, "{json:#}").map_err(|e| Failure::failed(format!("writing the token: {e}")))
 }
 
-/// The payment schedule `tlauth emulator --webhook-url` gets without `--payment-step`, so
+/// The payment schedule `tlauth emulator --webhook-url` gets without `--payment-step-ms`, so
 /// webhooks arrive without any further calls.
 const DEFAULT_PAYMENT_STEP_MILLIS: u64 = 2000;
 

@@ -121,7 +121,7 @@ async fn receiver() -> (String, mpsc::UnboundedReceiver<Hook>) {
 async fn payments_move_on_their_schedule_and_send_signed_webhooks() {
     let (hook_url, mut hooks) = receiver().await;
     let running = tokio::task::spawn_blocking(move || {
-        Running::start(&["--webhook-url", &hook_url, "--payment-step", "50"])
+        Running::start(&["--webhook-url", &hook_url, "--payment-step-ms", "50"])
     })
     .await
     .unwrap();

@@ -306,7 +306,13 @@ async fn deliver(state: &State, webhook: &Webhook) {
         webhook.url.authority().map_or("", |a| a.as_str())
     );
     for attempt in 1..=WEBHOOK_MAX_ATTEMPTS {
-        let timestamp = rfc3339(state.now_unix());
+        // The real time, not the emulator's movable clock (`advance_clock` is for expiring
+        // tokens): receivers check this against their own clock, as TrueLayer's is.
+        let timestamp = rfc3339(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+        );
         let signature = state.webhooks.sign(path, &timestamp, &event.body);
         let request = Request::builder()
             .method(Method::POST)

@@ -772,3 +772,27 @@ async fn sign_webhook_signs_crafted_webhooks_as_the_emulator_would() {
     let header = truelayer_signing::extract_jws_header(&signature).unwrap();
     assert_eq!(header.jku.as_deref(), Some(emulator.webhook_jku().as_str()));
 }
+
+#[tokio::test]
+async fn webhook_timestamps_follow_the_real_clock_not_the_emulated_one() {
+    let emulator = Emulator::start().await.unwrap();
+    let mut receiver = Receiver::ok().await;
+    emulator.set_webhook_url(Some(&receiver.url)).unwrap();
+    // Moving the emulator's clock (to expire tokens) must not push webhook timestamps out
+    // of every receiver's window.
+    emulator.advance_clock(Duration::from_secs(3600));
+    let id = create_payment(&emulator, &simple_payment()).await;
+    emulator
+        .advance_payment(&id, PaymentStatus::Authorized)
+        .unwrap();
+    let webhook = receiver.next().await;
+    let stamped = time::OffsetDateTime::parse(
+        &webhook.header("x-tl-webhook-timestamp"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let skew = (stamped - time::OffsetDateTime::now_utc())
+        .whole_seconds()
+        .abs();
+    assert!(skew < 60, "the timestamp is {skew} s from now");
+}

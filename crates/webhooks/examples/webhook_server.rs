@@ -55,7 +55,8 @@ async fn on_webhook(
         webhook.event.payment_id().unwrap_or("-"),
         verified.kid()
     );
-    // Hand the event to the application; answer 2xx only once it is safely recorded.
+    // Hand the event to the application. A real service writes it to its database here and
+    // answers 2xx only once that is committed: after a 2xx, TrueLayer does not send it again.
     match events.send(webhook) {
         Ok(()) => StatusCode::OK,
         Err(_) => StatusCode::SERVICE_UNAVAILABLE,

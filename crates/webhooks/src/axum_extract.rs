@@ -16,13 +16,24 @@ pub enum WebhookRejection {
     /// answered 500 so it is noticed (and TrueLayer retries once it is fixed).
     #[error("the webhook was not verified: put WebhookLayer in front of this handler")]
     NotVerified,
-    /// The body could not be read.
+    /// The body could not be read (behind the layer it is already in memory, so this
+    /// means no layer read it).
     #[error("the webhook body could not be read")]
-    Body(#[source] axum::Error),
-    /// The body is not a webhook envelope (`type`, `event_id`, and for payment events a
-    /// `payment_id`).
-    #[error("the webhook body is not a TrueLayer webhook")]
-    NotAWebhook(#[source] serde_json::Error),
+    Body,
+    /// The body is not a webhook envelope (`type` and `event_id`). Only where parsing
+    /// stopped is kept: serde's messages quote the values they met, and a body is never
+    /// logged.
+    #[error(
+        "the webhook body is not a TrueLayer webhook ({category} error at line {line}, column {column})"
+    )]
+    NotAWebhook {
+        /// syntax, data, eof or io.
+        category: &'static str,
+        /// Where parsing stopped.
+        line: usize,
+        /// Where parsing stopped.
+        column: usize,
+    },
 }
 
 impl IntoResponse for WebhookRejection {
@@ -32,8 +43,8 @@ impl IntoResponse for WebhookRejection {
                 tracing::error!("{self}");
                 StatusCode::INTERNAL_SERVER_ERROR
             }
-            WebhookRejection::Body(_) | WebhookRejection::NotAWebhook(_) => {
-                tracing::warn!(error = %crate::chain(&self), "webhook refused");
+            WebhookRejection::Body | WebhookRejection::NotAWebhook { .. } => {
+                tracing::warn!(error = %self, "webhook refused");
                 StatusCode::BAD_REQUEST
             }
         };
@@ -50,7 +61,16 @@ impl<S: Send + Sync> FromRequest<S> for Webhook {
         }
         let bytes = Bytes::from_request(request, state)
             .await
-            .map_err(|e| WebhookRejection::Body(axum::Error::new(e)))?;
-        serde_json::from_slice(&bytes).map_err(WebhookRejection::NotAWebhook)
+            .map_err(|_| WebhookRejection::Body)?;
+        serde_json::from_slice(&bytes).map_err(|e| WebhookRejection::NotAWebhook {
+            category: match e.classify() {
+                serde_json::error::Category::Io => "io",
+                serde_json::error::Category::Syntax => "syntax",
+                serde_json::error::Category::Data => "data",
+                serde_json::error::Category::Eof => "eof",
+            },
+            line: e.line(),
+            column: e.column(),
+        })
     }
 }

@@ -77,6 +77,9 @@ pub enum WebhookError {
     /// The body could not be read.
     #[error("the webhook's body could not be read")]
     Body(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The body took longer than the body timeout to arrive.
+    #[error("the webhook's body took too long to arrive")]
+    BodyTimeout,
 }
 
 impl WebhookError {
@@ -85,6 +88,7 @@ impl WebhookError {
         match self {
             WebhookError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             WebhookError::Body(_) => StatusCode::BAD_REQUEST,
+            WebhookError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             WebhookError::KeysUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::UNAUTHORIZED,
         }
@@ -108,6 +112,7 @@ impl WebhookError {
             WebhookError::InvalidSignature(_) => "invalid_signature",
             WebhookError::BodyTooLarge { .. } => "body_too_large",
             WebhookError::Body(_) => "body_unreadable",
+            WebhookError::BodyTimeout => "body_timeout",
         }
     }
 }
@@ -121,9 +126,15 @@ pub enum JwksError {
     Transport {
         /// The URL.
         jku: String,
-        /// The cause, as text (the transport's error type is not part of this API).
+        /// The cause (the transport's own error type is not part of this API).
         #[source]
         source: std::sync::Arc<dyn std::error::Error + Send + Sync>,
+    },
+    /// No fetch has finished yet (the runtime running it shut down).
+    #[error("the JWKS at `{jku}` has not been fetched yet")]
+    NotFetched {
+        /// The URL.
+        jku: String,
     },
     /// The fetch took longer than the fetch timeout.
     #[error("the JWKS request to `{jku}` timed out")]

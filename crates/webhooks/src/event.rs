@@ -8,9 +8,11 @@ use serde_json::{Map, Value};
 /// A webhook body: its envelope and its event.
 ///
 /// Event types this crate does not know (TrueLayer adds them: payouts, mandates, refunds)
-/// arrive as [`WebhookEvent::Other`] with their JSON, never as an error. Unknown fields are
+/// arrive as [`WebhookEvent::Other`] with their JSON, never as an error; so does a known type
+/// whose fields do not have the expected shape (logged at `warn`). Unknown fields are
 /// ignored, and the payment events' fields other than `payment_id` are optional, so a new
-/// field or a missing one does not refuse a webhook TrueLayer would retry for days.
+/// field or a missing one does not refuse a webhook TrueLayer would retry for days. Only
+/// `type` (or `event_type`) and `event_id` are required.
 ///
 /// # Example
 ///
@@ -182,17 +184,29 @@ impl<'de> Deserialize<'de> for Webhook {
             .ok_or_else(|| D::Error::missing_field("type"))?;
         let event_id = text("event_id").ok_or_else(|| D::Error::missing_field("event_id"))?;
         let event_version = body.get("event_version").and_then(Value::as_u64);
-        fn typed<T: serde::de::DeserializeOwned, E: serde::de::Error>(
-            body: &Value,
-        ) -> Result<T, E> {
-            T::deserialize(body).map_err(E::custom)
+        // A known type whose fields changed shape (TrueLayer evolves its schemas) is kept
+        // as raw JSON rather than refused: a refused webhook is retried for days, then lost.
+        fn typed<T: serde::de::DeserializeOwned>(body: &Value) -> Option<T> {
+            T::deserialize(body).ok()
         }
         let event = match event_type.as_str() {
-            "payment_authorized" => WebhookEvent::PaymentAuthorized(typed(&body)?),
-            "payment_executed" => WebhookEvent::PaymentExecuted(typed(&body)?),
-            "payment_settled" => WebhookEvent::PaymentSettled(typed(&body)?),
-            "payment_failed" => WebhookEvent::PaymentFailed(typed(&body)?),
-            _ => WebhookEvent::Other { event_type, body },
+            "payment_authorized" => typed(&body).map(WebhookEvent::PaymentAuthorized),
+            "payment_executed" => typed(&body).map(WebhookEvent::PaymentExecuted),
+            "payment_settled" => typed(&body).map(WebhookEvent::PaymentSettled),
+            "payment_failed" => typed(&body).map(WebhookEvent::PaymentFailed),
+            _ => None,
+        };
+        let event = match event {
+            Some(event) => event,
+            None => {
+                if KNOWN.contains(&event_type.as_str()) {
+                    tracing::warn!(
+                        event_type = %event_type,
+                        "a known webhook type did not match its typed shape; kept as raw JSON"
+                    );
+                }
+                WebhookEvent::Other { event_type, body }
+            }
         };
         Ok(Webhook {
             event_id,
@@ -201,6 +215,13 @@ impl<'de> Deserialize<'de> for Webhook {
         })
     }
 }
+
+const KNOWN: [&str; 4] = [
+    "payment_authorized",
+    "payment_executed",
+    "payment_settled",
+    "payment_failed",
+];
 
 /// The `event_id` of a body, without parsing the rest.
 pub(crate) fn event_id(body: &[u8]) -> Option<String> {
@@ -243,10 +264,12 @@ mod tests {
             serde_json::from_str(r#"{"event_type":"example","event_id":"e3"}"#).unwrap();
         assert_eq!(legacy.event_type(), "example");
         assert!(serde_json::from_str::<Webhook>(r#"{"type":"x"}"#).is_err());
+        let drifted: Webhook =
+            serde_json::from_str(r#"{"type":"payment_settled","event_id":"e","settled_at":5}"#)
+                .unwrap();
         assert!(
-            serde_json::from_str::<Webhook>(r#"{"type":"payment_settled","event_id":"e"}"#)
-                .is_err(),
-            "a payment event without payment_id"
+            matches!(&drifted.event, WebhookEvent::Other { event_type, .. } if event_type == "payment_settled"),
+            "a known type in an unexpected shape is kept, not refused: {drifted:?}"
         );
         assert_eq!(
             event_id(br#"{"event_id":"abc","x":[1]}"#).as_deref(),

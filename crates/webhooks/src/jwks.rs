@@ -175,6 +175,13 @@ pub(crate) struct KeySet {
 
 impl KeySet {
     fn parse(jku: &str, body: &[u8]) -> Result<Self, JwksError> {
+        // The limit holds for custom fetchers too.
+        if body.len() > MAX_JWKS_BYTES {
+            return Err(JwksError::TooLarge {
+                jku: jku.to_owned(),
+                limit: MAX_JWKS_BYTES,
+            });
+        }
         let not_jwks = || JwksError::NotJwks {
             jku: jku.to_owned(),
         };
@@ -232,9 +239,9 @@ struct EntryState {
 struct Entry {
     jku: String,
     state: Mutex<EntryState>,
-    /// Held while fetching: one fetch at a time per `jku`. A tokio mutex, so a caller that
-    /// is dropped mid-fetch releases it and the next waiter fetches instead.
-    fetching: tokio::sync::Mutex<()>,
+    /// Held by the fetch task while it fetches: one fetch at a time per `jku`, and a caller
+    /// can wait for the running one by locking it.
+    fetching: Arc<tokio::sync::Mutex<()>>,
 }
 
 enum Decision {
@@ -248,7 +255,7 @@ enum Decision {
 
 /// The JWKS of each allowed `jku`.
 pub(crate) struct JwksCache {
-    entries: HashMap<String, Entry>,
+    entries: HashMap<String, Arc<Entry>>,
     fetcher: Arc<dyn FetchJwks>,
     policy: Policy,
 }
@@ -270,11 +277,11 @@ impl JwksCache {
             .map(|jku| {
                 (
                     jku.clone(),
-                    Entry {
+                    Arc::new(Entry {
                         jku: jku.clone(),
                         state: Mutex::default(),
-                        fetching: tokio::sync::Mutex::new(()),
-                    },
+                        fetching: Arc::new(tokio::sync::Mutex::new(())),
+                    }),
                 )
             })
             .collect();
@@ -290,6 +297,10 @@ impl JwksCache {
     }
 
     /// The keys that can check a signature by `kid` from `jku` (which must be allowed).
+    ///
+    /// A fetch runs in a task of its own that holds the entry's lock until it has stored
+    /// its result: a caller dropped while waiting (a client that hung up) neither cancels it
+    /// nor uses up the refetch interval without a result.
     pub(crate) async fn keys_for(&self, jku: &str, kid: &str) -> Result<Arc<KeySet>, WebhookError> {
         let Some(entry) = self.entries.get(jku) else {
             return Err(WebhookError::JkuNotAllowed {
@@ -300,28 +311,27 @@ impl JwksCache {
         match decision {
             Decision::Use(keys) => return keys.check(kid),
             Decision::Fetch(Some(stale)) => {
-                // The kid is known from a stale copy: refresh if nobody is, else serve it.
-                let Ok(_guard) = entry.fetching.try_lock() else {
-                    return stale.check(kid);
-                };
-                if lock(&entry.state).attempts == seen {
-                    self.fetch(entry).await;
+                // The kid is known from a stale copy: serve it, and refresh in the background
+                // unless a refresh is already running.
+                if let Ok(guard) = entry.fetching.clone().try_lock_owned()
+                    && lock(&entry.state).attempts == seen
+                {
+                    drop(self.spawn_fetch(entry, guard));
                 }
+                return stale.check(kid);
             }
             Decision::Fetch(None) => {
-                let _guard = entry.fetching.lock().await;
+                let guard = entry.fetching.clone().lock_owned().await;
                 // Someone fetched while this caller waited: use what they got, fetch no
                 // more (a flood of unknown kids makes one fetch, not one each).
                 if lock(&entry.state).attempts == seen {
-                    self.fetch(entry).await;
+                    // A join error means the runtime is shutting down: decide below.
+                    let _ = self.spawn_fetch(entry, guard).await;
                 }
             }
             Decision::Refuse => {
-                // No fetch allowed now; but one may be running (the first webhooks arrive
+                // No fetch allowed now, but one may be running (the first webhooks arrive
                 // together): wait for its result rather than refuse.
-                if entry.fetching.try_lock().is_ok() {
-                    return Err(self.refusal(entry, kid));
-                }
                 drop(entry.fetching.lock().await);
             }
         }
@@ -363,53 +373,88 @@ impl JwksCache {
                 },
             },
             (None, Some(error)) => WebhookError::KeysUnavailable(error.clone()),
-            (None, None) => WebhookError::KeysUnavailable(JwksError::Timeout {
+            (None, None) => WebhookError::KeysUnavailable(JwksError::NotFetched {
                 jku: entry.jku.clone(),
             }),
         }
     }
 
-    /// One fetch of `entry`'s JWKS; the caller holds `entry.fetching`.
-    async fn fetch(&self, entry: &Entry) {
-        let started = Instant::now();
-        {
-            let mut state = lock(&entry.state);
-            state.last_attempt = Some(started);
-            state.attempts += 1;
-        }
-        let result =
-            match tokio::time::timeout(self.policy.fetch_timeout, self.fetcher.fetch(&entry.jku))
-                .await
-            {
-                Ok(Ok(fetched)) => {
-                    KeySet::parse(&entry.jku, &fetched.body).map(|keys| (keys, fetched))
-                }
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(JwksError::Timeout {
-                    jku: entry.jku.clone(),
-                }),
-            };
+    /// Starts one fetch of `entry`'s JWKS, in a task that holds `guard` until the result is
+    /// stored.
+    fn spawn_fetch(
+        &self,
+        entry: &Arc<Entry>,
+        guard: tokio::sync::OwnedMutexGuard<()>,
+    ) -> tokio::task::JoinHandle<()> {
+        let (entry, fetcher, policy) = (entry.clone(), self.fetcher.clone(), self.policy);
+        tokio::spawn(async move {
+            let _guard = guard;
+            fetch(&entry, &*fetcher, policy).await;
+        })
+    }
+}
+
+/// One fetch of `entry`'s JWKS, its result stored. If the task is dropped before the end
+/// (its runtime shutting down), the attempt is taken back so the next caller fetches.
+async fn fetch(entry: &Entry, fetcher: &dyn FetchJwks, policy: Policy) {
+    let started = Instant::now();
+    let previous = {
         let mut state = lock(&entry.state);
-        match result {
-            Ok((keys, fetched)) => {
-                let ttl = fetched
-                    .max_age
-                    .unwrap_or(self.policy.default_ttl)
-                    .clamp(self.policy.min_ttl, self.policy.max_ttl);
-                tracing::debug!(jku = %entry.jku, ttl_secs = ttl.as_secs(), "fetched webhook JWKS");
-                state.keys = Some(Arc::new(keys));
-                state.fresh_until = Some(started + ttl);
-                state.last_error = None;
-            }
-            Err(error) => {
-                tracing::warn!(
-                    jku = %entry.jku,
-                    error = %crate::chain(&error),
-                    serving_stale = state.keys.is_some(),
-                    "webhook JWKS fetch failed"
-                );
-                state.last_error = Some(error);
-            }
+        let previous = state.last_attempt.replace(started);
+        state.attempts += 1;
+        previous
+    };
+    let mut undo = Undo {
+        entry,
+        previous,
+        armed: true,
+    };
+    let result = match tokio::time::timeout(policy.fetch_timeout, fetcher.fetch(&entry.jku)).await {
+        Ok(Ok(fetched)) => KeySet::parse(&entry.jku, &fetched.body).map(|keys| (keys, fetched)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(JwksError::Timeout {
+            jku: entry.jku.clone(),
+        }),
+    };
+    undo.armed = false;
+    let mut state = lock(&entry.state);
+    match result {
+        Ok((keys, fetched)) => {
+            let ttl = fetched
+                .max_age
+                .unwrap_or(policy.default_ttl)
+                .clamp(policy.min_ttl, policy.max_ttl);
+            tracing::debug!(jku = %entry.jku, ttl_secs = ttl.as_secs(), "fetched webhook JWKS");
+            state.keys = Some(Arc::new(keys));
+            state.fresh_until = Some(started + ttl);
+            state.last_error = None;
+        }
+        Err(error) => {
+            tracing::warn!(
+                jku = %entry.jku,
+                error = %crate::chain(&error),
+                serving_stale = state.keys.is_some(),
+                "webhook JWKS fetch failed"
+            );
+            state.last_error = Some(error);
+        }
+    }
+}
+
+/// Takes back an attempt that never finished.
+struct Undo<'a> {
+    entry: &'a Entry,
+    previous: Option<Instant>,
+    armed: bool,
+}
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut state = lock(&self.entry.state);
+            // As if it never started: a caller that queued behind it fetches.
+            state.last_attempt = self.previous;
+            state.attempts = state.attempts.wrapping_sub(1);
         }
     }
 }
@@ -418,8 +463,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// At most `max` characters of a value a sender chose, control characters replaced (so a
+/// `kid` or `jku` cannot forge log lines).
 pub(crate) fn truncate(s: &str, max: usize) -> String {
-    s.chars().take(max).collect()
+    s.chars()
+        .take(max)
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -14,6 +15,7 @@ use tower::{Layer, Service};
 
 use crate::error::WebhookError;
 use crate::event::event_id;
+use crate::jwks::truncate;
 use crate::ledger::{Begin, EventLedger};
 use crate::verifier::WebhookVerifier;
 
@@ -55,11 +57,12 @@ pub struct WebhookLayer {
     config: Arc<Config>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Config {
     verifier: WebhookVerifier,
     ledger: Option<Arc<dyn EventLedger>>,
     max_body: usize,
+    body_timeout: Duration,
 }
 
 impl WebhookLayer {
@@ -70,6 +73,7 @@ impl WebhookLayer {
                 verifier,
                 ledger: None,
                 max_body: DEFAULT_MAX_BODY,
+                body_timeout: Duration::from_secs(10),
             }),
         }
     }
@@ -89,10 +93,15 @@ impl WebhookLayer {
         self
     }
 
+    /// How long reading the body may take (10 s by default); slower senders get 408.
+    #[must_use]
+    pub fn body_timeout(mut self, timeout: Duration) -> Self {
+        self.config_mut().body_timeout = timeout;
+        self
+    }
+
     fn config_mut(&mut self) -> &mut Config {
-        Arc::get_mut(&mut self.config).unwrap_or_else(|| {
-            unreachable!("a layer is configured before it is cloned into services")
-        })
+        Arc::make_mut(&mut self.config)
     }
 }
 
@@ -151,14 +160,22 @@ where
         let config = self.config.clone();
         Box::pin(async move {
             let (mut parts, body) = request.into_parts();
-            let bytes = match read_body(body, config.max_body, &parts.headers).await {
-                Ok(bytes) => bytes,
+            // Signature present, jku allowed, timestamp signed and recent: before the body
+            // is read, so a forged webhook costs no memory, no fetch and no ECDSA.
+            let checked = match config.verifier.check_headers(&parts.headers) {
+                Ok(checked) => checked,
                 Err(error) => return Ok(refuse(&error)),
+            };
+            let read = read_body(body, config.max_body, &parts.headers);
+            let bytes = match tokio::time::timeout(config.body_timeout, read).await {
+                Ok(Ok(bytes)) => bytes,
+                Ok(Err(error)) => return Ok(refuse(&error)),
+                Err(_) => return Ok(refuse(&WebhookError::BodyTimeout)),
             };
             let path = original_path(&parts);
             let verified = match config
                 .verifier
-                .verify(&parts.method, &path, &parts.headers, &bytes)
+                .check_signature(checked, &parts.method, &path, &parts.headers, &bytes)
                 .await
             {
                 Ok(verified) => verified,
@@ -167,25 +184,26 @@ where
             let mut claim = None;
             if let (Some(ledger), Some(id)) = (&config.ledger, event_id(&bytes)) {
                 match ledger.begin(&id).await {
-                    Ok(Begin::New) => {
+                    Ok(Begin::New(number)) => {
                         claim = Some(Claim {
                             ledger: ledger.clone(),
                             event_id: id,
+                            number,
                             settled: false,
                         });
                     }
                     Ok(Begin::Done) => {
-                        tracing::debug!(event_id = %id, "webhook event already handled");
+                        tracing::debug!(event_id = %truncate(&id, 100), "webhook event already handled");
                         return Ok(answer(StatusCode::OK, "already handled"));
                     }
-                    Ok(Begin::InProgress) => {
-                        tracing::debug!(event_id = %id, "webhook event being handled");
+                    Ok(_) => {
+                        tracing::debug!(event_id = %truncate(&id, 100), "webhook event being handled");
                         return Ok(answer(StatusCode::CONFLICT, "being handled"));
                     }
-                    // Not recorded; TrueLayer will retry. Still answered (no `?`): the
-                    // handler must not run without a claim.
+                    // Not recorded; TrueLayer will retry. The handler must not run without
+                    // a claim.
                     Err(error) => {
-                        tracing::warn!(event_id = %id, error = %crate::chain(&error), "webhook ledger failed");
+                        tracing::warn!(event_id = %truncate(&id, 100), error = %crate::chain(&error), "webhook ledger failed");
                         return Ok(answer(
                             StatusCode::SERVICE_UNAVAILABLE,
                             "event ledger unavailable",
@@ -200,14 +218,15 @@ where
             if let Some(mut claim) = claim
                 && response.status().is_success()
             {
-                claim.settled = true;
-                if let Err(error) = claim.ledger.complete(&claim.event_id).await {
-                    tracing::warn!(
-                        event_id = %claim.event_id,
+                match claim.ledger.complete(&claim.event_id, claim.number).await {
+                    Ok(()) => claim.settled = true,
+                    // Dropped unsettled below: released, so a retry reaches the handler
+                    // again (at least once, rather than lost).
+                    Err(error) => tracing::warn!(
+                        event_id = %truncate(&claim.event_id, 100),
                         error = %crate::chain(&error),
                         "webhook handled but not recorded; a retry will reach the handler again"
-                    );
-                    claim.ledger.release(&claim.event_id);
+                    ),
                 }
             }
             // A claim not settled is dropped here: released, so TrueLayer's retry is handled.
@@ -220,13 +239,14 @@ where
 struct Claim {
     ledger: Arc<dyn EventLedger>,
     event_id: String,
+    number: u64,
     settled: bool,
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
         if !self.settled {
-            self.ledger.release(&self.event_id);
+            self.ledger.release(&self.event_id, self.number);
         }
     }
 }

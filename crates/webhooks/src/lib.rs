@@ -20,6 +20,11 @@
 //! [`WebhookLayer`] does all of it in front of any tower service; with the `axum` feature
 //! (on by default), a handler takes a typed [`Webhook`] as an extractor.
 //!
+//! A verified webhook proves that TrueLayer sent it, recently, to this path. It does not
+//! prove that it is about one of your payments: every TrueLayer client receives validly
+//! signed webhooks for its own, and sandbox webhooks are signed too. Look `payment_id` up
+//! in your records before acting, and in production allow only the production JWKS.
+//!
 //! # Example
 //!
 //! ```
@@ -41,7 +46,8 @@
 //!     StatusCode::OK
 //! }
 //!
-//! let verifier = WebhookVerifier::builder().build()?; // TrueLayer's production + sandbox
+//! // TrueLayer's production JWKS only (the default allows its sandbox's too).
+//! let verifier = WebhookVerifier::builder().production_only().build()?;
 //! let app: Router = Router::new()
 //!     .route("/tl-webhook", post(on_webhook))
 //!     .layer(WebhookLayer::new(verifier).ledger(InMemoryLedger::new(100_000)));

@@ -121,6 +121,13 @@ impl WebhookVerifier {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<VerifiedWebhook, WebhookError> {
+        let checked = self.check_headers(headers)?;
+        self.check_signature(checked, method, path, headers, body)
+            .await
+    }
+
+    /// The checks that need no body and no key: run before a body is read.
+    pub(crate) fn check_headers(&self, headers: &HeaderMap) -> Result<HeaderCheck, WebhookError> {
         let signature = headers
             .get(SIGNATURE_HEADER)
             .and_then(|v| v.to_str().ok())
@@ -139,17 +146,34 @@ impl WebhookVerifier {
         {
             return Err(WebhookError::TimestampNotSigned);
         }
-        let keys = self.inner.jwks.keys_for(jku, &jose.kid).await?;
+        Ok(HeaderCheck {
+            signature: signature.to_owned(),
+            jku: jku.to_owned(),
+            kid: jose.kid,
+            timestamp,
+        })
+    }
+
+    /// The key and the signature, after [`check_headers`](Self::check_headers).
+    pub(crate) async fn check_signature(
+        &self,
+        checked: HeaderCheck,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<VerifiedWebhook, WebhookError> {
+        let keys = self.inner.jwks.keys_for(&checked.jku, &checked.kid).await?;
         let request = Signable::new(method.as_str(), path)
             .headers(headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())))
             .body(body);
         keys.verifier
-            .verify(&request, signature)
+            .verify(&request, &checked.signature)
             .map_err(WebhookError::InvalidSignature)?;
         Ok(VerifiedWebhook {
-            kid: jose.kid,
-            jku: jku.to_owned(),
-            timestamp,
+            kid: checked.kid,
+            jku: checked.jku,
+            timestamp: checked.timestamp,
         })
     }
 
@@ -173,6 +197,14 @@ impl WebhookVerifier {
         }
         Ok(SystemTime::from(sent))
     }
+}
+
+/// What the header checks found, for the signature check.
+pub(crate) struct HeaderCheck {
+    signature: String,
+    jku: String,
+    kid: String,
+    timestamp: SystemTime,
 }
 
 /// Settings of a [`WebhookVerifier`].
@@ -227,6 +259,20 @@ impl WebhookVerifierBuilder {
         self
     }
 
+    /// Only TrueLayer's production JWKS: what a production service should trust. (A
+    /// sandbox webhook is as validly signed as a production one; it is not about your
+    /// money.)
+    #[must_use]
+    pub fn production_only(self) -> Self {
+        self.allowed_jkus([TRUELAYER_PRODUCTION_JKU])
+    }
+
+    /// Only TrueLayer's sandbox JWKS.
+    #[must_use]
+    pub fn sandbox_only(self) -> Self {
+        self.allowed_jkus([TRUELAYER_SANDBOX_JKU])
+    }
+
     /// How far `X-Tl-Webhook-Timestamp` may be from now, in either direction (5 minutes by
     /// default). The window bounds how long a captured webhook can be replayed; the
     /// [`EventLedger`](crate::EventLedger) closes it.
@@ -237,8 +283,8 @@ impl WebhookVerifierBuilder {
     }
 
     /// The floor and ceiling on how long a fetched JWKS is fresh, whatever its
-    /// `Cache-Control` says (1 minute and 24 hours by default), and how long it is fresh
-    /// when it says nothing (15 minutes).
+    /// `Cache-Control` says (1 minute and 24 hours by default; the floor at least 1 s), and
+    /// how long it is fresh when it says nothing (15 minutes).
     #[must_use]
     pub fn jwks_ttl(mut self, floor: Duration, default: Duration, ceiling: Duration) -> Self {
         self.policy.min_ttl = floor;
@@ -247,9 +293,11 @@ impl WebhookVerifierBuilder {
         self
     }
 
-    /// The least time between two fetches of one JWKS (30 s by default): an unknown `kid`
-    /// or a stale copy triggers at most one fetch per interval, so a flood of made-up kids
-    /// cannot make the verifier fetch in a loop.
+    /// The least time between two fetches of one JWKS (30 s by default, at least 1 s): an
+    /// unknown `kid` or a stale copy triggers at most one fetch per interval, so a flood of
+    /// made-up kids cannot make the verifier fetch in a loop. A key TrueLayer rotates in
+    /// within this interval of the last fetch is refused until it passes (TrueLayer retries
+    /// the webhook).
     #[must_use]
     pub fn jwks_refetch_interval(mut self, interval: Duration) -> Self {
         self.policy.refetch_interval = interval;
@@ -300,18 +348,35 @@ impl WebhookVerifierBuilder {
                 reason: "the timeout must be longer than zero".into(),
             });
         }
-        if policy.min_ttl > policy.max_ttl {
+        if policy.min_ttl < Duration::from_secs(1)
+            || policy.refetch_interval < Duration::from_secs(1)
+        {
+            return Err(ConfigError {
+                name: "jwks_refetch_interval",
+                reason: "the JWKS floor and refetch interval are at least 1 s (else a flood of webhooks could make it fetch in a loop)".into(),
+            });
+        }
+        if policy.min_ttl > policy.max_ttl
+            || policy.default_ttl < policy.min_ttl
+            || policy.default_ttl > policy.max_ttl
+        {
             return Err(ConfigError {
                 name: "jwks_ttl",
-                reason: "the floor is above the ceiling".into(),
+                reason: "the floor is above the ceiling, or the default outside them".into(),
             });
         }
         // Instants a day or so ahead are all the cache computes; keep them representable.
         let year = Duration::from_secs(365 * 24 * 3600);
-        if policy.max_ttl > year || policy.refetch_interval > year || self.window > 100 * year {
+        if policy.max_ttl > year || policy.refetch_interval > year {
             return Err(ConfigError {
                 name: "jwks_ttl",
-                reason: "durations are limited to a year (the window to a century)".into(),
+                reason: "JWKS durations are limited to a year".into(),
+            });
+        }
+        if self.window > 100 * year {
+            return Err(ConfigError {
+                name: "timestamp_window",
+                reason: "the window is limited to a century".into(),
             });
         }
         let fetcher = match self.fetcher {
