@@ -233,6 +233,12 @@ impl Emulator {
         Ok(())
     }
 
+    /// Removes a request-signing key, as deleting it in TrueLayer Console does: signatures
+    /// by it are refused from then on. Returns whether the client had it.
+    pub fn remove_signing_key(&self, client_id: &str, kid: &str) -> bool {
+        self.state.remove_signing_key(client_id, kid)
+    }
+
     /// Delays every Payments API answer by `latency` (after the request is checked), on
     /// tokio's clock.
     pub fn set_api_latency(&self, latency: Duration) {

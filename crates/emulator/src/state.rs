@@ -554,6 +554,13 @@ impl State {
             .insert(kid.to_owned(), key);
     }
 
+    pub(crate) fn remove_signing_key(&self, client_id: &str, kid: &str) -> bool {
+        lock(&self.control)
+            .signing_keys
+            .get_mut(client_id)
+            .is_some_and(|keys| keys.remove(kid).is_some())
+    }
+
     /// The key `kid` of `client_id`, or of any client when none is given.
     pub(crate) fn signing_key(&self, client_id: Option<&str>, kid: &str) -> Option<PublicKey> {
         let control = lock(&self.control);
