@@ -120,6 +120,13 @@ impl<K: SignerSource> Forwarder<K> {
                 serde_json::json!({ "error": error, "message": message }),
             );
         }
+        // A forward proxy's tunnel is not this proxy's job, and `*` names no path upstream.
+        if request.method() == Method::CONNECT || request.uri().path() == "*" {
+            return json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                serde_json::json!({ "error": "method_not_allowed", "message": "CONNECT and `*` requests are not forwarded" }),
+            );
+        }
         if let Some(admin) = request.uri().path().strip_prefix(self.admin_path.as_str()) {
             return self.admin(request.method(), admin);
         }
@@ -332,14 +339,21 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
         return;
     }
     // Headers named in `Connection` are hop-by-hop too (`keep-alive` and `close` name none).
-    for value in headers.get_all(header::CONNECTION) {
-        for token in value.to_str().unwrap_or_default().split(',').map(str::trim) {
-            if let Some(name) = headers
-                .keys()
-                .find(|name| name.as_str().eq_ignore_ascii_case(token))
-            {
-                doomed.push(name.clone());
-            }
+    // Read as bytes (a value that is not ASCII still names its tokens), and at most 32 of
+    // them: each is compared with every header name.
+    let tokens = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|token| !token.is_empty())
+        .take(32);
+    for token in tokens {
+        if let Some(name) = headers
+            .keys()
+            .find(|name| name.as_str().as_bytes().eq_ignore_ascii_case(token))
+        {
+            doomed.push(name.clone());
         }
     }
     for name in &doomed {

@@ -73,6 +73,8 @@ pub struct Proxy<K = Signer> {
     builder: ProxyBuilder<K>,
     upstream: Upstream,
     connector: HttpsConnector<HttpConnector>,
+    /// One layer for all workers: they share its key-reload limit.
+    signing: Option<SigningLayer<K>>,
     metrics: Arc<Metrics>,
 }
 
@@ -107,10 +109,15 @@ impl<K: SignerSource> Proxy<K> {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
+        let signing = builder
+            .signer
+            .clone()
+            .map(|keys| SigningLayer::new(keys).max_body_bytes(builder.signing_limit));
         Ok(Proxy {
             builder,
             upstream,
             connector,
+            signing,
             metrics: Metrics::new(),
         })
     }
@@ -128,13 +135,10 @@ impl<K: SignerSource> Proxy<K> {
             &BearerAuthLayer::new(self.builder.tokens.clone()).replay_policy(policy),
             pool,
         );
-        match &self.builder.signer {
+        match &self.signing {
             None => Stack::Plain(bearer),
             // Signing outside the bearer layer: its replay copies the signed request.
-            Some(keys) => Stack::Signed(tower::Layer::layer(
-                &SigningLayer::new(keys.clone()).max_body_bytes(self.builder.signing_limit),
-                bearer,
-            )),
+            Some(signing) => Stack::Signed(tower::Layer::layer(signing, bearer)),
         }
     }
 
@@ -150,12 +154,13 @@ impl<K: SignerSource> Proxy<K> {
             addr: b.listen,
             source,
         };
-        let first = server::listen(b.listen, b.workers > 1).map_err(bind_error)?;
+        let first = server::listen(b.listen).map_err(bind_error)?;
         let local = first.local_addr().map_err(bind_error)?;
-        let mut listeners = vec![first];
+        let mut listeners = Vec::with_capacity(b.workers);
         for _ in 1..b.workers {
-            listeners.push(server::listen(local, true).map_err(bind_error)?);
+            listeners.push(first.try_clone().map_err(bind_error)?);
         }
+        listeners.push(first);
         if !local.ip().is_loopback() {
             tracing::warn!(%local, "listening on an address that is not loopback: anything that can reach it can spend the merchant's token");
         }

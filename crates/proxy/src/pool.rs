@@ -93,8 +93,20 @@ impl Pool {
         None
     }
 
-    fn give_back(&self, sender: SendRequest<ProxyBody>) {
+    /// Pools a connection whose response has been read. If its request body is still being
+    /// sent (a streamed upload answered early), it goes back only once that is done, from a
+    /// task: pooled, it would make the next request wait on someone else's upload.
+    fn give_back(&self, mut sender: SendRequest<ProxyBody>) {
         if sender.is_closed() {
+            return;
+        }
+        if !sender.is_ready() {
+            let pool = self.clone();
+            tokio::spawn(async move {
+                if let Ok(Ok(())) = tokio::time::timeout(IDLE_TIMEOUT, sender.ready()).await {
+                    pool.give_back(sender);
+                }
+            });
             return;
         }
         let mut idle = self.idle();
@@ -128,17 +140,28 @@ impl Pool {
 
     async fn send(
         self,
-        mut request: Request<ProxyBody>,
+        request: Request<ProxyBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let started = tokio::time::Instant::now();
+        let result = self.exchange(request).await;
+        // Every outcome, failures too: from the call to the response head, connecting and
+        // waiting for a connection included.
+        self.inner.metrics.upstream(started.elapsed());
+        result
+    }
+
+    async fn exchange(
+        &self,
+        mut request: Request<ProxyBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         loop {
             let (mut sender, reused) = match self.checkout() {
                 Some(sender) => (sender, true),
                 // Boxed: the connect future is large and rarely needed.
                 None => (Box::pin(self.connect()).await?, false),
             };
-            // A kept-alive connection finishing its last response becomes ready here; one
-            // the upstream closed meanwhile fails, and another is tried.
+            // Pooled connections are idle (see `give_back`); one the upstream closed
+            // meanwhile fails here, and another is tried.
             if let Err(e) = sender.ready().await {
                 if reused {
                     continue;
@@ -147,7 +170,6 @@ impl Pool {
             }
             match sender.try_send_request(request).await {
                 Ok(response) => {
-                    self.inner.metrics.upstream(started.elapsed());
                     let (parts, body) = response.into_parts();
                     let mut body = UpstreamBody {
                         body,
@@ -160,7 +182,8 @@ impl Pool {
                     return Ok(Response::from_parts(parts, body));
                 }
                 Err(mut e) => match e.take_message() {
-                    // Not sent at all (the connection closed first): safe to send on another.
+                    // Never taken by the connection (it closed first): not sent, so safe to
+                    // send on another.
                     Some(unsent) if reused => request = unsent,
                     _ => return Err(UpstreamError::Http(e.into_error())),
                 },
@@ -223,7 +246,10 @@ impl Body for UpstreamBody {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => self.finished(),
-            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.finished(),
+            // Trailers end a body too (hyper's server stops polling after them).
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() || self.body.is_end_stream() => {
+                self.finished();
+            }
             // An error: the connection is not reused (dropping the sender closes it).
             Poll::Ready(Some(Err(_))) => self.sender = None,
             _ => {}

@@ -44,21 +44,20 @@ impl ShutdownHandle {
     }
 }
 
-/// Binds a listening socket, with `SO_REUSEPORT` when several workers share the address.
-/// Returned as a std listener, so each worker registers it with its own runtime.
-pub(crate) fn listen(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
+/// Binds the listening socket, as a std listener: each worker registers a clone of it with
+/// its own runtime. One socket, not one per worker with `SO_REUSEPORT`: a second proxy (or
+/// any process of the same user) started on the same port fails to bind instead of silently
+/// taking a share of the traffic.
+pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
-    socket.set_reuseaddr(true)?;
+    // As std's `TcpListener::bind` does on Unix (a restart need not wait out TIME_WAIT); on
+    // Windows the same option would let another socket steal the port.
     #[cfg(unix)]
-    if reuse_port {
-        socket.set_reuseport(true)?;
-    }
-    #[cfg(not(unix))]
-    let _ = reuse_port;
+    socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(1024)?.into_std()
 }
@@ -112,6 +111,9 @@ impl<K: SignerSource> RunningProxy<K> {
     /// drain timeout passed. The first worker runs on the caller's runtime; others (see
     /// [`ProxyBuilder::workers`](crate::ProxyBuilder::workers)) on threads of their own.
     pub async fn serve(self) {
+        // Dropping this future (a `select!`, a timeout, an aborted task) stops every worker,
+        // not only the one it runs: the others are threads of their own.
+        let _stop_all_on_drop = StopOnDrop(self.shutdown.clone());
         let shared = Shared {
             shutdown: self.shutdown,
             permits: Arc::new(Semaphore::new(self.max_connections)),
@@ -131,7 +133,11 @@ impl<K: SignerSource> RunningProxy<K> {
                         .enable_all()
                         .build()
                     {
-                        Ok(runtime) => runtime.block_on(worker.run(shared)),
+                        Ok(runtime) => {
+                            runtime.block_on(worker.run(shared));
+                            // Blocking work left behind (a DNS lookup) gets a second.
+                            runtime.shutdown_timeout(Duration::from_secs(1));
+                        }
                         Err(e) => tracing::error!(error = %e, "a proxy worker could not start its runtime"),
                     }
                     drop(done);
@@ -153,6 +159,15 @@ impl<K: SignerSource> RunningProxy<K> {
     }
 }
 
+/// Asks every worker to stop when dropped.
+struct StopOnDrop(ShutdownHandle);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.shutdown();
+    }
+}
+
 impl<K: SignerSource> Worker<K> {
     async fn run(self, shared: Shared) {
         let listener = match self
@@ -169,14 +184,6 @@ impl<K: SignerSource> Worker<K> {
         let graceful = GracefulShutdown::new();
         let mut backoff = Duration::ZERO;
         loop {
-            // At the cap, wait for a connection to close before accepting another.
-            let permit = tokio::select! {
-                permit = shared.permits.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
-                () = shared.shutdown.requested() => break,
-            };
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
                 () = shared.shutdown.requested() => break,
@@ -193,6 +200,16 @@ impl<K: SignerSource> Worker<K> {
                     tokio::time::sleep(backoff).await;
                     continue;
                 }
+            };
+            // At the cap, this connection waits (accepted, unserved) for another to close,
+            // and this worker accepts no more meanwhile; the others still do. A worker idle in
+            // `accept` holds no permit, so permits go where connections are.
+            let permit = tokio::select! {
+                permit = shared.permits.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+                () = shared.shutdown.requested() => break,
             };
             let _ = stream.set_nodelay(true);
             let forwarder = self.forwarder.clone();

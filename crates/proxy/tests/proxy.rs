@@ -582,14 +582,24 @@ async fn several_workers_share_the_port_reuse_upstream_connections_and_stop_toge
     let proxy = start(Proxy::builder(upstream, tokens(&emulator)).workers(3)).await;
     let mut clients = tokio::task::JoinSet::new();
     for client in 0..16 {
-        let url = proxy.url(&format!("/c/{client}"));
+        let addr = proxy.addr;
         clients.spawn(async move {
-            // One connection per client, 20 requests on it.
-            let http = reqwest::Client::new();
+            // Exactly one connection per client, 20 requests on it.
+            let stream = TcpStream::connect(addr).await.unwrap();
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .unwrap();
+            tokio::spawn(connection);
             for _ in 0..20 {
-                let response = http.get(&url).send().await.unwrap();
+                sender.ready().await.unwrap();
+                let request = Request::get(format!("/c/{client}"))
+                    .header("host", addr.to_string())
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                let response = sender.send_request(request).await.unwrap();
                 assert_eq!(response.status(), 200);
-                response.bytes().await.unwrap();
+                response.into_body().collect().await.unwrap();
             }
         });
     }
@@ -598,8 +608,10 @@ async fn several_workers_share_the_port_reuse_upstream_connections_and_stop_toge
     }
     assert_eq!(recorded.requests.load(Ordering::SeqCst), 320);
     let connections = recorded.connections.load(Ordering::SeqCst);
+    // At most one per client connection in use at a time, give or take a connection that
+    // is still being handed back when the next request comes.
     assert!(
-        connections <= 16,
+        connections <= 32,
         "upstream connections are kept and reused: {connections} for 320 requests"
     );
     proxy.stop.shutdown();
@@ -634,6 +646,167 @@ async fn an_upstream_that_closes_its_connections_costs_no_failed_request() {
         50,
         "one per request"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_serve_stops_every_worker() {
+    let emulator = Emulator::start().await.unwrap();
+    let proxy = start(Proxy::builder(emulator.url(), tokens(&emulator)).workers(3)).await;
+    assert!(TcpStream::connect(proxy.addr).await.is_ok());
+    // The serve future is dropped, not shut down: the worker threads must not live on
+    // with the merchant's token.
+    proxy.served.abort();
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        while TcpStream::connect(proxy.addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a worker still listens after serve() was dropped"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_requests_are_not_forwarded() {
+    let emulator = Emulator::start().await.unwrap();
+    let (upstream, recorded) = recorder().await;
+    let proxy = start(Proxy::builder(upstream, tokens(&emulator))).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "CONNECT api.truelayer.com:443 HTTP/1.1\r\nhost: {}\r\n\r\n",
+                proxy.addr
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 64];
+    let n = stream.read(&mut answer).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 405"),
+        "{}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+    assert_eq!(recorded.requests.load(Ordering::SeqCst), 0);
+}
+
+/// An upstream that answers `/early` at once with 413 (keep-alive), then reads the request's
+/// body as slowly as it comes; anything else gets 200. Raw TCP, so nothing closes the
+/// connection behind the test's back.
+async fn early_answering_upstream() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
+                    buffer.drain(..end + 4);
+                    if head.contains(" /early") {
+                        let _ = stream
+                            .write_all(
+                                b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n",
+                            )
+                            .await;
+                        // Read (and drop) the upload for as long as it lasts.
+                        while let Ok(n) = stream.read(&mut chunk).await {
+                            if n == 0 {
+                                return;
+                            }
+                        }
+                        return;
+                    }
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_answered_early_does_not_hold_up_the_next_request() {
+    let emulator = Emulator::start().await.unwrap();
+    let upstream = early_answering_upstream().await;
+    let proxy = start(Proxy::builder(upstream, tokens(&emulator)).replay_limit(1024)).await;
+    let http = reqwest::Client::new();
+    assert_eq!(
+        http.get(proxy.url("/warm")).send().await.unwrap().status(),
+        200
+    );
+    // An upload that streams past the replay limit, then stalls for good.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+    tx.send(Ok(Frame::data(Bytes::from(vec![b'x'; 4096]))))
+        .await
+        .unwrap();
+    let stalled = StreamBody::new(tokio_stream_from(rx));
+    let upload = tokio::spawn({
+        let url = proxy.url("/early");
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .body(reqwest::Body::wrap(stalled))
+                .send()
+                .await
+                .map(|r| r.status())
+        }
+    });
+    // Give the upload time to be answered 413 upstream (its body still being sent).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let next = tokio::time::timeout(Duration::from_secs(5), async {
+        http.get(proxy.url("/next")).send().await.unwrap().status()
+    })
+    .await
+    .expect("the next request does not wait for the stalled upload's connection");
+    assert_eq!(next, 200);
+    drop(tx);
+    upload.abort();
+}
+
+/// A stream over an mpsc receiver (no tokio-stream dependency for one test).
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_core::Stream<Item = T> + Send + 'static {
+    futures_util_poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn futures_util_poll_fn<T, F>(f: F) -> PollFnStream<F>
+where
+    F: FnMut(&mut std::task::Context<'_>) -> std::task::Poll<Option<T>>,
+{
+    PollFnStream(f)
+}
+
+struct PollFnStream<F>(F);
+
+impl<T, F> futures_core::Stream for PollFnStream<F>
+where
+    F: FnMut(&mut std::task::Context<'_>) -> std::task::Poll<Option<T>> + Unpin,
+{
+    type Item = T;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        (self.0)(cx)
+    }
 }
 
 #[test]

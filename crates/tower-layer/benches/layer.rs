@@ -177,7 +177,17 @@ fn end_to_end(c: &mut Criterion) {
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from_static(b"{}")))
             .unwrap();
-        let res = hyper_client.clone().oneshot(req).await.unwrap();
+        // Payments API POSTs must be signed, as at TrueLayer.
+        let signer = truelayer_auth_signing::Signer::from_pem(
+            emulator.signing_key_id(),
+            emulator.signing_key_pem().as_bytes(),
+        )
+        .unwrap();
+        let res = truelayer_auth_signing::SigningLayer::new(signer)
+            .layer(hyper_client.clone())
+            .oneshot(req)
+            .await
+            .unwrap();
         let body = res.into_body().collect().await.unwrap().to_bytes();
         serde_json::from_slice::<serde_json::Value>(&body).unwrap()["id"]
             .as_str()
