@@ -53,8 +53,8 @@ pub(crate) struct ProxyArgs {
     /// The most client connections at once.
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
-    /// Threads serving requests, each with its own runtime, socket (SO_REUSEPORT) and
-    /// upstream connection pool (0: one per CPU).
+    /// Threads serving requests, each with its own runtime and upstream connection pool,
+    /// accepting from the one listening socket (0: one per CPU).
     #[arg(long, default_value_t = 0)]
     workers: usize,
     /// Seconds in-flight requests get to finish after SIGINT or SIGTERM.

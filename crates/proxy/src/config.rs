@@ -272,12 +272,12 @@ impl<K> ProxyBuilder<K> {
         self
     }
 
-    /// How many threads serve, each with its own single-threaded tokio runtime, listening
-    /// socket (`SO_REUSEPORT`: the kernel spreads connections) and upstream connection pool,
-    /// as nginx runs a worker per core. Default 1: [`RunningProxy::serve`] runs on the
-    /// caller's runtime. With more, one worker runs there and the others on threads of
-    /// their own; a request then never crosses threads, which is what makes the proxy as
-    /// fast as nginx (see `docs/benchmarks.md`). The token cache is shared by all.
+    /// How many threads serve, each with its own single-threaded tokio runtime and upstream
+    /// connection pool, all accepting from the one listening socket, as nginx runs a worker
+    /// per core. Default 1: [`RunningProxy::serve`] runs on the caller's runtime. With more,
+    /// one worker runs there and the others on threads of their own; a request then never
+    /// crosses threads, which is what brings the proxy close to nginx (see
+    /// `docs/benchmarks.md`). The token cache is shared by all.
     ///
     /// [`RunningProxy::serve`]: crate::RunningProxy::serve
     #[must_use]
