@@ -2,13 +2,12 @@
 //! written to Secrets Manager (moto), the next token fetch gets `invalid_client`, the vault
 //! reloads, the fetch succeeds, and no caller of the token cache sees an error.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use aws_config::{BehaviorVersion, Region};
-use aws_credential_types::Credentials;
-use aws_sdk_secretsmanager::config::retry::RetryConfig;
 use truelayer_auth::{CredentialsFuture, CredentialsSource, Environment, TokenCache, TokenSource};
 use truelayer_auth_emulator::Emulator;
 use truelayer_auth_vault::SecretsManagerCredentials;
@@ -37,14 +36,7 @@ impl CredentialsSource for CountingReloads {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs moto: run cargo xtask ci"]
 async fn a_rotated_secret_is_picked_up_without_any_caller_seeing_an_error() {
-    let url = std::env::var("MOTO_URL").expect("MOTO_URL is not set: run `cargo xtask ci`");
-    let config = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new("eu-west-2"))
-        .endpoint_url(url)
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "moto"))
-        .retry_config(RetryConfig::disabled())
-        .load()
-        .await;
+    let config = common::moto_config().await;
     let secrets = aws_sdk_secretsmanager::Client::new(&config);
     let emulator = Emulator::start().await.unwrap();
     let name = format!("e2e/rotation/{}", std::process::id());

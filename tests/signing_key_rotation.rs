@@ -2,12 +2,11 @@
 //! a rotated signing key is picked up: at once when TrueLayer (the emulator) refuses the old
 //! key's signature, and after the vault's TTL otherwise.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_config::{BehaviorVersion, Region};
-use aws_credential_types::Credentials;
-use aws_sdk_secretsmanager::config::retry::RetryConfig;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
@@ -41,14 +40,7 @@ fn new_key(emulator: &Emulator, kid: &str) -> String {
 #[tokio::test]
 #[ignore = "needs moto: run cargo xtask ci"]
 async fn one_secret_signs_and_authorizes_and_a_rotated_signing_key_is_picked_up() {
-    let url = std::env::var("MOTO_URL").expect("MOTO_URL is not set: run `cargo xtask ci`");
-    let config = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new("eu-west-2"))
-        .endpoint_url(url)
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "moto"))
-        .retry_config(RetryConfig::disabled())
-        .load()
-        .await;
+    let config = common::moto_config().await;
     let secrets = aws_sdk_secretsmanager::Client::new(&config);
     let emulator = Emulator::start().await.unwrap();
     let name = format!("e2e/signing-rotation/{}", std::process::id());
