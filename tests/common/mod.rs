@@ -6,7 +6,7 @@ use aws_sdk_secretsmanager::config::retry::RetryConfig;
 
 /// An SDK configuration for the moto server `cargo xtask ci` starts (`MOTO_URL`), with
 /// retries off so a fault shows at once.
-pub async fn moto_config() -> SdkConfig {
+pub(crate) async fn moto_config() -> SdkConfig {
     let url = std::env::var("MOTO_URL").expect("MOTO_URL is not set: run `cargo xtask ci`");
     aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new("eu-west-2"))
