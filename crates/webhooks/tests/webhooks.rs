@@ -977,3 +977,59 @@ async fn settle() {
         tokio::task::yield_now().await;
     }
 }
+
+#[tokio::test]
+async fn a_webhook_signed_by_truelayers_own_crate_passes_the_layer() {
+    // TrueLayer's implementation, as its webhook sender would sign: jku in the JOSE header,
+    // the timestamp signed, headers in its own order and case.
+    let ours = Signer::generate("tl-interop-1");
+    let pem = ours.private_key_pem().expect("a generated key has a PEM");
+    let jwks = JwksServer::start(vec![ours.public_jwk().unwrap()]).await;
+    let verifier = verifier_for(&[&jwks.jku()]).build().unwrap();
+    let seen = Seen::default();
+    let app = app(WebhookLayer::new(verifier), seen.clone(), StatusCode::OK);
+
+    let sign = |body: &str, timestamp: &str| {
+        truelayer_signing::sign_with_pem("tl-interop-1", pem.as_bytes())
+            .method(truelayer_signing::Method::Post)
+            .path("/tl-webhook")
+            .header("x-tl-webhook-timestamp", timestamp.as_bytes())
+            .header("Content-Type", b"application/json")
+            .body(body.as_bytes())
+            .jku(&jwks.jku())
+            .build_signer()
+            .sign()
+            .unwrap()
+    };
+    let request = |body: &str, timestamp: &str, signature: String| {
+        Request::post("/tl-webhook")
+            .header("X-TL-Webhook-Timestamp", timestamp)
+            .header("content-type", "application/json")
+            .header("Tl-Signature", signature)
+            .body(Body::from(body.to_owned()))
+            .unwrap()
+    };
+
+    let now = now_rfc3339(Duration::ZERO, true);
+    let body = settled_body("interop-1");
+    let (status, _) = send(&app, request(&body, &now, sign(&body, &now))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        seen.events(),
+        vec![("payment_settled".to_owned(), "interop-1".to_owned())]
+    );
+
+    // Their signature over one body does not carry another.
+    let other = settled_body("interop-2");
+    let (status, reason) = send(&app, request(&other, &now, sign(&body, &now))).await;
+    assert_eq!(
+        (status, reason.as_str()),
+        (StatusCode::UNAUTHORIZED, "invalid_signature")
+    );
+
+    // Signed by their crate with a timestamp outside the window: refused as stale.
+    let old = now_rfc3339(Duration::from_secs(600), true);
+    let (status, _) = send(&app, request(&other, &old, sign(&other, &old))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(seen.events().len(), 1);
+}
