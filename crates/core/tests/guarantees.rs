@@ -269,7 +269,16 @@ async fn a_credentials_source_that_panics_or_hangs_neither_kills_nor_wedges_the_
         "retried after the panic"
     );
     source.mode.store(ANSWER, Ordering::SeqCst);
-    cache.token().await.expect("the cache survived the panic");
+    // The backoff after those failures (full jitter) may reach past a new caller's deadline,
+    // which gets the last error at once, by design: callers keep asking, as a service would.
+    let asked = Instant::now();
+    while let Err(e) = cache.token().await {
+        assert!(
+            asked.elapsed() < Duration::from_secs(130),
+            "the cache did not survive the panic: {e:?}"
+        );
+        advance(Duration::from_secs(5)).await;
+    }
 
     // A hanging source is cut off after its timeout.
     let held = cache.token().await.unwrap();
@@ -286,8 +295,18 @@ async fn a_credentials_source_that_panics_or_hangs_neither_kills_nor_wedges_the_
         started.elapsed()
     );
     source.mode.store(ANSWER, Ordering::SeqCst);
-    advance(Duration::from_secs(2)).await;
-    let fresh = cache.token().await.expect("and goes on after a hang");
+    // Callers keep asking; within the longest backoff (60 s, jittered) one gets a token.
+    let asked = Instant::now();
+    let fresh = loop {
+        match cache.token().await {
+            Ok(token) => break token,
+            Err(e) => assert!(
+                asked.elapsed() < Duration::from_secs(130),
+                "no recovery after a hang: {e:?}"
+            ),
+        }
+        advance(Duration::from_secs(5)).await;
+    };
     assert_ne!(fresh.id(), held.id());
 }
 
@@ -407,4 +426,73 @@ async fn huge_settings_saturate_instead_of_panicking() {
         "no second fetch within a Duration::MAX rate bound"
     );
     assert_eq!(requests(&emulator), 1);
+}
+
+/// A cache whose credentials source hangs until told to answer, for the fixed client.
+fn hanging_cache(addr: SocketAddr) -> (TokenCache, Arc<Unruly>) {
+    let source = Arc::new(Unruly {
+        creds: ClientCredentials::new(CLIENT, SECRET.into()).unwrap(),
+        mode: AtomicU32::new(HANG),
+        calls: AtomicU32::new(0),
+    });
+    let cache = TokenCache::builder(
+        Environment::custom(&format!("http://{addr}")).unwrap(),
+        source.clone(),
+    )
+    .wait_timeout(Duration::from_secs(10))
+    .build()
+    .unwrap();
+    (cache, source)
+}
+
+#[test]
+fn a_fetch_abandoned_with_its_runtime_does_not_wedge_the_cache() {
+    let addr = free_addr();
+    let (cache, source) = hanging_cache(addr);
+    // Warm-up under a timeout, in a runtime that is then dropped mid-fetch.
+    let warm = paused_runtime();
+    let gave_up =
+        warm.block_on(async { tokio::time::timeout(Duration::from_secs(2), cache.token()).await });
+    assert!(gave_up.is_err(), "the credentials source hangs");
+    drop(warm);
+    source.mode.store(ANSWER, Ordering::SeqCst);
+    in_new_runtime(addr, |emulator| async move {
+        let started = Instant::now();
+        cache
+            .token()
+            .await
+            .expect("the abandoned attempt does not hold callers");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(requests(&emulator), 1);
+    });
+}
+
+#[test]
+fn a_task_stuck_mid_fetch_in_a_runtime_no_longer_driven_is_replaced() {
+    let addr = free_addr();
+    let (cache, source) = hanging_cache(addr);
+    // The fetch starts in a runtime that stays alive but is never driven again.
+    let idle = paused_runtime();
+    let gave_up =
+        idle.block_on(async { tokio::time::timeout(Duration::from_secs(1), cache.token()).await });
+    assert!(gave_up.is_err(), "the credentials source hangs");
+    source.mode.store(ANSWER, Ordering::SeqCst);
+    in_new_runtime(addr, |emulator| async move {
+        let started = Instant::now();
+        cache
+            .token()
+            .await
+            .expect("a caller waiting on the stuck fetch gets the task replaced");
+        assert!(
+            started.elapsed() <= Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(requests(&emulator), 1);
+    });
+    drop(idle);
 }

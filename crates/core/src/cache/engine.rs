@@ -122,6 +122,16 @@ impl State {
         self.started > self.done
     }
 
+    /// Attempt `attempt` is over (succeeded, failed or abandoned). A newer attempt may still
+    /// be in flight (a task that took over from a stalled one). Demand registered while it
+    /// ran was for it: callers still waiting ask again.
+    pub(crate) fn finish(&mut self, attempt: u64) {
+        self.done = self.done.max(attempt);
+        if !self.in_flight() {
+            self.served = self.demand;
+        }
+    }
+
     /// The earliest a new fetch may start: the rate bound.
     pub(crate) fn earliest(&self, min_interval: Duration) -> Option<Instant> {
         self.last_attempt
@@ -345,11 +355,18 @@ impl Engine {
                         return false;
                     }
                 }
-                if target.is_none() {
-                    if s.in_flight() {
-                        target = Some(s.started);
-                        return false;
+                if target.is_none() && s.in_flight() {
+                    // Wait for the attempt under way, and say so: a task that does not
+                    // acknowledge it (its runtime is no longer driven) counts as stalled and is
+                    // replaced, however long its fetch has been hanging.
+                    target = Some(s.started);
+                    if s.demand == s.served {
+                        s.demand += 1;
+                        s.demand_at = Some(now);
+                        return true;
                     }
+                }
+                if target.is_none() {
                     if let Some(e) = &s.last_error
                         && ((!e.is_retryable() && earliest > now) || earliest > deadline)
                     {

@@ -23,7 +23,8 @@ use crate::retry::{exponential_cap, full_jitter};
 use crate::token::AccessToken;
 
 enum Step {
-    Fetch,
+    /// Fetch: attempt number `n` (`State::started`).
+    Fetch(u64),
     Wait(Option<Instant>),
 }
 
@@ -74,7 +75,7 @@ impl Worker {
                 return; // a caller replaced this task
             }
             match Self::next_step(&engine) {
-                Step::Fetch => self.fetch(engine).await,
+                Step::Fetch(attempt) => self.fetch(engine, attempt).await,
                 Step::Wait(until) => {
                     drop(engine);
                     tokio::select! {
@@ -143,13 +144,20 @@ impl Worker {
             s.last_attempt = Some(now);
             s.refresh_requested = None;
             s.retry_at = None;
-            step = Step::Fetch;
+            step = Step::Fetch(s.started);
             true // waiting callers see the attempt in flight
         });
         step
     }
 
-    async fn fetch(&mut self, engine: Arc<Engine>) {
+    async fn fetch(&mut self, engine: Arc<Engine>, attempt: u64) {
+        // If this future is dropped mid-fetch (its runtime shut down, a panic), the attempt
+        // must still end, or callers would wait for it forever.
+        let mut abandoned = Abandoned {
+            engine: &engine,
+            attempt,
+            armed: true,
+        };
         let started = Instant::now();
         debug!("requesting a token");
         // Boxed: the request's large future exists only while fetching, so an idle cache
@@ -178,13 +186,14 @@ impl Worker {
             }
         };
         let took = started.elapsed();
+        abandoned.armed = false;
         match result {
-            Ok(token) => self.on_success(&engine, token, took),
-            Err(e) => Self::on_failure(&engine, e),
+            Ok(token) => self.on_success(&engine, attempt, token, took),
+            Err(e) => Self::on_failure(&engine, attempt, e),
         }
     }
 
-    fn on_success(&mut self, engine: &Engine, token: AccessToken, took: Duration) {
+    fn on_success(&mut self, engine: &Engine, attempt: u64, token: AccessToken, took: Duration) {
         self.renewals.record(took);
         let lifetime = token.lifetime();
         let plan = plan(
@@ -194,7 +203,7 @@ impl Worker {
             fastrand::f64(),
         );
         if Instant::now() >= clock::saturating_add(token.issued_at(), plan.usable_for) {
-            return Self::on_failure(engine, Error::SlowFetch { took, lifetime });
+            return Self::on_failure(engine, attempt, Error::SlowFetch { took, lifetime });
         }
         if lifetime < Duration::from_secs(60) && self.last_lifetime != Some(lifetime) {
             warn!(
@@ -223,7 +232,7 @@ impl Worker {
                 plan.refresh_after,
                 plan.usable_for,
             ))));
-            s.done = s.started;
+            s.finish(attempt);
             s.last_error = None;
             s.failures = 0;
             s.retry_at = None;
@@ -232,14 +241,14 @@ impl Worker {
         });
     }
 
-    fn on_failure(engine: &Engine, error: Error) {
+    fn on_failure(engine: &Engine, attempt: u64, error: Error) {
         engine.failures_total.fetch_add(1, Ordering::Relaxed);
         let cfg = engine.config;
         let held = engine.current.load_full();
         let now = Instant::now();
         let mut retry_in = None;
         engine.state.send_modify(|s| {
-            s.done = s.started;
+            s.finish(attempt);
             s.failures = s.failures.saturating_add(1);
             let backoff = full_jitter(exponential_cap(
                 cfg.backoff_initial,
@@ -277,6 +286,33 @@ impl Worker {
         } else {
             error!(kind = error.kind_name(), error = %chain, retry_in_ms, "token fetch failed and no valid token is cached");
         }
+    }
+}
+
+/// Ends an attempt whose future was dropped before it finished: waiting callers look again
+/// (and ask for a new one), and whichever task runs next fetches at once.
+struct Abandoned<'a> {
+    engine: &'a Engine,
+    attempt: u64,
+    armed: bool,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let now = Instant::now();
+        self.engine.state.send_modify(|s| {
+            s.finish(self.attempt);
+            if s.retry_at.is_none() {
+                s.retry_at = Some(now);
+            }
+        });
+        warn!(
+            attempt = self.attempt,
+            "a token fetch was abandoned mid-flight (its runtime shut down?); the next refresh task fetches again"
+        );
     }
 }
 
