@@ -55,10 +55,19 @@ pub(crate) async fn create_payment(
             );
         }
     }
+    // If the client hangs up during the (injected) latency, the handler is dropped: free the
+    // key then too, or every retry with it would be refused as in flight, forever.
+    let mut pending = PendingKey {
+        state: &state,
+        client_id: &claims.client_id,
+        key: &key,
+        armed: true,
+    };
     let latency = state.api_latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
+    pending.armed = false;
     let request: Value = if body.is_empty() {
         Value::Null
     } else {
@@ -94,6 +103,24 @@ pub(crate) async fn create_payment(
     let answer = json!({ "id": id, "status": "authorization_required" });
     state.answer_idempotency(&claims.client_id, &key, Some((201, answer.clone())));
     (StatusCode::CREATED, Json(answer)).into_response()
+}
+
+/// An idempotency key taken for a request still being handled; freed if the handler is
+/// dropped before it answers.
+struct PendingKey<'a> {
+    state: &'a State,
+    client_id: &'a str,
+    key: &'a str,
+    armed: bool,
+}
+
+impl Drop for PendingKey<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.state
+                .answer_idempotency(self.client_id, self.key, None);
+        }
+    }
 }
 
 pub(crate) async fn get_payment(

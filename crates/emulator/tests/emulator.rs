@@ -500,6 +500,20 @@ async fn idempotency_keys_repeat_answers_and_refuse_reuse_and_concurrency() {
     assert_eq!(a.status(), 201);
     assert_eq!(b.status(), 409);
     assert_eq!(emulator.stats().payments_created, 2);
+
+    // A client that gives up mid-request frees its key: the retry is served, not refused.
+    let gave_up = tl_signature(&emulator, "/v3/payments", "gave-up-key", body);
+    let cut = tokio::time::timeout(
+        Duration::from_millis(100),
+        signed_post(&emulator, &bearer, "gave-up-key", body, &gave_up),
+    )
+    .await;
+    assert!(cut.is_err(), "the client hung up during the latency");
+    tokio::time::sleep(Duration::from_millis(100)).await; // the server sees the close
+    emulator.set_api_latency(Duration::ZERO);
+    let retry = signed_post(&emulator, &bearer, "gave-up-key", body, &gave_up).await;
+    assert_eq!(retry.status(), 201);
+    assert_eq!(emulator.stats().payments_created, 3);
 }
 
 #[tokio::test]
