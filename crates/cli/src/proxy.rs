@@ -88,16 +88,16 @@ enum Keys {
 }
 
 impl SignerSource for Keys {
-    fn signer(&self) -> SignerFuture<'_> {
+    fn signer(&self, request: &http::Extensions) -> SignerFuture<'_> {
         match self {
-            Keys::Fixed(signer) => signer.signer(),
-            Keys::Vault(vault) => vault.signer(),
+            Keys::Fixed(signer) => signer.signer(request),
+            Keys::Vault(vault) => vault.signer(request),
         }
     }
-    fn reload(&self) -> SignerFuture<'_> {
+    fn reload(&self, request: &http::Extensions) -> SignerFuture<'_> {
         match self {
-            Keys::Fixed(signer) => signer.reload(),
-            Keys::Vault(vault) => vault.reload(),
+            Keys::Fixed(signer) => signer.reload(request),
+            Keys::Vault(vault) => SignerSource::reload(vault, request),
         }
     }
 }
@@ -264,7 +264,7 @@ async fn keys(
         return Ok(Some(Keys::Fixed(signer)));
     }
     if let CredentialsKind::Vault(vault) = &resolved.kind {
-        return match vault.signer().await {
+        return match vault.signer(&http::Extensions::new()).await {
             Ok(_) => Ok(Some(Keys::Vault(vault.clone()))),
             Err(e) => {
                 tracing::warn!(error = %e, "the secret has no usable signing key: requests are not signed");

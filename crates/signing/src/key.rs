@@ -62,24 +62,40 @@ pub enum KeyError {
 const PRIVATE: &str = "P-521 private key";
 const PUBLIC: &str = "P-521 public key";
 
-/// Reads one PEM block: its label and DER (zeroized when dropped).
+/// Reads the key's PEM block: its label and DER (zeroized when dropped). An `EC PARAMETERS`
+/// block before it (`openssl ecparam -genkey` without `-noout` writes one) is skipped.
 fn pem_block(
     text: &[u8],
     expected: &'static str,
 ) -> Result<(String, Zeroizing<Vec<u8>>), KeyError> {
+    const BEGIN: &str = "-----BEGIN ";
     let text_str = std::str::from_utf8(text).map_err(|_| KeyError::NotPem)?;
-    if !text_str.contains("-----BEGIN ") {
+    if !text_str.contains(BEGIN) {
         return Err(KeyError::NotPem);
     }
     // Legacy encrypted PEM (`Proc-Type: 4,ENCRYPTED`) and PKCS#8 `ENCRYPTED PRIVATE KEY`.
     if text_str.contains("ENCRYPTED") {
         return Err(KeyError::Encrypted);
     }
-    let begin = text_str.find("-----BEGIN ").unwrap_or(0);
-    let block = &text_str[begin..];
-    let (label, der) = pem_rfc7468::decode_vec(block.trim().as_bytes())
-        .map_err(|_| KeyError::Malformed { expected })?;
-    Ok((label.to_owned(), Zeroizing::new(der)))
+    let malformed = KeyError::Malformed { expected };
+    let mut rest = text_str;
+    while let Some(begin) = rest.find(BEGIN) {
+        let block = &rest[begin..];
+        let label_len = block[BEGIN.len()..]
+            .find("-----")
+            .ok_or(malformed.clone())?;
+        let label = &block[BEGIN.len()..BEGIN.len() + label_len];
+        let end_marker = format!("-----END {label}-----");
+        let end = block.find(&end_marker).ok_or(malformed.clone())? + end_marker.len();
+        rest = &block[end..];
+        if label == "EC PARAMETERS" {
+            continue;
+        }
+        let (label, der) = pem_rfc7468::decode_vec(block[..end].trim().as_bytes())
+            .map_err(|_| malformed.clone())?;
+        return Ok((label.to_owned(), Zeroizing::new(der)));
+    }
+    Err(malformed)
 }
 
 /// A P-521 key pair for signing, from PEM. Held in AWS-LC, which cleanses the key's memory
@@ -160,6 +176,11 @@ impl PrivateKey {
             "x": jws::encode(&point[1..67]),
             "y": jws::encode(&point[67..133]),
         })
+    }
+
+    /// The public point (uncompressed SEC1), which identifies the key.
+    pub(crate) fn public_point(&self) -> Vec<u8> {
+        self.pair.public_key().as_ref().to_vec()
     }
 
     pub(crate) fn public_key(&self) -> PublicKey {

@@ -1,5 +1,6 @@
 //! [`SigningLayer`]: `Idempotency-Key` and `Tl-Signature` on every modification request.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -31,19 +32,44 @@ pub type SignerFuture<'a> = Pin<Box<dyn Future<Output = Result<Signer, BoxError>
 /// Where a [`SigningLayer`] gets its signer: a fixed [`Signer`], or a store the key can be
 /// rotated in (the `truelayer-auth-vault` crate reads it from the same Secrets Manager secret
 /// as the client credentials).
+///
+/// Both methods get the request's extensions, so a platform signing for many merchants (each
+/// TrueLayer client uploads its own signing key) can pick the merchant's signer from the
+/// [`CacheKey`](truelayer_auth::CacheKey) its bearer layer reads too. The future must not
+/// borrow them: take what you need (a clone of the key) before it starts.
+///
+/// # Example
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::sync::Arc;
+/// use truelayer_auth::CacheKey;
+/// use truelayer_auth_signing::{Signer, SignerFuture, SignerSource};
+///
+/// /// One signing key per merchant, picked by the request's `CacheKey`.
+/// #[derive(Clone)]
+/// struct PerMerchant(Arc<HashMap<CacheKey, Signer>>);
+///
+/// impl SignerSource for PerMerchant {
+///     fn signer(&self, request: &http::Extensions) -> SignerFuture<'_> {
+///         let signer = request.get::<CacheKey>().and_then(|key| self.0.get(key)).cloned();
+///         Box::pin(async move { signer.ok_or_else(|| "no signing key for this merchant".into()) })
+///     }
+/// }
+/// ```
 pub trait SignerSource: Clone + Send + Sync + 'static {
-    /// The signer to use now.
-    fn signer(&self) -> SignerFuture<'_>;
+    /// The signer for a request with these extensions, now.
+    fn signer(&self, request: &http::Extensions) -> SignerFuture<'_>;
 
-    /// A signer read again, after TrueLayer answered 401 to a signed request (the signing
-    /// key may have been rotated). Defaults to [`signer`](Self::signer).
-    fn reload(&self) -> SignerFuture<'_> {
-        self.signer()
+    /// The signer read again, after TrueLayer answered 401 to a request signed by it (the
+    /// signing key may have been rotated). Defaults to [`signer`](Self::signer).
+    fn reload(&self, request: &http::Extensions) -> SignerFuture<'_> {
+        self.signer(request)
     }
 }
 
 impl SignerSource for Signer {
-    fn signer(&self) -> SignerFuture<'_> {
+    fn signer(&self, _request: &http::Extensions) -> SignerFuture<'_> {
         let signer = self.clone();
         Box::pin(async move { Ok(signer) })
     }
@@ -52,8 +78,11 @@ impl SignerSource for Signer {
 /// The longest request body collected for signing, by default: 1 MiB.
 pub const DEFAULT_MAX_BODY: usize = 1 << 20;
 
-/// How seldom a 401 may make the layer read its signing key again.
+/// How seldom a 401 may make the layer read a signing key (one `kid`) again.
 const RELOAD_EVERY: Duration = Duration::from_secs(30);
+
+/// Reload times kept per `kid` before old ones are swept.
+const RELOADS_KEPT: usize = 1024;
 
 /// Signs every POST, PUT, PATCH and DELETE for TrueLayer: adds an `Idempotency-Key` (a new
 /// UUIDv4 unless the request has one) and a `Tl-Signature` over the method, the path, the
@@ -61,9 +90,9 @@ const RELOAD_EVERY: Duration = Duration::from_secs(30);
 /// and the exact body bytes sent. Other methods pass untouched.
 ///
 /// - **Bodies** of modification requests are collected to be signed (a `Full<Bytes>` at
-///   once, without a copy; a streaming body up to [`max_body_bytes`](Self::max_body_bytes),
-///   1 MiB by default: above it the call fails with [`SigningError::BodyTooLarge`] and
-///   nothing is sent), and sent on as `B::from(bytes)`: the body type needs `From<Bytes>`
+///   once, without a copy; any body up to [`max_body_bytes`](Self::max_body_bytes), 1 MiB
+///   by default: above it the call fails with [`SigningError::BodyTooLarge`] and nothing is
+///   sent), and sent on as `B::from(bytes)`: the body type needs `From<Bytes>`
 ///   (`Full<Bytes>`, `reqwest::Body` and most client bodies have it). Other requests keep
 ///   their body, streaming or not.
 /// - **Composes with the bearer layer in either order.** Outside it, the replay the bearer
@@ -71,9 +100,17 @@ const RELOAD_EVERY: Duration = Duration::from_secs(30);
 ///   again and gets the same `Idempotency-Key` (shared through the request's
 ///   [`LogicalRequest`]) and a fresh signature: a new key on a replay could make a second
 ///   payment.
-/// - **Key rotation**: when TrueLayer answers 401, the layer reads its signing key again
-///   (at most once per 30 s) and, if the key changed, signs the request with it and sends it
-///   once more, with the same `Idempotency-Key`.
+/// - **Key rotation**: when TrueLayer answers 401, the layer asks its [`SignerSource`] for
+///   the signer again; if the key is unchanged it reads it again ([`SignerSource::reload`],
+///   at most once per 30 s per `kid`). If the key changed (another public key or `kid`), it
+///   signs the request with it and sends it once more, with the same `Idempotency-Key`.
+///   Requests rejected while another one reloads pick up the new key from the source.
+/// - **Idempotency beyond this layer**: the key this layer adds is kept across the bearer
+///   layer's 401 replay and this layer's re-signed resend, and nothing else. A retry made
+///   above the stack (a `tower::retry` layer, reqwest-middleware, the application after a
+///   timeout) is a new request and gets a new key: it could create a second payment. Set
+///   `Idempotency-Key` yourself on anything that may be retried (or insert a
+///   [`LogicalRequest`] into the request's extensions before the retry layer clones it).
 ///
 /// # Example
 ///
@@ -98,16 +135,20 @@ pub struct SigningLayer<K> {
     keys: K,
     extra_headers: Vec<(String, HeaderName)>,
     max_body: usize,
-    last_reload: Arc<Mutex<Option<Instant>>>,
+    reloads: Arc<Reloads>,
 }
 
 #[derive(Debug)]
 struct Settings {
     extra_headers: Vec<(String, HeaderName)>,
     max_body: usize,
-    /// Shared by every service of one layer: one reload per 30 s in all.
-    last_reload: Arc<Mutex<Option<Instant>>>,
+    /// Shared by every service of one layer: one reload per `kid` per 30 s in all.
+    reloads: Arc<Reloads>,
 }
+
+/// When each signing key (by `kid`) was last read again after a 401.
+#[derive(Debug, Default)]
+struct Reloads(Mutex<HashMap<Arc<str>, Instant>>);
 
 impl<K: SignerSource> SigningLayer<K> {
     /// A layer signing with the signers `keys` gives.
@@ -116,12 +157,13 @@ impl<K: SignerSource> SigningLayer<K> {
             keys,
             extra_headers: Vec::new(),
             max_body: DEFAULT_MAX_BODY,
-            last_reload: Arc::default(),
+            reloads: Arc::default(),
         }
     }
 
     /// Also signs this header when the request has it, after `Idempotency-Key`, in the order
     /// of calls. The name is signed as written here (TrueLayer compares names in any case).
+    /// A header named twice, or `Idempotency-Key` (always signed), is signed once.
     ///
     /// # Panics
     ///
@@ -130,11 +172,14 @@ impl<K: SignerSource> SigningLayer<K> {
     pub fn sign_header(mut self, name: &str) -> Self {
         let header = HeaderName::from_bytes(name.as_bytes())
             .unwrap_or_else(|_| panic!("`{name}` is not a valid header name"));
-        self.extra_headers.push((name.to_owned(), header));
+        if header != IDEMPOTENCY_KEY && !self.extra_headers.iter().any(|(_, h)| *h == header) {
+            self.extra_headers.push((name.to_owned(), header));
+        }
         self
     }
 
-    /// The largest streaming body collected for signing. Default 1 MiB.
+    /// The largest body signed, 1 MiB by default: a larger one is refused before anything is
+    /// sent, whatever its type.
     #[must_use]
     pub fn max_body_bytes(mut self, limit: usize) -> Self {
         self.max_body = limit;
@@ -152,7 +197,7 @@ impl<S, K: Clone> Layer<S> for SigningLayer<K> {
             settings: Arc::new(Settings {
                 extra_headers: self.extra_headers.clone(),
                 max_body: self.max_body,
-                last_reload: self.last_reload.clone(),
+                reloads: self.reloads.clone(),
             }),
         }
     }
@@ -362,25 +407,33 @@ where
         };
         parts.headers.insert(IDEMPOTENCY_KEY, key);
     }
-    let signer = keys.signer().await.map_err(SigningError::Signer)?;
+    let signer = keys
+        .signer(&parts.extensions)
+        .await
+        .map_err(SigningError::Signer)?;
     sign(&signer, &mut parts, &settings, &body).await?;
     let copy = copy_head(&parts);
     let response = inner
         .call(Request::from_parts(parts, B::from(body.clone())))
         .await
         .map_err(SigningError::Service)?;
-    if response.status() != StatusCode::UNAUTHORIZED || !settings.may_reload() {
+    if response.status() != StatusCode::UNAUTHORIZED {
         return Ok(response);
     }
-    // Perhaps the signing key was rotated: read it again, and if it changed, sign with it and
-    // send once more (same Idempotency-Key).
-    let fresh = match keys.reload().await {
-        Ok(fresh) if !fresh.same_key(&signer) => fresh,
-        Ok(_) => return Ok(response),
-        Err(e) => {
-            tracing::warn!(error = %e, "could not read the signing key again after a 401");
-            return Ok(response);
-        }
+    // Perhaps the signing key was rotated. Another request may already have read the new
+    // one; otherwise read it again (rate-limited per key). Send once more, same
+    // Idempotency-Key, only if the key really changed.
+    let fresh = match keys.signer(&copy.extensions).await {
+        Ok(current) if !current.same_key(&signer) => current,
+        _ if !settings.reloads.may_reload(signer.kid()) => return Ok(response),
+        _ => match keys.reload(&copy.extensions).await {
+            Ok(fresh) if !fresh.same_key(&signer) => fresh,
+            Ok(_) => return Ok(response),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the signing key again after a 401");
+                return Ok(response);
+            }
+        },
     };
     tracing::info!(
         kid = fresh.kid(),
@@ -394,18 +447,28 @@ where
         .map_err(SigningError::Service)
 }
 
-impl Settings {
-    /// Whether a 401 may trigger a key reload now (at most one per 30 s).
-    fn may_reload(&self) -> bool {
+impl Reloads {
+    /// Whether a 401 may make the layer read the key `kid` again now (once per 30 s).
+    fn may_reload(&self, kid: &str) -> bool {
         let mut last = self
-            .last_reload
+            .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
-        if last.is_some_and(|at| now.saturating_duration_since(at) < RELOAD_EVERY) {
+        if last
+            .get(kid)
+            .is_some_and(|at| now.saturating_duration_since(*at) < RELOAD_EVERY)
+        {
             return false;
         }
-        *last = Some(now);
+        if last.len() >= RELOADS_KEPT {
+            last.retain(|_, at| now.saturating_duration_since(*at) < RELOAD_EVERY);
+            if last.len() >= RELOADS_KEPT {
+                // That many keys rejected within 30 s: wait for the oldest to age out.
+                return false;
+            }
+        }
+        last.insert(Arc::from(kid), now);
         true
     }
 }
@@ -435,17 +498,28 @@ async fn sign<E>(
     settings: &Settings,
     body: &Bytes,
 ) -> Result<(), SigningError<E>> {
+    // One value per signed header: hyper sends them all, the receiver may read another.
+    let single = |name: &HeaderName, written: &str| {
+        let mut values = parts.headers.get_all(name).iter();
+        match (values.next(), values.next()) {
+            (Some(_), Some(_)) => Err(SigningError::Sign(SignError::DuplicateHeader {
+                name: written.to_owned(),
+            })),
+            (value, _) => Ok(value.cloned()),
+        }
+    };
     let path = parts.uri.path().to_owned();
     let mut request = Signable::new(parts.method.as_str(), &path).body(body);
-    let key = parts.headers.get(IDEMPOTENCY_KEY).cloned();
+    let key = single(&IDEMPOTENCY_KEY, "Idempotency-Key")?;
     if let Some(key) = &key {
         request = request.header("Idempotency-Key", key.as_bytes());
     }
-    let extra: Vec<(&str, HeaderValue)> = settings
-        .extra_headers
-        .iter()
-        .filter_map(|(written, name)| Some((written.as_str(), parts.headers.get(name)?.clone())))
-        .collect();
+    let mut extra: Vec<(&str, HeaderValue)> = Vec::new();
+    for (written, name) in &settings.extra_headers {
+        if let Some(value) = single(name, written)? {
+            extra.push((written.as_str(), value));
+        }
+    }
     for (name, value) in &extra {
         request = request.header(name, value.as_bytes());
     }

@@ -94,9 +94,16 @@ pub enum SignError {
     },
     /// A header name or value that would make the signed payload ambiguous.
     #[error(
-        "the header `{name}` cannot be signed: names need visible ASCII without `:`, values no line breaks"
+        "the header `{name}` cannot be signed: names need visible ASCII without `:` or `,`, values no line breaks and no spaces or tabs at either end"
     )]
     InvalidHeader {
+        /// The header name (truncated).
+        name: String,
+    },
+    /// A header to sign appears twice (names compare in any case), or has several values:
+    /// the receiver could pick another value than the one signed.
+    #[error("the header `{name}` appears more than once; a signed header must have one value")]
+    DuplicateHeader {
         /// The header name (truncated).
         name: String,
     },
@@ -121,6 +128,10 @@ pub type BackendFuture<'a> = Pin<
 /// SHA-512, and returns the signature as the fixed 132-byte `r || s` that JWS uses (an
 /// HSM or a KMS, such as AWS KMS with `ECDSA_SHA_512`, usually returns ASN.1 DER, which the
 /// backend converts). The in-process key of [`Signer::from_pem`] is one implementation.
+///
+/// The input holds the whole body, base64url-encoded. A service that takes the message
+/// itself only up to a size (AWS KMS `Sign` takes 4 KiB with `MessageType::Raw`) needs the
+/// digest instead: hash the input with SHA-512 and sign that with `MessageType::Digest`.
 ///
 /// # Example
 ///
@@ -178,6 +189,9 @@ impl SigningBackend for PrivateKey {
 pub struct Signer {
     kid: Arc<str>,
     backend: Arc<dyn SigningBackend>,
+    /// The public point of an in-process key: two signers read from the same PEM (a secret
+    /// store read again) are the same key.
+    point: Option<Arc<[u8]>>,
     /// Set only for keys this crate generated, so tools can hand them on.
     generated: Option<Arc<PrivateKey>>,
 }
@@ -204,6 +218,7 @@ impl Signer {
         let key = PrivateKey::from_pem(pem)?;
         Ok(Signer {
             kid,
+            point: Some(key.public_point().into()),
             backend: Arc::new(key),
             generated: None,
         })
@@ -221,6 +236,7 @@ impl Signer {
         Ok(Signer {
             kid: checked_kid(kid.into())?,
             backend: Arc::new(backend),
+            point: None,
             generated: None,
         })
     }
@@ -232,6 +248,7 @@ impl Signer {
         let kid = checked_kid(kid.into()).unwrap_or_else(|_| Arc::from("generated"));
         Signer {
             kid,
+            point: Some(key.public_point().into()),
             backend: key.clone(),
             generated: Some(key),
         }
@@ -260,9 +277,15 @@ impl Signer {
         &self.kid
     }
 
-    /// Whether `other` signs with the same key under the same id.
-    pub(crate) fn same_key(&self, other: &Signer) -> bool {
-        self.kid == other.kid && Arc::ptr_eq(&self.backend, &other.backend)
+    /// Whether `other` signs with the same key under the same id: the same public key for
+    /// in-process keys (however often the PEM was read), the same backend otherwise.
+    pub fn same_key(&self, other: &Signer) -> bool {
+        self.kid == other.kid
+            && match (&self.point, &other.point) {
+                (Some(a), Some(b)) => a == b,
+                (None, None) => Arc::ptr_eq(&self.backend, &other.backend),
+                _ => false,
+            }
     }
 
     /// The `Tl-Signature` value for `request` (v2).
@@ -287,13 +310,27 @@ impl Signer {
         jku: Option<&str>,
     ) -> Result<String, SignError> {
         request.check_path()?;
-        for (name, value) in &request.headers {
+        for (i, (name, value)) in request.headers.iter().enumerate() {
             let name_ok = !name.is_empty()
                 && name
                     .bytes()
                     .all(|b| b.is_ascii_graphic() && b != b':' && b != b',');
-            if !name_ok || value.iter().any(|b| *b == b'\r' || *b == b'\n') {
+            // HTTP strips spaces and tabs around a value in transit: the receiver would
+            // verify other bytes than were signed.
+            let padded = |b: Option<&u8>| matches!(b, Some(b' ' | b'\t'));
+            let value_ok = !value.iter().any(|b| *b == b'\r' || *b == b'\n')
+                && !padded(value.first())
+                && !padded(value.last());
+            if !name_ok || !value_ok {
                 return Err(SignError::InvalidHeader {
+                    name: name.chars().take(100).collect(),
+                });
+            }
+            if request.headers[..i]
+                .iter()
+                .any(|(earlier, _)| earlier.eq_ignore_ascii_case(name))
+            {
+                return Err(SignError::DuplicateHeader {
                     name: name.chars().take(100).collect(),
                 });
             }

@@ -180,7 +180,8 @@ impl Verifier {
         self
     }
 
-    /// Accepts v1 (body-only) signatures too. Off by default.
+    /// Accepts v1 (body-only) signatures too. Off by default. A v1 signature still fails
+    /// when a header is [required](Self::require_header): it signs no headers.
     #[must_use]
     pub fn allow_v1(mut self, allow: bool) -> Self {
         self.allow_v1 = allow;
@@ -222,7 +223,11 @@ impl Verifier {
         };
         match header.tl_version.as_deref() {
             Some("2") => {}
+            // A v1 signature covers the body only: it cannot have signed a required header.
             None | Some("1") if self.allow_v1 => {
+                if let Some(required) = self.required.first() {
+                    return Err(VerifyError::RequiredHeaderNotSigned(required.clone()));
+                }
                 let input = jws::signing_input(&detached.encoded_header, request.body);
                 return if key.verify(&input, &detached.signature) {
                     Ok(())

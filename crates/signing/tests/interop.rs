@@ -214,6 +214,16 @@ fn a_v1_signature_verifies_only_when_allowed() {
         .allow_v1(true)
         .verify(&request, v1)
         .unwrap();
+    // It signs no headers, so it cannot satisfy a required one.
+    assert_eq!(
+        verifier
+            .allow_v1(true)
+            .require_header("Idempotency-Key")
+            .verify(&request, v1),
+        Err(VerifyError::RequiredHeaderNotSigned(
+            "Idempotency-Key".into()
+        ))
+    );
 }
 
 fn base64_url(bytes: &[u8]) -> String {
@@ -249,7 +259,9 @@ fn generated() -> impl Strategy<Value = Generated> {
     ];
     let path = "(/[A-Za-z0-9._~%!$&'()*+,;=:@-]{0,12}){1,5}";
     let name = "[A-Za-z][A-Za-z0-9-]{0,15}";
-    let value = "[ -~]{0,40}";
+    // Values as HTTP carries them: inner spaces, none at either end (a signer refuses those,
+    // since transit strips them).
+    let value = "([!-~]([ -~]{0,38}[!-~])?)?";
     let headers = proptest::collection::vec((name, value), 0..5).prop_map(|mut hs| {
         // Header names are unique (case-insensitively) in a signed set.
         let mut seen = std::collections::HashSet::new();
@@ -310,4 +322,61 @@ proptest! {
             prop_assert_eq!(verifier.verify(&signable(&tampered), &signature), Err(VerifyError::Invalid));
         }
     }
+}
+
+#[test]
+fn a_key_as_openssl_ecparam_writes_it_without_noout_is_read() {
+    // `openssl ecparam -genkey -name secp521r1` (no `-noout`) puts the curve's parameters
+    // before the key.
+    let with_params = [
+        &b"-----BEGIN EC PARAMETERS-----\nBgUrgQQAIw==\n-----END EC PARAMETERS-----\n"[..],
+        PRIVATE,
+    ]
+    .concat();
+    let signer = Signer::from_pem(KID, &with_params).unwrap();
+    let signature = runtime().block_on(signer.sign(&sweeping())).unwrap();
+    let verifier = Verifier::from_public_pem(PUBLIC).unwrap();
+    verifier.verify(&sweeping(), &signature).unwrap();
+    // Parameters alone are not a key.
+    assert!(matches!(
+        Signer::from_pem(
+            KID,
+            b"-----BEGIN EC PARAMETERS-----\nBgUrgQQAIw==\n-----END EC PARAMETERS-----\n"
+        ),
+        Err(KeyError::Malformed { .. })
+    ));
+}
+
+#[test]
+fn a_key_read_twice_is_the_same_key_and_another_is_not() {
+    let once = Signer::from_pem(KID, PRIVATE).unwrap();
+    let again = Signer::from_pem(KID, PRIVATE).unwrap();
+    assert!(once.same_key(&again), "a secret store read again");
+    assert!(!once.same_key(&Signer::from_pem("another-kid", PRIVATE).unwrap()));
+    assert!(!once.same_key(&Signer::generate(KID)));
+}
+
+#[test]
+fn headers_that_would_verify_as_other_bytes_are_refused() {
+    let signer = Signer::from_pem(KID, PRIVATE).unwrap();
+    let sign = |request: Signable<'_>| runtime().block_on(signer.sign(&request));
+    for padded in [" key", "key ", "key\t"] {
+        assert!(
+            matches!(
+                sign(Signable::new("POST", "/p").header("Idempotency-Key", padded)),
+                Err(truelayer_auth_signing::SignError::InvalidHeader { .. })
+            ),
+            "{padded:?}: HTTP strips it in transit"
+        );
+    }
+    assert!(matches!(
+        sign(
+            Signable::new("POST", "/p")
+                .header("Idempotency-Key", "a")
+                .header("idempotency-key", "b")
+        ),
+        Err(truelayer_auth_signing::SignError::DuplicateHeader { .. })
+    ));
+    // Inner spaces are part of the value.
+    sign(Signable::new("POST", "/p").header("X-Note", "a b")).unwrap();
 }

@@ -239,7 +239,7 @@ struct Rotating {
 }
 
 impl SignerSource for Rotating {
-    fn signer(&self) -> SignerFuture<'_> {
+    fn signer(&self, _request: &http::Extensions) -> SignerFuture<'_> {
         let current = if self.reloaded.load(Ordering::SeqCst) > 0 {
             self.new.clone()
         } else {
@@ -247,9 +247,9 @@ impl SignerSource for Rotating {
         };
         Box::pin(async move { Ok(current) })
     }
-    fn reload(&self) -> SignerFuture<'_> {
+    fn reload(&self, request: &http::Extensions) -> SignerFuture<'_> {
         self.reloaded.fetch_add(1, Ordering::SeqCst);
-        self.signer()
+        self.signer(request)
     }
 }
 
@@ -327,4 +327,210 @@ async fn what_the_layer_sends_verifies_with_truelayers_crate() {
         .build_verifier()
         .verify(parts.headers[TL_SIGNATURE].to_str().unwrap())
         .unwrap();
+}
+
+/// A store read again on every call, as a secret store is: a new `Signer` each time, parsed
+/// from whatever PEM it holds now.
+#[derive(Clone)]
+struct Store {
+    kid: &'static str,
+    pem: Arc<Mutex<zeroize::Zeroizing<String>>>,
+    reloads: Arc<AtomicUsize>,
+}
+
+impl Store {
+    fn new(kid: &'static str, key: &Signer) -> Self {
+        Store {
+            kid,
+            pem: Arc::new(Mutex::new(key.private_key_pem().unwrap())),
+            reloads: Arc::default(),
+        }
+    }
+    fn rotate(&self, key: &Signer) {
+        *self.pem.lock().unwrap() = key.private_key_pem().unwrap();
+    }
+}
+
+impl SignerSource for Store {
+    fn signer(&self, _request: &http::Extensions) -> SignerFuture<'_> {
+        let signer = Signer::from_pem(self.kid, self.pem.lock().unwrap().as_bytes());
+        Box::pin(async move { Ok(signer?) })
+    }
+    fn reload(&self, request: &http::Extensions) -> SignerFuture<'_> {
+        self.reloads.fetch_add(1, Ordering::SeqCst);
+        self.signer(request)
+    }
+}
+
+/// An upstream that accepts only signatures by `key`, and counts what it was sent.
+fn checking(
+    key: &Signer,
+    on_call: impl Fn(usize) + Clone + Send + 'static,
+) -> (
+    impl Service<
+        Request<Full<Bytes>>,
+        Response = http::Response<()>,
+        Error = Infallible,
+        Future = impl Send,
+    > + Clone
+    + Send
+    + 'static,
+    Arc<AtomicUsize>,
+) {
+    let verifier =
+        truelayer_auth_signing::Verifier::from_public_pem(key.public_key_pem().unwrap().as_bytes())
+            .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let service = service_fn(move |request: Request<Full<Bytes>>| {
+        let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+        on_call(n);
+        let verifier = verifier.clone();
+        async move {
+            let (parts, body) = request.into_parts();
+            let body = http_body_util::BodyExt::collect(body)
+                .await
+                .unwrap()
+                .to_bytes();
+            let key = parts.headers[IDEMPOTENCY_KEY].clone();
+            let signable = truelayer_auth_signing::Signable::new("POST", parts.uri.path())
+                .header("Idempotency-Key", key.as_bytes())
+                .body(&body);
+            let signature = parts.headers[TL_SIGNATURE].to_str().unwrap();
+            let status = match verifier.verify(&signable, signature) {
+                Ok(_) => StatusCode::CREATED,
+                Err(_) => StatusCode::UNAUTHORIZED,
+            };
+            let mut response = http::Response::new(());
+            *response.status_mut() = status;
+            Ok::<_, Infallible>(response)
+        }
+    });
+    (service, calls)
+}
+
+fn post() -> Request<Full<Bytes>> {
+    Request::post("/v3/payments")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_401_with_the_key_unchanged_in_the_store_is_not_sent_again() {
+    // The 401 is about something else (a revoked token): reading the store again gives the
+    // same key as a new `Signer`, which must not count as a rotation.
+    let key = Signer::generate("kid-1");
+    let store = Store::new("kid-1", &key);
+    let (upstream, calls) = checking(&Signer::generate("kid-1"), |_| {});
+    let response = SigningLayer::new(store.clone())
+        .layer(upstream)
+        .oneshot(post())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(store.reloads.load(Ordering::SeqCst), 1, "read again once");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "and not sent again");
+}
+
+#[tokio::test]
+async fn a_request_rejected_after_another_picked_up_the_new_key_is_resent_without_a_reload() {
+    // The store keeps its kid; the key under it is what rotates.
+    let (old, new) = (Signer::generate("kid"), Signer::generate("kid"));
+    let store = Store::new("kid", &old);
+    let layer = SigningLayer::new(store.clone());
+    // The first request uses up the kid's reload budget without finding a new key.
+    let (upstream, _) = checking(&new, |_| {});
+    let first = layer.layer(upstream).oneshot(post()).await.unwrap();
+    assert_eq!(first.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(store.reloads.load(Ordering::SeqCst), 1);
+    // Then the store is rotated while the next request, signed with the old key, is out.
+    let rotated = store.clone();
+    let new_pem = new.clone();
+    let (upstream, calls) = checking(&new, move |n| {
+        if n == 1 {
+            rotated.rotate(&new_pem);
+        }
+    });
+    let response = layer.layer(upstream).oneshot(post()).await.unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::CREATED,
+        "re-signed and resent"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        store.reloads.load(Ordering::SeqCst),
+        1,
+        "the new key came from the store as it is now, not from a reload"
+    );
+}
+
+#[tokio::test]
+async fn a_signed_header_with_two_values_is_refused_and_nothing_is_sent() {
+    let key = Signer::generate("kid-1");
+    let (upstream, calls) = checking(&key, |_| {});
+    let mut request = post();
+    request
+        .headers_mut()
+        .append(IDEMPOTENCY_KEY, "one".parse().unwrap());
+    request
+        .headers_mut()
+        .append(IDEMPOTENCY_KEY, "two".parse().unwrap());
+    let err = SigningLayer::new(key)
+        .layer(upstream)
+        .oneshot(request)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SigningError::Sign(truelayer_auth_signing::SignError::DuplicateHeader { .. })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
+
+/// One signing key per merchant, picked by the request's `CacheKey`.
+#[derive(Clone)]
+struct PerMerchant(Arc<std::collections::HashMap<truelayer_auth::CacheKey, Signer>>);
+
+impl SignerSource for PerMerchant {
+    fn signer(&self, request: &http::Extensions) -> SignerFuture<'_> {
+        let signer = request
+            .get::<truelayer_auth::CacheKey>()
+            .and_then(|key| self.0.get(key))
+            .cloned();
+        Box::pin(async move { signer.ok_or_else(|| "no signing key for this merchant".into()) })
+    }
+}
+
+#[tokio::test]
+async fn one_layer_signs_each_merchants_requests_with_its_own_key() {
+    let env = Environment::custom("http://127.0.0.1:1").unwrap();
+    let merchants: Vec<_> = (0..3)
+        .map(|i| {
+            let key = truelayer_auth::CacheKey::new(
+                env.clone(),
+                format!("m-{i}"),
+                truelayer_auth::Scopes::payments(),
+            );
+            (key, Signer::generate(format!("kid-{i}")))
+        })
+        .collect();
+    let source = PerMerchant(Arc::new(merchants.iter().cloned().collect()));
+    let layer = SigningLayer::new(source);
+    for (key, signer) in &merchants {
+        let (upstream, calls) = checking(signer, |_| {});
+        let mut request = post();
+        request.extensions_mut().insert(key.clone());
+        let response = layer.layer(upstream).oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED, "{key:?}");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+    // A request naming no merchant is not signed, and not sent.
+    let (upstream, calls) = checking(&merchants[0].1, |_| {});
+    let err = layer.layer(upstream).oneshot(post()).await.unwrap_err();
+    assert!(matches!(err, SigningError::Signer(_)), "{err:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
 }

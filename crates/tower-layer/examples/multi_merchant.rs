@@ -34,7 +34,7 @@ const MERCHANTS: [(&str, &str); 3] = [
 async fn main() -> Result<(), BoxError> {
     let emulator = Emulator::start().await?;
     // The platform's request-signing key, registered for each merchant (each could have its
-    // own: a SignerSource can pick by merchant too).
+    // own: a SignerSource gets the request's extensions and can pick by its CacheKey).
     let signer = Signer::generate("platform-signing-key");
     for (id, secret) in MERCHANTS {
         emulator.add_client(id, secret, ["payments"]);

@@ -122,7 +122,17 @@ impl LoadedSecret {
             return Err(SecretProblem::MissingField(missing.into()));
         };
         // Secrets Manager consoles often store a PEM with literal `\n`s for line breaks.
-        let pem = zeroize::Zeroizing::new(pem.expose_secret().replace("\\n", "\n"));
+        // Built in a buffer sized up front, so no reallocation leaves a copy of the key behind.
+        let text = pem.expose_secret();
+        let mut pem = zeroize::Zeroizing::new(String::with_capacity(text.len()));
+        let mut parts = text.split("\\n");
+        if let Some(first) = parts.next() {
+            pem.push_str(first);
+        }
+        for part in parts {
+            pem.push('\n');
+            pem.push_str(part);
+        }
         Signer::from_pem(kid.expose_secret(), pem.as_bytes()).map_err(SecretProblem::SigningKey)
     }
 

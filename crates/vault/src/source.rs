@@ -362,6 +362,16 @@ impl SecretsManagerCredentials {
 }
 
 impl SecretsManagerCredentials {
+    /// The signer built last, if any.
+    fn held_signer(&self) -> Option<Signer> {
+        let cached = self
+            .inner
+            .signer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        cached.as_ref().map(|(_, signer)| signer.clone())
+    }
+
     /// The signer for `secret`'s signing key, built once per secret version.
     fn signer_for(&self, secret: &Arc<LoadedSecret>) -> Result<Signer, VaultError> {
         let mut cached = self
@@ -384,15 +394,26 @@ impl SecretsManagerCredentials {
 /// `signing_private_key`): one secret configures both the token cache and the signing layer,
 /// and a rotated signing key is picked up after the TTL, or at once when TrueLayer rejects a
 /// signature (the signing layer then reloads).
+///
+/// Signing sits on the request path, so a read already under way (the hourly one, or one
+/// through an AWS outage, bounded by the SDK's timeouts) does not hold requests up while a
+/// signer is held: they are signed with it, and the next request after the read uses what
+/// it found.
 impl SignerSource for SecretsManagerCredentials {
-    fn signer(&self) -> SignerFuture<'_> {
+    fn signer(&self, _request: &http::Extensions) -> SignerFuture<'_> {
         Box::pin(async move {
+            if self.fresh().is_none()
+                && self.inner.fetching.try_lock().is_err()
+                && let Some(held) = self.held_signer()
+            {
+                return Ok(held);
+            }
             let secret = self.secret().await?;
             Ok(self.signer_for(&secret)?)
         })
     }
 
-    fn reload(&self) -> SignerFuture<'_> {
+    fn reload(&self, _request: &http::Extensions) -> SignerFuture<'_> {
         Box::pin(async move {
             let secret = self.reload_secret().await?;
             Ok(self.signer_for(&secret)?)
