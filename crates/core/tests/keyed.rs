@@ -84,7 +84,7 @@ async fn the_key_includes_the_normalized_scope_set() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_new_secret_for_a_key_is_used_from_the_next_fetch_on() {
+async fn a_token_is_only_handed_to_a_caller_holding_the_secret_it_was_fetched_with() {
     let emulator = emulator_with(1).await;
     let env = Environment::custom(&emulator.url()).unwrap();
     let keyed = KeyedTokenCache::builder().build().unwrap();
@@ -92,17 +92,32 @@ async fn a_new_secret_for_a_key_is_used_from_the_next_fetch_on() {
         .token(&env, &merchant(0), &Scopes::payments())
         .await
         .unwrap();
+    // Another tenant names merchant-0's client_id (not a secret) with a secret of its own:
+    // it gets no token of merchant-0's, and merchant-0 is not disturbed.
+    let impostor = ClientCredentials::new("merchant-0", "guessed-secret".into()).unwrap();
+    let err = keyed
+        .token(&env, &impostor, &Scopes::payments())
+        .await
+        .unwrap_err();
+    assert!(err.is_invalid_client(), "{err:?}");
+    let again = keyed
+        .token(&env, &merchant(0), &Scopes::payments())
+        .await
+        .unwrap();
+    assert_eq!(again.id(), first.id(), "the merchant's own entry is intact");
+
+    // After a rotation the new secret gets a token of its own, fetched with it.
     let rotated = emulator.rotate_secret("merchant-0").unwrap();
     let new_creds = ClientCredentials::new("merchant-0", rotated.into()).unwrap();
-    let cache = keyed.get(&env, &new_creds, &Scopes::payments());
-    // Revoked after two minutes in use: withdrawn, and the next fetch uses the new secret.
-    advance(Duration::from_secs(120)).await;
-    assert!(cache.invalidate(&first));
-    let second = cache.token().await.unwrap();
-    assert_ne!(second.id(), first.id());
+    let errors_before = emulator.stats().token_errors;
+    let fresh = keyed
+        .token(&env, &new_creds, &Scopes::payments())
+        .await
+        .unwrap();
+    assert_ne!(fresh.id(), first.id());
     assert_eq!(
         emulator.stats().token_errors,
-        0,
+        errors_before,
         "the new secret was sent straight away"
     );
 }

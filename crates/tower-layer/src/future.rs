@@ -58,6 +58,8 @@ pin_project! {
         Draining {
             body: Pin<Box<ResBody>>,
             drained: usize,
+            // A 401 body trickled slowly is not waited for: the connection is dropped instead.
+            give_up: Pin<Box<tokio::time::Sleep>>,
             sent: Option<AccessToken>,
             replay: Option<Replay<S, B>>,
         },
@@ -133,6 +135,9 @@ const POLLED_AFTER_COMPLETION: &str = "ResponseFuture polled after completion";
 /// The most of a 401's body read so its connection can be reused for the replay.
 const DRAIN_LIMIT: usize = 64 * 1024;
 
+/// How long a 401's body is read before the replay goes ahead without it.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl<S, T, B, ResBody> Future for ResponseFuture<S, T, B, ResBody>
 where
     S: Service<Request<B>, Response = Response<ResBody>> + Clone,
@@ -191,6 +196,7 @@ where
                     this.state.set(State::Draining {
                         body: Box::pin(response.into_body()),
                         drained: 0,
+                        give_up: Box::pin(tokio::time::sleep(DRAIN_TIME)),
                         sent: Some(sent),
                         replay: Some(replay),
                     });
@@ -198,15 +204,18 @@ where
                 StateProj::Draining {
                     body,
                     drained,
+                    give_up,
                     sent,
                     replay,
                 } => {
                     while *drained <= DRAIN_LIMIT {
-                        match ready!(body.as_mut().poll_frame(cx)) {
-                            Some(Ok(frame)) => {
+                        match body.as_mut().poll_frame(cx) {
+                            Poll::Ready(Some(Ok(frame))) => {
                                 *drained += frame.data_ref().map_or(0, bytes::Buf::remaining);
                             }
-                            Some(Err(_)) | None => break,
+                            Poll::Ready(Some(Err(_)) | None) => break,
+                            Poll::Pending if give_up.as_mut().poll(cx).is_ready() => break,
+                            Poll::Pending => return Poll::Pending,
                         }
                     }
                     let sent = sent.take().expect(POLLED_AFTER_COMPLETION);

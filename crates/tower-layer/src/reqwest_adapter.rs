@@ -17,6 +17,11 @@ pub type ReqwestFuture = Pin<
 /// Makes a [`reqwest::Client`] a `Service<http::Request<B>>`, so the bearer layer (and any
 /// other tower middleware of `http` types) can wrap it.
 ///
+/// reqwest parses the URI again as a WHATWG URL: `.` and `..` path segments are resolved and
+/// some characters (`"`, `{`, `}`, ...) percent-encoded. With a signing layer above this
+/// service, a path that changes that way is sent other than it was signed, and refused:
+/// build request paths already in that form (as TrueLayer's API paths are).
+///
 /// # Example
 ///
 /// ```no_run

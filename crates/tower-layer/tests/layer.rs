@@ -308,3 +308,53 @@ async fn composes_with_buffer_concurrency_limit_timeout_and_trace() {
     let stats = emulator.stats();
     assert_eq!((stats.token_requests, stats.api_requests), (1, 40));
 }
+
+/// A body that never ends: an upstream trickling its 401 page.
+struct Endless;
+
+impl http_body::Body for Endless {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Pending
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_401_whose_body_never_ends_does_not_hold_the_replay() {
+    let emulator = Emulator::start().await.unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let upstream = {
+        let calls = calls.clone();
+        service_fn(move |_: Request<Full<Bytes>>| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let mut response = Response::new(Endless);
+                if n == 0 {
+                    *response.status_mut() = StatusCode::UNAUTHORIZED;
+                }
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
+    let client = BearerAuthLayer::new(cache(&emulator)).layer(upstream);
+    let started = tokio::time::Instant::now();
+    let response = client
+        .oneshot(
+            Request::get("/v3/payments/p-1")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "replayed");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert!(
+        started.elapsed() <= Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -326,6 +326,16 @@ impl Engine {
         clock::notice_virtual_time();
         let started = Instant::now();
         let deadline = clock::saturating_add(started, self.config.wait_timeout);
+        self.wait_for_token_until(started, deadline).await
+    }
+
+    /// As [`wait_for_token`](Self::wait_for_token), for a caller whose wait began at
+    /// `started` and ends at `deadline`.
+    async fn wait_for_token_until(
+        self: &Arc<Self>,
+        started: Instant,
+        deadline: Instant,
+    ) -> Result<AccessToken, Error> {
         self.waits.fetch_add(1, Ordering::Relaxed);
         // Subscribe before looking, so no change can slip between the two.
         let mut rx = self.state.subscribe();
@@ -507,9 +517,10 @@ impl Engine {
                 }
             }
         }
+        // One deadline for the whole replay: what is left of it after waiting for the refresh.
         match self.cached() {
             Some(token) => Ok(token),
-            None => self.wait_for_token().await,
+            None => self.wait_for_token_until(now, deadline).await,
         }
     }
 

@@ -1,12 +1,11 @@
 //! One cache for many merchant accounts, keyed by environment, client_id and scopes.
 
 use std::fmt;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, UnitWeighter};
 use secrecy::ExposeSecret;
@@ -51,19 +50,32 @@ struct KeyParts {
     environment: Environment,
     client_id: String,
     scopes: Scopes,
+    /// For entries made by [`KeyedTokenCache::get`]: a keyed hash of the secret, so a caller
+    /// holding another secret for the same client_id never gets this entry's tokens. 0 for
+    /// keys made with [`CacheKey::new`].
+    secret_tag: u64,
 }
 
 impl CacheKey {
-    /// The key for a client_id with these scopes in this environment.
+    /// The key for a client_id with these scopes in this environment. The client_id is
+    /// trimmed, as [`ClientCredentials::new`] trims it.
     pub fn new(environment: Environment, client_id: impl Into<String>, scopes: Scopes) -> Self {
-        let client_id = client_id.into();
+        Self::tagged(environment, client_id.into(), scopes, 0)
+    }
+
+    fn tagged(environment: Environment, client_id: String, scopes: Scopes, tag: u64) -> Self {
+        let client_id = match client_id.trim() {
+            trimmed if trimmed.len() == client_id.len() => client_id,
+            trimmed => trimmed.to_owned(),
+        };
         let mut hasher = std::hash::DefaultHasher::new();
-        (&environment, &client_id, &scopes).hash(&mut hasher);
+        (&environment, &client_id, &scopes, tag).hash(&mut hasher);
         CacheKey(Arc::new(KeyParts {
             hash: hasher.finish(),
             environment,
             client_id,
             scopes,
+            secret_tag: tag,
         }))
     }
 
@@ -88,6 +100,7 @@ impl PartialEq for CacheKey {
         let (a, b) = (&*self.0, &*other.0);
         Arc::ptr_eq(&self.0, &other.0)
             || (a.hash == b.hash
+                && a.secret_tag == b.secret_tag
                 && a.client_id == b.client_id
                 && a.environment == b.environment
                 && a.scopes == b.scopes)
@@ -156,11 +169,13 @@ struct Inner {
     idle_timeout: Duration,
     epoch: Instant,
     sweeping: AtomicBool,
+    /// Keys the hash that tells entries of one client_id with different secrets apart
+    /// (random per cache: the tag says nothing about the secret outside this process).
+    secret_tags: std::hash::RandomState,
 }
 
 struct Entry {
     cache: TokenCache,
-    credentials: Option<Arc<Swappable>>,
     last_used_ms: AtomicU64,
 }
 
@@ -172,8 +187,14 @@ impl Lifecycle<CacheKey, Arc<Entry>> for InUse {
     type RequestState = ();
 
     fn is_pinned(&self, _key: &CacheKey, entry: &Arc<Entry>) -> bool {
-        entry.cache.is_shared()
+        in_use(entry)
     }
+}
+
+/// Whether anything besides the map holds the entry: a caller's cache, or a caller between
+/// looking the entry up and cloning its cache.
+fn in_use(entry: &Arc<Entry>) -> bool {
+    Arc::strong_count(entry) > 1 || entry.cache.is_shared()
 }
 
 impl fmt::Debug for KeyedTokenCache {
@@ -183,17 +204,6 @@ impl fmt::Debug for KeyedTokenCache {
             .field("max_entries", &self.inner.max_entries)
             .field("idle_timeout", &self.inner.idle_timeout)
             .finish()
-    }
-}
-
-/// Credentials that a later lookup with a new secret replaces.
-#[derive(Debug)]
-struct Swappable(ArcSwap<ClientCredentials>);
-
-impl CredentialsSource for Swappable {
-    fn credentials(&self) -> CredentialsFuture<'_> {
-        let creds = (**self.0.load()).clone();
-        Box::pin(async move { Ok(creds) })
     }
 }
 
@@ -211,29 +221,32 @@ impl KeyedTokenCache {
 
     /// The cache for these credentials and scopes, made on first use.
     ///
-    /// A later call for the same key with a different secret (say, after a rotation) makes
-    /// the cache use the new secret from its next fetch on.
+    /// Entries are per secret too: a caller never gets a token fetched with a secret other
+    /// than the one it holds (client_ids are not secret; a platform's tenants must not reach
+    /// each other's tokens by naming them). After a rotation, the new secret makes a new
+    /// entry, and the old one is dropped after the idle timeout (or evicted).
     pub fn get(
         &self,
         environment: &Environment,
         credentials: &ClientCredentials,
         scopes: &Scopes,
     ) -> TokenCache {
-        let key = CacheKey::new(environment.clone(), credentials.client_id(), scopes.clone());
-        let entry = self.entry(&key, || {
-            let swappable = Arc::new(Swappable(ArcSwap::from_pointee(credentials.clone())));
-            (
-                swappable.clone() as Arc<dyn CredentialsSource>,
-                Some(swappable),
-            )
-        });
-        if let Some(swappable) = &entry.credentials {
-            let held = swappable.0.load();
-            if held.client_secret().expose_secret() != credentials.client_secret().expose_secret() {
-                swappable.0.store(Arc::new(credentials.clone()));
-            }
-        }
-        entry.cache.clone()
+        let tag = self
+            .inner
+            .secret_tags
+            .hash_one(credentials.client_secret().expose_secret())
+            .max(1);
+        let key = CacheKey::tagged(
+            environment.clone(),
+            credentials.client_id().to_owned(),
+            scopes.clone(),
+            tag,
+        );
+        self.entry(&key, || {
+            Arc::new(credentials.clone()) as Arc<dyn CredentialsSource>
+        })
+        .cache
+        .clone()
     }
 
     /// The cache for `client_id` and scopes, with credentials from a source made by
@@ -249,7 +262,7 @@ impl KeyedTokenCache {
         F: FnOnce() -> Arc<dyn CredentialsSource>,
     {
         let key = CacheKey::new(environment.clone(), client_id, scopes.clone());
-        self.entry(&key, || (source(), None)).cache.clone()
+        self.entry(&key, source).cache.clone()
     }
 
     /// A usable token for these credentials and scopes; see [`TokenCache::token`].
@@ -285,7 +298,7 @@ impl KeyedTokenCache {
     /// key make one entry.
     fn entry<F>(&self, key: &CacheKey, make: F) -> Arc<Entry>
     where
-        F: FnOnce() -> (Arc<dyn CredentialsSource>, Option<Arc<Swappable>>),
+        F: FnOnce() -> Arc<dyn CredentialsSource>,
     {
         self.ensure_sweeper();
         let now = self.inner.now_ms();
@@ -293,10 +306,8 @@ impl KeyedTokenCache {
             .inner
             .entries
             .get_or_insert_with(key, || {
-                let (source, credentials) = make();
                 Ok::<_, std::convert::Infallible>(Arc::new(Entry {
-                    cache: self.inner.new_cache(key, source),
-                    credentials,
+                    cache: self.inner.new_cache(key, make()),
                     last_used_ms: AtomicU64::new(now),
                 }))
             })
@@ -308,23 +319,32 @@ impl KeyedTokenCache {
     /// The cache a request's [`CacheKey`] names: an entry, or one made by the resolver.
     fn for_request(&self, request: &http::Extensions) -> Result<TokenCache, Error> {
         let key = request.get::<CacheKey>().ok_or(Error::MissingCacheKey)?;
+        // Hits restart the idle sweep too, if its runtime has gone (one atomic load).
+        self.ensure_sweeper();
         if let Some(entry) = self.inner.entries.get(key) {
             entry
                 .last_used_ms
                 .store(self.inner.now_ms(), Ordering::Relaxed);
             return Ok(entry.cache.clone());
         }
-        let resolved = self
-            .inner
-            .resolver
-            .as_ref()
-            .and_then(|resolve| resolve(key));
+        let resolved = self.inner.resolver.as_ref().and_then(|resolve| {
+            // A resolver bug must not unwind through the caller's `call`.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| resolve(key))).unwrap_or_else(
+                |_| {
+                    tracing::error!(
+                        client_id = key.client_id(),
+                        "the credentials_for resolver panicked; the request is refused"
+                    );
+                    None
+                },
+            )
+        });
         let Some(source) = resolved else {
             return Err(Error::UnknownCacheKey {
                 client_id: key.client_id().to_owned(),
             });
         };
-        Ok(self.entry(key, || (source, None)).cache.clone())
+        Ok(self.entry(key, || source).cache.clone())
     }
 
     /// Starts the idle sweep in the caller's runtime unless it runs already.
@@ -375,7 +395,7 @@ async fn sweep(guard: SweepGuard) {
         let now = inner.now_ms();
         let idle_ms = u64::try_from(inner.idle_timeout.as_millis()).unwrap_or(u64::MAX);
         inner.entries.retain(|_, entry| {
-            entry.cache.is_shared()
+            in_use(entry)
                 || now.saturating_sub(entry.last_used_ms.load(Ordering::Relaxed)) < idle_ms
         });
     }
@@ -526,6 +546,7 @@ impl KeyedTokenCacheBuilder {
                 idle_timeout: self.idle_timeout,
                 epoch: Instant::now(),
                 sweeping: AtomicBool::new(false),
+                secret_tags: std::hash::RandomState::new(),
             }),
         })
     }

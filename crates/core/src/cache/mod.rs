@@ -387,4 +387,30 @@ mod tests {
         assert_ne!(fresh.id(), first.id());
         assert_eq!(emulator.stats().token_requests, 2);
     }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_suspend_past_the_soft_margin_refreshes_at_once_while_serving() {
+        let emulator = Emulator::start().await.unwrap();
+        let creds =
+            ClientCredentials::new(emulator.client_id(), emulator.client_secret().into()).unwrap();
+        let cache = TokenCache::builder(Environment::custom(&emulator.url()).unwrap(), creds)
+            .build()
+            .unwrap();
+        let first = cache.token().await.unwrap();
+        // Asleep for 59 minutes: past the soft margin by the wall clock, not the hard one.
+        test_hooks::suspend_for(Duration::from_secs(59 * 60));
+        assert_eq!(cache.cached().unwrap().id(), first.id(), "still served");
+        for _ in 0..100 {
+            if emulator.stats().token_requests == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            emulator.stats().token_requests,
+            2,
+            "the task refreshes by the wall clock, without waiting for the monotonic one"
+        );
+        assert_ne!(cache.cached().unwrap().id(), first.id());
+    }
 }

@@ -108,7 +108,14 @@ impl Worker {
                 // A token is held: refresh at the soft margin, or on the failure backoff, or
                 // when a rejection asked for it.
                 Some(p) => {
-                    let due = s.retry_at.unwrap_or(p.refresh_at.mono());
+                    // The soft margin on either clock (after a suspend the wall clock is
+                    // ahead of the monotonic one), unless a failed refresh backs off.
+                    let soft = if p.refresh_at.passed_at(now) {
+                        now
+                    } else {
+                        p.refresh_at.mono()
+                    };
+                    let due = s.retry_at.unwrap_or(soft);
                     Some(s.refresh_requested.map_or(due, |r| r.min(due)))
                 }
                 // None is held: fetch for a waiting caller, a rejection, or a retry, but not
