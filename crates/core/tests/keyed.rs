@@ -120,6 +120,10 @@ async fn a_token_is_only_handed_to_a_caller_holding_the_secret_it_was_fetched_wi
         errors_before,
         "the new secret was sent straight away"
     );
+    // Offboarding the merchant drops its entries, whatever secret made them.
+    let key = truelayer_auth::CacheKey::new(env.clone(), "merchant-0", Scopes::payments());
+    assert!(keyed.remove(&key));
+    assert_eq!(keyed.len(), 0);
 }
 
 #[tokio::test(start_paused = true)]

@@ -59,7 +59,8 @@ pin_project! {
             body: Pin<Box<ResBody>>,
             drained: usize,
             // A 401 body trickled slowly is not waited for: the connection is dropped instead.
-            give_up: Pin<Box<tokio::time::Sleep>>,
+            // (None outside a tokio runtime with timers: then only the byte limit applies.)
+            give_up: Option<Pin<Box<tokio::time::Sleep>>>,
             sent: Option<AccessToken>,
             replay: Option<Replay<S, B>>,
         },
@@ -138,6 +139,14 @@ const DRAIN_LIMIT: usize = 64 * 1024;
 /// How long a 401's body is read before the replay goes ahead without it.
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// The drain's time limit, if this runs where tokio's timers do.
+fn drain_timer() -> Option<Pin<Box<tokio::time::Sleep>>> {
+    let runtime = tokio::runtime::Handle::try_current().ok()?;
+    let _entered = runtime.enter();
+    // A runtime built without `enable_time` has no timer: building a Sleep would panic.
+    std::panic::catch_unwind(|| Box::pin(tokio::time::sleep(DRAIN_TIME))).ok()
+}
+
 impl<S, T, B, ResBody> Future for ResponseFuture<S, T, B, ResBody>
 where
     S: Service<Request<B>, Response = Response<ResBody>> + Clone,
@@ -196,7 +205,7 @@ where
                     this.state.set(State::Draining {
                         body: Box::pin(response.into_body()),
                         drained: 0,
-                        give_up: Box::pin(tokio::time::sleep(DRAIN_TIME)),
+                        give_up: drain_timer(),
                         sent: Some(sent),
                         replay: Some(replay),
                     });
@@ -214,7 +223,13 @@ where
                                 *drained += frame.data_ref().map_or(0, bytes::Buf::remaining);
                             }
                             Poll::Ready(Some(Err(_)) | None) => break,
-                            Poll::Pending if give_up.as_mut().poll(cx).is_ready() => break,
+                            Poll::Pending
+                                if give_up
+                                    .as_mut()
+                                    .is_some_and(|t| t.as_mut().poll(cx).is_ready()) =>
+                            {
+                                break;
+                            }
                             Poll::Pending => return Poll::Pending,
                         }
                     }

@@ -362,16 +362,6 @@ impl SecretsManagerCredentials {
 }
 
 impl SecretsManagerCredentials {
-    /// The signer built last, if any.
-    fn held_signer(&self) -> Option<Signer> {
-        let cached = self
-            .inner
-            .signer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        cached.as_ref().map(|(_, signer)| signer.clone())
-    }
-
     /// The signer for `secret`'s signing key, built once per secret version.
     fn signer_for(&self, secret: &Arc<LoadedSecret>) -> Result<Signer, VaultError> {
         let mut cached = self
@@ -404,9 +394,9 @@ impl SignerSource for SecretsManagerCredentials {
         Box::pin(async move {
             if self.fresh().is_none()
                 && self.inner.fetching.try_lock().is_err()
-                && let Some(held) = self.held_signer()
+                && let Some(held) = self.cached()
             {
-                return Ok(held);
+                return Ok(self.signer_for(&held.secret)?);
             }
             let secret = self.secret().await?;
             Ok(self.signer_for(&secret)?)

@@ -37,6 +37,10 @@ use crate::token::AccessToken;
 /// decides it is stuck (its runtime is alive but no longer driven) and starts another.
 pub(crate) const STALL_AFTER: Duration = Duration::from_secs(1);
 
+/// The longest a token request takes with the default client (its total timeout), for
+/// bounding how long a fetch in a driven task can last.
+const REQUEST_BOUND: Duration = Duration::from_secs(10);
+
 /// Settings of a cache's refresh engine.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Config {
@@ -125,11 +129,16 @@ impl State {
     /// Attempt `attempt` is over (succeeded, failed or abandoned). A newer attempt may still
     /// be in flight (a task that took over from a stalled one). Demand registered while it
     /// ran was for it: callers still waiting ask again.
-    pub(crate) fn finish(&mut self, attempt: u64) {
+    ///
+    /// Returns whether it is the latest attempt; a superseded one must not change what the
+    /// newer one decides (errors, backoff, halting, the published token).
+    pub(crate) fn finish(&mut self, attempt: u64) -> bool {
+        let latest = attempt >= self.started;
         self.done = self.done.max(attempt);
         if !self.in_flight() {
             self.served = self.demand;
         }
+        latest
     }
 
     /// The earliest a new fetch may start: the rate bound.
@@ -321,6 +330,15 @@ impl Engine {
         }
     }
 
+    /// How long a fetch can run in a task that is driven: two credentials loads and two
+    /// token requests (the `invalid_client` reload path), each time-boxed, plus slack.
+    fn in_flight_patience(&self) -> Duration {
+        let credentials = self.config.credentials_timeout.saturating_mul(2);
+        credentials
+            .saturating_add(REQUEST_BOUND.saturating_mul(2))
+            .saturating_add(STALL_AFTER)
+    }
+
     /// Waits (up to the wait deadline) for a usable token when none is held.
     pub(crate) async fn wait_for_token(self: &Arc<Self>) -> Result<AccessToken, Error> {
         clock::notice_virtual_time();
@@ -366,11 +384,20 @@ impl Engine {
                     }
                 }
                 if target.is_none() && s.in_flight() {
-                    // Wait for the attempt under way, and say so: a task that does not
-                    // acknowledge it (its runtime is no longer driven) counts as stalled and is
-                    // replaced, however long its fetch has been hanging.
                     target = Some(s.started);
-                    if s.demand == s.served {
+                }
+                if s.in_flight() && target == Some(s.started) {
+                    // Wait for the attempt under way. Once it has run longer than a fetch in
+                    // a driven task can (every step of it is time-boxed), say so: a task that
+                    // does not acknowledge that (its runtime is no longer driven) counts as
+                    // stalled and is replaced. Not sooner: a busy runtime is slow to answer,
+                    // and a second fetch would be waste.
+                    let patient_until = s
+                        .last_attempt
+                        .map_or(now, |t| clock::saturating_add(t, self.in_flight_patience()));
+                    if patient_until > now {
+                        wake = wake.min(patient_until);
+                    } else if s.demand == s.served {
                         s.demand += 1;
                         s.demand_at = Some(now);
                         return true;

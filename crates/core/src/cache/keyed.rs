@@ -289,9 +289,17 @@ impl KeyedTokenCache {
         self.len() == 0
     }
 
-    /// Drops the entry for `key`; returns whether there was one.
+    /// Drops the entries for `key`'s merchant (environment, client_id, scopes), including
+    /// those [`get`](Self::get) made per secret; returns whether there was one.
     pub fn remove(&self, key: &CacheKey) -> bool {
-        self.inner.entries.remove(key).is_some()
+        let removed = self.inner.entries.remove(key).is_some();
+        let before = self.inner.entries.len();
+        self.inner.entries.retain(|k, _| {
+            !(k.0.client_id == key.0.client_id
+                && k.0.environment == key.0.environment
+                && k.0.scopes == key.0.scopes)
+        });
+        removed || self.inner.entries.len() < before
     }
 
     /// The entry for `key`, made with `make` if there is none. Two callers racing for a new

@@ -233,13 +233,25 @@ impl Worker {
             None => token,
         };
         engine.state.send_modify(|s| {
+            // A superseded attempt (its task was replaced, a newer attempt started) only
+            // fills a gap: it never replaces a token or resets the newer attempt's state.
+            if !s.finish(attempt) {
+                if engine.current.load().is_none() {
+                    s.last_published = Some(token.id());
+                    engine.current.store(Some(Arc::new(Published::new(
+                        token,
+                        plan.refresh_after,
+                        plan.usable_for,
+                    ))));
+                }
+                return;
+            }
             s.last_published = Some(token.id());
             engine.current.store(Some(Arc::new(Published::new(
                 token,
                 plan.refresh_after,
                 plan.usable_for,
             ))));
-            s.finish(attempt);
             s.last_error = None;
             s.failures = 0;
             s.retry_at = None;
@@ -254,8 +266,12 @@ impl Worker {
         let held = engine.current.load_full();
         let now = Instant::now();
         let mut retry_in = None;
+        let mut superseded = false;
         engine.state.send_modify(|s| {
-            s.finish(attempt);
+            if !s.finish(attempt) {
+                superseded = true; // the newer attempt's outcome is what counts
+                return;
+            }
             s.failures = s.failures.saturating_add(1);
             let backoff = full_jitter(exponential_cap(
                 cfg.backoff_initial,
@@ -287,6 +303,10 @@ impl Worker {
             s.last_error = Some(error.clone());
         });
         let chain = error_chain(&error);
+        if superseded {
+            debug!(kind = error.kind_name(), error = %chain, "a superseded token fetch failed");
+            return;
+        }
         let retry_in_ms = retry_in.map(|d| d.as_millis() as u64);
         if held.is_some() {
             warn!(kind = error.kind_name(), error = %chain, retry_in_ms, "token refresh failed; still serving the current, valid token");
@@ -311,9 +331,12 @@ impl Drop for Abandoned<'_> {
         }
         let now = Instant::now();
         self.engine.state.send_modify(|s| {
-            s.finish(self.attempt);
-            if s.retry_at.is_none() {
-                s.retry_at = Some(now);
+            if s.finish(self.attempt) {
+                // Whatever halted the cache before, this attempt was asked for.
+                s.halted = false;
+                if s.retry_at.is_none() {
+                    s.retry_at = Some(now);
+                }
             }
         });
         warn!(
