@@ -68,10 +68,12 @@ impl CacheKey {
             trimmed if trimmed.len() == client_id.len() => client_id,
             trimmed => trimmed.to_owned(),
         };
-        let mut hasher = std::hash::DefaultHasher::new();
-        (&environment, &client_id, &scopes, tag).hash(&mut hasher);
+        // Keyed randomly per process: client_ids can come from outside, and a fixed hash
+        // would let someone craft colliding keys to slow the map down.
+        static HASHER: std::sync::LazyLock<std::hash::RandomState> =
+            std::sync::LazyLock::new(std::hash::RandomState::new);
         CacheKey(Arc::new(KeyParts {
-            hash: hasher.finish(),
+            hash: HASHER.hash_one((&environment, &client_id, &scopes, tag)),
             environment,
             client_id,
             scopes,
