@@ -72,18 +72,6 @@ enum Command {
     Verify(sign::VerifyArgs),
 }
 
-/// An error and its sources, joined by `: `: each layer says what failed, the last one why.
-pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// A failure with its exit code: 2 for usage and configuration, 1 for the work itself.
 pub(crate) struct Failure {
     code: u8,
@@ -159,7 +147,7 @@ async fn token(args: AuthArgs) -> Result<(), Failure> {
     let credentials = resolved.source.credentials().await.map_err(|e| {
         Failure::failed(format!(
             "the client credentials could not be loaded: {}",
-            chain(&e)
+            truelayer_auth::error_chain(&e)
         ))
     })?;
     let client = TokenClient::new().map_err(|e| Failure::usage(e.to_string()))?;
@@ -171,7 +159,7 @@ async fn token(args: AuthArgs) -> Result<(), Failure> {
             &RetryPolicy::default(),
         )
         .await
-        .map_err(|e| Failure::failed(chain(&e)))?;
+        .map_err(|e| Failure::failed(truelayer_auth::error_chain(&e)))?;
     let json = serde_json::json!({
         "access_token": token.secret().expose_secret(),
         "expires_in": token.lifetime().as_secs(),

@@ -124,7 +124,7 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::usage(e.to_string()))?;
     // Fetch the first token now: a configuration error shows at start, not on the first call.
     if let Err(e) = tokens.token().await {
-        tracing::error!(error = %crate::chain(&e), "no token at start; requests get 502 until one can be had");
+        tracing::error!(error = %truelayer_auth::error_chain(&e), "no token at start; requests get 502 until one can be had");
     }
     let mut builder = Proxy::builder(upstream.clone(), tokens)
         .listen(args.listen)
@@ -196,7 +196,7 @@ async fn serve<K: SignerSource>(
 }
 
 fn usage(e: truelayer_auth_proxy::ProxyError) -> Failure {
-    Failure::usage(crate::chain(&e))
+    Failure::usage(truelayer_auth::error_chain(&e))
 }
 
 /// The upstream: `--upstream`, the embedded emulator, TrueLayer's API for the environment,

@@ -51,6 +51,8 @@ pub use cache::{
 pub use client::{TokenClient, TokenClientBuilder};
 pub use credentials::ClientCredentials;
 pub use environment::{CustomEndpoint, Environment};
+#[doc(hidden)]
+pub use error::error_chain;
 pub use error::{
     ConfigError, CredentialsError, Error, InvalidResponse, InvalidToken, OAuthError,
     OAuthErrorCode, TransportError,

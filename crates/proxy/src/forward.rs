@@ -170,12 +170,12 @@ impl<K: SignerSource> Forwarder<K> {
                     "error": "token_unavailable",
                     "kind": e.kind_name(),
                     "retryable": e.is_retryable(),
-                    "message": chain(&e),
+                    "message": truelayer_auth::error_chain(&e),
                 }),
             ),
             Failure::Bearer(e) => json(
                 StatusCode::BAD_GATEWAY,
-                serde_json::json!({ "error": "upstream_unreachable", "message": chain(&e) }),
+                serde_json::json!({ "error": "upstream_unreachable", "message": truelayer_auth::error_chain(&e) }),
             ),
             Failure::Signing(SigningError::BodyTooLarge { limit }) => json(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -190,10 +190,10 @@ impl<K: SignerSource> Forwarder<K> {
             ),
             Failure::Signing(e) => {
                 self.metrics.signing_failed();
-                tracing::error!(error = %chain(&e), "a request could not be signed");
+                tracing::error!(error = %truelayer_auth::error_chain(&e), "a request could not be signed");
                 json(
                     StatusCode::BAD_GATEWAY,
-                    serde_json::json!({ "error": "signing_failed", "message": chain(&e) }),
+                    serde_json::json!({ "error": "signing_failed", "message": truelayer_auth::error_chain(&e) }),
                 )
             }
         }
@@ -371,18 +371,6 @@ pub(crate) fn json(status: StatusCode, body: serde_json::Value) -> Response<Resp
         HeaderValue::from_static("application/json"),
     );
     response
-}
-
-/// An error and its sources, joined by `: `.
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

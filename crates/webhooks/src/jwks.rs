@@ -432,7 +432,7 @@ async fn fetch(entry: &Entry, fetcher: &dyn FetchJwks, policy: Policy) {
         Err(error) => {
             tracing::warn!(
                 jku = %entry.jku,
-                error = %crate::chain(&error),
+                error = %truelayer_auth::error_chain(&error),
                 serving_stale = state.keys.is_some(),
                 "webhook JWKS fetch failed"
             );

@@ -203,7 +203,7 @@ where
                     // Not recorded; TrueLayer will retry. The handler must not run without
                     // a claim.
                     Err(error) => {
-                        tracing::warn!(event_id = %truncate(&id, 100), error = %crate::chain(&error), "webhook ledger failed");
+                        tracing::warn!(event_id = %truncate(&id, 100), error = %truelayer_auth::error_chain(&error), "webhook ledger failed");
                         return Ok(answer(
                             StatusCode::SERVICE_UNAVAILABLE,
                             "event ledger unavailable",
@@ -224,7 +224,7 @@ where
                     // again (at least once, rather than lost).
                     Err(error) => tracing::warn!(
                         event_id = %truncate(&claim.event_id, 100),
-                        error = %crate::chain(&error),
+                        error = %truelayer_auth::error_chain(&error),
                         "webhook handled but not recorded; a retry will reach the handler again"
                     ),
                 }
@@ -287,7 +287,7 @@ fn original_path(parts: &http::request::Parts) -> String {
 fn refuse<ResBody: From<Bytes>>(error: &WebhookError) -> Response<ResBody> {
     tracing::warn!(
         reason = error.reason(),
-        error = %crate::chain(error),
+        error = %truelayer_auth::error_chain(error),
         "webhook refused"
     );
     answer(error.status(), error.reason())

@@ -79,15 +79,3 @@ pub use verifier::{
     SIGNATURE_HEADER, TIMESTAMP_HEADER, TRUELAYER_PRODUCTION_JKU, TRUELAYER_SANDBOX_JKU,
     VerifiedWebhook, WebhookVerifier, WebhookVerifierBuilder,
 };
-
-/// An error and its causes, `: `-separated, for log lines.
-pub(crate) fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}

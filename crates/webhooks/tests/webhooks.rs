@@ -1029,7 +1029,10 @@ async fn a_webhook_signed_by_truelayers_own_crate_passes_the_layer() {
 
     // Signed by their crate with a timestamp outside the window: refused as stale.
     let old = now_rfc3339(Duration::from_secs(600), true);
-    let (status, _) = send(&app, request(&other, &old, sign(&other, &old))).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, reason) = send(&app, request(&other, &old, sign(&other, &old))).await;
+    assert_eq!(
+        (status, reason.as_str()),
+        (StatusCode::UNAUTHORIZED, "timestamp_outside_window")
+    );
     assert_eq!(seen.events().len(), 1);
 }

@@ -563,21 +563,9 @@ impl Engine {
             invalidations: self.invalidations.load(Ordering::Relaxed),
             token_age: token.as_ref().map(|t| t.issued_at().elapsed()),
             token_remaining: token.as_ref().map(AccessToken::remaining),
-            last_error: s.last_error.as_ref().map(error_chain),
+            last_error: s.last_error.as_ref().map(|e| crate::error::error_chain(e)),
         }
     }
-}
-
-/// An error and its sources, joined by `: ` (what `{:#}` prints with anyhow).
-pub(crate) fn error_chain(error: &Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Clears the engine's worker generation when the task ends, however it ends (returned,

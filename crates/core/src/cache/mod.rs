@@ -365,14 +365,19 @@ mod tests {
     use crate::clock::test_hooks;
     use truelayer_auth_emulator::Emulator;
 
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_suspend_past_the_hard_margin_retires_the_token_although_no_monotonic_time_passed() {
+    async fn emulator_and_cache() -> (Emulator, TokenCache) {
         let emulator = Emulator::start().await.unwrap();
         let creds =
             ClientCredentials::new(emulator.client_id(), emulator.client_secret().into()).unwrap();
         let cache = TokenCache::builder(Environment::custom(&emulator.url()).unwrap(), creds)
             .build()
             .unwrap();
+        (emulator, cache)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_suspend_past_the_hard_margin_retires_the_token_although_no_monotonic_time_passed() {
+        let (emulator, cache) = emulator_and_cache().await;
         let first = cache.token().await.unwrap();
         assert_eq!(cache.cached().unwrap().id(), first.id());
         // The laptop sleeps for an hour: the monotonic clock stops, the wall clock (and the
@@ -390,12 +395,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_suspend_past_the_soft_margin_refreshes_at_once_while_serving() {
-        let emulator = Emulator::start().await.unwrap();
-        let creds =
-            ClientCredentials::new(emulator.client_id(), emulator.client_secret().into()).unwrap();
-        let cache = TokenCache::builder(Environment::custom(&emulator.url()).unwrap(), creds)
-            .build()
-            .unwrap();
+        let (emulator, cache) = emulator_and_cache().await;
         let first = cache.token().await.unwrap();
         // Asleep for 59 minutes: past the soft margin by the wall clock, not the hard one.
         test_hooks::suspend_for(Duration::from_secs(59 * 60));

@@ -14,10 +14,11 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, error, info, warn};
 
-use super::engine::{Engine, Liveness, Published, State, error_chain};
+use super::engine::{Engine, Liveness, Published, State};
 use super::schedule::{RenewalTimes, plan};
 use crate::clock;
 use crate::credentials::ClientCredentials;
+use crate::error::error_chain;
 use crate::error::{CredentialsError, Error};
 use crate::retry::{exponential_cap, full_jitter};
 use crate::token::AccessToken;
