@@ -610,18 +610,5 @@ pub(crate) fn truncate(s: &str, max_chars: usize) -> String {
     out
 }
 
-/// An error and its sources, joined by `: `, for log lines and messages: each layer's
-/// `Display` says what failed, the last one why (the errors of this workspace never print
-/// their cause themselves, so nothing repeats). Shared by the workspace's crates; not part
-/// of the API.
-#[doc(hidden)]
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+/// Shared with the workspace's other crates (`truelayer-auth-http`, re-exported at the root).
+pub(crate) use truelayer_auth_http::error_chain;

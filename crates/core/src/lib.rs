@@ -35,7 +35,6 @@ mod clock;
 mod credentials;
 mod environment;
 mod error;
-mod logical;
 #[cfg(test)]
 mod properties;
 mod response;
@@ -51,17 +50,17 @@ pub use cache::{
 pub use client::{TokenClient, TokenClientBuilder};
 pub use credentials::ClientCredentials;
 pub use environment::{CustomEndpoint, Environment};
-#[doc(hidden)]
-pub use error::error_chain;
 pub use error::{
     ConfigError, CredentialsError, Error, InvalidResponse, InvalidToken, OAuthError,
     OAuthErrorCode, TransportError,
 };
-pub use logical::LogicalRequest;
 pub use retry::RetryPolicy;
 pub use scope::{CustomScope, Scope, Scopes};
 pub use source::{CredentialsFuture, CredentialsSource, EnvCredentials};
 pub use token::AccessToken;
 pub use token_source::{TokenFuture, TokenSource};
+pub use truelayer_auth_http::LogicalRequest;
+#[doc(hidden)]
+pub use truelayer_auth_http::error_chain;
 
 pub use secrecy;

@@ -17,7 +17,7 @@ use http::HeaderValue;
 ///
 /// ```
 /// use http::HeaderValue;
-/// use truelayer_auth::LogicalRequest;
+/// use truelayer_auth_http::LogicalRequest;
 ///
 /// let original = LogicalRequest::new();
 /// let replay = original.clone();
