@@ -15,16 +15,15 @@ use http_body_util::{BodyExt, Limited};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
-use truelayer_auth::LogicalRequest;
+use truelayer_auth_http::{IDEMPOTENCY_KEY, LogicalRequest, TL_SIGNATURE};
 
-use crate::signer::{SignError, Signable, Signer};
+use crate::signer::{Signable, SignatureError, Signer};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The `Idempotency-Key` header.
-pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
-/// The `Tl-Signature` header.
-pub const TL_SIGNATURE: HeaderName = HeaderName::from_static("tl-signature");
+/// `Idempotency-Key` as the layer writes it among a signature's signed headers (`tl_headers`),
+/// in TrueLayer's casing.
+const IDEMPOTENCY_KEY_AS_SIGNED: &str = "Idempotency-Key";
 
 /// The future a [`SignerSource`] returns.
 pub type SignerFuture<'a> = Pin<Box<dyn Future<Output = Result<Signer, BoxError>> + Send + 'a>>;
@@ -35,7 +34,7 @@ pub type SignerFuture<'a> = Pin<Box<dyn Future<Output = Result<Signer, BoxError>
 ///
 /// Both methods get the request's extensions, so a platform signing for many merchants (each
 /// TrueLayer client uploads its own signing key) can pick the merchant's signer from the
-/// [`CacheKey`](truelayer_auth::CacheKey) its bearer layer reads too. The future must not
+/// `truelayer_auth::CacheKey` its bearer layer reads too. The future must not
 /// borrow them: take what you need (a clone of the key) before it starts.
 ///
 /// # Example
@@ -237,7 +236,7 @@ pub enum SigningError<E> {
     /// The signer source failed (a secret store, say).
     Signer(BoxError),
     /// The request could not be signed.
-    Sign(SignError),
+    Sign(SignatureError),
     /// The inner service failed.
     Service(E),
 }
@@ -502,7 +501,7 @@ async fn sign<E>(
     let single = |name: &HeaderName, written: &str| {
         let mut values = parts.headers.get_all(name).iter();
         match (values.next(), values.next()) {
-            (Some(_), Some(_)) => Err(SigningError::Sign(SignError::DuplicateHeader {
+            (Some(_), Some(_)) => Err(SigningError::Sign(SignatureError::DuplicateHeader {
                 name: written.to_owned(),
             })),
             (value, _) => Ok(value.cloned()),
@@ -510,9 +509,9 @@ async fn sign<E>(
     };
     let path = parts.uri.path().to_owned();
     let mut request = Signable::new(parts.method.as_str(), &path).body(body);
-    let key = single(&IDEMPOTENCY_KEY, "Idempotency-Key")?;
+    let key = single(&IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_AS_SIGNED)?;
     if let Some(key) = &key {
-        request = request.header("Idempotency-Key", key.as_bytes());
+        request = request.header(IDEMPOTENCY_KEY_AS_SIGNED, key.as_bytes());
     }
     let mut extra: Vec<(&str, HeaderValue)> = Vec::new();
     for (written, name) in &settings.extra_headers {

@@ -46,8 +46,10 @@ mod verifier;
 pub use jws::JwsHeader;
 pub use key::KeyError;
 pub use layer::{
-    DEFAULT_MAX_BODY, IDEMPOTENCY_KEY, ResponseFuture, SignerFuture, SignerSource, Signing,
-    SigningError, SigningLayer, TL_SIGNATURE,
+    DEFAULT_MAX_BODY, ResponseFuture, SignerFuture, SignerSource, Signing, SigningError,
+    SigningLayer,
 };
-pub use signer::{BackendFuture, SignError, Signable, Signer, SigningBackend};
+pub use signer::{BackendFuture, Signable, SignatureError, Signer, SigningBackend};
+/// The header names, shared with the other `truelayer-auth` crates.
+pub use truelayer_auth_http::{IDEMPOTENCY_KEY, TL_SIGNATURE};
 pub use verifier::{Verifier, VerifyError, jws_header};

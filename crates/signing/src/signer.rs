@@ -70,9 +70,9 @@ impl<'a> Signable<'a> {
         self
     }
 
-    pub(crate) fn check_path(&self) -> Result<(), SignError> {
+    pub(crate) fn check_path(&self) -> Result<(), SignatureError> {
         if !self.path.starts_with('/') {
-            return Err(SignError::PathNotAbsolute {
+            return Err(SignatureError::PathNotAbsolute {
                 path: self.path.chars().take(100).collect(),
             });
         }
@@ -80,10 +80,12 @@ impl<'a> Signable<'a> {
     }
 }
 
-/// Why a request could not be signed.
+/// Why [`Signer`] could not make a signature (a request through
+/// [`Signing`](crate::Signing) fails with [`SigningError::Sign`](crate::SigningError::Sign)
+/// holding it).
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
-pub enum SignError {
+pub enum SignatureError {
     /// The path does not start with `/` (a full URL, or a relative path, was given).
     #[error(
         "the path `{path}` is not absolute: sign the request path as sent, starting with `/` (no scheme or host)"
@@ -292,9 +294,9 @@ impl Signer {
     ///
     /// # Errors
     ///
-    /// [`SignError`]: a path that is not absolute, a header that cannot be signed, or a
+    /// [`SignatureError`]: a path that is not absolute, a header that cannot be signed, or a
     /// backend failure.
-    pub async fn sign(&self, request: &Signable<'_>) -> Result<String, SignError> {
+    pub async fn sign(&self, request: &Signable<'_>) -> Result<String, SignatureError> {
         self.sign_with_jku(request, None).await
     }
 
@@ -308,7 +310,7 @@ impl Signer {
         &self,
         request: &Signable<'_>,
         jku: Option<&str>,
-    ) -> Result<String, SignError> {
+    ) -> Result<String, SignatureError> {
         request.check_path()?;
         for (i, (name, value)) in request.headers.iter().enumerate() {
             let name_ok = !name.is_empty()
@@ -322,7 +324,7 @@ impl Signer {
                 && !padded(value.first())
                 && !padded(value.last());
             if !name_ok || !value_ok {
-                return Err(SignError::InvalidHeader {
+                return Err(SignatureError::InvalidHeader {
                     name: name.chars().take(100).collect(),
                 });
             }
@@ -330,7 +332,7 @@ impl Signer {
                 .iter()
                 .any(|(earlier, _)| earlier.eq_ignore_ascii_case(name))
             {
-                return Err(SignError::DuplicateHeader {
+                return Err(SignatureError::DuplicateHeader {
                     name: name.chars().take(100).collect(),
                 });
             }
@@ -362,15 +364,15 @@ impl Signer {
     ///
     /// # Errors
     ///
-    /// [`SignError::Backend`] and [`SignError::BadSignatureLength`].
-    pub async fn sign_input(&self, input: &[u8]) -> Result<Vec<u8>, SignError> {
+    /// [`SignatureError::Backend`] and [`SignatureError::BadSignatureLength`].
+    pub async fn sign_input(&self, input: &[u8]) -> Result<Vec<u8>, SignatureError> {
         let signature = self
             .backend
             .sign(input)
             .await
-            .map_err(|e| SignError::Backend(Arc::from(e)))?;
+            .map_err(|e| SignatureError::Backend(Arc::from(e)))?;
         if signature.len() != SIGNATURE_LEN {
-            return Err(SignError::BadSignatureLength(signature.len()));
+            return Err(SignatureError::BadSignatureLength(signature.len()));
         }
         Ok(signature)
     }

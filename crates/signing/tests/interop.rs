@@ -364,7 +364,7 @@ fn headers_that_would_verify_as_other_bytes_are_refused() {
         assert!(
             matches!(
                 sign(Signable::new("POST", "/p").header("Idempotency-Key", padded)),
-                Err(truelayer_auth_signing::SignError::InvalidHeader { .. })
+                Err(truelayer_auth_signing::SignatureError::InvalidHeader { .. })
             ),
             "{padded:?}: HTTP strips it in transit"
         );
@@ -375,7 +375,7 @@ fn headers_that_would_verify_as_other_bytes_are_refused() {
                 .header("Idempotency-Key", "a")
                 .header("idempotency-key", "b")
         ),
-        Err(truelayer_auth_signing::SignError::DuplicateHeader { .. })
+        Err(truelayer_auth_signing::SignatureError::DuplicateHeader { .. })
     ));
     // Inner spaces are part of the value.
     sign(Signable::new("POST", "/p").header("X-Note", "a b")).unwrap();

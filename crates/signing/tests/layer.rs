@@ -484,7 +484,7 @@ async fn a_signed_header_with_two_values_is_refused_and_nothing_is_sent() {
     assert!(
         matches!(
             err,
-            SigningError::Sign(truelayer_auth_signing::SignError::DuplicateHeader { .. })
+            SigningError::Sign(truelayer_auth_signing::SignatureError::DuplicateHeader { .. })
         ),
         "{err:?}"
     );
