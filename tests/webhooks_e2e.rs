@@ -1,6 +1,6 @@
 //! End to end: a payment created through the bearer + signing stack, moved to settled by the
 //! emulator, whose signed `payment_settled` webhook reaches an axum handler through
-//! `WebhookLayer`; a tampered copy and a replay of it are refused.
+//! `VerifyWebhooksLayer`; a tampered copy and a replay of it are refused.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -23,7 +23,7 @@ use truelayer_auth_emulator::{Emulator, PaymentStatus};
 use truelayer_auth_signing::{Signer, SigningLayer};
 use truelayer_auth_tower::{BearerAuthLayer, CloneBodies};
 use truelayer_auth_webhooks::{
-    InMemoryLedger, VerifiedWebhook, Webhook, WebhookEvent, WebhookLayer, WebhookVerifier,
+    InMemoryLedger, VerifiedWebhook, VerifyWebhooksLayer, Webhook, WebhookEvent, WebhookVerifier,
 };
 
 /// What reached the handler, and every raw request that reached the server.
@@ -63,7 +63,7 @@ async fn receiver(jku: String) -> (SocketAddr, Record) {
         .unwrap();
     let app = Router::new()
         .route("/tl-webhook", post(handler))
-        .layer(WebhookLayer::new(verifier).ledger(InMemoryLedger::new(1000)))
+        .layer(VerifyWebhooksLayer::new(verifier).ledger(InMemoryLedger::new(1000)))
         .layer(middleware::from_fn_with_state(record.clone(), capture))
         .with_state(record.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1,7 +1,7 @@
-//! An axum server receiving TrueLayer webhooks through `WebhookLayer`, end to end against the
-//! emulator: create a payment through the bearer + signing stack, let the payer "authorise"
-//! it, and wait for its `payment_settled` webhook, signed by the emulator and checked with
-//! the JWKS it names.
+//! An axum server receiving TrueLayer webhooks through `VerifyWebhooksLayer`, end to end
+//! against the emulator: create a payment through the bearer + signing stack, let the payer
+//! "authorise" it, and wait for its `payment_settled` webhook, signed by the emulator and
+//! checked with the JWKS it names.
 //!
 //! ```sh
 //! cargo run -p truelayer-auth-webhooks --example webhook_server
@@ -37,7 +37,7 @@ use truelayer_auth_emulator::{Emulator, PaymentStatus};
 use truelayer_auth_signing::{Signer, SigningLayer};
 use truelayer_auth_tower::{BearerAuthLayer, CloneBodies};
 use truelayer_auth_webhooks::{
-    InMemoryLedger, VerifiedWebhook, Webhook, WebhookEvent, WebhookLayer, WebhookVerifier,
+    InMemoryLedger, VerifiedWebhook, VerifyWebhooksLayer, Webhook, WebhookEvent, WebhookVerifier,
 };
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -69,7 +69,7 @@ fn receiver(jku: String, events: mpsc::UnboundedSender<Webhook>) -> Result<Route
     Ok(Router::new()
         .route("/tl-webhook", post(on_webhook))
         .with_state(events)
-        .layer(WebhookLayer::new(verifier).ledger(InMemoryLedger::new(100_000))))
+        .layer(VerifyWebhooksLayer::new(verifier).ledger(InMemoryLedger::new(100_000))))
 }
 
 #[tokio::main]

@@ -12,9 +12,9 @@ use crate::verifier::VerifiedWebhook;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WebhookRejection {
-    /// No [`WebhookLayer`](crate::WebhookLayer) verified this request: a routing mistake,
-    /// answered 500 so it is noticed (and TrueLayer retries once it is fixed).
-    #[error("the webhook was not verified: put WebhookLayer in front of this handler")]
+    /// No [`VerifyWebhooksLayer`](crate::VerifyWebhooksLayer) verified this request: a
+    /// routing mistake, answered 500 so it is noticed (and TrueLayer retries once it is fixed).
+    #[error("the webhook was not verified: put VerifyWebhooksLayer in front of this handler")]
     NotVerified,
     /// The body could not be read (behind the layer it is already in memory, so this
     /// means no layer read it).

@@ -164,15 +164,15 @@ pub enum JwksError {
         /// The URL.
         jku: String,
     },
-    /// A custom fetcher's failure.
-    #[error("the JWKS fetcher failed")]
-    Fetcher(#[source] std::sync::Arc<dyn std::error::Error + Send + Sync>),
+    /// A custom [`JwksSource`](crate::JwksSource)'s failure.
+    #[error("the JWKS source failed")]
+    Source(#[source] std::sync::Arc<dyn std::error::Error + Send + Sync>),
 }
 
 impl JwksError {
-    /// A failure of a custom [`FetchJwks`](crate::FetchJwks), with its cause.
-    pub fn fetcher(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        JwksError::Fetcher(std::sync::Arc::from(cause.into()))
+    /// A failure of a custom [`JwksSource`](crate::JwksSource), with its cause.
+    pub fn source_failed(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        JwksError::Source(std::sync::Arc::from(cause.into()))
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::time::Instant;
+use truelayer_auth_http::error_chain;
 use truelayer_auth_signing::Verifier;
 
 use crate::error::{JwksError, WebhookError};
@@ -51,27 +52,28 @@ impl FetchedJwks {
     }
 }
 
-/// The future a [`FetchJwks`] returns.
-pub type FetchFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<FetchedJwks, JwksError>> + Send + 'a>>;
+/// The future a [`JwksSource`] returns.
+pub type JwksFuture<'a> = Pin<Box<dyn Future<Output = Result<FetchedJwks, JwksError>> + Send + 'a>>;
 
-/// Where JWKS documents come from. The default fetches the `jku` over HTTPS with reqwest
-/// (no redirects, a timeout, at most [`MAX_JWKS_BYTES`]); implement this to fetch through
-/// your own HTTP stack or an egress proxy, or to serve a pinned document.
+/// Where a [`WebhookVerifier`](crate::WebhookVerifier) gets JWKS documents. The default
+/// fetches the `jku` over HTTPS with reqwest (no redirects, a timeout, at most
+/// [`MAX_JWKS_BYTES`]); implement this to fetch through your own HTTP stack or an egress
+/// proxy, or to serve a pinned document, and pass it to
+/// [`WebhookVerifierBuilder::jwks_source`](crate::WebhookVerifierBuilder::jwks_source).
 ///
 /// It is only ever asked for a `jku` on the verifier's allow-list.
-pub trait FetchJwks: Send + Sync + fmt::Debug + 'static {
-    /// Fetches the JWKS at `jku`.
-    fn fetch<'a>(&'a self, jku: &'a str) -> FetchFuture<'a>;
+pub trait JwksSource: Send + Sync + fmt::Debug + 'static {
+    /// The JWKS at `jku`, fetched.
+    fn jwks<'a>(&'a self, jku: &'a str) -> JwksFuture<'a>;
 }
 
-/// The default fetcher: reqwest, rustls, no redirects.
+/// The default source: reqwest, rustls, no redirects.
 #[derive(Debug)]
-pub(crate) struct HttpFetcher {
+pub(crate) struct HttpJwksSource {
     http: reqwest::Client,
 }
 
-impl HttpFetcher {
+impl HttpJwksSource {
     pub(crate) fn new(timeout: Duration) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -82,12 +84,12 @@ impl HttpFetcher {
                 env!("CARGO_PKG_VERSION")
             ))
             .build()?;
-        Ok(HttpFetcher { http })
+        Ok(HttpJwksSource { http })
     }
 }
 
-impl FetchJwks for HttpFetcher {
-    fn fetch<'a>(&'a self, jku: &'a str) -> FetchFuture<'a> {
+impl JwksSource for HttpJwksSource {
+    fn jwks<'a>(&'a self, jku: &'a str) -> JwksFuture<'a> {
         Box::pin(async move {
             let transport = |e: reqwest::Error| JwksError::Transport {
                 jku: jku.to_owned(),
@@ -175,7 +177,7 @@ pub(crate) struct KeySet {
 
 impl KeySet {
     fn parse(jku: &str, body: &[u8]) -> Result<Self, JwksError> {
-        // The limit holds for custom fetchers too.
+        // The limit holds for custom sources too.
         if body.len() > MAX_JWKS_BYTES {
             return Err(JwksError::TooLarge {
                 jku: jku.to_owned(),
@@ -256,7 +258,7 @@ enum Decision {
 /// The JWKS of each allowed `jku`.
 pub(crate) struct JwksCache {
     entries: HashMap<String, Arc<Entry>>,
-    fetcher: Arc<dyn FetchJwks>,
+    source: Arc<dyn JwksSource>,
     policy: Policy,
 }
 
@@ -264,14 +266,14 @@ impl fmt::Debug for JwksCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JwksCache")
             .field("jkus", &self.entries.keys().collect::<Vec<_>>())
-            .field("fetcher", &self.fetcher)
+            .field("source", &self.source)
             .field("policy", &self.policy)
             .finish()
     }
 }
 
 impl JwksCache {
-    pub(crate) fn new(jkus: &[String], fetcher: Arc<dyn FetchJwks>, policy: Policy) -> Self {
+    pub(crate) fn new(jkus: &[String], source: Arc<dyn JwksSource>, policy: Policy) -> Self {
         let entries = jkus
             .iter()
             .map(|jku| {
@@ -287,7 +289,7 @@ impl JwksCache {
             .collect();
         JwksCache {
             entries,
-            fetcher,
+            source,
             policy,
         }
     }
@@ -386,17 +388,17 @@ impl JwksCache {
         entry: &Arc<Entry>,
         guard: tokio::sync::OwnedMutexGuard<()>,
     ) -> tokio::task::JoinHandle<()> {
-        let (entry, fetcher, policy) = (entry.clone(), self.fetcher.clone(), self.policy);
+        let (entry, source, policy) = (entry.clone(), self.source.clone(), self.policy);
         tokio::spawn(async move {
             let _guard = guard;
-            fetch(&entry, &*fetcher, policy).await;
+            fetch(&entry, &*source, policy).await;
         })
     }
 }
 
 /// One fetch of `entry`'s JWKS, its result stored. If the task is dropped before the end
 /// (its runtime shutting down), the attempt is taken back so the next caller fetches.
-async fn fetch(entry: &Entry, fetcher: &dyn FetchJwks, policy: Policy) {
+async fn fetch(entry: &Entry, source: &dyn JwksSource, policy: Policy) {
     let started = Instant::now();
     let previous = {
         let mut state = lock(&entry.state);
@@ -409,7 +411,7 @@ async fn fetch(entry: &Entry, fetcher: &dyn FetchJwks, policy: Policy) {
         previous,
         armed: true,
     };
-    let result = match tokio::time::timeout(policy.fetch_timeout, fetcher.fetch(&entry.jku)).await {
+    let result = match tokio::time::timeout(policy.fetch_timeout, source.jwks(&entry.jku)).await {
         Ok(Ok(fetched)) => KeySet::parse(&entry.jku, &fetched.body).map(|keys| (keys, fetched)),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(JwksError::Timeout {
@@ -432,7 +434,7 @@ async fn fetch(entry: &Entry, fetcher: &dyn FetchJwks, policy: Policy) {
         Err(error) => {
             tracing::warn!(
                 jku = %entry.jku,
-                error = %truelayer_auth::error_chain(&error),
+                error = %error_chain(&error),
                 serving_stale = state.keys.is_some(),
                 "webhook JWKS fetch failed"
             );

@@ -1,4 +1,4 @@
-//! [`WebhookLayer`]: verify before the handler runs.
+//! [`VerifyWebhooksLayer`]: verify before the handler runs.
 
 use std::fmt;
 use std::future::Future;
@@ -12,6 +12,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body::Body;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use tower::{Layer, Service};
+use truelayer_auth_http::error_chain;
 
 use crate::error::WebhookError;
 use crate::event::event_id;
@@ -38,7 +39,7 @@ pub const DEFAULT_MAX_BODY: usize = 256 * 1024;
 ///
 /// ```
 /// use axum::{Router, routing::post};
-/// use truelayer_auth_webhooks::{InMemoryLedger, Webhook, WebhookLayer, WebhookVerifier};
+/// use truelayer_auth_webhooks::{InMemoryLedger, VerifyWebhooksLayer, Webhook, WebhookVerifier};
 ///
 /// async fn handle(webhook: Webhook) -> &'static str {
 ///     println!("{} {}", webhook.event_type(), webhook.event_id);
@@ -48,12 +49,12 @@ pub const DEFAULT_MAX_BODY: usize = 256 * 1024;
 /// let verifier = WebhookVerifier::builder().build()?;
 /// let app: Router = Router::new()
 ///     .route("/tl-webhook", post(handle))
-///     .layer(WebhookLayer::new(verifier).ledger(InMemoryLedger::new(100_000)));
+///     .layer(VerifyWebhooksLayer::new(verifier).ledger(InMemoryLedger::new(100_000)));
 /// # let _ = app;
 /// # Ok::<(), truelayer_auth_webhooks::ConfigError>(())
 /// ```
 #[derive(Clone, Debug)]
-pub struct WebhookLayer {
+pub struct VerifyWebhooksLayer {
     config: Arc<Config>,
 }
 
@@ -65,10 +66,10 @@ struct Config {
     body_timeout: Duration,
 }
 
-impl WebhookLayer {
+impl VerifyWebhooksLayer {
     /// A layer checking webhooks with `verifier`.
     pub fn new(verifier: WebhookVerifier) -> Self {
-        WebhookLayer {
+        VerifyWebhooksLayer {
             config: Arc::new(Config {
                 verifier,
                 ledger: None,
@@ -105,7 +106,7 @@ impl WebhookLayer {
     }
 }
 
-impl<S> Layer<S> for WebhookLayer {
+impl<S> Layer<S> for VerifyWebhooksLayer {
     type Service = VerifyWebhooks<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
@@ -116,11 +117,39 @@ impl<S> Layer<S> for WebhookLayer {
     }
 }
 
-/// The service [`WebhookLayer`] makes.
+/// The service [`VerifyWebhooksLayer`] makes: verifies each webhook, then calls `inner`.
 #[derive(Clone)]
 pub struct VerifyWebhooks<S> {
     inner: S,
     config: Arc<Config>,
+}
+
+impl<S> VerifyWebhooks<S> {
+    /// Wraps `inner`, checking webhooks with `verifier` (no ledger, the default limits; use
+    /// [`VerifyWebhooksLayer`] to change them).
+    pub fn new(inner: S, verifier: WebhookVerifier) -> Self {
+        VerifyWebhooksLayer::new(verifier).layer(inner)
+    }
+
+    /// A [`VerifyWebhooksLayer`] checking webhooks with `verifier`.
+    pub fn layer(verifier: WebhookVerifier) -> VerifyWebhooksLayer {
+        VerifyWebhooksLayer::new(verifier)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
 }
 
 impl<S: fmt::Debug> fmt::Debug for VerifyWebhooks<S> {
@@ -203,7 +232,7 @@ where
                     // Not recorded; TrueLayer will retry. The handler must not run without
                     // a claim.
                     Err(error) => {
-                        tracing::warn!(event_id = %truncate(&id, 100), error = %truelayer_auth::error_chain(&error), "webhook ledger failed");
+                        tracing::warn!(event_id = %truncate(&id, 100), error = %error_chain(&error), "webhook ledger failed");
                         return Ok(answer(
                             StatusCode::SERVICE_UNAVAILABLE,
                             "event ledger unavailable",
@@ -224,7 +253,7 @@ where
                     // again (at least once, rather than lost).
                     Err(error) => tracing::warn!(
                         event_id = %truncate(&claim.event_id, 100),
-                        error = %truelayer_auth::error_chain(&error),
+                        error = %error_chain(&error),
                         "webhook handled but not recorded; a retry will reach the handler again"
                     ),
                 }
@@ -287,7 +316,7 @@ fn original_path(parts: &http::request::Parts) -> String {
 fn refuse<ResBody: From<Bytes>>(error: &WebhookError) -> Response<ResBody> {
     tracing::warn!(
         reason = error.reason(),
-        error = %truelayer_auth::error_chain(error),
+        error = %error_chain(error),
         "webhook refused"
     );
     answer(error.status(), error.reason())

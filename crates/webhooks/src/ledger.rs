@@ -77,9 +77,9 @@ pub trait EventLedger: Send + Sync + fmt::Debug + 'static {
 /// # Example
 ///
 /// ```
-/// use truelayer_auth_webhooks::{InMemoryLedger, WebhookLayer, WebhookVerifier};
+/// use truelayer_auth_webhooks::{InMemoryLedger, VerifyWebhooksLayer, WebhookVerifier};
 ///
-/// let layer = WebhookLayer::new(WebhookVerifier::builder().build()?)
+/// let layer = VerifyWebhooksLayer::new(WebhookVerifier::builder().build()?)
 ///     .ledger(InMemoryLedger::new(100_000));
 /// # let _ = layer;
 /// # Ok::<(), truelayer_auth_webhooks::ConfigError>(())

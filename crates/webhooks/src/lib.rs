@@ -17,7 +17,7 @@
 //!   minutes by default, both directions), and an [`EventLedger`] hands each `event_id` to the
 //!   handler until it succeeds once (TrueLayer retries until it gets a 2xx).
 //!
-//! [`WebhookLayer`] does all of it in front of any tower service; with the `axum` feature
+//! [`VerifyWebhooksLayer`] does all of it in front of any tower service; with the `axum` feature
 //! (on by default), a handler takes a typed [`Webhook`] as an extractor.
 //!
 //! A verified webhook proves that TrueLayer sent it, recently, to this path. It does not
@@ -30,7 +30,7 @@
 //! ```
 //! use axum::{Router, http::StatusCode, routing::post};
 //! use truelayer_auth_webhooks::{
-//!     InMemoryLedger, Webhook, WebhookEvent, WebhookLayer, WebhookVerifier,
+//!     InMemoryLedger, VerifyWebhooksLayer, Webhook, WebhookEvent, WebhookVerifier,
 //! };
 //!
 //! async fn on_webhook(webhook: Webhook) -> StatusCode {
@@ -50,7 +50,7 @@
 //! let verifier = WebhookVerifier::builder().production_only().build()?;
 //! let app: Router = Router::new()
 //!     .route("/tl-webhook", post(on_webhook))
-//!     .layer(WebhookLayer::new(verifier).ledger(InMemoryLedger::new(100_000)));
+//!     .layer(VerifyWebhooksLayer::new(verifier).ledger(InMemoryLedger::new(100_000)));
 //! # let _ = app;
 //! # Ok::<(), truelayer_auth_webhooks::ConfigError>(())
 //! ```
@@ -72,10 +72,12 @@ pub use error::{ConfigError, JwksError, WebhookError};
 pub use event::{
     PaymentAuthorized, PaymentExecuted, PaymentFailed, PaymentSettled, Webhook, WebhookEvent,
 };
-pub use jwks::{FetchFuture, FetchJwks, FetchedJwks, MAX_JWKS_BYTES};
-pub use layer::{DEFAULT_MAX_BODY, ResponseFuture, VerifyWebhooks, WebhookLayer};
+pub use jwks::{FetchedJwks, JwksFuture, JwksSource, MAX_JWKS_BYTES};
+pub use layer::{DEFAULT_MAX_BODY, ResponseFuture, VerifyWebhooks, VerifyWebhooksLayer};
 pub use ledger::{Begin, EventLedger, InMemoryLedger, LedgerError, LedgerFuture};
+/// The header names, shared with the other `truelayer-auth` crates.
+pub use truelayer_auth_http::{TL_SIGNATURE, X_TL_WEBHOOK_TIMESTAMP};
 pub use verifier::{
-    SIGNATURE_HEADER, TIMESTAMP_HEADER, TRUELAYER_PRODUCTION_JKU, TRUELAYER_SANDBOX_JKU,
-    VerifiedWebhook, WebhookVerifier, WebhookVerifierBuilder,
+    TRUELAYER_PRODUCTION_JKU, TRUELAYER_SANDBOX_JKU, VerifiedWebhook, WebhookVerifier,
+    WebhookVerifierBuilder,
 };

@@ -7,10 +7,11 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderMap, Method};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use truelayer_auth_http::{TL_SIGNATURE, X_TL_WEBHOOK_TIMESTAMP};
 use truelayer_auth_signing::{Signable, jws_header};
 
 use crate::error::{ConfigError, WebhookError};
-use crate::jwks::{FetchJwks, HttpFetcher, JwksCache, Policy, truncate};
+use crate::jwks::{HttpJwksSource, JwksCache, JwksSource, Policy, truncate};
 
 /// TrueLayer's production webhook JWKS.
 pub const TRUELAYER_PRODUCTION_JKU: &str = "https://webhooks.truelayer.com/.well-known/jwks";
@@ -18,15 +19,8 @@ pub const TRUELAYER_PRODUCTION_JKU: &str = "https://webhooks.truelayer.com/.well
 /// TrueLayer's sandbox webhook JWKS.
 pub const TRUELAYER_SANDBOX_JKU: &str = "https://webhooks.truelayer-sandbox.com/.well-known/jwks";
 
-/// The header carrying the time TrueLayer sent the webhook (RFC 3339), which the signature
-/// must cover.
-pub const TIMESTAMP_HEADER: &str = "X-Tl-Webhook-Timestamp";
-
-/// The signature header.
-pub const SIGNATURE_HEADER: &str = "Tl-Signature";
-
 /// What a verified webhook was signed with: put in the request's extensions by
-/// [`WebhookLayer`](crate::WebhookLayer).
+/// [`VerifyWebhooksLayer`](crate::VerifyWebhooksLayer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedWebhook {
     kid: String,
@@ -129,7 +123,7 @@ impl WebhookVerifier {
     /// The checks that need no body and no key: run before a body is read.
     pub(crate) fn check_headers(&self, headers: &HeaderMap) -> Result<HeaderCheck, WebhookError> {
         let signature = headers
-            .get(SIGNATURE_HEADER)
+            .get(TL_SIGNATURE)
             .and_then(|v| v.to_str().ok())
             .ok_or(WebhookError::MissingSignature)?;
         let jose = jws_header(signature).map_err(WebhookError::MalformedSignature)?;
@@ -142,7 +136,7 @@ impl WebhookVerifier {
         let timestamp = self.check_timestamp(headers)?;
         if !jose
             .signed_headers()
-            .any(|name| name.eq_ignore_ascii_case(TIMESTAMP_HEADER))
+            .any(|name| name.eq_ignore_ascii_case(X_TL_WEBHOOK_TIMESTAMP.as_str()))
         {
             return Err(WebhookError::TimestampNotSigned);
         }
@@ -179,7 +173,7 @@ impl WebhookVerifier {
 
     fn check_timestamp(&self, headers: &HeaderMap) -> Result<SystemTime, WebhookError> {
         let value = headers
-            .get(TIMESTAMP_HEADER)
+            .get(X_TL_WEBHOOK_TIMESTAMP)
             .ok_or(WebhookError::MissingTimestamp)?;
         let sent = value
             .to_str()
@@ -211,7 +205,7 @@ pub(crate) struct HeaderCheck {
 pub struct WebhookVerifierBuilder {
     jkus: Vec<String>,
     window: Duration,
-    fetcher: Option<Arc<dyn FetchJwks>>,
+    source: Option<Arc<dyn JwksSource>>,
     policy: Policy,
 }
 
@@ -220,7 +214,7 @@ impl fmt::Debug for WebhookVerifierBuilder {
         f.debug_struct("WebhookVerifierBuilder")
             .field("jkus", &self.jkus)
             .field("window", &self.window)
-            .field("fetcher", &self.fetcher)
+            .field("source", &self.source)
             .field("policy", &self.policy)
             .finish()
     }
@@ -234,7 +228,7 @@ impl Default for WebhookVerifierBuilder {
                 TRUELAYER_SANDBOX_JKU.to_owned(),
             ],
             window: Duration::from_secs(5 * 60),
-            fetcher: None,
+            source: None,
             policy: Policy {
                 min_ttl: Duration::from_secs(60),
                 max_ttl: Duration::from_secs(24 * 3600),
@@ -311,10 +305,10 @@ impl WebhookVerifierBuilder {
         self
     }
 
-    /// Fetches JWKS documents with `fetcher` instead of the built-in HTTPS client.
+    /// Gets JWKS documents from `source` instead of the built-in HTTPS client.
     #[must_use]
-    pub fn fetcher(mut self, fetcher: impl FetchJwks) -> Self {
-        self.fetcher = Some(Arc::new(fetcher));
+    pub fn jwks_source(mut self, source: impl JwksSource) -> Self {
+        self.source = Some(Arc::new(source));
         self
     }
 
@@ -379,18 +373,19 @@ impl WebhookVerifierBuilder {
                 reason: "the window is limited to a century".into(),
             });
         }
-        let fetcher = match self.fetcher {
-            Some(fetcher) => fetcher,
-            None => Arc::new(
-                HttpFetcher::new(policy.fetch_timeout).map_err(|_| ConfigError {
-                    name: "http client",
-                    reason: "the HTTP client could not be built (TLS setup)".into(),
-                })?,
-            ),
-        };
+        let source =
+            match self.source {
+                Some(source) => source,
+                None => Arc::new(HttpJwksSource::new(policy.fetch_timeout).map_err(|_| {
+                    ConfigError {
+                        name: "http client",
+                        reason: "the HTTP client could not be built (TLS setup)".into(),
+                    }
+                })?),
+            };
         Ok(WebhookVerifier {
             inner: Arc::new(Inner {
-                jwks: JwksCache::new(&self.jkus, fetcher, policy),
+                jwks: JwksCache::new(&self.jkus, source, policy),
                 window: self.window,
             }),
         })

@@ -21,8 +21,8 @@ use time::format_description::well_known::Rfc3339;
 use tower::ServiceExt;
 use truelayer_auth_signing::{Signable, Signer};
 use truelayer_auth_webhooks::{
-    FetchFuture, FetchJwks, FetchedJwks, InMemoryLedger, VerifiedWebhook, Webhook, WebhookError,
-    WebhookEvent, WebhookLayer, WebhookVerifier,
+    FetchedJwks, InMemoryLedger, JwksFuture, JwksSource, VerifiedWebhook, VerifyWebhooksLayer,
+    Webhook, WebhookError, WebhookEvent, WebhookVerifier,
 };
 
 /// A JWKS server: its keys, status and caching can change; it counts fetches.
@@ -149,7 +149,7 @@ impl Seen {
     }
 }
 
-fn app(layer: WebhookLayer, seen: Seen, answer: StatusCode) -> Router {
+fn app(layer: VerifyWebhooksLayer, seen: Seen, answer: StatusCode) -> Router {
     Router::new()
         .route(
             "/tl-webhook",
@@ -187,7 +187,11 @@ async fn a_signed_webhook_reaches_the_handler_typed_and_a_tampered_one_does_not(
     let jwks = JwksServer::start(vec![signer.public_jwk().unwrap()]).await;
     let verifier = verifier_for(&[&jwks.jku()]).build().unwrap();
     let seen = Seen::default();
-    let app = app(WebhookLayer::new(verifier), seen.clone(), StatusCode::OK);
+    let app = app(
+        VerifyWebhooksLayer::new(verifier),
+        seen.clone(),
+        StatusCode::OK,
+    );
 
     let (status, _) = send(
         &app,
@@ -239,7 +243,7 @@ async fn a_jku_off_the_allow_list_is_refused_without_any_fetch() {
     let evil = JwksServer::start(vec![attacker.public_jwk().unwrap()]).await;
     let seen = Seen::default();
     let app = app(
-        WebhookLayer::new(verifier_for(&[&allowed.jku()]).build().unwrap()),
+        VerifyWebhooksLayer::new(verifier_for(&[&allowed.jku()]).build().unwrap()),
         seen.clone(),
         StatusCode::OK,
     );
@@ -274,7 +278,7 @@ async fn stale_future_and_unsigned_timestamps_are_refused_before_any_fetch() {
     let signer = Signer::generate("k");
     let jwks = JwksServer::start(vec![signer.public_jwk().unwrap()]).await;
     let app = app(
-        WebhookLayer::new(verifier_for(&[&jwks.jku()]).build().unwrap()),
+        VerifyWebhooksLayer::new(verifier_for(&[&jwks.jku()]).build().unwrap()),
         Seen::default(),
         StatusCode::OK,
     );
@@ -451,7 +455,11 @@ async fn when_the_jwks_is_down_the_last_good_copy_is_served() {
         )
         .build()
         .unwrap();
-    let app = app(WebhookLayer::new(verifier), Seen::default(), StatusCode::OK);
+    let app = app(
+        VerifyWebhooksLayer::new(verifier),
+        Seen::default(),
+        StatusCode::OK,
+    );
     let jku = jwks.jku();
     let request = webhook(&signer, &jku, "/tl-webhook", &settled_body("1")).await;
     assert_eq!(send(&app, request).await.0, StatusCode::OK);
@@ -514,7 +522,7 @@ async fn forged_headers_are_refused_before_the_body_is_read() {
     let attacker = Signer::generate("k");
     let seen = Seen::default();
     let app = app(
-        WebhookLayer::new(
+        VerifyWebhooksLayer::new(
             verifier_for(&["https://webhooks.example.test/jwks"])
                 .build()
                 .unwrap(),
@@ -547,7 +555,7 @@ async fn forged_headers_are_refused_before_the_body_is_read() {
 async fn a_handler_that_never_answers_releases_its_claim_for_the_retry() {
     let signer = Signer::generate("k");
     let jwks = JwksServer::start(vec![signer.public_jwk().unwrap()]).await;
-    let layer = WebhookLayer::new(verifier_for(&[&jwks.jku()]).build().unwrap())
+    let layer = VerifyWebhooksLayer::new(verifier_for(&[&jwks.jku()]).build().unwrap())
         .ledger(InMemoryLedger::new(100));
     let stuck: Router = Router::new()
         .route(
@@ -576,7 +584,7 @@ async fn a_handler_that_never_answers_releases_its_claim_for_the_retry() {
 
 #[test]
 fn a_layer_can_be_configured_after_it_was_cloned() {
-    let base = WebhookLayer::new(WebhookVerifier::builder().build().unwrap());
+    let base = VerifyWebhooksLayer::new(WebhookVerifier::builder().build().unwrap());
     let _kept = base.clone();
     let _tightened = base
         .max_body_bytes(1024)
@@ -600,7 +608,7 @@ fn settings_that_would_let_a_flood_fetch_in_a_loop_are_refused() {
 
 fn app_for(jwks: &JwksServer) -> Router {
     app(
-        WebhookLayer::new(verifier_for(&[&jwks.jku()]).build().unwrap()),
+        VerifyWebhooksLayer::new(verifier_for(&[&jwks.jku()]).build().unwrap()),
         Seen::default(),
         StatusCode::OK,
     )
@@ -640,7 +648,8 @@ async fn a_body_over_the_limit_gets_413_and_never_reaches_the_handler() {
     let jwks = JwksServer::start(vec![signer.public_jwk().unwrap()]).await;
     let seen = Seen::default();
     let app = app(
-        WebhookLayer::new(verifier_for(&[&jwks.jku()]).build().unwrap()).max_body_bytes(1024),
+        VerifyWebhooksLayer::new(verifier_for(&[&jwks.jku()]).build().unwrap())
+            .max_body_bytes(1024),
         seen.clone(),
         StatusCode::OK,
     );
@@ -672,7 +681,7 @@ async fn the_ledger_hands_an_event_to_the_handler_until_it_succeeds_once() {
     let signer = Signer::generate("k");
     let jwks = JwksServer::start(vec![signer.public_jwk().unwrap()]).await;
     let verifier = verifier_for(&[&jwks.jku()]).build().unwrap();
-    let layer = WebhookLayer::new(verifier).ledger(InMemoryLedger::new(1000));
+    let layer = VerifyWebhooksLayer::new(verifier).ledger(InMemoryLedger::new(1000));
     let failing = Seen::default();
     let down = app(
         layer.clone(),
@@ -721,7 +730,7 @@ async fn under_router_nest_the_original_path_is_verified() {
     let jwks = JwksServer::start(vec![signer.public_jwk().unwrap()]).await;
     let seen = Seen::default();
     let inner = app(
-        WebhookLayer::new(verifier_for(&[&jwks.jku()]).build().unwrap()),
+        VerifyWebhooksLayer::new(verifier_for(&[&jwks.jku()]).build().unwrap()),
         seen.clone(),
         StatusCode::OK,
     );
@@ -763,7 +772,7 @@ async fn plain_hyper_serves_the_layer_over_a_real_connection() {
     let handled = Arc::new(AtomicUsize::new(0));
     let counter = handled.clone();
     let service = tower::ServiceBuilder::new()
-        .layer(WebhookLayer::new(verifier))
+        .layer(VerifyWebhooksLayer::new(verifier))
         .service_fn(move |request: Request<Full<Bytes>>| {
             let counter = counter.clone();
             async move {
@@ -822,8 +831,8 @@ async fn reqwest_like(addr: SocketAddr, request: Request<Body>) -> u16 {
 #[derive(Debug)]
 struct VectorJwks;
 
-impl FetchJwks for VectorJwks {
-    fn fetch<'a>(&'a self, jku: &'a str) -> FetchFuture<'a> {
+impl JwksSource for VectorJwks {
+    fn jwks<'a>(&'a self, jku: &'a str) -> JwksFuture<'a> {
         assert_eq!(jku, truelayer_auth_webhooks::TRUELAYER_PRODUCTION_JKU);
         Box::pin(async {
             Ok(FetchedJwks::new(include_str!(
@@ -840,7 +849,7 @@ async fn truelayers_webhook_vector_verifies_with_the_vector_jwks() {
     let age = SystemTime::now().duration_since(sent.into()).unwrap();
     let verifier = WebhookVerifier::builder()
         .allowed_jkus([truelayer_auth_webhooks::TRUELAYER_PRODUCTION_JKU])
-        .fetcher(VectorJwks)
+        .jwks_source(VectorJwks)
         // The vector was signed in 2021: widen the window to reach it.
         .timestamp_window(age + Duration::from_secs(3600))
         .build()
@@ -874,7 +883,7 @@ async fn truelayers_webhook_vector_verifies_with_the_vector_jwks() {
         Err(WebhookError::InvalidSignature(_))
     ));
     let strict = WebhookVerifier::builder()
-        .fetcher(VectorJwks)
+        .jwks_source(VectorJwks)
         .build()
         .unwrap();
     assert!(matches!(
@@ -892,8 +901,8 @@ struct CountingJwks {
     fetches: Arc<AtomicUsize>,
 }
 
-impl FetchJwks for CountingJwks {
-    fn fetch<'a>(&'a self, _jku: &'a str) -> FetchFuture<'a> {
+impl JwksSource for CountingJwks {
+    fn jwks<'a>(&'a self, _jku: &'a str) -> JwksFuture<'a> {
         self.fetches.fetch_add(1, Ordering::SeqCst);
         let jwks = self.jwks.lock().unwrap().clone();
         Box::pin(async move { Ok(jwks) })
@@ -913,7 +922,7 @@ async fn cache_control_is_kept_within_the_floor_and_ceiling_and_refetches_are_sp
     };
     let verifier = WebhookVerifier::builder()
         .allowed_jkus([jku])
-        .fetcher(fetcher.clone())
+        .jwks_source(fetcher.clone())
         .jwks_ttl(
             Duration::from_secs(60),
             Duration::from_secs(600),
@@ -987,7 +996,11 @@ async fn a_webhook_signed_by_truelayers_own_crate_passes_the_layer() {
     let jwks = JwksServer::start(vec![ours.public_jwk().unwrap()]).await;
     let verifier = verifier_for(&[&jwks.jku()]).build().unwrap();
     let seen = Seen::default();
-    let app = app(WebhookLayer::new(verifier), seen.clone(), StatusCode::OK);
+    let app = app(
+        VerifyWebhooksLayer::new(verifier),
+        seen.clone(),
+        StatusCode::OK,
+    );
 
     let sign = |body: &str, timestamp: &str| {
         truelayer_signing::sign_with_pem("tl-interop-1", pem.as_bytes())
