@@ -64,7 +64,7 @@ impl AuthArgs {
             let vault = SecretsManagerCredentials::builder(secret_id)
                 .build()
                 .await
-                .map_err(|e| Failure::usage(e.to_string()))?;
+                .map_err(|e| Failure::usage(truelayer_auth::error_chain(&e)))?;
             return Ok(Resolved {
                 environment: parse_env(&env)?,
                 source: Arc::new(vault.clone()),

@@ -267,7 +267,10 @@ async fn keys(
         return match vault.signer(&http::Extensions::new()).await {
             Ok(_) => Ok(Some(Keys::Vault(vault.clone()))),
             Err(e) => {
-                tracing::warn!(error = %e, "the secret has no usable signing key: requests are not signed");
+                tracing::warn!(
+                    error = %truelayer_auth::error_chain(&*e),
+                    "the secret has no usable signing key: requests are not signed"
+                );
                 Ok(None)
             }
         };

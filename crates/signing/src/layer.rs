@@ -429,7 +429,10 @@ where
             Ok(fresh) if !fresh.same_key(&signer) => fresh,
             Ok(_) => return Ok(response),
             Err(e) => {
-                tracing::warn!(error = %e, "could not read the signing key again after a 401");
+                tracing::warn!(
+                    error = %truelayer_auth_http::error_chain(&*e),
+                    "could not read the signing key again after a 401"
+                );
                 return Ok(response);
             }
         },

@@ -1,10 +1,15 @@
 //! Errors loading client credentials from AWS Secrets Manager.
+//!
+//! As everywhere in the workspace, each error's `Display` describes its own failure and
+//! `source()` carries the cause, never both: [`VaultError`] says which secret and what to fix,
+//! its source ([`SecretProblem`], [`AwsFailure`]) what exactly went wrong.
 
 use std::fmt;
 
 use truelayer_auth::CredentialsError;
 
-/// What is wrong with a secret's value. Never contains the value.
+/// What is wrong with a secret's value: the source of [`VaultError::Malformed`]. Never
+/// contains the value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SecretProblem {
@@ -51,10 +56,46 @@ impl fmt::Display for SecretProblem {
             SecretProblem::MissingField(name) => write!(f, "the field `{name}` is missing"),
             SecretProblem::NotAString(name) => write!(f, "the field `{name}` is not a string"),
             SecretProblem::EmptyField(name) => write!(f, "the field `{name}` is empty"),
-            SecretProblem::SigningKey(e) => write!(f, "the signing private key is unusable: {e}"),
+            SecretProblem::SigningKey(_) => f.write_str("the signing private key is unusable"),
         }
     }
 }
+
+impl std::error::Error for SecretProblem {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SecretProblem::SigningKey(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// How a call to AWS failed, in a few words: the source of [`VaultError::Transport`],
+/// [`VaultError::MissingCredentials`] and [`VaultError::AwsCredentialsUnavailable`].
+///
+/// Only this summary is kept: the SDK's own errors can hold the raw HTTP response, which for
+/// `GetSecretValue` is the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsFailure(String);
+
+impl AwsFailure {
+    pub(crate) fn new(summary: impl Into<String>) -> Self {
+        AwsFailure(summary.into())
+    }
+
+    /// The summary.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AwsFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for AwsFailure {}
 
 /// Why client credentials could not be loaded from AWS Secrets Manager.
 ///
@@ -91,21 +132,21 @@ pub enum VaultError {
     Malformed {
         /// The secret id.
         secret_id: String,
-        /// What is wrong.
+        /// What is wrong (also the error's `source()`).
         problem: SecretProblem,
     },
     /// The AWS configuration has no region.
     MissingRegion,
     /// No AWS credentials could be found, or AWS does not accept the ones configured.
     MissingCredentials {
-        /// The credential provider's description of the failure.
-        detail: String,
+        /// The credential provider's account of the failure (also the error's `source()`).
+        cause: AwsFailure,
     },
     /// Loading AWS credentials failed for now: the provider timed out or failed, or the
     /// session credentials expired (an expiring role session being renewed). Retryable.
     AwsCredentialsUnavailable {
-        /// What failed, in a few words.
-        detail: String,
+        /// What failed (also the error's `source()`).
+        cause: AwsFailure,
     },
     /// The call timed out. Retryable.
     Timeout {
@@ -119,8 +160,8 @@ pub enum VaultError {
     Transport {
         /// The secret id.
         secret_id: String,
-        /// What failed, in a few words.
-        detail: String,
+        /// What failed (also the error's `source()`).
+        cause: AwsFailure,
     },
     /// Another error from Secrets Manager.
     Service {
@@ -170,31 +211,29 @@ impl fmt::Display for VaultError {
                 "AWS Secrets Manager throttled the request for secret `{secret_id}`; it is retried, \
                  and the cached value is served meanwhile"
             ),
-            VaultError::Malformed { secret_id, problem } => write!(
+            VaultError::Malformed { secret_id, .. } => write!(
                 f,
-                "secret `{secret_id}` is not in the expected format: {problem} (expected JSON \
+                "secret `{secret_id}` is not in the expected format (JSON \
                  {{\"client_id\": ..., \"client_secret\": ...}} or the configured fields)"
             ),
             VaultError::MissingRegion => f.write_str(
                 "the AWS configuration has no region: set AWS_REGION or give a region in the SdkConfig",
             ),
-            VaultError::MissingCredentials { detail } => write!(
-                f,
-                "no AWS credentials could be loaded ({detail}): configure the default chain \
-                 (environment, profile, web identity, or instance/task role)"
+            VaultError::MissingCredentials { .. } => f.write_str(
+                "no AWS credentials could be loaded: configure the default chain \
+                 (environment, profile, web identity, or instance/task role)",
             ),
-            VaultError::AwsCredentialsUnavailable { detail } => write!(
-                f,
-                "AWS credentials are unavailable for now ({detail}); this is retried, and a \
-                 secret already loaded is served meanwhile"
+            VaultError::AwsCredentialsUnavailable { .. } => f.write_str(
+                "AWS credentials are unavailable for now; this is retried, and a secret already \
+                 loaded is served meanwhile",
             ),
             VaultError::Timeout { secret_id } => {
                 write!(f, "the request for secret `{secret_id}` to AWS Secrets Manager timed out")
             }
-            VaultError::Transport { secret_id, detail } => write!(
+            VaultError::Transport { secret_id, .. } => write!(
                 f,
-                "could not reach AWS Secrets Manager for secret `{secret_id}` ({detail}): check \
-                 network access to the endpoint"
+                "could not reach AWS Secrets Manager for secret `{secret_id}`: check network \
+                 access to the endpoint"
             ),
             VaultError::Service {
                 secret_id, code, ..
@@ -203,7 +242,23 @@ impl fmt::Display for VaultError {
     }
 }
 
-impl std::error::Error for VaultError {}
+impl std::error::Error for VaultError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            VaultError::Malformed { problem, .. } => Some(problem),
+            VaultError::MissingCredentials { cause }
+            | VaultError::AwsCredentialsUnavailable { cause }
+            | VaultError::Transport { cause, .. } => Some(cause),
+            VaultError::NotFound { .. }
+            | VaultError::AccessDenied { .. }
+            | VaultError::Decryption { .. }
+            | VaultError::Throttled { .. }
+            | VaultError::MissingRegion
+            | VaultError::Timeout { .. }
+            | VaultError::Service { .. } => None,
+        }
+    }
+}
 
 impl From<VaultError> for CredentialsError {
     fn from(e: VaultError) -> Self {
@@ -215,5 +270,104 @@ impl From<VaultError> for CredentialsError {
             CredentialsError::new(message)
         };
         base.with_source(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    /// One error of every kind, with a cause where the kind has one.
+    fn every_error() -> Vec<VaultError> {
+        let id = || "prod/truelayer/merchant-a".to_owned();
+        let key_error = truelayer_auth_signing::Signer::from_pem("kid", b"not a key").unwrap_err();
+        vec![
+            VaultError::NotFound {
+                secret_id: id(),
+                stage: "AWSCURRENT".into(),
+            },
+            VaultError::AccessDenied {
+                secret_id: id(),
+                action: "secretsmanager:GetSecretValue",
+            },
+            VaultError::Decryption { secret_id: id() },
+            VaultError::Throttled { secret_id: id() },
+            VaultError::Malformed {
+                secret_id: id(),
+                problem: SecretProblem::MissingField("client_secret".into()),
+            },
+            VaultError::Malformed {
+                secret_id: id(),
+                problem: SecretProblem::NotJson { line: 1, column: 7 },
+            },
+            VaultError::Malformed {
+                secret_id: id(),
+                problem: SecretProblem::SigningKey(key_error),
+            },
+            VaultError::MissingRegion,
+            VaultError::MissingCredentials {
+                cause: AwsFailure::new("AWS rejected the credentials (InvalidSignatureException)"),
+            },
+            VaultError::AwsCredentialsUnavailable {
+                cause: AwsFailure::new("AWS answered ExpiredTokenException"),
+            },
+            VaultError::Timeout { secret_id: id() },
+            VaultError::Transport {
+                secret_id: id(),
+                cause: AwsFailure::new("connection failed"),
+            },
+            VaultError::Service {
+                secret_id: id(),
+                code: "InternalServiceError".into(),
+                retryable: true,
+            },
+        ]
+    }
+
+    #[test]
+    fn display_describes_this_layer_and_source_carries_the_cause_never_both() {
+        for error in every_error() {
+            let mut messages = vec![error.to_string()];
+            let mut source = error.source();
+            while let Some(cause) = source {
+                messages.push(cause.to_string());
+                source = cause.source();
+            }
+            for (i, outer) in messages.iter().enumerate() {
+                assert!(!outer.trim().is_empty(), "{error:?}: an empty message");
+                for inner in &messages[i + 1..] {
+                    assert!(
+                        !outer.contains(inner.as_str()),
+                        "{error:?}: `{inner}` is printed twice in {messages:#?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_malformed_secret_names_the_secret_and_its_source_the_problem() {
+        let error = VaultError::Malformed {
+            secret_id: "prod/truelayer/merchant-a".into(),
+            problem: SecretProblem::MissingField("client_secret".into()),
+        };
+        assert!(error.to_string().contains("prod/truelayer/merchant-a"));
+        let problem = error.source().expect("the problem is the source");
+        assert_eq!(problem.to_string(), "the field `client_secret` is missing");
+
+        let key = VaultError::Malformed {
+            secret_id: "s".into(),
+            problem: SecretProblem::SigningKey(
+                truelayer_auth_signing::Signer::from_pem("kid", b"not a key").unwrap_err(),
+            ),
+        };
+        let problem = key.source().unwrap();
+        assert_eq!(problem.to_string(), "the signing private key is unusable");
+        assert!(
+            problem.source().unwrap().to_string().contains("PEM"),
+            "the key error says why"
+        );
     }
 }

@@ -110,8 +110,8 @@ impl LoadedSecret {
     /// # Errors
     ///
     /// [`SecretProblem::MissingField`] when the secret has no signing key, and
-    /// [`SecretProblem::SigningKey`] when it is not a usable P-521 key (the problem names why,
-    /// never the key).
+    /// [`SecretProblem::SigningKey`] when it is not a usable P-521 key (its source, the
+    /// signing crate's `KeyError`, says why, never quoting the key).
     pub fn signer(&self) -> Result<Signer, SecretProblem> {
         let (Some(kid), Some(pem)) = (&self.signing_key_id, &self.signing_private_key) else {
             let missing = if self.signing_key_id.is_none() {

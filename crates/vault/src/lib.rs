@@ -32,6 +32,6 @@ mod error;
 mod format;
 mod source;
 
-pub use error::{SecretProblem, VaultError};
+pub use error::{AwsFailure, SecretProblem, VaultError};
 pub use format::{LoadedSecret, SecretFormat};
 pub use source::{SecretsManagerCredentials, SecretsManagerCredentialsBuilder};

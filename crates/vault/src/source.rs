@@ -16,7 +16,7 @@ use truelayer_auth::{CredentialsFuture, CredentialsSource};
 use truelayer_auth_signing::{Signer, SignerFuture, SignerSource};
 use zeroize::Zeroize;
 
-use crate::error::{SecretProblem, VaultError};
+use crate::error::{AwsFailure, SecretProblem, VaultError};
 use crate::format::{LoadedSecret, SecretFormat, parse};
 
 /// How long a failure to re-read the secret lets the cached value be served before AWS is
@@ -239,7 +239,7 @@ impl SecretsManagerCredentials {
                 Some(cached) => {
                     warn!(
                         secret_id = %self.inner.secret_id,
-                        error = %e,
+                        error = %truelayer_auth::error_chain(&e),
                         "could not read the secret again; serving the one already loaded"
                     );
                     self.store(cached.secret.clone(), cached.read, STALE_RETRY);
@@ -456,13 +456,13 @@ where
             };
             return VaultError::Transport {
                 secret_id,
-                detail: detail.into(),
+                cause: AwsFailure::new(detail),
             };
         }
         SdkError::ResponseError(_) => {
             return VaultError::Transport {
                 secret_id,
-                detail: "the response could not be read".into(),
+                cause: AwsFailure::new("the response could not be read"),
             };
         }
         _ => {}
@@ -484,12 +484,12 @@ where
         // Session credentials that expired are being renewed by the provider chain.
         "ExpiredTokenException" | "ExpiredToken" | "RequestExpired" => {
             VaultError::AwsCredentialsUnavailable {
-                detail: format!("AWS answered {code}"),
+                cause: AwsFailure::new(format!("AWS answered {code}")),
             }
         }
         "UnrecognizedClientException" | "InvalidSignatureException" => {
             VaultError::MissingCredentials {
-                detail: format!("AWS rejected the credentials ({code})"),
+                cause: AwsFailure::new(format!("AWS rejected the credentials ({code})")),
             }
         }
         _ => VaultError::Service {
@@ -507,18 +507,18 @@ fn credentials_failure(err: &(dyn std::error::Error + 'static)) -> Option<VaultE
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = current {
         if let Some(c) = e.downcast_ref::<Provider>() {
-            let detail = c.to_string();
+            let cause = AwsFailure::new(c.to_string());
             return Some(match c {
                 Provider::ProviderTimedOut(_) | Provider::ProviderError(_) => {
-                    VaultError::AwsCredentialsUnavailable { detail }
+                    VaultError::AwsCredentialsUnavailable { cause }
                 }
-                _ => VaultError::MissingCredentials { detail },
+                _ => VaultError::MissingCredentials { cause },
             });
         }
         // The SDK's fixed message when no credentials provider is configured at all.
         if e.to_string().contains("no identity resolver") {
             return Some(VaultError::MissingCredentials {
-                detail: "no credentials provider is configured".into(),
+                cause: AwsFailure::new("no credentials provider is configured"),
             });
         }
         current = e.source();
