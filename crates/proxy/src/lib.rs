@@ -142,7 +142,10 @@ impl<K: SignerSource> Proxy<K> {
         }
     }
 
-    /// Binds the listen address (one socket per worker). Nothing is served until
+    /// Binds the listen address: one listening socket, which every worker accepts from (each
+    /// through a handle of its own, registered with its own runtime). Not one socket per
+    /// worker with `SO_REUSEPORT`, so a second proxy started on the same port fails to bind
+    /// instead of silently taking a share of the connections. Nothing is served until
     /// [`RunningProxy::serve`].
     ///
     /// # Errors
