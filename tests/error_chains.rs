@@ -16,10 +16,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::{Layer, ServiceExt};
 use truelayer_auth::{
-    CacheKey, ClientCredentials, CredentialsError, CredentialsSource, EnvCredentials, Environment,
+    CacheKey, CredentialsError, CredentialsSource, EnvCredentials, Environment,
     KeyedTokenCache, Scopes, TokenCache, TokenClient, TokenSource,
 };
 use truelayer_auth_emulator::{Emulator, Fault};
+use truelayer_auth_testkit::emulator::{credentials, environment};
 use truelayer_auth_tower::BearerAuthLayer;
 use truelayer_auth_vault::SecretsManagerCredentials;
 
@@ -53,9 +54,8 @@ fn assert_no_repeats(what: &str, error: &(dyn StdError + 'static)) {
 #[tokio::test(start_paused = true)]
 async fn no_error_chain_prints_a_message_twice() {
     let emulator = Emulator::start().await.unwrap();
-    let env = Environment::custom(&emulator.url()).unwrap();
-    let creds =
-        ClientCredentials::new(emulator.client_id(), emulator.client_secret().into()).unwrap();
+    let env = environment(&emulator);
+    let creds = credentials(&emulator);
     let client = TokenClient::builder()
         .timeout(Duration::from_secs(1))
         .build()

@@ -14,9 +14,10 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::{Layer, ServiceExt};
-use truelayer_auth::{ClientCredentials, Environment, Error, TokenCache, TokenClient};
+use truelayer_auth::{Error, TokenClient};
 use truelayer_auth_emulator::{Emulator, Fault};
-use truelayer_auth_signing::{Signer, SigningLayer};
+use truelayer_auth_signing::SigningLayer;
+use truelayer_auth_testkit::emulator::{cache_builder, signer};
 use truelayer_auth_tower::{BearerAuthError, BearerAuthLayer, CloneBodies};
 
 const DURATION: Duration = Duration::from_secs(12);
@@ -37,15 +38,12 @@ fn rss_kib(field: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stack_holds_under_token_endpoint_faults_and_load() {
     let emulator = Emulator::start().await.unwrap();
-    let env = Environment::custom(&emulator.url()).unwrap();
-    let creds =
-        ClientCredentials::new(emulator.client_id(), emulator.client_secret().into()).unwrap();
     let token_client = TokenClient::builder()
         .timeout(Duration::from_millis(500))
         .connect_timeout(Duration::from_millis(500))
         .build()
         .unwrap();
-    let tokens = TokenCache::builder(env, creds)
+    let tokens = cache_builder(&emulator)
         .client(token_client)
         .wait_timeout(Duration::from_secs(3))
         .refresh_backoff(Duration::from_millis(100), Duration::from_secs(1))
@@ -57,12 +55,7 @@ async fn the_stack_holds_under_token_endpoint_faults_and_load() {
         .layer(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
 
     // One payment to read back, made (signed) before the faults start.
-    let signer = Signer::from_pem(
-        emulator.signing_key_id(),
-        emulator.signing_key_pem().as_bytes(),
-    )
-    .unwrap();
-    let created = SigningLayer::new(signer)
+    let created = SigningLayer::new(signer(&emulator))
         .layer(client.clone())
         .oneshot(
             Request::post(format!("{}/v3/payments", emulator.url()))

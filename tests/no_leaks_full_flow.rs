@@ -2,8 +2,6 @@
 //! 401 recovery, rotation, and every failure kind. All `tracing` output at TRACE and every
 //! error's and secret-holding type's `Display`/`Debug` are captured; no marker may appear.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_secretsmanager::Client as SecretsClient;
@@ -22,11 +20,13 @@ use hyper_util::rt::TokioExecutor;
 use secrecy::{ExposeSecret, SecretString};
 use tower::{Layer, ServiceExt};
 use truelayer_auth::{
-    ClientCredentials, CredentialsError, CredentialsSource, Environment, KeyedTokenCache, Scopes,
-    TokenCache, TokenClient, TokenSource,
+    ClientCredentials, CredentialsError, CredentialsSource, KeyedTokenCache, Scopes, TokenCache,
+    TokenClient, TokenSource,
 };
 use truelayer_auth_emulator::{Emulator, Fault, KNOWN_SCOPES};
 use truelayer_auth_signing::{Signer, SigningLayer};
+use truelayer_auth_testkit::emulator::{environment, register_new_signer};
+use truelayer_auth_testkit::logs::LogCapture;
 use truelayer_auth_tower::{BearerAuthLayer, CloneBodies};
 use truelayer_auth_vault::{SecretFormat, SecretsManagerCredentials};
 
@@ -34,19 +34,6 @@ const SECRET: &str = "MARKER-SECRET-1f0c9";
 const ROTATED: &str = "MARKER-ROTATED-77ab";
 const TOKEN: &str = "MARKER-TOKEN-5e2d1";
 const CLIENT: &str = "marker-client";
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 fn secret_value(secret: &str) -> GetSecretValueOutput {
     GetSecretValueOutput::builder()
@@ -59,21 +46,13 @@ fn secret_value(secret: &str) -> GetSecretValueOutput {
 
 #[tokio::test]
 async fn no_marker_reaches_logs_errors_or_debug_output() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let _logs = tracing::subscriber::set_default(
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish(),
-    );
+    let (capture, _logs) = LogCapture::trace();
     let mut shown: Vec<String> = Vec::new();
     let mut forbidden: Vec<String> = vec![SECRET.into(), ROTATED.into(), TOKEN.into()];
 
     let emulator = Emulator::start().await.unwrap();
     emulator.add_client(CLIENT, SECRET, KNOWN_SCOPES);
-    let env = Environment::custom(&emulator.url()).unwrap();
+    let env = environment(&emulator);
 
     // The vault: the secret, then the rotated secret on reload.
     let get = mock!(SecretsClient::get_secret_value)
@@ -101,12 +80,9 @@ async fn no_marker_reaches_logs_errors_or_debug_output() {
     let first = tokens.token().await.unwrap();
     forbidden.push(first.secret().expose_secret().to_owned());
     // Requests are signed with a key registered for the marker client; its PEM is a marker.
-    let signer = Signer::generate("marker-signing-key");
+    let signer = register_new_signer(&emulator, CLIENT, "marker-signing-key");
     let signing_pem = signer.private_key_pem().unwrap().to_string();
     forbidden.push(signing_pem.lines().nth(1).unwrap().to_owned());
-    emulator
-        .register_signing_key(CLIENT, signer.kid(), &signer.public_key_pem().unwrap())
-        .unwrap();
     let signer = Signer::from_pem(signer.kid(), signing_pem.as_bytes()).unwrap();
     shown.push(format!("{signer:?}"));
     let api = BearerAuthLayer::new(tokens.clone())
@@ -272,7 +248,7 @@ async fn no_marker_reaches_logs_errors_or_debug_output() {
     )));
     shown.push(format!("{parsed:?}"));
 
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     assert!(
         logs.contains("invalid_client") && logs.contains("TRACE"),
         "the capture sees TRACE logs"

@@ -2,14 +2,14 @@
 //! written to Secrets Manager (moto), the next token fetch gets `invalid_client`, the vault
 //! reloads, the fetch succeeds, and no caller of the token cache sees an error.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use truelayer_auth::{CredentialsFuture, CredentialsSource, Environment, TokenCache, TokenSource};
+use truelayer_auth::{CredentialsFuture, CredentialsSource, TokenCache, TokenSource};
 use truelayer_auth_emulator::Emulator;
+use truelayer_auth_testkit::emulator::environment;
+use truelayer_auth_testkit::moto;
 use truelayer_auth_vault::SecretsManagerCredentials;
 
 fn secret_json(id: &str, secret: &str) -> String {
@@ -36,17 +36,16 @@ impl CredentialsSource for CountingReloads {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs moto: run cargo xtask ci"]
 async fn a_rotated_secret_is_picked_up_without_any_caller_seeing_an_error() {
-    let config = common::moto_config().await;
+    let config = moto::config("eu-west-2").await;
     let secrets = aws_sdk_secretsmanager::Client::new(&config);
     let emulator = Emulator::start().await.unwrap();
     let name = format!("e2e/rotation/{}", std::process::id());
-    secrets
-        .create_secret()
-        .name(&name)
-        .secret_string(secret_json(emulator.client_id(), emulator.client_secret()))
-        .send()
-        .await
-        .unwrap();
+    moto::create_secret(
+        &config,
+        &name,
+        &secret_json(emulator.client_id(), emulator.client_secret()),
+    )
+    .await;
 
     let vault = SecretsManagerCredentials::builder(&name)
         .sdk_config(config.clone())
@@ -57,13 +56,10 @@ async fn a_rotated_secret_is_picked_up_without_any_caller_seeing_an_error() {
         vault,
         reloads: AtomicU32::new(0),
     });
-    let tokens = TokenCache::builder(
-        Environment::custom(&emulator.url()).unwrap(),
-        source.clone(),
-    )
-    .min_fetch_interval(Duration::from_millis(10))
-    .build()
-    .unwrap();
+    let tokens = TokenCache::builder(environment(&emulator), source.clone())
+        .min_fetch_interval(Duration::from_millis(10))
+        .build()
+        .unwrap();
     let before = tokens.token().await.unwrap();
 
     // Rotation: TrueLayer (the emulator) issues a new secret; the rotation job stores it.

@@ -2,8 +2,6 @@
 //! a rotated signing key is picked up: at once when TrueLayer (the emulator) refuses the old
 //! key's signature, and after the vault's TTL otherwise.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,9 +10,11 @@ use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::{ServiceBuilder, ServiceExt};
-use truelayer_auth::{Environment, Scopes, TokenCache};
+use truelayer_auth::{Scopes, TokenCache};
 use truelayer_auth_emulator::Emulator;
-use truelayer_auth_signing::{Signer, SigningLayer, jws_header};
+use truelayer_auth_signing::{SigningLayer, jws_header};
+use truelayer_auth_testkit::emulator::{environment, register_new_signer};
+use truelayer_auth_testkit::moto;
 use truelayer_auth_tower::{BearerAuthLayer, CloneBodies};
 use truelayer_auth_vault::SecretsManagerCredentials;
 
@@ -30,28 +30,19 @@ fn secret_json(emulator: &Emulator, kid: &str, pem: &str) -> String {
 
 /// A new key pair, registered with the emulator as uploading it in Console would.
 fn new_key(emulator: &Emulator, kid: &str) -> String {
-    let signer = Signer::generate(kid);
-    emulator
-        .register_signing_key(emulator.client_id(), kid, &signer.public_key_pem().unwrap())
-        .unwrap();
+    let signer = register_new_signer(emulator, emulator.client_id(), kid);
     signer.private_key_pem().unwrap().to_string()
 }
 
 #[tokio::test]
 #[ignore = "needs moto: run cargo xtask ci"]
 async fn one_secret_signs_and_authorizes_and_a_rotated_signing_key_is_picked_up() {
-    let config = common::moto_config().await;
+    let config = moto::config("eu-west-2").await;
     let secrets = aws_sdk_secretsmanager::Client::new(&config);
     let emulator = Emulator::start().await.unwrap();
     let name = format!("e2e/signing-rotation/{}", std::process::id());
     let first_pem = new_key(&emulator, "key-1");
-    secrets
-        .create_secret()
-        .name(&name)
-        .secret_string(secret_json(&emulator, "key-1", &first_pem))
-        .send()
-        .await
-        .unwrap();
+    moto::create_secret(&config, &name, &secret_json(&emulator, "key-1", &first_pem)).await;
 
     // One source for both: client credentials and the signing key.
     let vault = SecretsManagerCredentials::builder(&name)
@@ -59,13 +50,10 @@ async fn one_secret_signs_and_authorizes_and_a_rotated_signing_key_is_picked_up(
         .build()
         .await
         .unwrap();
-    let tokens = TokenCache::builder(
-        Environment::custom(&emulator.url()).unwrap(),
-        Arc::new(vault.clone()),
-    )
-    .scopes(Scopes::payments())
-    .build()
-    .unwrap();
+    let tokens = TokenCache::builder(environment(&emulator), Arc::new(vault.clone()))
+        .scopes(Scopes::payments())
+        .build()
+        .unwrap();
     // What went on the wire: the kid of each Tl-Signature sent.
     let sent_kids = Arc::new(Mutex::new(Vec::<String>::new()));
     let seen = sent_kids.clone();

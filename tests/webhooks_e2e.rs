@@ -18,9 +18,10 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::{ServiceBuilder, ServiceExt};
-use truelayer_auth::{ClientCredentials, Environment, Scopes, TokenCache};
+use truelayer_auth::Scopes;
 use truelayer_auth_emulator::{Emulator, PaymentStatus};
-use truelayer_auth_signing::{Signer, SigningLayer};
+use truelayer_auth_signing::SigningLayer;
+use truelayer_auth_testkit::emulator::{cache_builder, signer};
 use truelayer_auth_tower::{BearerAuthLayer, CloneBodies};
 use truelayer_auth_webhooks::{
     InMemoryLedger, VerifiedWebhook, VerifyWebhooksLayer, Webhook, WebhookEvent, WebhookVerifier,
@@ -96,20 +97,13 @@ async fn a_payment_created_with_bearer_and_signing_settles_and_its_webhook_is_ve
         .set_webhook_url(Some(&format!("http://{addr}/tl-webhook")))
         .unwrap();
 
-    let credentials =
-        ClientCredentials::new(emulator.client_id(), emulator.client_secret().into()).unwrap();
-    let tokens = TokenCache::builder(Environment::custom(&emulator.url()).unwrap(), credentials)
+    let tokens = cache_builder(&emulator)
         .scopes(Scopes::payments())
         .build()
         .unwrap();
-    let signer = Signer::from_pem(
-        emulator.signing_key_id(),
-        emulator.signing_key_pem().as_bytes(),
-    )
-    .unwrap();
     let client = ServiceBuilder::new()
         .layer(BearerAuthLayer::new(tokens).replay_policy(CloneBodies))
-        .layer(SigningLayer::new(signer))
+        .layer(SigningLayer::new(signer(&emulator)))
         .service(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
     let request = http::Request::post(format!("{}/v3/payments", emulator.url()))
         .header("content-type", "application/json")

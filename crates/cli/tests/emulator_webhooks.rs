@@ -3,16 +3,10 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 use truelayer_auth_signing::{Signable, Signer, Verifier};
+use truelayer_auth_testkit::recording::RecordingServer;
 
 struct Running {
     child: Child,
@@ -63,63 +57,11 @@ impl Drop for Running {
     }
 }
 
-struct Hook {
-    path: String,
-    headers: Vec<(String, Vec<u8>)>,
-    body: Bytes,
-}
-
-impl Hook {
-    fn header(&self, name: &str) -> &str {
-        let (_, v) = self.headers.iter().find(|(n, _)| n == name).unwrap();
-        std::str::from_utf8(v).unwrap()
-    }
-}
-
-/// A receiver answering 200 to everything, handing each request over.
-async fn receiver() -> (String, mpsc::UnboundedReceiver<Hook>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/webhooks", listener.local_addr().unwrap());
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let tx = tx.clone();
-                    async move {
-                        let (parts, body) = req.into_parts();
-                        let body = body.collect().await.unwrap().to_bytes();
-                        let _ = tx.send(Hook {
-                            path: parts.uri.path().to_owned(),
-                            headers: parts
-                                .headers
-                                .iter()
-                                .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
-                                .collect(),
-                            body,
-                        });
-                        Ok::<_, std::convert::Infallible>(
-                            Response::builder()
-                                .status(StatusCode::OK)
-                                .body(Full::new(Bytes::new()))
-                                .unwrap(),
-                        )
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (url, rx)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payments_move_on_their_schedule_and_send_signed_webhooks() {
-    let (hook_url, mut hooks) = receiver().await;
+    // A receiver answering 200 to everything.
+    let mut hooks = RecordingServer::start().await;
+    let hook_url = hooks.url("/webhooks");
     let running = tokio::task::spawn_blocking(move || {
         Running::start(&["--webhook-url", &hook_url, "--payment-step-ms", "50"])
     })
@@ -201,19 +143,16 @@ async fn payments_move_on_their_schedule_and_send_signed_webhooks() {
         .unwrap()
         .require_header("X-Tl-Webhook-Timestamp");
     for kind in ["payment_authorized", "payment_executed", "payment_settled"] {
-        let hook = tokio::time::timeout(Duration::from_secs(10), hooks.recv())
-            .await
-            .expect("a webhook within 10 s")
-            .unwrap();
+        let hook = hooks.next().await;
         let json: Value = serde_json::from_slice(&hook.body).unwrap();
         assert_eq!(json["type"], kind);
         assert_eq!(json["payment_id"], id.as_str());
         assert_eq!(json["metadata"], json!({ "order": "7" }));
-        assert_eq!(hook.path, "/webhooks");
+        assert_eq!(hook.path(), "/webhooks");
         let signature = hook.header("tl-signature");
         let header = truelayer_auth_signing::jws_header(signature).unwrap();
         assert_eq!(header.jku.as_deref(), Some(jku.as_str()));
-        let request = Signable::new("POST", &hook.path)
+        let request = Signable::new("POST", hook.path())
             .headers(hook.headers.iter().map(|(n, v)| (n.as_str(), v)))
             .body(&hook.body);
         verifier.verify(&request, signature).unwrap();

@@ -1,20 +1,18 @@
 //! `tlauth proxy` as a process, in front of the emulator and of a recording upstream.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::{Frame, Incoming};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Frame;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
-use tokio::sync::Notify;
 use truelayer_auth_emulator::Emulator;
+use truelayer_auth_testkit::recording::RecordingServer;
 
 struct Proxy {
     child: Child,
@@ -89,84 +87,12 @@ fn pairs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> 
 }
 
 /// An upstream that records what reaches it: it echoes requests, counts streamed uploads
-/// without holding them, and can hold a response until told to answer.
-struct Recorder {
-    addr: SocketAddr,
-    arrived: Arc<Notify>,
-    release: Arc<Notify>,
-}
-
-async fn recorder() -> Recorder {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let arrived = Arc::new(Notify::new());
-    let release = Arc::new(Notify::new());
-    let (a, r) = (arrived.clone(), release.clone());
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let (a, r) = (a.clone(), r.clone());
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let (a, r) = (a.clone(), r.clone());
-                    async move { Ok::<_, std::convert::Infallible>(record(req, a, r).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    Recorder {
-        addr,
-        arrived,
-        release,
-    }
-}
-
-async fn record(
-    req: Request<Incoming>,
-    arrived: Arc<Notify>,
-    release: Arc<Notify>,
-) -> Response<Full<Bytes>> {
-    let (parts, mut body) = req.into_parts();
-    let mut bytes = 0u64;
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame.unwrap().into_data() {
-            bytes += data.len() as u64;
-        }
-    }
-    if parts.uri.path() == "/hold" {
-        arrived.notify_one();
-        release.notified().await;
-    }
-    let headers: BTreeMap<String, Vec<String>> = parts
-        .headers
-        .keys()
-        .map(|k| {
-            (
-                k.to_string(),
-                parts
-                    .headers
-                    .get_all(k)
-                    .iter()
-                    .map(|v| v.to_str().unwrap_or("?").to_owned())
-                    .collect(),
-            )
-        })
-        .collect();
-    let echo = json!({
-        "method": parts.method.as_str(),
-        "uri": parts.uri.to_string(),
-        "headers": headers,
-        "bytes": bytes,
-    });
-    Response::builder()
-        .header("connection", "keep-alive, x-upstream-hop")
-        .header("x-upstream-hop", "dropped")
-        .header("x-upstream", "kept")
-        .body(Full::new(Bytes::from(echo.to_string())))
-        .unwrap()
+/// without holding them, and holds requests to `/hold` until told to answer.
+async fn recorder() -> RecordingServer {
+    RecordingServer::echoing_upstream()
+        .hold("/hold")
+        .start()
+        .await
 }
 
 async fn json_of<B: hyper::body::Body>(
@@ -261,10 +187,7 @@ async fn a_100_mb_upload_streams_through_without_growing_the_proxy() {
     let emulator = Emulator::start().await.unwrap();
     let upstream = recorder().await;
     let env = emulator_env(&emulator);
-    let proxy = Proxy::start(
-        &["--upstream", &format!("http://{}", upstream.addr)],
-        &pairs(&env),
-    );
+    let proxy = Proxy::start(&["--upstream", &upstream.url("")], &pairs(&env));
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let warm = client
         .get(proxy.url("/warm").parse().unwrap())
@@ -316,15 +239,12 @@ async fn shutdown_lets_in_flight_requests_finish() {
     let emulator = Emulator::start().await.unwrap();
     let upstream = recorder().await;
     let env = emulator_env(&emulator);
-    let proxy = Proxy::start(
-        &["--upstream", &format!("http://{}", upstream.addr)],
-        &pairs(&env),
-    );
+    let proxy = Proxy::start(&["--upstream", &upstream.url("")], &pairs(&env));
     let in_flight = tokio::spawn({
         let url = proxy.url("/hold");
         async move { reqwest::get(url).await.unwrap() }
     });
-    upstream.arrived.notified().await;
+    upstream.held().await;
     let pid = proxy.child.id().to_string();
     assert!(
         Command::new("kill")
@@ -333,7 +253,7 @@ async fn shutdown_lets_in_flight_requests_finish() {
             .unwrap()
             .success()
     );
-    upstream.release.notify_one();
+    upstream.release();
     let response = in_flight.await.unwrap();
     assert_eq!(response.status(), 200, "the in-flight request finished");
     let mut proxy = proxy;

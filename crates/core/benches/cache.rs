@@ -12,6 +12,7 @@ use truelayer_auth::{
     AccessToken, ClientCredentials, Environment, KeyedTokenCache, Scopes, TokenCache, TokenClient,
 };
 use truelayer_auth_emulator::Emulator;
+use truelayer_auth_testkit::emulator::{credentials, environment, token_cache};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -48,11 +49,7 @@ fn contended<F: Fn() + Sync>(threads: usize, iters: u64, work: F) -> Duration {
 fn warm(c: &mut Criterion) {
     let rt = runtime();
     let emulator = rt.block_on(Emulator::start()).unwrap();
-    let creds =
-        ClientCredentials::new(emulator.client_id(), emulator.client_secret().into()).unwrap();
-    let cache = TokenCache::builder(Environment::custom(&emulator.url()).unwrap(), creds)
-        .build()
-        .unwrap();
+    let cache = token_cache(&emulator);
     let token = rt.block_on(cache.token()).unwrap();
 
     // The bare baseline: an ArcSwap load and a clone of the token value.
@@ -95,9 +92,8 @@ fn warm(c: &mut Criterion) {
 fn cold(c: &mut Criterion) {
     let rt = runtime();
     let emulator = rt.block_on(Emulator::start()).unwrap();
-    let env = Environment::custom(&emulator.url()).unwrap();
-    let creds =
-        ClientCredentials::new(emulator.client_id(), emulator.client_secret().into()).unwrap();
+    let env = environment(&emulator);
+    let creds = credentials(&emulator);
     let secret = emulator.client_secret().to_owned();
     let scopes = Scopes::payments();
     let plain = reqwest::Client::builder()

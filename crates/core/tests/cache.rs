@@ -7,18 +7,13 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 use tokio::time::{Instant, advance, sleep};
 use truelayer_auth::{
-    ClientCredentials, CredentialsError, CredentialsFuture, CredentialsSource, Environment, Error,
-    OAuthErrorCode, TokenCache, TokenCacheBuilder,
+    ClientCredentials, CredentialsError, CredentialsFuture, CredentialsSource, Error,
+    OAuthErrorCode, TokenCache,
 };
 use truelayer_auth_emulator::{Emulator, Fault};
+use truelayer_auth_testkit::emulator::{cache_builder, credentials, environment};
 
 const HOUR: Duration = Duration::from_secs(3600);
-
-fn builder(emulator: &Emulator) -> TokenCacheBuilder {
-    let creds =
-        ClientCredentials::new(emulator.client_id(), emulator.client_secret().into()).unwrap();
-    TokenCache::builder(Environment::custom(&emulator.url()).unwrap(), creds)
-}
 
 /// Lets every ready task and loopback exchange run (the clock is paused, so this only moves
 /// time once the runtime is idle, and by 1 ms).
@@ -34,7 +29,7 @@ fn requests(emulator: &Emulator) -> u64 {
 async fn ten_thousand_callers_on_a_cold_cache_cause_exactly_one_request() {
     let emulator = Emulator::start().await.unwrap();
     emulator.set_latency(Duration::from_millis(200));
-    let cache = builder(&emulator).build().unwrap();
+    let cache = cache_builder(&emulator).build().unwrap();
     let callers: Vec<_> = (0..10_000)
         .map(|_| {
             let cache = cache.clone();
@@ -55,7 +50,7 @@ async fn ten_thousand_callers_on_a_cold_cache_cause_exactly_one_request() {
 #[tokio::test(start_paused = true)]
 async fn refresh_ahead_runs_once_in_the_background_and_nobody_waits() {
     let emulator = Emulator::start().await.unwrap();
-    let cache = builder(&emulator).jitter(0.0).build().unwrap();
+    let cache = cache_builder(&emulator).jitter(0.0).build().unwrap();
     let first = cache.token().await.unwrap();
     let t0 = first.issued_at();
 
@@ -98,7 +93,7 @@ async fn refresh_ahead_runs_once_in_the_background_and_nobody_waits() {
 #[tokio::test(start_paused = true)]
 async fn a_token_within_the_hard_margin_is_never_handed_out() {
     let emulator = Emulator::start().await.unwrap();
-    let cache = builder(&emulator)
+    let cache = cache_builder(&emulator)
         .jitter(0.0)
         .wait_timeout(Duration::from_secs(5))
         .build()
@@ -132,7 +127,7 @@ async fn a_token_within_the_hard_margin_is_never_handed_out() {
 #[tokio::test(start_paused = true)]
 async fn failed_refreshes_back_off_with_full_jitter_while_the_valid_token_is_served() {
     let emulator = Emulator::start().await.unwrap();
-    let cache = builder(&emulator).jitter(0.0).build().unwrap();
+    let cache = cache_builder(&emulator).jitter(0.0).build().unwrap();
     let first = cache.token().await.unwrap();
     emulator.fail_next(std::iter::repeat_n(Fault::unavailable(), 6));
 
@@ -185,7 +180,7 @@ async fn failed_refreshes_back_off_with_full_jitter_while_the_valid_token_is_ser
 #[tokio::test(start_paused = true)]
 async fn background_retries_honour_retry_after() {
     let emulator = Emulator::start().await.unwrap();
-    let cache = builder(&emulator).jitter(0.0).build().unwrap();
+    let cache = cache_builder(&emulator).jitter(0.0).build().unwrap();
     cache.token().await.unwrap();
     emulator.fail_next([Fault::rate_limited(45)]);
     advance(HOUR - Duration::from_secs(300)).await;
@@ -202,7 +197,7 @@ async fn background_retries_honour_retry_after() {
 #[tokio::test(start_paused = true)]
 async fn a_suspect_token_is_withdrawn_once_and_a_late_401_never_discards_a_fresh_one() {
     let emulator = Emulator::start().await.unwrap();
-    let cache = builder(&emulator).build().unwrap();
+    let cache = cache_builder(&emulator).build().unwrap();
     let old = cache.token().await.unwrap();
     // Handed out for two minutes, then rejected: it was probably revoked.
     advance(Duration::from_secs(120)).await;
@@ -236,7 +231,7 @@ async fn a_suspect_token_is_withdrawn_once_and_a_late_401_never_discards_a_fresh
 #[tokio::test(start_paused = true)]
 async fn a_fresh_token_that_is_rejected_keeps_being_served_while_a_refresh_runs() {
     let emulator = Emulator::start().await.unwrap();
-    let cache = builder(&emulator).build().unwrap();
+    let cache = cache_builder(&emulator).build().unwrap();
     let first = cache.token().await.unwrap();
     advance(Duration::from_secs(5)).await;
     let before = Instant::now();
@@ -254,7 +249,7 @@ async fn a_fresh_token_that_is_rejected_keeps_being_served_while_a_refresh_runs(
 #[tokio::test(start_paused = true)]
 async fn a_401_storm_costs_a_bounded_number_of_fetches_and_no_waits() {
     let emulator = Emulator::start().await.unwrap();
-    let cache = builder(&emulator).build().unwrap();
+    let cache = cache_builder(&emulator).build().unwrap();
     cache.token().await.unwrap();
     // An upstream that answers 401 to every request, once a second, for an hour.
     for _ in 0..3600 {
@@ -313,12 +308,9 @@ async fn invalid_client_reloads_the_credentials_once_and_retries_once() {
         cached: Mutex::new(emulator.client_secret().to_owned()),
         reloads: AtomicU32::new(0),
     });
-    let cache = TokenCache::builder(
-        Environment::custom(&emulator.url()).unwrap(),
-        source.clone(),
-    )
-    .build()
-    .unwrap();
+    let cache = TokenCache::builder(environment(&emulator), source.clone())
+        .build()
+        .unwrap();
     let old = cache.token().await.unwrap();
 
     // The secret is rotated and the new one written to the store.
@@ -355,7 +347,7 @@ async fn odd_lifetimes_do_not_busy_loop() {
     for (lifetime, max_fetches) in [(0, 10), (1, 62), (5, 21)] {
         emulator.set_token_lifetime(Some(lifetime));
         let before = requests(&emulator);
-        let cache = builder(&emulator)
+        let cache = cache_builder(&emulator)
             .wait_timeout(Duration::from_secs(2))
             .build()
             .unwrap();
@@ -389,7 +381,7 @@ async fn expiry_follows_expires_in_on_the_monotonic_clock_not_wall_clocks() {
     let emulator = Emulator::start().await.unwrap();
     // The server's wall clock is two hours ahead: its JWT `exp` disagrees with ours.
     emulator.advance_clock(2 * HOUR);
-    let cache = builder(&emulator).jitter(0.0).build().unwrap();
+    let cache = cache_builder(&emulator).jitter(0.0).build().unwrap();
     let first = cache.token().await.unwrap();
     let wall_before = std::time::SystemTime::now();
     advance(HOUR - Duration::from_secs(302)).await;
@@ -411,10 +403,8 @@ async fn expiry_follows_expires_in_on_the_monotonic_clock_not_wall_clocks() {
 #[tokio::test(start_paused = true)]
 async fn dropping_the_last_handle_stops_the_background_task() {
     let emulator = Emulator::start().await.unwrap();
-    let creds = Arc::new(
-        ClientCredentials::new(emulator.client_id(), emulator.client_secret().into()).unwrap(),
-    );
-    let cache = TokenCache::builder(Environment::custom(&emulator.url()).unwrap(), creds.clone())
+    let creds = Arc::new(credentials(&emulator));
+    let cache = TokenCache::builder(environment(&emulator), creds.clone())
         .build()
         .unwrap();
     let clone = cache.clone();
@@ -443,7 +433,7 @@ async fn dropping_the_last_handle_stops_the_background_task() {
 async fn a_hanging_endpoint_gives_a_typed_error_after_the_wait_deadline() {
     let emulator = Emulator::start().await.unwrap();
     emulator.set_latency(HOUR);
-    let cache = builder(&emulator)
+    let cache = cache_builder(&emulator)
         .wait_timeout(Duration::from_secs(3))
         .build()
         .unwrap();
@@ -458,7 +448,7 @@ async fn a_hanging_endpoint_gives_a_typed_error_after_the_wait_deadline() {
 async fn a_permanent_error_reaches_callers_at_once() {
     let emulator = Emulator::start().await.unwrap();
     let wrong = ClientCredentials::new(emulator.client_id(), "not-the-secret".into()).unwrap();
-    let cache = TokenCache::builder(Environment::custom(&emulator.url()).unwrap(), wrong)
+    let cache = TokenCache::builder(environment(&emulator), wrong)
         .build()
         .unwrap();
     let started = Instant::now();
@@ -482,7 +472,7 @@ async fn a_permanent_error_reaches_callers_at_once() {
 #[tokio::test(start_paused = true)]
 async fn stats_describe_health_without_the_token() {
     let emulator = Emulator::start().await.unwrap();
-    let cache = builder(&emulator).build().unwrap();
+    let cache = cache_builder(&emulator).build().unwrap();
     let token = cache.token().await.unwrap();
     for _ in 0..9 {
         cache.token().await.unwrap();

@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use tokio::time::{Instant, advance, sleep};
 use truelayer_auth::{
-    ClientCredentials, CredentialsError, CredentialsFuture, CredentialsSource, Environment, Error,
-    TokenCache, TokenCacheBuilder,
+    ClientCredentials, CredentialsError, CredentialsFuture, CredentialsSource, Error, TokenCache,
+    TokenCacheBuilder,
 };
 use truelayer_auth_emulator::{Emulator, Fault};
+use truelayer_auth_testkit::emulator::{cache_builder, credentials, environment, environment_at};
 
 const HOUR: Duration = Duration::from_secs(3600);
 const CLIENT: &str = "runtime-client";
@@ -51,16 +52,7 @@ where
 
 fn fixed_client(addr: SocketAddr) -> TokenCacheBuilder {
     let creds = ClientCredentials::new(CLIENT, SECRET.into()).unwrap();
-    TokenCache::builder(
-        Environment::custom(&format!("http://{addr}")).unwrap(),
-        creds,
-    )
-}
-
-fn builder(emulator: &Emulator) -> TokenCacheBuilder {
-    let creds =
-        ClientCredentials::new(emulator.client_id(), emulator.client_secret().into()).unwrap();
-    TokenCache::builder(Environment::custom(&emulator.url()).unwrap(), creds)
+    TokenCache::builder(environment_at(addr), creds)
 }
 
 async fn settle() {
@@ -244,19 +236,15 @@ impl CredentialsSource for Unruly {
 async fn a_credentials_source_that_panics_or_hangs_neither_kills_nor_wedges_the_cache() {
     let emulator = Emulator::start().await.unwrap();
     let source = Arc::new(Unruly {
-        creds: ClientCredentials::new(emulator.client_id(), emulator.client_secret().into())
-            .unwrap(),
+        creds: credentials(&emulator),
         mode: AtomicU32::new(PANIC),
         calls: AtomicU32::new(0),
     });
-    let cache = TokenCache::builder(
-        Environment::custom(&emulator.url()).unwrap(),
-        source.clone(),
-    )
-    .wait_timeout(Duration::from_secs(3))
-    .credentials_timeout(Duration::from_secs(1))
-    .build()
-    .unwrap();
+    let cache = TokenCache::builder(environment(&emulator), source.clone())
+        .wait_timeout(Duration::from_secs(3))
+        .credentials_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
 
     // A panic is a failed, retryable fetch, retried within the caller's deadline.
     let started = Instant::now();
@@ -313,7 +301,7 @@ async fn a_credentials_source_that_panics_or_hangs_neither_kills_nor_wedges_the_
 #[tokio::test(start_paused = true)]
 async fn retry_after_an_hour_at_the_soft_margin_does_not_starve_callers() {
     let emulator = Emulator::start().await.unwrap();
-    let cache = builder(&emulator).jitter(0.0).build().unwrap();
+    let cache = cache_builder(&emulator).jitter(0.0).build().unwrap();
     let first = cache.token().await.unwrap();
     // A WAF answers the refresh with `Retry-After: 3600`, then recovers.
     emulator.fail_next([Fault::rate_limited(3600)]);
@@ -336,7 +324,7 @@ async fn retry_after_an_hour_at_the_soft_margin_does_not_starve_callers() {
 async fn with_no_token_held_a_waiting_caller_does_not_wait_out_a_server_hint() {
     let emulator = Emulator::start().await.unwrap();
     emulator.fail_next([Fault::rate_limited(3600)]);
-    let cache = builder(&emulator)
+    let cache = cache_builder(&emulator)
         .wait_timeout(Duration::from_secs(5))
         .build()
         .unwrap();
@@ -359,7 +347,7 @@ async fn with_no_token_held_a_waiting_caller_does_not_wait_out_a_server_hint() {
 async fn after_a_permanent_failure_nothing_is_fetched_until_a_caller_asks_again() {
     let emulator = Emulator::start().await.unwrap();
     let wrong = ClientCredentials::new(emulator.client_id(), "not-the-secret".into()).unwrap();
-    let cache = TokenCache::builder(Environment::custom(&emulator.url()).unwrap(), wrong)
+    let cache = TokenCache::builder(environment(&emulator), wrong)
         .build()
         .unwrap();
     assert!(cache.token().await.unwrap_err().is_invalid_client());
@@ -389,7 +377,7 @@ async fn a_token_that_arrives_inside_its_hard_margin_is_a_failed_attempt() {
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
-    let cache = builder(&emulator)
+    let cache = cache_builder(&emulator)
         .client(patient)
         .wait_timeout(Duration::from_secs(60))
         .build()
@@ -410,7 +398,7 @@ async fn a_token_that_arrives_inside_its_hard_margin_is_a_failed_attempt() {
 async fn huge_settings_saturate_instead_of_panicking() {
     let emulator = Emulator::start().await.unwrap();
     emulator.set_latency(Duration::from_secs(5));
-    let cache = builder(&emulator)
+    let cache = cache_builder(&emulator)
         .wait_timeout(Duration::MAX)
         .min_fetch_interval(Duration::MAX)
         .refresh_backoff(Duration::MAX, Duration::MAX)
@@ -435,13 +423,10 @@ fn hanging_cache(addr: SocketAddr, wait: Duration) -> (TokenCache, Arc<Unruly>) 
         mode: AtomicU32::new(HANG),
         calls: AtomicU32::new(0),
     });
-    let cache = TokenCache::builder(
-        Environment::custom(&format!("http://{addr}")).unwrap(),
-        source.clone(),
-    )
-    .wait_timeout(wait)
-    .build()
-    .unwrap();
+    let cache = TokenCache::builder(environment_at(addr), source.clone())
+        .wait_timeout(wait)
+        .build()
+        .unwrap();
     (cache, source)
 }
 

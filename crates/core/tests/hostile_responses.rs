@@ -1,11 +1,9 @@
 //! Hostile or broken token endpoint answers, each mapped to the error kind a caller gets.
 //! Served over loopback by the emulator, read by the real client (body cap included).
 
-use truelayer_auth::{
-    ClientCredentials, Environment, Error, InvalidResponse as I, OAuthErrorCode, Scopes,
-    TokenClient,
-};
+use truelayer_auth::{Error, InvalidResponse as I, OAuthErrorCode, Scopes, TokenClient};
 use truelayer_auth_emulator::{Emulator, Fault};
+use truelayer_auth_testkit::emulator::{credentials, environment};
 
 const T: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl";
 
@@ -75,9 +73,8 @@ async fn hostile_token_endpoint_answers_map_to_their_error_kinds() {
     ];
     assert!(cases.len() >= 30);
     let emulator = Emulator::start().await.unwrap();
-    let env = Environment::custom(&emulator.url()).unwrap();
-    let creds =
-        ClientCredentials::new(emulator.client_id(), emulator.client_secret().into()).unwrap();
+    let env = environment(&emulator);
+    let creds = credentials(&emulator);
     let client = TokenClient::new().unwrap();
     let mut failures = Vec::new();
     for (name, fault, check) in cases {

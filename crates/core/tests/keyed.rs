@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use secrecy::ExposeSecret;
 use tokio::time::{advance, sleep};
-use truelayer_auth::{ClientCredentials, Environment, KeyedTokenCache, Scope, Scopes};
+use truelayer_auth::{ClientCredentials, KeyedTokenCache, Scope, Scopes};
 use truelayer_auth_emulator::Emulator;
+use truelayer_auth_testkit::emulator::environment;
 
 fn merchant(i: usize) -> ClientCredentials {
     ClientCredentials::new(format!("merchant-{i}"), format!("secret-{i}").into()).unwrap()
@@ -27,7 +28,7 @@ async fn emulator_with(n: usize) -> Emulator {
 #[tokio::test(start_paused = true)]
 async fn a_thousand_merchants_each_get_their_own_token_once() {
     let emulator = emulator_with(1000).await;
-    let env = Environment::custom(&emulator.url()).unwrap();
+    let env = environment(&emulator);
     let keyed = KeyedTokenCache::builder().build().unwrap();
     let tasks: Vec<_> = (0..1000)
         .flat_map(|i| [i, i]) // two callers per merchant, racing
@@ -68,7 +69,7 @@ async fn a_thousand_merchants_each_get_their_own_token_once() {
 #[tokio::test(start_paused = true)]
 async fn the_key_includes_the_normalized_scope_set() {
     let emulator = emulator_with(1).await;
-    let env = Environment::custom(&emulator.url()).unwrap();
+    let env = environment(&emulator);
     let keyed = KeyedTokenCache::builder().build().unwrap();
     let a = Scopes::payments().with(Scope::SignupPlus);
     let b: Scopes = "signupplus payments".parse().unwrap();
@@ -86,7 +87,7 @@ async fn the_key_includes_the_normalized_scope_set() {
 #[tokio::test(start_paused = true)]
 async fn a_token_is_only_handed_to_a_caller_holding_the_secret_it_was_fetched_with() {
     let emulator = emulator_with(1).await;
-    let env = Environment::custom(&emulator.url()).unwrap();
+    let env = environment(&emulator);
     let keyed = KeyedTokenCache::builder().build().unwrap();
     let first = keyed
         .token(&env, &merchant(0), &Scopes::payments())
@@ -129,7 +130,7 @@ async fn a_token_is_only_handed_to_a_caller_holding_the_secret_it_was_fetched_wi
 #[tokio::test(start_paused = true)]
 async fn memory_is_bounded_by_max_entries_and_idle_eviction() {
     let emulator = emulator_with(30).await;
-    let env = Environment::custom(&emulator.url()).unwrap();
+    let env = environment(&emulator);
     let keyed = KeyedTokenCache::builder()
         .max_entries(10)
         .idle_timeout(Duration::from_secs(600))
@@ -161,7 +162,7 @@ async fn memory_is_bounded_by_max_entries_and_idle_eviction() {
 #[tokio::test(start_paused = true)]
 async fn an_entry_a_caller_holds_is_never_evicted_and_idle_ones_are_swept_on_a_timer() {
     let emulator = emulator_with(6).await;
-    let env = Environment::custom(&emulator.url()).unwrap();
+    let env = environment(&emulator);
     let keyed = KeyedTokenCache::builder()
         .max_entries(2)
         .idle_timeout(Duration::from_secs(600))
@@ -217,7 +218,7 @@ async fn behind_a_token_source_requests_pick_their_merchant_by_cache_key() {
     use std::sync::Arc;
     use truelayer_auth::{CacheKey, CredentialsSource, Error, TokenSource};
     let emulator = emulator_with(3).await;
-    let env = Environment::custom(&emulator.url()).unwrap();
+    let env = environment(&emulator);
     let keyed = KeyedTokenCache::builder()
         .credentials_for(|key| {
             let i: usize = key.client_id().strip_prefix("merchant-")?.parse().ok()?;

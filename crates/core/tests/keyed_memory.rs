@@ -6,8 +6,9 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 use secrecy::ExposeSecret;
-use truelayer_auth::{ClientCredentials, Environment, KeyedTokenCache, Scopes};
+use truelayer_auth::{ClientCredentials, KeyedTokenCache, Scopes};
 use truelayer_auth_emulator::Emulator;
+use truelayer_auth_testkit::emulator::environment;
 
 struct Counting;
 
@@ -47,7 +48,7 @@ async fn an_entry_with_an_hour_long_token_costs_a_few_kib() {
             ["payments"],
         );
     }
-    let env = Environment::custom(&emulator.url()).unwrap();
+    let env = environment(&emulator);
     let keyed = KeyedTokenCache::builder().build().unwrap();
     // Warm the connection pool and one-time state first.
     keyed

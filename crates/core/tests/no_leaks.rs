@@ -1,32 +1,17 @@
 //! Formats every secret-bearing type and every error with marker secrets, and captures
 //! TRACE-level logs of requests that carry them: the markers must never appear.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use secrecy::SecretString;
 use tokio::time::Instant;
-use truelayer_auth::{
-    AccessToken, ClientCredentials, Environment, RetryPolicy, Scopes, TokenClient,
-};
+use truelayer_auth::{AccessToken, ClientCredentials, RetryPolicy, Scopes, TokenClient};
 use truelayer_auth_emulator::{Emulator, Fault};
+use truelayer_auth_testkit::emulator::environment;
+use truelayer_auth_testkit::logs::LogCapture;
 
 const SECRET: &str = "MARKER-SECRET-7d1e";
 const TOKEN: &str = "MARKER-TOKEN-93ab";
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 fn assert_clean(what: &str, text: &str) {
     assert!(!text.contains(SECRET), "{what} leaks the secret: {text}");
@@ -35,18 +20,11 @@ fn assert_clean(what: &str, text: &str) {
 
 #[tokio::test(start_paused = true)]
 async fn no_secret_or_token_reaches_debug_display_errors_or_logs() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (capture, _guard) = LogCapture::trace();
 
     let emulator = Emulator::start().await.unwrap();
     emulator.add_client("marker-client", SECRET, ["payments"]);
-    let env = Environment::custom(&emulator.url()).unwrap();
+    let env = environment(&emulator);
     let creds = ClientCredentials::new("marker-client", SECRET.into()).unwrap();
     assert_clean("ClientCredentials Debug", &format!("{creds:?}"));
     let client = TokenClient::new().unwrap();
@@ -139,7 +117,7 @@ async fn no_secret_or_token_reaches_debug_display_errors_or_logs() {
     .unwrap();
     assert_clean("AccessToken Debug", &format!("{direct:?}"));
 
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     assert!(
         logs.contains("token request failed"),
         "the capture works: {logs}"

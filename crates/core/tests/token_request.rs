@@ -6,17 +6,23 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 use truelayer_auth::{
-    ClientCredentials, ConfigError, Environment, Error, InvalidResponse, OAuthErrorCode,
-    RetryPolicy, Scope, Scopes, TokenClient,
+    AccessToken, ClientCredentials, ConfigError, Environment, Error, InvalidResponse,
+    OAuthErrorCode, RetryPolicy, Scope, Scopes, TokenClient,
 };
 use truelayer_auth_emulator::{Emulator, Fault};
+use truelayer_auth_testkit::emulator::{credentials as creds, environment as env};
 
-fn env(emulator: &Emulator) -> Environment {
-    Environment::custom(&emulator.url()).unwrap()
-}
-
-fn creds(emulator: &Emulator) -> ClientCredentials {
-    ClientCredentials::new(emulator.client_id(), emulator.client_secret().into()).unwrap()
+/// The default client's `payments` token from a new client, retried by `policy`.
+async fn with_retries(emulator: &Emulator, policy: &RetryPolicy) -> Result<AccessToken, Error> {
+    TokenClient::new()
+        .unwrap()
+        .request_token(
+            &env(emulator),
+            &creds(emulator),
+            &Scopes::payments(),
+            policy,
+        )
+        .await
 }
 
 fn no_retry() -> TokenClient {
@@ -322,16 +328,7 @@ async fn retries_stop_after_the_last_attempt() {
     let emulator = Emulator::start().await.unwrap();
     emulator.fail_next(std::iter::repeat_n(Fault::unavailable(), 10));
     let policy = RetryPolicy::default().with_max_attempts(4).unwrap();
-    let err = TokenClient::new()
-        .unwrap()
-        .request_token(
-            &env(&emulator),
-            &creds(&emulator),
-            &Scopes::payments(),
-            &policy,
-        )
-        .await
-        .unwrap_err();
+    let err = with_retries(&emulator, &policy).await.unwrap_err();
     assert!(matches!(err, Error::ServerError { .. }));
     assert_eq!(emulator.stats().token_requests, 4);
 }
@@ -341,14 +338,7 @@ async fn retry_after_is_honoured() {
     let emulator = Emulator::start().await.unwrap();
     emulator.fail_next([Fault::rate_limited(7)]);
     let started = Instant::now();
-    TokenClient::new()
-        .unwrap()
-        .request_token(
-            &env(&emulator),
-            &creds(&emulator),
-            &Scopes::payments(),
-            &RetryPolicy::default(),
-        )
+    with_retries(&emulator, &RetryPolicy::default())
         .await
         .unwrap();
     assert!(
@@ -369,14 +359,7 @@ async fn a_retry_after_past_the_deadline_ends_retries_at_once() {
     let emulator = Emulator::start().await.unwrap();
     emulator.fail_next([Fault::rate_limited(3600)]);
     let started = Instant::now();
-    let err = TokenClient::new()
-        .unwrap()
-        .request_token(
-            &env(&emulator),
-            &creds(&emulator),
-            &Scopes::payments(),
-            &RetryPolicy::default(),
-        )
+    let err = with_retries(&emulator, &RetryPolicy::default())
         .await
         .unwrap_err();
     assert_eq!(err.retry_after(), Some(Duration::from_secs(3600)));
@@ -391,14 +374,7 @@ async fn redirects_are_refused_and_never_followed() {
     emulator.fail_next([Fault::Redirect {
         location: format!("{}?steal=1", elsewhere.token_url()),
     }]);
-    let err = TokenClient::new()
-        .unwrap()
-        .request_token(
-            &env(&emulator),
-            &creds(&emulator),
-            &Scopes::payments(),
-            &RetryPolicy::default(),
-        )
+    let err = with_retries(&emulator, &RetryPolicy::default())
         .await
         .unwrap_err();
     match &err {

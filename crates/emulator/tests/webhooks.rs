@@ -2,148 +2,50 @@
 //! sends, and TrueLayer's own `truelayer-signing` crate checks the signatures against the JWKS
 //! the `jku` names.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::Uri;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 use truelayer_auth_emulator::{Emulator, PaymentStatus, WEBHOOK_KEY_ID, WEBHOOK_MAX_ATTEMPTS};
+use truelayer_auth_testkit::emulator::access_token;
+use truelayer_auth_testkit::recording::{
+    Answer, Recorded, RecordingServer, RecordingServerBuilder,
+};
 
-/// One request the receiver got.
-#[derive(Debug)]
-struct Received {
-    path: String,
-    headers: Vec<(String, Vec<u8>)>,
-    body: Bytes,
-    at: Instant,
-}
+/// Where the receiver (a `RecordingServer`) takes webhooks.
+const HOOKS: &str = "/hooks/truelayer";
 
-impl Received {
-    fn header(&self, name: &str) -> String {
-        let (_, value) = self
-            .headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .unwrap_or_else(|| panic!("no {name} header"));
-        String::from_utf8(value.clone()).unwrap()
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap()
-    }
-}
-
-#[derive(Clone)]
-struct Recorder {
-    sent: mpsc::UnboundedSender<Received>,
-    /// Statuses to answer with, in order; 200 once they run out.
-    answers: Arc<Mutex<VecDeque<u16>>>,
-    always: Option<u16>,
-}
-
-/// A webhook receiver on 127.0.0.1 that records every request and answers as told.
-struct Receiver {
-    url: String,
-    received: mpsc::UnboundedReceiver<Received>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Receiver {
-    async fn answering(answers: impl IntoIterator<Item = u16>, always: Option<u16>) -> Self {
-        let (sent, received) = mpsc::unbounded_channel();
-        let recorder = Recorder {
-            sent,
-            answers: Arc::new(Mutex::new(answers.into_iter().collect())),
-            always,
-        };
-        let app = axum::Router::new().fallback(record).with_state(recorder);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
-        Receiver {
-            url: format!("http://{addr}/hooks/truelayer"),
-            received,
-            task,
-        }
-    }
-
-    async fn ok() -> Self {
-        Self::answering([], None).await
-    }
-
-    async fn next(&mut self) -> Received {
-        tokio::time::timeout(Duration::from_secs(10), self.received.recv())
-            .await
-            .expect("a webhook within 10 s")
-            .expect("the receiver runs")
-    }
-
-    /// Whether nothing more arrives within `wait`.
-    async fn quiet_for(&mut self, wait: Duration) -> bool {
-        tokio::time::timeout(wait, self.received.recv())
-            .await
-            .is_err()
-    }
-}
-
-async fn record(
-    State(recorder): State<Recorder>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> StatusCode {
-    let _ = recorder.sent.send(Received {
-        path: uri.path().to_owned(),
-        headers: headers
-            .iter()
-            .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
-            .collect(),
-        body,
-        at: Instant::now(),
-    });
-    let status = recorder
-        .answers
-        .lock()
-        .unwrap()
-        .pop_front()
-        .or(recorder.always)
-        .unwrap_or(200);
-    StatusCode::from_u16(status).unwrap()
+/// A webhook receiver started from `server`, and the emulator's webhooks sent to it.
+async fn receiver_for(emulator: &Emulator, server: RecordingServerBuilder) -> RecordingServer {
+    let receiver = server.start().await;
+    emulator
+        .set_webhook_url(Some(&receiver.url(HOOKS)))
+        .unwrap();
+    receiver
 }
 
 /// Verifies a received webhook's `Tl-Signature` with TrueLayer's crate against `jwks`.
-fn verify(jwks: &[u8], webhook: &Received) -> Result<(), truelayer_signing::Error> {
+fn verify(jwks: &[u8], webhook: &Recorded) -> Result<(), truelayer_signing::Error> {
     let signature = webhook.header("tl-signature");
     truelayer_signing::verify_with_jwks(jwks)
         .method(truelayer_signing::Method::Post)
-        .path(&webhook.path)
+        .path(webhook.path())
         .headers(
             webhook
                 .headers
                 .iter()
-                .map(|(n, v)| (n.as_str(), v.as_slice())),
+                .map(|(n, v)| (n.as_str(), v.as_bytes())),
         )
         .body(&webhook.body)
         .build_verifier()
-        .verify(&signature)
+        .verify(signature)
 }
 
 /// Fetches the JWKS a webhook's `jku` names, checking it is the emulator's.
-async fn jwks_from_jku(emulator: &Emulator, webhook: &Received) -> Vec<u8> {
+async fn jwks_from_jku(emulator: &Emulator, webhook: &Recorded) -> Vec<u8> {
     let signature = webhook.header("tl-signature");
-    let header = truelayer_signing::extract_jws_header(&signature).unwrap();
+    let header = truelayer_signing::extract_jws_header(signature).unwrap();
     let jku = header.jku.as_deref().expect("a jku").to_owned();
     assert_eq!(jku, emulator.webhook_jku());
     assert_eq!(jku, format!("{}/webhooks/jwks", emulator.url()));
@@ -156,24 +58,6 @@ async fn jwks_from_jku(emulator: &Emulator, webhook: &Received) -> Vec<u8> {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["cache-control"], "max-age=300");
     response.bytes().await.unwrap().to_vec()
-}
-
-async fn access_token(emulator: &Emulator) -> String {
-    let body: Value = reqwest::Client::new()
-        .post(emulator.token_url())
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", emulator.client_id()),
-            ("client_secret", emulator.client_secret()),
-            ("scope", "payments"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["access_token"].as_str().unwrap().to_owned()
 }
 
 /// Creates a payment through the API, signed with TrueLayer's crate; returns its id.
@@ -247,8 +131,7 @@ fn is_uuid_v4(text: &str) -> bool {
 #[tokio::test]
 async fn advancing_to_settled_sends_signed_authorized_executed_and_settled_webhooks_in_order() {
     let emulator = Emulator::start().await.unwrap();
-    let mut receiver = Receiver::ok().await;
-    emulator.set_webhook_url(Some(&receiver.url)).unwrap();
+    let mut receiver = receiver_for(&emulator, RecordingServer::builder()).await;
     let request = json!({
         "amount_in_minor": 100,
         "currency": "GBP",
@@ -279,24 +162,24 @@ async fn advancing_to_settled_sends_signed_authorized_executed_and_settled_webho
         ("payment_executed", "executed_at"),
         ("payment_settled", "settled_at"),
     ]) {
-        assert_eq!(webhook.path, "/hooks/truelayer");
+        assert_eq!(webhook.path(), "/hooks/truelayer");
         assert_eq!(webhook.header("content-type"), "application/json");
         let timestamp = webhook.header("x-tl-webhook-timestamp");
-        assert!(is_rfc3339_utc_seconds(&timestamp), "{timestamp}");
+        assert!(is_rfc3339_utc_seconds(timestamp), "{timestamp}");
         verify(&jwks, webhook).unwrap_or_else(|e| panic!("{kind}: {e}"));
         // The pinned-key route agrees.
         truelayer_signing::verify_with_pem(emulator.webhook_public_key_pem().as_bytes())
             .method(truelayer_signing::Method::Post)
-            .path(&webhook.path)
+            .path(webhook.path())
             .headers(
                 webhook
                     .headers
                     .iter()
-                    .map(|(n, v)| (n.as_str(), v.as_slice())),
+                    .map(|(n, v)| (n.as_str(), v.as_bytes())),
             )
             .body(&webhook.body)
             .build_verifier()
-            .verify(&webhook.header("tl-signature"))
+            .verify(webhook.header("tl-signature"))
             .unwrap();
         assert_eq!(jwks_from_jku(&emulator, webhook).await, jwks);
 
@@ -324,15 +207,13 @@ async fn advancing_to_settled_sends_signed_authorized_executed_and_settled_webho
     assert!(webhooks[0].json().get("user_id").is_none());
 
     // A tampered body or another path does not verify: the check above is not vacuous.
-    let mut tampered = Received {
-        path: webhooks[0].path.clone(),
-        headers: webhooks[0].headers.clone(),
+    let mut tampered = Recorded {
         body: Bytes::from([&webhooks[0].body[..], b" "].concat()),
-        at: webhooks[0].at,
+        ..webhooks[0].clone()
     };
     assert!(verify(&jwks, &tampered).is_err());
     tampered.body = webhooks[0].body.clone();
-    tampered.path = "/hooks/other".to_owned();
+    tampered.uri = Uri::from_static("/hooks/other");
     assert!(verify(&jwks, &tampered).is_err());
 
     assert!(receiver.quiet_for(Duration::from_millis(200)).await);
@@ -350,8 +231,7 @@ async fn advancing_to_settled_sends_signed_authorized_executed_and_settled_webho
 #[tokio::test]
 async fn failing_a_payment_sends_payment_failed_with_its_stage_and_reason() {
     let emulator = Emulator::start().await.unwrap();
-    let mut receiver = Receiver::ok().await;
-    emulator.set_webhook_url(Some(&receiver.url)).unwrap();
+    let mut receiver = receiver_for(&emulator, RecordingServer::builder()).await;
     let id = create_payment(&emulator, &simple_payment()).await;
 
     // Authorizing has no webhook of its own.
@@ -397,8 +277,8 @@ async fn failing_a_payment_sends_payment_failed_with_its_stage_and_reason() {
 async fn a_webhook_answered_500_is_retried_with_backoff_and_the_same_event() {
     let emulator = Emulator::start().await.unwrap();
     emulator.set_webhook_retry_base(Duration::from_millis(50));
-    let mut receiver = Receiver::answering([500, 500], None).await;
-    emulator.set_webhook_url(Some(&receiver.url)).unwrap();
+    let server = RecordingServer::builder().answers([Answer::status(500), Answer::status(500)]);
+    let mut receiver = receiver_for(&emulator, server).await;
     let id = create_payment(&emulator, &simple_payment()).await;
 
     emulator
@@ -435,8 +315,8 @@ async fn a_webhook_answered_500_is_retried_with_backoff_and_the_same_event() {
 async fn a_webhook_never_answered_2xx_is_abandoned_after_the_last_attempt() {
     let emulator = Emulator::start().await.unwrap();
     emulator.set_webhook_retry_base(Duration::from_millis(1));
-    let mut receiver = Receiver::answering([], Some(503)).await;
-    emulator.set_webhook_url(Some(&receiver.url)).unwrap();
+    let server = RecordingServer::builder().answer(Answer::status(503));
+    let mut receiver = receiver_for(&emulator, server).await;
     let id = create_payment(&emulator, &simple_payment()).await;
 
     emulator
@@ -500,8 +380,7 @@ async fn a_connection_refused_is_retried_too() {
 #[tokio::test]
 async fn the_schedule_moves_new_payments_to_settled_sending_each_webhook() {
     let emulator = Emulator::start().await.unwrap();
-    let mut receiver = Receiver::ok().await;
-    emulator.set_webhook_url(Some(&receiver.url)).unwrap();
+    let mut receiver = receiver_for(&emulator, RecordingServer::builder()).await;
     let before = create_payment(&emulator, &simple_payment()).await;
 
     emulator.set_payment_schedule(Some(Duration::from_millis(20)));
@@ -615,7 +494,7 @@ async fn only_http_webhook_urls_are_accepted() {
 #[tokio::test]
 async fn the_admin_routes_set_the_url_schedule_and_statuses() {
     let emulator = Emulator::start().await.unwrap();
-    let mut receiver = Receiver::ok().await;
+    let mut receiver = RecordingServer::start().await;
     let http = reqwest::Client::new();
     let admin = |path: &str| format!("{}/emulator/{path}", emulator.url());
     let post = |path: String, body: Value| http.post(path).json(&body).send();
@@ -626,7 +505,7 @@ async fn the_admin_routes_set_the_url_schedule_and_statuses() {
     assert_eq!(bad.status(), 400);
     let error: Value = bad.json().await.unwrap();
     assert!(error["error"].as_str().unwrap().contains("https"));
-    let ok = post(admin("webhooks"), json!({ "url": receiver.url }))
+    let ok = post(admin("webhooks"), json!({ "url": receiver.url(HOOKS) }))
         .await
         .unwrap();
     assert_eq!(ok.status(), 204);
@@ -733,8 +612,8 @@ async fn the_admin_routes_set_the_url_schedule_and_statuses() {
 async fn dropping_the_emulator_stops_retries_and_schedules() {
     let emulator = Emulator::start().await.unwrap();
     emulator.set_webhook_retry_base(Duration::from_millis(20));
-    let mut receiver = Receiver::answering([], Some(500)).await;
-    emulator.set_webhook_url(Some(&receiver.url)).unwrap();
+    let server = RecordingServer::builder().answer(Answer::status(500));
+    let mut receiver = receiver_for(&emulator, server).await;
     let id = create_payment(&emulator, &simple_payment()).await;
     emulator.set_payment_schedule(Some(Duration::from_millis(20)));
     let _scheduled = create_payment(&emulator, &simple_payment()).await;
@@ -745,7 +624,7 @@ async fn dropping_the_emulator_stops_retries_and_schedules() {
     drop(emulator);
     // Let an attempt already on the wire land, then nothing more arrives.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, receiver.received.recv()).await {}
+    receiver.drain();
     assert!(receiver.quiet_for(Duration::from_millis(500)).await);
 }
 
@@ -776,8 +655,7 @@ async fn sign_webhook_signs_crafted_webhooks_as_the_emulator_would() {
 #[tokio::test]
 async fn webhook_timestamps_follow_the_real_clock_not_the_emulated_one() {
     let emulator = Emulator::start().await.unwrap();
-    let mut receiver = Receiver::ok().await;
-    emulator.set_webhook_url(Some(&receiver.url)).unwrap();
+    let mut receiver = receiver_for(&emulator, RecordingServer::builder()).await;
     // Moving the emulator's clock (to expire tokens) must not push webhook timestamps out
     // of every receiver's window.
     emulator.advance_clock(Duration::from_secs(3600));
@@ -787,7 +665,7 @@ async fn webhook_timestamps_follow_the_real_clock_not_the_emulated_one() {
         .unwrap();
     let webhook = receiver.next().await;
     let stamped = time::OffsetDateTime::parse(
-        &webhook.header("x-tl-webhook-timestamp"),
+        webhook.header("x-tl-webhook-timestamp"),
         &time::format_description::well_known::Rfc3339,
     )
     .unwrap();

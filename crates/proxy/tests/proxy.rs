@@ -1,31 +1,22 @@
 //! The proxy in-process, in front of the emulator and of a recording upstream.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::Request;
 use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use truelayer_auth::{ClientCredentials, Environment, TokenCache};
+use truelayer_auth::{ClientCredentials, TokenCache};
 use truelayer_auth_emulator::Emulator;
 use truelayer_auth_proxy::{Proxy, ProxyBuilder, ShutdownHandle};
-use truelayer_auth_signing::{Signer, SignerSource};
-
-fn tokens(emulator: &Emulator) -> TokenCache {
-    let creds =
-        ClientCredentials::new(emulator.client_id(), emulator.client_secret().into()).unwrap();
-    TokenCache::builder(Environment::custom(&emulator.url()).unwrap(), creds)
-        .build()
-        .unwrap()
-}
+use truelayer_auth_signing::SignerSource;
+use truelayer_auth_testkit::emulator::{environment, signer, token_cache};
+use truelayer_auth_testkit::recording::{Answer, RecordingServer};
 
 struct Running {
     addr: SocketAddr,
@@ -53,99 +44,34 @@ async fn start<K: SignerSource>(builder: ProxyBuilder<K>) -> Running {
     Running { addr, stop, served }
 }
 
-/// An upstream that echoes what reaches it, counts its connections and the requests by
-/// path, and can be told to answer 401 to the next requests.
-#[derive(Clone, Default)]
-struct Recorder {
-    connections: Arc<AtomicUsize>,
-    requests: Arc<AtomicUsize>,
-    unauthorized_next: Arc<AtomicUsize>,
-}
-
-async fn recorder() -> (String, Recorder) {
+/// An upstream that echoes what reaches it (method, target, headers and the number of body
+/// bytes), with a hop-by-hop header named in its `Connection` and an end-to-end one, and
+/// counts its connections and requests.
+async fn recorder() -> RecordingServer {
     recorder_with(true).await
 }
 
 /// A recorder that closes each connection after one response when `keep_alive` is false.
-async fn recorder_with(keep_alive: bool) -> (String, Recorder) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let recorder = Recorder::default();
-    let r = recorder.clone();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            r.connections.fetch_add(1, Ordering::SeqCst);
-            let r = r.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let r = r.clone();
-                    async move { Ok::<_, std::convert::Infallible>(record(req, r).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .keep_alive(keep_alive)
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (format!("http://{addr}"), recorder)
+async fn recorder_with(keep_alive: bool) -> RecordingServer {
+    RecordingServer::echoing_upstream()
+        .keep_alive(keep_alive)
+        .start()
+        .await
 }
 
-async fn record(req: Request<Incoming>, r: Recorder) -> Response<Full<Bytes>> {
-    r.requests.fetch_add(1, Ordering::SeqCst);
-    let (parts, mut body) = req.into_parts();
-    let mut bytes = 0u64;
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame.unwrap().into_data() {
-            bytes += data.len() as u64;
-        }
-    }
-    let headers: BTreeMap<String, Vec<String>> = parts
-        .headers
-        .keys()
-        .map(|k| {
-            let values = parts.headers.get_all(k).iter();
-            (
-                k.to_string(),
-                values
-                    .map(|v| v.to_str().unwrap_or("?").to_owned())
-                    .collect(),
-            )
-        })
-        .collect();
-    let echo = json!({
-        "method": parts.method.as_str(),
-        "uri": parts.uri.to_string(),
-        "headers": headers,
-        "bytes": bytes,
-    });
-    let unauthorized = r
-        .unauthorized_next
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok();
-    let (status, body) = if unauthorized {
-        // A large 401 body: the proxy must read it before replaying on this connection.
-        (StatusCode::UNAUTHORIZED, "x".repeat(20_000))
-    } else {
-        (StatusCode::OK, echo.to_string())
-    };
-    Response::builder()
-        .status(status)
-        .header("connection", "keep-alive, x-upstream-hop")
-        .header("x-upstream-hop", "dropped")
-        .header("x-upstream", "kept")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap()
+/// The upstream answers the next request 401, with a large body: the proxy must read it
+/// before replaying on this connection.
+fn unauthorized_next(upstream: &RecordingServer) {
+    upstream.answer_next([Answer::status(401).body("x".repeat(20_000))]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn method_path_query_and_headers_are_forwarded_faithfully() {
     let emulator = Emulator::start().await.unwrap();
-    let (upstream, _) = recorder().await;
+    let upstream = recorder().await;
     let proxy = start(Proxy::builder(
-        format!("{upstream}/base"),
-        tokens(&emulator),
+        upstream.url("/base"),
+        token_cache(&emulator),
     ))
     .await;
     let response = reqwest::Client::new()
@@ -187,12 +113,9 @@ async fn method_path_query_and_headers_are_forwarded_faithfully() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_posts_create_payments_and_a_replay_keeps_its_idempotency_key() {
     let emulator = Emulator::start().await.unwrap();
-    let signer = Signer::from_pem(
-        emulator.signing_key_id(),
-        emulator.signing_key_pem().as_bytes(),
-    )
-    .unwrap();
-    let proxy = start(Proxy::builder(emulator.url(), tokens(&emulator)).signer(signer)).await;
+    let proxy =
+        start(Proxy::builder(emulator.url(), token_cache(&emulator)).signer(signer(&emulator)))
+            .await;
     let http = reqwest::Client::new();
     let pay = |body: &'static str| {
         http.post(proxy.url("/v3/payments"))
@@ -227,7 +150,7 @@ async fn a_token_failure_is_a_502_naming_the_cause_and_readiness_is_503() {
     let emulator = Emulator::start().await.unwrap();
     let marker = "MARKER-proxy-secret-77";
     let wrong = ClientCredentials::new(emulator.client_id(), marker.into()).unwrap();
-    let tokens = TokenCache::builder(Environment::custom(&emulator.url()).unwrap(), wrong)
+    let tokens = TokenCache::builder(environment(&emulator), wrong)
         .build()
         .unwrap();
     let proxy = start(Proxy::builder(emulator.url(), tokens)).await;
@@ -256,10 +179,10 @@ async fn a_token_failure_is_a_502_naming_the_cause_and_readiness_is_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_lives_off_the_proxied_paths_and_upstream_healthz_stays_reachable() {
     let emulator = Emulator::start().await.unwrap();
-    let (upstream, _) = recorder().await;
-    let tokens = tokens(&emulator);
+    let upstream = recorder().await;
+    let tokens = token_cache(&emulator);
     tokens.token().await.unwrap();
-    let proxy = start(Proxy::builder(upstream, tokens).admin_path("/_proxy")).await;
+    let proxy = start(Proxy::builder(upstream.url(""), tokens).admin_path("/_proxy")).await;
     let health = reqwest::get(proxy.url("/_proxy/healthz")).await.unwrap();
     assert_eq!(health.status(), 200);
     let health: Value = health.json().await.unwrap();
@@ -286,10 +209,12 @@ async fn health_lives_off_the_proxied_paths_and_upstream_healthz_stays_reachable
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebinding_hosts_and_cross_site_browsers_are_refused() {
     let emulator = Emulator::start().await.unwrap();
-    let (upstream, recorded) = recorder().await;
-    let proxy =
-        start(Proxy::builder(upstream, tokens(&emulator)).allow_origin("https://console.example"))
-            .await;
+    let upstream = recorder().await;
+    let proxy = start(
+        Proxy::builder(upstream.url(""), token_cache(&emulator))
+            .allow_origin("https://console.example"),
+    )
+    .await;
     let http = reqwest::Client::new();
     // A page on evil.example rebound its name to 127.0.0.1: its requests carry its Host.
     let rebound = http
@@ -318,11 +243,7 @@ async fn rebinding_hosts_and_cross_site_browsers_are_refused() {
         .await
         .unwrap();
     assert_eq!(fetch_site.status(), 403);
-    assert_eq!(
-        recorded.requests.load(Ordering::SeqCst),
-        0,
-        "nothing was forwarded"
-    );
+    assert_eq!(upstream.requests(), 0, "nothing was forwarded");
     // Its own host and an allowed origin pass.
     let ok = http
         .get(proxy.url("/v3/payments/p-1"))
@@ -337,9 +258,9 @@ async fn rebinding_hosts_and_cross_site_browsers_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_are_shed_and_others_keep_being_served() {
     let emulator = Emulator::start().await.unwrap();
-    let (upstream, _) = recorder().await;
+    let upstream = recorder().await;
     let proxy = start(
-        Proxy::builder(upstream, tokens(&emulator))
+        Proxy::builder(upstream.url(""), token_cache(&emulator))
             .header_read_timeout(Duration::from_millis(800))
             .max_connections(256),
     )
@@ -391,8 +312,8 @@ async fn slow_clients_are_shed_and_others_keep_being_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_401_body_is_read_before_the_replay_so_the_connection_is_reused() {
     let emulator = Emulator::start().await.unwrap();
-    let (upstream, recorded) = recorder().await;
-    let proxy = start(Proxy::builder(upstream, tokens(&emulator))).await;
+    let upstream = recorder().await;
+    let proxy = start(Proxy::builder(upstream.url(""), token_cache(&emulator))).await;
     let client = reqwest::Client::new();
     assert_eq!(
         client
@@ -403,13 +324,13 @@ async fn a_401_body_is_read_before_the_replay_so_the_connection_is_reused() {
             .status(),
         200
     );
-    let before = recorded.connections.load(Ordering::SeqCst);
-    recorded.unauthorized_next.store(1, Ordering::SeqCst);
+    let before = upstream.connections();
+    unauthorized_next(&upstream);
     let response = client.get(proxy.url("/replayed")).send().await.unwrap();
     assert_eq!(response.status(), 200, "replayed after the 401");
-    assert_eq!(recorded.requests.load(Ordering::SeqCst), 3);
+    assert_eq!(upstream.requests(), 3);
     assert_eq!(
-        recorded.connections.load(Ordering::SeqCst),
+        upstream.connections(),
         before,
         "the 401 and the replay went over the pooled connection"
     );
@@ -418,8 +339,9 @@ async fn a_401_body_is_read_before_the_replay_so_the_connection_is_reused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_chunked_bodies_are_replayed_and_large_ones_streamed() {
     let emulator = Emulator::start().await.unwrap();
-    let (upstream, recorded) = recorder().await;
-    let proxy = start(Proxy::builder(upstream, tokens(&emulator)).replay_limit(1024)).await;
+    let upstream = recorder().await;
+    let proxy =
+        start(Proxy::builder(upstream.url(""), token_cache(&emulator)).replay_limit(1024)).await;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<StreamBody<futures_stream::Chunks>>();
     let chunked = |chunks: usize| {
@@ -427,7 +349,7 @@ async fn small_chunked_bodies_are_replayed_and_large_ones_streamed() {
             .body(StreamBody::new(futures_stream::Chunks(chunks)))
             .unwrap()
     };
-    recorded.unauthorized_next.store(1, Ordering::SeqCst);
+    unauthorized_next(&upstream);
     let small = client.request(chunked(3)).await.unwrap();
     assert_eq!(
         small.status(),
@@ -437,7 +359,7 @@ async fn small_chunked_bodies_are_replayed_and_large_ones_streamed() {
     let echo: Value =
         serde_json::from_slice(&small.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(echo["bytes"], 300);
-    recorded.unauthorized_next.store(1, Ordering::SeqCst);
+    unauthorized_next(&upstream);
     let large = client.request(chunked(50)).await.unwrap();
     assert_eq!(
         large.status(),
@@ -471,8 +393,8 @@ mod futures_stream {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_prometheus_text_with_requests_latency_replays_and_token_health() {
     let emulator = Emulator::start().await.unwrap();
-    let (upstream, recorded) = recorder().await;
-    let proxy = start(Proxy::builder(upstream, tokens(&emulator))).await;
+    let upstream = recorder().await;
+    let proxy = start(Proxy::builder(upstream.url(""), token_cache(&emulator))).await;
     let http = reqwest::Client::new();
     for _ in 0..3 {
         http.get(proxy.url("/v3/payments/p-1"))
@@ -480,7 +402,7 @@ async fn metrics_are_prometheus_text_with_requests_latency_replays_and_token_hea
             .await
             .unwrap();
     }
-    recorded.unauthorized_next.store(1, Ordering::SeqCst);
+    unauthorized_next(&upstream);
     http.post(proxy.url("/v3/payments"))
         .body("{}")
         .send()
@@ -560,7 +482,7 @@ async fn metrics_are_prometheus_text_with_requests_latency_replays_and_token_hea
 async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
     let emulator = Emulator::start().await.unwrap();
     emulator.set_api_latency(Duration::from_millis(500));
-    let proxy = start(Proxy::builder(emulator.url(), tokens(&emulator))).await;
+    let proxy = start(Proxy::builder(emulator.url(), token_cache(&emulator))).await;
     let in_flight = tokio::spawn({
         let url = proxy.url("/v3/payments/p-1");
         async move { reqwest::get(url).await.unwrap().status() }
@@ -578,8 +500,8 @@ async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_workers_share_the_port_reuse_upstream_connections_and_stop_together() {
     let emulator = Emulator::start().await.unwrap();
-    let (upstream, recorded) = recorder().await;
-    let proxy = start(Proxy::builder(upstream, tokens(&emulator)).workers(3)).await;
+    let upstream = recorder().await;
+    let proxy = start(Proxy::builder(upstream.url(""), token_cache(&emulator)).workers(3)).await;
     let mut clients = tokio::task::JoinSet::new();
     for client in 0..16 {
         let addr = proxy.addr;
@@ -606,8 +528,8 @@ async fn several_workers_share_the_port_reuse_upstream_connections_and_stop_toge
     while let Some(done) = clients.join_next().await {
         done.unwrap();
     }
-    assert_eq!(recorded.requests.load(Ordering::SeqCst), 320);
-    let connections = recorded.connections.load(Ordering::SeqCst);
+    assert_eq!(upstream.requests(), 320);
+    let connections = upstream.connections();
     // At most one per client connection in use at a time, give or take a connection that
     // is still being handed back when the next request comes.
     assert!(
@@ -628,8 +550,8 @@ async fn several_workers_share_the_port_reuse_upstream_connections_and_stop_toge
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_that_closes_its_connections_costs_no_failed_request() {
     let emulator = Emulator::start().await.unwrap();
-    let (upstream, recorded) = recorder_with(false).await;
-    let proxy = start(Proxy::builder(upstream, tokens(&emulator))).await;
+    let upstream = recorder_with(false).await;
+    let proxy = start(Proxy::builder(upstream.url(""), token_cache(&emulator))).await;
     let http = reqwest::Client::new();
     for i in 0..50 {
         let response = http
@@ -640,18 +562,14 @@ async fn an_upstream_that_closes_its_connections_costs_no_failed_request() {
         assert_eq!(response.status(), 200, "request {i}");
         response.bytes().await.unwrap();
     }
-    assert_eq!(recorded.requests.load(Ordering::SeqCst), 50);
-    assert_eq!(
-        recorded.connections.load(Ordering::SeqCst),
-        50,
-        "one per request"
-    );
+    assert_eq!(upstream.requests(), 50);
+    assert_eq!(upstream.connections(), 50, "one per request");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_serve_stops_every_worker() {
     let emulator = Emulator::start().await.unwrap();
-    let proxy = start(Proxy::builder(emulator.url(), tokens(&emulator)).workers(3)).await;
+    let proxy = start(Proxy::builder(emulator.url(), token_cache(&emulator)).workers(3)).await;
     assert!(TcpStream::connect(proxy.addr).await.is_ok());
     // The serve future is dropped, not shut down: the worker threads must not live on
     // with the merchant's token.
@@ -671,8 +589,8 @@ async fn dropping_serve_stops_every_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_requests_are_not_forwarded() {
     let emulator = Emulator::start().await.unwrap();
-    let (upstream, recorded) = recorder().await;
-    let proxy = start(Proxy::builder(upstream, tokens(&emulator))).await;
+    let upstream = recorder().await;
+    let proxy = start(Proxy::builder(upstream.url(""), token_cache(&emulator))).await;
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     stream
         .write_all(
@@ -691,7 +609,7 @@ async fn connect_requests_are_not_forwarded() {
         "{}",
         String::from_utf8_lossy(&answer[..n])
     );
-    assert_eq!(recorded.requests.load(Ordering::SeqCst), 0);
+    assert_eq!(upstream.requests(), 0);
 }
 
 /// An upstream that answers `/early` at once with 413 (keep-alive), then reads the request's
@@ -744,7 +662,7 @@ async fn early_answering_upstream() -> String {
 async fn an_upload_answered_early_does_not_hold_up_the_next_request() {
     let emulator = Emulator::start().await.unwrap();
     let upstream = early_answering_upstream().await;
-    let proxy = start(Proxy::builder(upstream, tokens(&emulator)).replay_limit(1024)).await;
+    let proxy = start(Proxy::builder(upstream, token_cache(&emulator)).replay_limit(1024)).await;
     let http = reqwest::Client::new();
     assert_eq!(
         http.get(proxy.url("/warm")).send().await.unwrap().status(),
@@ -817,11 +735,11 @@ fn configuration_mistakes_are_refused_before_listening() {
         .unwrap();
     rt.block_on(async {
         let emulator = Emulator::start().await.unwrap();
-        let err = Proxy::builder("http://api.truelayer.com", tokens(&emulator))
+        let err = Proxy::builder("http://api.truelayer.com", token_cache(&emulator))
             .build()
             .unwrap_err();
         assert!(err.to_string().contains("clear text"), "{err}");
-        let err = Proxy::builder(emulator.url(), tokens(&emulator))
+        let err = Proxy::builder(emulator.url(), token_cache(&emulator))
             .listen("0.0.0.0:0".parse().unwrap())
             .build()
             .unwrap_err();

@@ -16,9 +16,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use p521::ecdsa::signature::{Signer as _, Verifier as _};
 use p521::pkcs8::{DecodePrivateKey, DecodePublicKey};
 use tower::{Layer, ServiceExt};
-use truelayer_auth::{ClientCredentials, Environment, TokenCache};
 use truelayer_auth_emulator::Emulator;
 use truelayer_auth_signing::{Signable, Signer, SigningLayer, Verifier};
+use truelayer_auth_testkit::emulator::token_cache;
 use truelayer_auth_tower::{BearerAuthLayer, CloneBodies};
 
 const KID: &str = "45fc75cf-5649-4134-84b3-192c2c78e990";
@@ -159,11 +159,7 @@ fn end_to_end(c: &mut Criterion) {
         .unwrap();
     let (emulator, url) =
         rt.block_on(async { (Emulator::start().await.unwrap(), accepting_upstream().await) });
-    let creds =
-        ClientCredentials::new(emulator.client_id(), emulator.client_secret().into()).unwrap();
-    let tokens = TokenCache::builder(Environment::custom(&emulator.url()).unwrap(), creds)
-        .build()
-        .unwrap();
+    let tokens = token_cache(&emulator);
     rt.block_on(tokens.token()).unwrap();
     let hyper = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let bearer = BearerAuthLayer::new(tokens).replay_policy(CloneBodies);

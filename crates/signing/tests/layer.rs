@@ -11,30 +11,15 @@ use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
-use truelayer_auth::{ClientCredentials, Environment, TokenCache};
+use truelayer_auth::Environment;
 use truelayer_auth_emulator::Emulator;
 use truelayer_auth_signing::{
     IDEMPOTENCY_KEY, Signer, SignerFuture, SignerSource, SigningError, SigningLayer, TL_SIGNATURE,
 };
+use truelayer_auth_testkit::emulator::{register_new_signer, signer, token_cache};
 use truelayer_auth_tower::{BearerAuthLayer, CloneBodies, NoReplay};
 
 type HyperClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
-
-fn tokens(emulator: &Emulator) -> TokenCache {
-    let creds =
-        ClientCredentials::new(emulator.client_id(), emulator.client_secret().into()).unwrap();
-    TokenCache::builder(Environment::custom(&emulator.url()).unwrap(), creds)
-        .build()
-        .unwrap()
-}
-
-fn signer(emulator: &Emulator) -> Signer {
-    Signer::from_pem(
-        emulator.signing_key_id(),
-        emulator.signing_key_pem().as_bytes(),
-    )
-    .unwrap()
-}
 
 /// The hyper client, recording the headers of every request it sends.
 #[derive(Clone)]
@@ -81,10 +66,10 @@ async fn a_post_through_bearer_and_signing_is_accepted_in_either_order() {
     let sent = Arc::new(Mutex::new(Vec::new()));
     let signing_outside = ServiceBuilder::new()
         .layer(SigningLayer::new(signer(&emulator)))
-        .layer(BearerAuthLayer::new(tokens(&emulator)).replay_policy(CloneBodies))
+        .layer(BearerAuthLayer::new(token_cache(&emulator)).replay_policy(CloneBodies))
         .service(recording(sent.clone()));
     let bearer_outside = ServiceBuilder::new()
-        .layer(BearerAuthLayer::new(tokens(&emulator)).replay_policy(CloneBodies))
+        .layer(BearerAuthLayer::new(token_cache(&emulator)).replay_policy(CloneBodies))
         .layer(SigningLayer::new(signer(&emulator)))
         .service(recording(sent.clone()));
     let a = signing_outside
@@ -110,7 +95,7 @@ async fn a_replay_after_a_401_keeps_its_idempotency_key_and_is_signed_in_either_
     for signing_outside in [true, false] {
         let emulator = Emulator::start().await.unwrap();
         let sent = Arc::new(Mutex::new(Vec::new()));
-        let bearer = BearerAuthLayer::new(tokens(&emulator)).replay_policy(CloneBodies);
+        let bearer = BearerAuthLayer::new(token_cache(&emulator)).replay_policy(CloneBodies);
         let signing = SigningLayer::new(signer(&emulator));
         let send = |request| {
             let client = recording(sent.clone());
@@ -181,7 +166,7 @@ async fn streaming_bodies_are_collected_and_signed_and_too_large_ones_never_sent
     let stack = |limit| {
         ServiceBuilder::new()
             // A streaming body cannot be replayed.
-            .layer(BearerAuthLayer::new(tokens(&emulator)).replay_policy(NoReplay))
+            .layer(BearerAuthLayer::new(token_cache(&emulator)).replay_policy(NoReplay))
             .layer(SigningLayer::new(signer(&emulator)).max_body_bytes(limit))
             .service(Client::builder(TokioExecutor::new()).build_http::<Chunks>())
     };
@@ -257,14 +242,7 @@ impl SignerSource for Rotating {
 async fn a_rotated_signing_key_is_picked_up_after_a_signature_rejection() {
     let emulator = Emulator::start().await.unwrap();
     // TrueLayer knows only the new key; the store still serves the old one.
-    let new = Signer::generate("rotated-key");
-    emulator
-        .register_signing_key(
-            emulator.client_id(),
-            "rotated-key",
-            &new.public_key_pem().unwrap(),
-        )
-        .unwrap();
+    let new = register_new_signer(&emulator, emulator.client_id(), "rotated-key");
     let source = Rotating {
         old: Signer::generate("retired-key"),
         new,
@@ -272,7 +250,7 @@ async fn a_rotated_signing_key_is_picked_up_after_a_signature_rejection() {
     };
     let client = ServiceBuilder::new()
         .layer(SigningLayer::new(source.clone()))
-        .layer(BearerAuthLayer::new(tokens(&emulator)).replay_policy(CloneBodies))
+        .layer(BearerAuthLayer::new(token_cache(&emulator)).replay_policy(CloneBodies))
         .service(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
     let response = client.oneshot(payment(&emulator, "{}")).await.unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);

@@ -18,8 +18,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_http::set_header::SetRequestHeaderLayer;
-use truelayer_auth::{ClientCredentials, Environment, TokenCache};
 use truelayer_auth_emulator::Emulator;
+use truelayer_auth_testkit::emulator::{signer, token_cache};
 use truelayer_auth_tower::{BearerAuthLayer, NoReplay};
 
 /// Polls readiness and the call once each: the inner service answers at once.
@@ -77,11 +77,7 @@ fn around_trivial_service(c: &mut Criterion) {
         .build()
         .unwrap();
     let emulator = rt.block_on(Emulator::start()).unwrap();
-    let creds =
-        ClientCredentials::new(emulator.client_id(), emulator.client_secret().into()).unwrap();
-    let tokens = TokenCache::builder(Environment::custom(&emulator.url()).unwrap(), creds)
-        .build()
-        .unwrap();
+    let tokens = token_cache(&emulator);
     let token = rt.block_on(tokens.token()).unwrap();
 
     let inner = service_fn(|req: Request<Empty<Bytes>>| async move {
@@ -162,11 +158,7 @@ fn end_to_end(c: &mut Criterion) {
         .build()
         .unwrap();
     let emulator = rt.block_on(Emulator::start()).unwrap();
-    let creds =
-        ClientCredentials::new(emulator.client_id(), emulator.client_secret().into()).unwrap();
-    let tokens = TokenCache::builder(Environment::custom(&emulator.url()).unwrap(), creds)
-        .build()
-        .unwrap();
+    let tokens = token_cache(&emulator);
     let token = rt.block_on(tokens.token()).unwrap();
     let hyper_client =
         rt.block_on(async { Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>() });
@@ -178,12 +170,7 @@ fn end_to_end(c: &mut Criterion) {
             .body(Full::new(Bytes::from_static(b"{}")))
             .unwrap();
         // Payments API POSTs must be signed, as at TrueLayer.
-        let signer = truelayer_auth_signing::Signer::from_pem(
-            emulator.signing_key_id(),
-            emulator.signing_key_pem().as_bytes(),
-        )
-        .unwrap();
-        let res = truelayer_auth_signing::SigningLayer::new(signer)
+        let res = truelayer_auth_signing::SigningLayer::new(signer(&emulator))
             .layer(hyper_client.clone())
             .oneshot(req)
             .await

@@ -14,17 +14,16 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use secrecy::ExposeSecret;
 use tower::{Layer, ServiceBuilder, ServiceExt, service_fn};
-use truelayer_auth::{ClientCredentials, Environment, Error, TokenCache};
+use truelayer_auth::{Error, TokenCache};
 use truelayer_auth_emulator::{Emulator, Fault};
 use truelayer_auth_signing::{Signer, Signing, SigningLayer};
+use truelayer_auth_testkit::emulator::{cache_builder, signer};
 use truelayer_auth_tower::{BearerAuthError, BearerAuthLayer, CloneBodies, replay_with};
 
 type HyperClient = Client<HttpConnector, Full<Bytes>>;
 
 fn cache(emulator: &Emulator) -> TokenCache {
-    let creds =
-        ClientCredentials::new(emulator.client_id(), emulator.client_secret().into()).unwrap();
-    TokenCache::builder(Environment::custom(&emulator.url()).unwrap(), creds)
+    cache_builder(emulator)
         .wait_timeout(Duration::from_secs(5))
         .build()
         .unwrap()
@@ -33,12 +32,7 @@ fn cache(emulator: &Emulator) -> TokenCache {
 /// hyper-util's client with the signing layer: the emulator, like TrueLayer, wants every
 /// POST signed (with the default client's registered key).
 fn hyper_client(emulator: &Emulator) -> Signing<HyperClient, Signer> {
-    let signer = Signer::from_pem(
-        emulator.signing_key_id(),
-        emulator.signing_key_pem().as_bytes(),
-    )
-    .unwrap();
-    SigningLayer::new(signer).layer(Client::builder(TokioExecutor::new()).build_http())
+    SigningLayer::new(signer(emulator)).layer(Client::builder(TokioExecutor::new()).build_http())
 }
 
 fn create_payment(emulator: &Emulator, body: &'static str) -> Request<Full<Bytes>> {

@@ -11,9 +11,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::{Layer, Service, ServiceExt, service_fn};
 use truelayer_auth::{
-    CacheKey, ClientCredentials, CredentialsSource, Environment, Error, KeyedTokenCache, Scopes,
+    CacheKey, ClientCredentials, CredentialsSource, Error, KeyedTokenCache, Scopes,
 };
 use truelayer_auth_emulator::Emulator;
+use truelayer_auth_testkit::emulator::environment;
 use truelayer_auth_signing::{Signer, SigningLayer};
 use truelayer_auth_tower::{BearerAuthError, BearerAuthLayer, CloneBodies};
 
@@ -38,7 +39,7 @@ async fn a_thousand_merchants_share_one_stack_each_with_only_its_own_tokens() {
             .register_signing_key(&id, "platform-key", &signer.public_key_pem().unwrap())
             .unwrap();
     }
-    let env = Environment::custom(&emulator.url()).unwrap();
+    let env = environment(&emulator);
     let keyed = KeyedTokenCache::builder()
         .credentials_for(|key| {
             let i: usize = key.client_id().strip_prefix("merchant-")?.parse().ok()?;

@@ -4,24 +4,15 @@
 use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_credential_types::Credentials;
 use aws_sdk_secretsmanager::Client;
-use aws_sdk_secretsmanager::config::retry::RetryConfig;
 use aws_smithy_types::Blob;
 use secrecy::ExposeSecret;
 use truelayer_auth::CredentialsSource;
+use truelayer_auth_testkit::moto;
 use truelayer_auth_vault::{SecretFormat, SecretProblem, SecretsManagerCredentials, VaultError};
 
-async fn moto() -> SdkConfig {
-    let url = std::env::var("MOTO_URL").expect("MOTO_URL is not set: run `cargo xtask ci`");
-    aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(url)
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "moto"))
-        .retry_config(RetryConfig::disabled())
-        .load()
-        .await
-}
+/// The region these tests keep their secrets in.
+const REGION: &str = "us-east-1";
 
 /// A secret name no other test uses (moto's state is shared by the whole run).
 fn unique(name: &str) -> String {
@@ -38,17 +29,6 @@ fn fastrand_u64() -> u64 {
             .as_nanos(),
     );
     h.finish()
-}
-
-async fn create(config: &SdkConfig, name: &str, value: &str) -> String {
-    let out = Client::new(config)
-        .create_secret()
-        .name(name)
-        .secret_string(value)
-        .send()
-        .await
-        .unwrap();
-    out.version_id().unwrap().to_owned()
 }
 
 /// Writes a new version as AWSPENDING, as a rotation's first step; returns its version id.
@@ -100,9 +80,9 @@ async fn reloaded_secret(creds: &SecretsManagerCredentials) -> String {
 #[tokio::test]
 #[ignore = "needs moto: run cargo xtask ci"]
 async fn reads_a_json_secret_by_stage() {
-    let config = moto().await;
+    let config = moto::config(REGION).await;
     let name = unique("json");
-    let version = create(
+    let version = moto::create_secret(
         &config,
         &name,
         r#"{"client_id":"merchant-a","client_secret":"s3cret-a","signing_key_id":"kid-1"}"#,
@@ -123,9 +103,9 @@ async fn reads_a_json_secret_by_stage() {
 #[tokio::test]
 #[ignore = "needs moto: run cargo xtask ci"]
 async fn reads_plain_string_and_binary_secrets() {
-    let config = moto().await;
+    let config = moto::config(REGION).await;
     let plain = unique("plain");
-    create(&config, &plain, "plain-s3cret\n").await;
+    moto::create_secret(&config, &plain, "plain-s3cret\n").await;
     let creds = SecretsManagerCredentials::builder(&plain)
         .format(SecretFormat::plain_secret("merchant-p"))
         .sdk_config(config.clone())
@@ -158,9 +138,9 @@ async fn reads_plain_string_and_binary_secrets() {
 #[tokio::test]
 #[ignore = "needs moto: run cargo xtask ci"]
 async fn a_missing_field_is_named_without_the_value() {
-    let config = moto().await;
+    let config = moto::config(REGION).await;
     let name = unique("missing");
-    create(
+    moto::create_secret(
         &config,
         &name,
         r#"{"client_id":"merchant-m","secret":"VALUE-NOT-TO-LEAK"}"#,
@@ -186,7 +166,7 @@ async fn a_missing_field_is_named_without_the_value() {
 #[tokio::test]
 #[ignore = "needs moto: run cargo xtask ci"]
 async fn a_missing_secret_is_not_found_naming_it() {
-    let config = moto().await;
+    let config = moto::config(REGION).await;
     let name = unique("absent");
     let err = source(&config, &name).await.secret().await.unwrap_err();
     assert!(
@@ -201,10 +181,10 @@ async fn a_missing_secret_is_not_found_naming_it() {
 #[tokio::test]
 #[ignore = "needs moto: run cargo xtask ci"]
 async fn rotation_pending_is_ignored_current_is_picked_up_on_reload() {
-    let config = moto().await;
+    let config = moto::config(REGION).await;
     let admin = Client::new(&config);
     let name = unique("rotation");
-    let v1 = create(
+    let v1 = moto::create_secret(
         &config,
         &name,
         r#"{"client_id":"merchant-r","client_secret":"old"}"#,
@@ -231,10 +211,10 @@ async fn rotation_pending_is_ignored_current_is_picked_up_on_reload() {
 #[tokio::test]
 #[ignore = "needs moto: run cargo xtask ci"]
 async fn after_the_ttl_a_promoted_version_is_read() {
-    let config = moto().await;
+    let config = moto::config(REGION).await;
     let admin = Client::new(&config);
     let name = unique("ttl");
-    let v1 = create(
+    let v1 = moto::create_secret(
         &config,
         &name,
         r#"{"client_id":"merchant-t","client_secret":"one"}"#,
@@ -270,9 +250,9 @@ async fn after_the_ttl_a_promoted_version_is_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs moto: run cargo xtask ci"]
 async fn concurrent_callers_all_get_the_secret() {
-    let config = moto().await;
+    let config = moto::config(REGION).await;
     let name = unique("herd");
-    create(
+    moto::create_secret(
         &config,
         &name,
         r#"{"client_id":"merchant-h","client_secret":"h"}"#,
@@ -293,10 +273,9 @@ async fn concurrent_callers_all_get_the_secret() {
 #[tokio::test]
 #[ignore = "needs moto: run cargo xtask ci"]
 async fn missing_aws_credentials_are_reported_as_such() {
-    let url = std::env::var("MOTO_URL").expect("MOTO_URL is not set: run `cargo xtask ci`");
     let config = SdkConfig::builder()
-        .region(Region::new("us-east-1"))
-        .endpoint_url(url)
+        .region(Region::new(REGION))
+        .endpoint_url(moto::url())
         .behavior_version(BehaviorVersion::latest())
         .build();
     let err = source(&config, "tests/no-credentials")

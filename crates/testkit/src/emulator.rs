@@ -1,0 +1,98 @@
+//! Clients of an [`Emulator`]: its environment, its default client's credentials, a token
+//! cache and a signer for it.
+//!
+//! Start the emulator as usual (`Emulator::start().await.unwrap()`, or `Emulator::bind` on a
+//! fixed address), then:
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use truelayer_auth_emulator::Emulator;
+//! use truelayer_auth_testkit::emulator;
+//!
+//! let emulator = Emulator::start().await.unwrap();
+//! let tokens = emulator::token_cache(&emulator);
+//! let signer = emulator::signer(&emulator);
+//! # drop((tokens, signer));
+//! # }
+//! ```
+
+use std::net::SocketAddr;
+
+use secrecy::ExposeSecret;
+use truelayer_auth::{
+    ClientCredentials, Environment, Scopes, TokenCache, TokenCacheBuilder, TokenClient,
+};
+use truelayer_auth_emulator::Emulator;
+use truelayer_auth_signing::Signer;
+
+/// The environment whose auth server and API are `emulator`.
+pub fn environment(emulator: &Emulator) -> Environment {
+    Environment::custom(&emulator.url()).expect("the emulator's URL is a valid environment")
+}
+
+/// The environment of an emulator bound (or to be bound) to `addr` on loopback, for caches
+/// built before their emulator starts or that outlive it.
+pub fn environment_at(addr: SocketAddr) -> Environment {
+    Environment::custom(&format!("http://{addr}")).expect("a loopback URL is a valid environment")
+}
+
+/// The credentials of the emulator's default client (`client_id`, `client_secret`).
+pub fn credentials(emulator: &Emulator) -> ClientCredentials {
+    ClientCredentials::new(emulator.client_id(), emulator.client_secret().into())
+        .expect("the emulator's default credentials are valid")
+}
+
+/// A token cache builder for the emulator's default client, with the defaults, to adjust
+/// before `build()`.
+pub fn cache_builder(emulator: &Emulator) -> TokenCacheBuilder {
+    TokenCache::builder(environment(emulator), credentials(emulator))
+}
+
+/// A token cache with the defaults, for the emulator's default client.
+pub fn token_cache(emulator: &Emulator) -> TokenCache {
+    cache_builder(emulator)
+        .build()
+        .expect("a cache with the default settings builds")
+}
+
+/// A fresh access token (scope `payments`) for the emulator's default client: the bearer for
+/// Payments API requests made by hand.
+///
+/// # Panics
+///
+/// When the emulator does not issue one (a fault was injected, say).
+pub async fn access_token(emulator: &Emulator) -> String {
+    let token = TokenClient::new()
+        .expect("a token client with the defaults builds")
+        .request_token_once(
+            &environment(emulator),
+            &credentials(emulator),
+            &Scopes::payments(),
+        )
+        .await
+        .expect("the emulator issues a token to its default client");
+    token.secret().expose_secret().to_owned()
+}
+
+/// A signer with the key the emulator registers for its default client: what the Payments
+/// stand-in wants every POST signed with.
+pub fn signer(emulator: &Emulator) -> Signer {
+    Signer::from_pem(
+        emulator.signing_key_id(),
+        emulator.signing_key_pem().as_bytes(),
+    )
+    .expect("the emulator's signing key is a P-521 PEM")
+}
+
+/// A new key pair, its public half registered for `client_id` under `kid`, as uploading it in
+/// Console would.
+pub fn register_new_signer(emulator: &Emulator, client_id: &str, kid: &str) -> Signer {
+    let signer = Signer::generate(kid);
+    let public = signer
+        .public_key_pem()
+        .expect("a generated key has a public PEM");
+    emulator
+        .register_signing_key(client_id, kid, &public)
+        .expect("the client exists and the key is P-521");
+    signer
+}
