@@ -43,6 +43,7 @@ use crate::token::AccessToken;
 pub struct TokenClient {
     http: reqwest::Client,
     max_body_bytes: usize,
+    timeout: Duration,
 }
 
 /// Builds a [`TokenClient`].
@@ -121,11 +122,17 @@ impl TokenClientBuilder {
         Ok(TokenClient {
             http,
             max_body_bytes: self.max_body_bytes,
+            timeout: self.timeout,
         })
     }
 }
 
 impl TokenClient {
+    /// The total timeout of one request: a fetch's time limit is built from it.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// A client with the default settings.
     ///
     /// # Errors

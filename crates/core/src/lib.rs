@@ -45,7 +45,8 @@ mod token;
 mod token_source;
 
 pub use cache::{
-    CacheKey, CacheStats, KeyedTokenCache, KeyedTokenCacheBuilder, TokenCache, TokenCacheBuilder,
+    CacheKey, CacheSettings, CacheStats, KeyedTokenCache, KeyedTokenCacheBuilder, Refresh,
+    RefreshFuture, Refresher, TokenCache, TokenCacheBuilder,
 };
 pub use client::{TokenClient, TokenClientBuilder};
 pub use credentials::ClientCredentials;
@@ -59,6 +60,8 @@ pub use scope::{CustomScope, Scope, Scopes};
 pub use source::{CredentialsFuture, CredentialsSource, EnvCredentials};
 pub use token::AccessToken;
 pub use token_source::{TokenFuture, TokenSource};
+#[doc(hidden)]
+pub use token_source::{invalidate_issued, replacement_issued};
 pub use truelayer_auth_http::LogicalRequest;
 #[doc(hidden)]
 pub use truelayer_auth_http::error_chain;

@@ -1,8 +1,8 @@
 //! The access token and what is known about it.
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use http::HeaderValue;
@@ -12,6 +12,16 @@ use tokio::time::Instant;
 use crate::cache::CacheKey;
 use crate::error::{InvalidResponse, InvalidToken};
 use crate::scope::Scopes;
+use crate::token_source::TokenFuture;
+
+/// Where a token came from: the cache a 401 for it is reported to.
+pub(crate) trait Issuer: Send + Sync {
+    /// See [`TokenSource::invalidate`](crate::TokenSource::invalidate).
+    fn invalidate(&self, token: &AccessToken) -> bool;
+    /// See [`TokenSource::replacement`](crate::TokenSource::replacement); `None` once the
+    /// issuer is gone.
+    fn replacement(&self, rejected: &AccessToken) -> Option<TokenFuture>;
+}
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -58,6 +68,8 @@ struct Inner {
     granted_scope: Option<String>,
     /// The keyed-cache entry it was fetched for, so a keyed cache can route a rejection.
     key: Option<CacheKey>,
+    /// The cache that fetched it, set once per fetch.
+    issuer: Option<Weak<dyn Issuer>>,
 }
 
 impl AccessToken {
@@ -107,17 +119,31 @@ impl AccessToken {
                 issued_at_wall,
                 granted_scope,
                 key: None,
+                issuer: None,
             }),
         })
     }
 
-    /// The same token, tagged with the keyed-cache entry it belongs to. Only called on a
-    /// token that has not been shared yet.
-    pub(crate) fn with_key(mut self, key: CacheKey) -> Self {
-        if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.key = Some(key);
+    /// The same token, tagged with the cache that fetched it and its keyed-cache entry.
+    pub(crate) fn tagged(self, key: Option<CacheKey>, issuer: Weak<dyn Issuer>) -> Self {
+        let inner = &self.inner;
+        AccessToken {
+            inner: Arc::new(Inner {
+                id: inner.id,
+                secret: inner.secret.clone(),
+                header: inner.header.clone(),
+                lifetime: inner.lifetime,
+                issued_at: inner.issued_at,
+                issued_at_wall: inner.issued_at_wall,
+                granted_scope: inner.granted_scope.clone(),
+                key,
+                issuer: Some(issuer),
+            }),
         }
-        self
+    }
+
+    pub(crate) fn issuer(&self) -> Option<Arc<dyn Issuer>> {
+        self.inner.issuer.as_ref()?.upgrade()
     }
 
     pub(crate) fn key(&self) -> Option<&CacheKey> {

@@ -63,4 +63,28 @@ pub trait TokenSource: Clone + Send + Sync + 'static {
         let _ = rejected;
         self.token(request)
     }
+
+    /// Whether a 401 for a token from this source may be reported to the cache that fetched
+    /// the token, bypassing the source: true for this crate's caches, whose `invalidate` and
+    /// `replacement` do exactly that, so the bearer layer need not keep a clone of the
+    /// source per request. A source that wraps another keeps the default, `false`.
+    #[doc(hidden)]
+    fn reports_through_tokens(&self) -> bool {
+        false
+    }
+}
+
+/// A 401 for `token` reported to the cache that fetched it: `None` if it did not come from
+/// one of this crate's caches, or that cache is gone. For the bearer layer (see
+/// [`TokenSource::reports_through_tokens`]).
+#[doc(hidden)]
+pub fn invalidate_issued(token: &AccessToken) -> Option<bool> {
+    Some(token.issuer()?.invalidate(token))
+}
+
+/// The replacement for a rejected `token` from the cache that fetched it, as
+/// [`invalidate_issued`].
+#[doc(hidden)]
+pub fn replacement_issued(rejected: &AccessToken) -> Option<TokenFuture> {
+    rejected.issuer()?.replacement(rejected)
 }

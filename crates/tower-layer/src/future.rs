@@ -93,11 +93,12 @@ where
         }
     }
 
+    /// `tokens`: `None` when a 401 is reported through the token itself.
     pub(crate) fn calling(
         future: S::Future,
         token: AccessToken,
         replay: Option<Replay<S, B>>,
-        tokens: T,
+        tokens: Option<T>,
     ) -> Self {
         ResponseFuture {
             state: State::Calling {
@@ -105,7 +106,7 @@ where
                 token: Some(token),
                 replay,
             },
-            tokens: Some(tokens),
+            tokens,
         }
     }
 
@@ -193,10 +194,13 @@ where
                         return Poll::Ready(Ok(response));
                     }
                     let sent = token.take().expect(POLLED_AFTER_COMPLETION);
-                    let tokens = this.tokens.as_ref().expect(POLLED_AFTER_COMPLETION);
                     // Only the token that was sent: a newer one in the source survives.
-                    let acted = tokens.invalidate(&sent);
-                    let Some(replay) = replay.take() else {
+                    let acted = match this.tokens.as_ref() {
+                        Some(tokens) => Some(tokens.invalidate(&sent)),
+                        // `None`: the cache is gone (every handle dropped), nothing to replay with.
+                        None => truelayer_auth::invalidate_issued(&sent),
+                    };
+                    let (Some(acted), Some(replay)) = (acted, replay.take()) else {
                         tracing::debug!(acted, "401 for a request that cannot be replayed");
                         return Poll::Ready(Ok(response));
                     };
@@ -235,8 +239,20 @@ where
                     }
                     let sent = sent.take().expect(POLLED_AFTER_COMPLETION);
                     let (service, request) = replay.take().expect(POLLED_AFTER_COMPLETION);
-                    let tokens = this.tokens.as_ref().expect(POLLED_AFTER_COMPLETION);
-                    let token = tokens.replacement(&sent, request.extensions());
+                    let token = match this.tokens.as_ref() {
+                        Some(tokens) => tokens.replacement(&sent, request.extensions()),
+                        None => match truelayer_auth::replacement_issued(&sent) {
+                            Some(token) => token,
+                            // The cache went away while the 401 drained.
+                            None => {
+                                return Poll::Ready(Err(BearerAuthError::Token(
+                                    truelayer_auth::Error::WaitTimedOut {
+                                        waited: std::time::Duration::ZERO,
+                                    },
+                                )));
+                            }
+                        },
+                    };
                     this.state.set(State::Refetching {
                         token,
                         replay: Some((service, request)),

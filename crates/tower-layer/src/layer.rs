@@ -60,8 +60,8 @@ impl<S, T: Clone, P: Clone> Layer<S> for BearerAuthLayer<T, P> {
 /// any `Authorization` header already present. The header value is marked sensitive.
 ///
 /// - With a usable token the request goes straight to the inner service; the per-request
-///   work is a reference count on the token and one on the token source and, for replayable
-///   requests, a copy of the request head.
+///   work is a reference count on the token (and, for a source other than this project's
+///   caches, one on the source) and, for replayable requests, a copy of the request head.
 /// - Without one, the request waits for the source (bounded by its wait deadline) and fails
 ///   with [`BearerAuthError::Token`] if none comes; it is never sent without auth.
 /// - A 401 answer is reported for exactly the token that was sent
@@ -166,7 +166,10 @@ where
                 });
                 // `self.inner` was driven ready by `poll_ready`: call it directly.
                 let future = self.inner.call(request);
-                ResponseFuture::calling(future, token, replay, self.tokens.clone())
+                // A 401 goes to the cache that fetched the token when the source allows it,
+                // which saves a clone of the source (a contended reference count) per call.
+                let tokens = (!self.tokens.reports_through_tokens()).then(|| self.tokens.clone());
+                ResponseFuture::calling(future, token, replay, tokens)
             }
             None => {
                 // The call happens later, after the token arrives: take the service that is

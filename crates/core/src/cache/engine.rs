@@ -1,542 +1,488 @@
-//! The shared state of one cache: what callers read, and how they coordinate with the
-//! refresh task.
+//! The refresh engine: one token, served while usable and refreshed ahead of expiry, by
+//! whatever fetches it (a [`Refresh`]). `state.rs` decides; this file carries it out.
 //!
-//! Three synchronisation parts, each for one job:
-//!
-//! - `current` (`ArcSwapOption`): the published token with its deadlines. Callers read it
-//!   without locks; every reader checks the hard margin itself, so a token past it is never
-//!   handed out, whether or not the refresh task runs.
-//! - `worker` (`AtomicU64`): the generation of the live refresh task, 0 when there is none.
-//!   The task's drop guard clears it, so a task that is gone (its runtime dropped, a panic) is
-//!   seen by the next caller, which starts a new one in its own runtime.
-//! - `state` (a `watch` channel): everything else (attempts, failures, demand, rejections),
-//!   changed under the channel's lock; a change wakes the refresh task and waiting callers.
+//! - `current` (`ArcSwapOption<Published>`): the token with its refresh point and hard
+//!   margin. Every reader checks both itself, so nothing depends on a task staying alive:
+//!   past the hard margin a reader withdraws it; past the refresh point the first reader
+//!   claims the refresh and starts it.
+//! - `state` (a mutex, never held across an await): the [`State`]; `changes` (a `watch`)
+//!   wakes waiting callers after it changes.
+//! - One task per attempt, spawned in the runtime of whoever starts it. Its guard ends the
+//!   attempt however the task ends (finished, panicked, dropped with its runtime), so a
+//!   waiting caller sees it and starts another. An attempt past its time limit in a runtime
+//!   that is no longer driven is replaced by the next caller (see [`Limits::patience`]).
+//! - A timer task per engine wakes at the refresh point, so a token is refreshed ahead
+//!   even when nobody reads it; readers do the same if the timer's runtime is gone.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, error, info, warn};
 
-use super::schedule::{Margins, storm_pause, suspect_after};
+use super::CacheSettings;
+use super::refresher::Refresh;
+use super::schedule::plan;
+use super::state::{BackgroundStep, Backoff, CallerStep, Limits, Phase, Rejection, State};
 use super::stats::{CacheStats, StripedCounter};
-use super::worker::Worker;
 use crate::cache::CacheKey;
-use crate::client::TokenClient;
-use crate::clock::{self, Deadline};
-use crate::environment::Environment;
-use crate::error::Error;
-use crate::scope::Scopes;
-use crate::source::CredentialsSource;
-use crate::token::AccessToken;
+use crate::clock::{Deadline, Now, saturating_add};
+use crate::error::{Error, error_chain};
+use crate::token::{AccessToken, Issuer};
+use crate::token_source::TokenFuture;
 
-/// How long a refresh task may leave a request for a fetch unanswered before a caller
-/// decides it is stuck (its runtime is alive but no longer driven) and starts another.
-pub(crate) const STALL_AFTER: Duration = Duration::from_secs(1);
+/// Slack on top of an attempt's own time limit before it counts as lost.
+const SLACK: Duration = Duration::from_secs(1);
 
-/// The longest a token request takes with the default client (its total timeout), for
-/// bounding how long a fetch in a driven task can last.
-const REQUEST_BOUND: Duration = Duration::from_secs(10);
-
-/// Settings of a cache's refresh engine.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Config {
-    pub(crate) margins: Margins,
-    pub(crate) wait_timeout: Duration,
-    pub(crate) backoff_initial: Duration,
-    pub(crate) backoff_max: Duration,
-    pub(crate) min_fetch_interval: Duration,
-    pub(crate) credentials_timeout: Duration,
-}
-
-/// A token as handed out, with the deadlines that govern it.
+/// A token as handed out, with the points that govern it. Immutable but for `claimed`: a
+/// new refresh point is a new `Published`.
 #[derive(Debug)]
-pub(crate) struct Published {
-    pub(crate) token: AccessToken,
-    /// The soft margin: refresh in the background from here.
-    pub(crate) refresh_at: Deadline,
-    /// The hard margin: never handed out from here.
-    pub(crate) usable_until: Deadline,
-    /// The refresh task has taken up this token's refresh.
-    pub(crate) refresh_taken: AtomicBool,
-    /// When (coarse monotonic ns) a caller first saw the refresh overdue; 0 if none has.
-    overdue_seen_ns: AtomicU64,
+struct Published {
+    token: AccessToken,
+    /// Refresh from here (the soft margin; later, a retry or a lost attempt's deadline).
+    refresh_at: Deadline,
+    /// Never handed out from here (the hard margin).
+    usable_until: Deadline,
+    /// A reader or the timer took up the refresh due at `refresh_at`.
+    claimed: AtomicBool,
 }
 
 impl Published {
-    pub(crate) fn new(token: AccessToken, refresh_after: Duration, usable_for: Duration) -> Self {
-        let (mono, wall) = (token.issued_at(), token.issued_at_wall());
+    fn new(token: AccessToken, refresh_at: Deadline, usable_until: Deadline) -> Self {
         Published {
-            refresh_at: Deadline::after(mono, wall, refresh_after),
-            usable_until: Deadline::after(mono, wall, usable_for),
             token,
-            refresh_taken: AtomicBool::new(false),
-            overdue_seen_ns: AtomicU64::new(0),
+            refresh_at,
+            usable_until,
+            claimed: AtomicBool::new(false),
         }
     }
 }
 
-/// Coordination state, behind the `watch` channel's lock.
-#[derive(Debug, Default)]
-pub(crate) struct State {
-    /// The last refresh-task generation handed out.
-    pub(crate) generation: u64,
-    /// Requests for a fetch by callers waiting with no usable token.
-    pub(crate) demand: u64,
-    /// The demand the last fetch started for.
-    pub(crate) served: u64,
-    /// The demand the refresh task has seen.
-    pub(crate) acked: u64,
-    /// When unacknowledged demand was registered.
-    pub(crate) demand_at: Option<Instant>,
-    /// Fetches started and finished.
-    pub(crate) started: u64,
-    pub(crate) done: u64,
-    /// When the last fetch started (the rate bound counts from here).
-    pub(crate) last_attempt: Option<Instant>,
-    /// The last fetch's error, until one succeeds.
-    pub(crate) last_error: Option<Error>,
-    /// Consecutive failed fetches.
-    pub(crate) failures: u32,
-    /// When the refresh task retries on its own after a failure (the backoff, or the
-    /// server's `Retry-After` up to the longest backoff).
-    pub(crate) retry_at: Option<Instant>,
-    /// The backoff alone, without the server's hint: the earliest a waiting caller's demand
-    /// starts the next attempt.
-    pub(crate) backoff_until: Option<Instant>,
-    /// A non-retryable failure with no token held: no fetch until a caller asks.
-    pub(crate) halted: bool,
-    /// A rejected token asked for a refresh at this time.
-    pub(crate) refresh_requested: Option<Instant>,
-    /// The id of the last token published.
-    pub(crate) last_published: Option<u64>,
-    /// The id of the last token reported rejected.
-    pub(crate) rejected: Option<u64>,
-    /// When a 401 was last reported for the token handed out.
-    pub(crate) last_rejection: Option<Instant>,
-    /// Rejections in the current run (each within the suspect window of the last).
-    pub(crate) rejection_streak: u32,
+pub(crate) struct Engine<R> {
+    current: ArcSwapOption<Published>,
+    state: Mutex<State>,
+    /// Bumped after every change of `state` or `current` a waiting caller cares about.
+    changes: watch::Sender<()>,
+    timer: Mutex<Option<AbortHandle>>,
+    pub(crate) refresh: R,
+    settings: CacheSettings,
+    key: Option<CacheKey>,
+    me: Weak<Self>,
+    hits: StripedCounter,
+    waits: AtomicU64,
+    failures_total: AtomicU64,
+    invalidations: AtomicU64,
 }
 
-impl State {
-    pub(crate) fn in_flight(&self) -> bool {
-        self.started > self.done
-    }
-
-    /// Attempt `attempt` is over (succeeded, failed or abandoned). A newer attempt may still
-    /// be in flight (a task that took over from a stalled one). Demand registered while it
-    /// ran was for it: callers still waiting ask again.
-    ///
-    /// Returns whether it is the latest attempt; a superseded one must not change what the
-    /// newer one decides (errors, backoff, halting, the published token).
-    pub(crate) fn finish(&mut self, attempt: u64) -> bool {
-        let latest = attempt >= self.started;
-        self.done = self.done.max(attempt);
-        if !self.in_flight() {
-            self.served = self.demand;
-        }
-        latest
-    }
-
-    /// The earliest a new fetch may start: the rate bound.
-    pub(crate) fn earliest(&self, min_interval: Duration) -> Option<Instant> {
-        self.last_attempt
-            .map(|t| clock::saturating_add(t, min_interval))
-    }
-
-    /// The earliest a fetch for a waiting caller may start: the rate bound and the backoff
-    /// after failures (but not a server's longer hint, nor a halt).
-    pub(crate) fn earliest_on_demand(&self, min_interval: Duration) -> Option<Instant> {
-        match (self.earliest(min_interval), self.backoff_until) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
+impl<R> Drop for Engine<R> {
+    fn drop(&mut self) {
+        if let Some(timer) = self.timer.get_mut().ok().and_then(Option::take) {
+            timer.abort();
         }
     }
 }
 
-pub(crate) struct Engine {
-    pub(crate) current: ArcSwapOption<Published>,
-    pub(crate) worker: AtomicU64,
-    pub(crate) state: watch::Sender<State>,
-    pub(crate) client: TokenClient,
-    pub(crate) source: Arc<dyn CredentialsSource>,
-    pub(crate) environment: Environment,
-    pub(crate) scopes: Scopes,
-    pub(crate) key: Option<CacheKey>,
-    pub(crate) config: Config,
-    pub(crate) hits: StripedCounter,
-    pub(crate) waits: AtomicU64,
-    pub(crate) failures_total: AtomicU64,
-    pub(crate) invalidations: AtomicU64,
-}
-
-impl Engine {
-    pub(crate) fn new(
-        client: TokenClient,
-        source: Arc<dyn CredentialsSource>,
-        environment: Environment,
-        scopes: Scopes,
-        key: Option<CacheKey>,
-        config: Config,
-    ) -> Self {
-        Engine {
+impl<R: Refresh> Engine<R> {
+    pub(crate) fn new(refresh: R, settings: CacheSettings, key: Option<CacheKey>) -> Arc<Self> {
+        Arc::new_cyclic(|me| Engine {
             current: ArcSwapOption::empty(),
-            worker: AtomicU64::new(0),
-            state: watch::Sender::new(State::default()),
-            client,
-            source,
-            environment,
-            scopes,
+            state: Mutex::new(State::default()),
+            changes: watch::Sender::new(()),
+            timer: Mutex::new(None),
+            refresh,
+            settings,
             key,
-            config,
+            me: me.clone(),
             hits: StripedCounter::default(),
             waits: AtomicU64::new(0),
             failures_total: AtomicU64::new(0),
             invalidations: AtomicU64::new(0),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while holding it; a poisoned lock's state is still consistent.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            min_interval: self.settings.min_fetch_interval,
+            patience: self.refresh.time_limit().saturating_add(SLACK),
         }
     }
 
-    /// The hot path: a usable token without locks, I/O or allocation. The coarse clocks
-    /// answer "surely usable" almost always; anything else goes to the exact check.
-    #[inline]
+    /// The hot path: the usable token, counted as a hit.
     pub(crate) fn cached(self: &Arc<Self>) -> Option<AccessToken> {
-        {
-            let guard = self.current.load();
-            if let Some(p) = guard.as_ref() {
-                let now = clock::coarse_now();
-                if p.usable_until.surely_ahead(now)
-                    && self.worker.load(Ordering::Relaxed) != 0
-                    && clock::coarse_is_real_time()
-                {
-                    if !p.refresh_at.surely_ahead(now) && !p.refresh_taken.load(Ordering::Relaxed) {
-                        self.refresh_overdue(p, now);
-                    }
-                    self.hits.add();
-                    return Some(p.token.clone());
-                }
-            }
-        }
-        self.cached_slow()
-    }
-
-    /// A usable token by the exact clocks, restarting the refresh task if it is gone.
-    pub(crate) fn cached_slow(self: &Arc<Self>) -> Option<AccessToken> {
-        clock::notice_virtual_time();
-        self.ensure_worker();
         let token = self.usable()?;
         self.hits.add();
         Some(token)
     }
 
-    /// The published token if it is usable by the exact clocks; withdraws it if not.
-    pub(crate) fn usable(&self) -> Option<AccessToken> {
-        let p = self.current.load_full()?;
-        if p.usable_until.passed() {
-            self.withdraw(&p, "its hard margin passed");
+    /// The published token if it is usable now. Past its hard margin it is withdrawn; past
+    /// its refresh point, the first reader to see it starts the refresh.
+    fn usable(self: &Arc<Self>) -> Option<AccessToken> {
+        let guard = self.current.load();
+        let p = guard.as_ref()?;
+        let now = Now::read();
+        if p.usable_until.passed_at(now) {
+            // A token that lapsed unrefreshed (a clock jumped, a timer ran late) is refreshed
+            // at once; after failures, waiting callers drive the retries.
+            if self.withdraw(p, "its hard margin passed") && self.state().last_error.is_none() {
+                self.kick();
+            }
             return None;
+        }
+        if p.refresh_at.passed_at(now)
+            && !p.claimed.load(Ordering::Relaxed)
+            && !p.claimed.swap(true, Ordering::Relaxed)
+        {
+            self.kick();
         }
         Some(p.token.clone())
     }
 
-    /// Withdraws `p` if it is still the published token. Returns whether it was.
-    pub(crate) fn withdraw(&self, p: &Arc<Published>, why: &str) -> bool {
-        let previous = self.current.compare_and_swap(&Some(p.clone()), None);
+    /// Withdraws `p` if it is still the published token.
+    fn withdraw(&self, p: &Arc<Published>, why: &str) -> bool {
+        let previous = self.current.compare_and_swap(p, None);
         let withdrawn = previous.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, p));
         if withdrawn {
-            debug!(
-                token_id = p.token.id(),
-                "withdrew the token ({why}); callers wait for a fresh one"
-            );
+            debug!(token_id = p.token.id(), "withdrew the token ({why})");
         }
         withdrawn
     }
 
-    /// Past the soft margin and the refresh task has not taken the refresh up: probe it,
-    /// and if it stays silent, replace it.
-    #[cold]
-    fn refresh_overdue(self: &Arc<Self>, p: &Published, now: clock::CoarseNow) {
-        // The coarse clocks only say "maybe"; a paused test clock may disagree.
-        if !p.refresh_at.passed() {
-            return;
-        }
-        let seen = p.overdue_seen_ns.load(Ordering::Relaxed);
-        if seen == 0 {
-            let _ = p.overdue_seen_ns.compare_exchange(
-                0,
-                now.mono_ns().max(1),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
-            self.state.send_modify(|_| {}); // wakes the task, if it is driven at all
-        } else if now.mono_ns().saturating_sub(seen) > STALL_AFTER.as_nanos() as u64 {
-            warn!("the refresh task did not refresh at the soft margin; starting another");
-            self.replace_worker(self.worker.load(Ordering::Acquire));
-            p.overdue_seen_ns.store(0, Ordering::Relaxed);
-        }
-    }
-
-    /// Starts a refresh task in the caller's runtime if there is none, or if the one there is
-    /// has not answered demand for [`STALL_AFTER`].
-    pub(crate) fn ensure_worker(self: &Arc<Self>) {
-        let generation = self.worker.load(Ordering::Acquire);
-        if generation != 0 && !self.stalled() {
-            return;
-        }
-        self.replace_worker(generation);
-    }
-
-    fn stalled(&self) -> bool {
-        let s = self.state.borrow();
-        s.demand > s.acked
-            && s.demand_at
-                .is_some_and(|at| Instant::now() >= clock::saturating_add(at, STALL_AFTER))
-    }
-
-    /// Replaces the refresh task of generation `seen` (0: none) with a new one in the
-    /// caller's runtime. Outside a runtime nothing can run, so nothing happens.
-    fn replace_worker(self: &Arc<Self>, seen: u64) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
+    /// A background trigger (the timer, a reader past the refresh point, a 401): starts an
+    /// attempt if none is under way and the rate bound allows, or moves the refresh point
+    /// to when it does.
+    fn kick(self: &Arc<Self>) {
         let now = Instant::now();
-        let mut new_generation = None;
-        self.state.send_if_modified(|s| {
-            if self.worker.load(Ordering::Acquire) != seen {
-                return false; // another caller got there first
+        let mut s = self.state();
+        match s.background_step(now, self.limits()) {
+            BackgroundStep::Start => {
+                let attempt = s.begin(now);
+                drop(s);
+                self.spawn_attempt(attempt, now);
             }
-            s.generation += 1;
-            s.acked = s.demand;
-            s.demand_at = (s.demand > s.served).then_some(now);
-            self.worker.store(s.generation, Ordering::Release);
-            new_generation = Some(s.generation);
-            true
-        });
-        if let Some(generation) = new_generation {
-            if seen != 0 {
-                warn!(
-                    generation,
-                    "the refresh task stopped answering; started another in this runtime"
-                );
-            } else if generation > 1 {
-                info!(
-                    generation,
-                    "the refresh task was gone (its runtime ended?); started another in this runtime"
-                );
+            BackgroundStep::Running => {}
+            BackgroundStep::NotBefore(at) => {
+                drop(s);
+                self.refresh_at(at, true);
             }
-            Worker::spawn(&runtime, Arc::downgrade(self), generation);
         }
     }
 
-    /// How long a fetch can run in a task that is driven: two credentials loads and two
-    /// token requests (the `invalid_client` reload path), each time-boxed, plus slack.
-    fn in_flight_patience(&self) -> Duration {
-        let credentials = self.config.credentials_timeout.saturating_mul(2);
-        credentials
-            .saturating_add(REQUEST_BOUND.saturating_mul(2))
-            .saturating_add(STALL_AFTER)
+    /// Moves the held token's refresh point to `at` (or only earlier, unless `later_too`),
+    /// and the timer with it.
+    fn refresh_at(&self, at: Instant, later_too: bool) {
+        let now = Now::read();
+        let point = now.plus(at.saturating_duration_since(now.mono));
+        if let Some(p) = self.current.load_full() {
+            let point = if later_too {
+                point
+            } else {
+                point.min(p.refresh_at)
+            };
+            let moved = Published::new(p.token.clone(), point, p.usable_until);
+            self.current.compare_and_swap(&p, Some(Arc::new(moved)));
+        }
+        self.arm_timer(at);
+    }
+
+    /// Wakes the engine at `at` (replacing the previous timer), in the caller's runtime.
+    fn arm_timer(&self, at: Instant) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // readers take over
+        };
+        let me = self.me.clone();
+        let task = runtime.spawn(async move {
+            tokio::time::sleep_until(at).await;
+            let Some(engine) = me.upgrade() else { return };
+            if engine.current.load().is_some() {
+                engine.usable();
+            } else if engine.state().wanted {
+                engine.kick();
+            }
+        });
+        let mut timer = self.timer.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(old) = timer.replace(task.abort_handle()) {
+            old.abort();
+        }
+    }
+
+    /// Runs attempt `attempt`, begun at `since`, in a task of its own in the caller's runtime.
+    fn spawn_attempt(self: &Arc<Self>, attempt: u64, since: Instant) {
+        self.changes.send_modify(|()| {});
+        // A held token's refresh point moves to when this attempt would count as lost.
+        self.refresh_at(saturating_add(since, self.limits().patience), true);
+        let mut guard = AttemptGuard {
+            engine: self.clone(),
+            attempt,
+            ended: false,
+        };
+        let task = async move {
+            let engine = guard.engine.clone();
+            let started = Instant::now();
+            let result =
+                tokio::time::timeout(engine.refresh.time_limit(), engine.refresh.refresh())
+                    .await
+                    .unwrap_or(Err(Error::Timeout));
+            guard.disarm();
+            engine.end_attempt(attempt, result, started.elapsed());
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(task.instrument(self.refresh.span()))),
+            Err(_) => drop(task), // no runtime: the guard ends the attempt
+        }
+    }
+
+    /// The outcome of attempt `attempt`, which took `took`.
+    fn end_attempt(&self, attempt: u64, result: Result<AccessToken, Error>, took: Duration) {
+        let now = Now::read();
+        let mut s = self.state();
+        let latest = s.end(attempt);
+        match result.and_then(|token| self.publishable(&mut s, token, took, now)) {
+            // A superseded attempt only fills a gap: it never replaces a token.
+            Ok(p) if latest || self.current.load().is_none() => {
+                if latest {
+                    s.succeeded();
+                }
+                drop(s);
+                let t = &p.token;
+                info!(
+                    token_id = t.id(),
+                    lifetime_s = t.lifetime().as_secs(),
+                    granted_scope = t.granted_scope().unwrap_or(""),
+                    took_ms = took.as_millis() as u64,
+                    "token fetched"
+                );
+                let refresh_at = p.refresh_at.mono();
+                self.current.store(Some(Arc::new(p)));
+                self.arm_timer(refresh_at);
+            }
+            Ok(_) => debug!("a superseded token fetch succeeded; a newer token is held"),
+            Err(e) => {
+                self.failures_total.fetch_add(1, Ordering::Relaxed);
+                let (kind, chain) = (e.kind_name(), error_chain(&e));
+                if !latest {
+                    debug!(kind, error = %chain, "a superseded token fetch failed");
+                    return;
+                }
+                let held = self
+                    .current
+                    .load_full()
+                    .filter(|p| !p.usable_until.passed_at(now));
+                let left = held
+                    .as_ref()
+                    .map_or(Duration::ZERO, |p| p.usable_until.remaining());
+                let retry = s.failed(e, left, self.backoff(), now.mono);
+                drop(s);
+                if held.is_some() {
+                    let retry_in_ms = retry.as_millis() as u64;
+                    warn!(kind, error = %chain, retry_in_ms, "token refresh failed; still serving the current, valid token");
+                    self.refresh_at(saturating_add(now.mono, retry), true);
+                } else {
+                    error!(kind, error = %chain, "token fetch failed and no valid token is cached");
+                }
+            }
+        }
+        self.changes.send_modify(|()| {});
+    }
+
+    /// `token` as published: its refresh point and hard margin planned, or
+    /// [`Error::SlowFetch`] if it arrived past the latter.
+    fn publishable(
+        &self,
+        s: &mut State,
+        token: AccessToken,
+        took: Duration,
+        now: Now,
+    ) -> Result<Published, Error> {
+        s.renewals.record(took);
+        let lifetime = token.lifetime();
+        let plan = plan(
+            lifetime,
+            self.settings.margins,
+            s.renewals.max(),
+            fastrand::f64(),
+        );
+        let issued = Now::at(token.issued_at(), token.issued_at_wall());
+        let usable_until = issued.plus(plan.usable_for);
+        if usable_until.passed_at(now) {
+            return Err(Error::SlowFetch { took, lifetime });
+        }
+        if lifetime < Duration::from_secs(60) && s.last_lifetime.replace(lifetime) != Some(lifetime)
+        {
+            warn!(
+                lifetime_s = lifetime.as_secs(),
+                "the token endpoint issues unusually short-lived tokens; fetches are rate limited to one per {:?}",
+                self.settings.min_fetch_interval
+            );
+        }
+        let token = token.tagged(self.key.clone(), self.me.clone());
+        Ok(Published::new(
+            token,
+            issued.plus(plan.refresh_after),
+            usable_until,
+        ))
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff {
+            initial: self.settings.backoff_initial,
+            max: self.settings.backoff_max,
+            min_interval: self.settings.min_fetch_interval,
+        }
     }
 
     /// Waits (up to the wait deadline) for a usable token when none is held.
     pub(crate) async fn wait_for_token(self: &Arc<Self>) -> Result<AccessToken, Error> {
-        clock::notice_virtual_time();
         let started = Instant::now();
-        let deadline = clock::saturating_add(started, self.config.wait_timeout);
-        self.wait_for_token_until(started, deadline).await
+        self.wait_until(started, saturating_add(started, self.settings.wait_timeout))
+            .await
     }
 
-    /// As [`wait_for_token`](Self::wait_for_token), for a caller whose wait began at
-    /// `started` and ends at `deadline`.
-    async fn wait_for_token_until(
+    /// As [`wait_for_token`](Self::wait_for_token), for a wait that began at `started`.
+    async fn wait_until(
         self: &Arc<Self>,
         started: Instant,
         deadline: Instant,
     ) -> Result<AccessToken, Error> {
         self.waits.fetch_add(1, Ordering::Relaxed);
-        // Subscribe before looking, so no change can slip between the two.
-        let mut rx = self.state.subscribe();
-        let mut target: Option<u64> = None;
+        let mut changes = self.changes.subscribe();
+        let mut judged = None;
         loop {
+            // Marked seen before looking, so no change slips between the look and the wait.
+            changes.borrow_and_update();
             if let Some(token) = self.usable() {
                 return Ok(token);
             }
-            self.ensure_worker();
-            let now = Instant::now();
-            let mut verdict = None;
-            let mut wake = deadline;
-            self.state.send_if_modified(|s| {
-                rx.mark_unchanged();
-                let earliest = s
-                    .earliest_on_demand(self.config.min_fetch_interval)
-                    .unwrap_or(now);
-                if let Some(t) = target
-                    && s.done >= t
-                {
-                    // The attempt this caller waited for is over, and gave no usable token.
-                    target = None;
-                    if let Some(e) = &s.last_error
-                        && (!e.is_retryable() || earliest > deadline)
-                    {
-                        verdict = Some(e.clone());
-                        return false;
-                    }
-                }
-                if target.is_none() && s.in_flight() {
-                    target = Some(s.started);
-                }
-                if s.in_flight() && target == Some(s.started) {
-                    // Wait for the attempt under way. Once it has run longer than a fetch in
-                    // a driven task can (every step of it is time-boxed), say so: a task that
-                    // does not acknowledge that (its runtime is no longer driven) counts as
-                    // stalled and is replaced. Not sooner: a busy runtime is slow to answer,
-                    // and a second fetch would be waste.
-                    let patient_until = s
-                        .last_attempt
-                        .map_or(now, |t| clock::saturating_add(t, self.in_flight_patience()));
-                    if patient_until > now {
-                        wake = wake.min(patient_until);
-                    } else if s.demand == s.served {
-                        s.demand += 1;
-                        s.demand_at = Some(now);
-                        return true;
-                    }
-                }
-                if target.is_none() {
-                    if let Some(e) = &s.last_error
-                        && ((!e.is_retryable() && earliest > now) || earliest > deadline)
-                    {
-                        // A permanent failure is not tried again within the rate bound, and
-                        // a retry past this caller's deadline is not worth waiting for.
-                        verdict = Some(e.clone());
-                        return false;
-                    }
-                    target = Some(s.started + 1);
-                    if s.demand == s.served {
-                        s.demand += 1;
-                        s.demand_at = Some(now);
-                        return true;
-                    }
-                }
-                if let Some(at) = s.demand_at
-                    && s.demand > s.acked
-                {
-                    // Look again when the refresh task would count as stuck (never in the past:
-                    // a task that could not be started must not make this loop spin).
-                    let stuck_at = clock::saturating_add(at, STALL_AFTER);
-                    if stuck_at > now {
-                        wake = wake.min(stuck_at);
-                    }
-                }
-                false
-            });
-            if let Some(error) = verdict {
-                return Err(error);
+            let Some(until) = self.caller_turn(&mut judged, deadline)? else {
+                continue; // an attempt started: look again
+            };
+            let woken = tokio::time::timeout_at(until, changes.changed())
+                .await
+                .is_ok();
+            if !woken && Instant::now() >= deadline {
+                let waited = started.elapsed();
+                return self.usable().ok_or_else(|| {
+                    self.state()
+                        .last_error
+                        .clone()
+                        .unwrap_or(Error::WaitTimedOut { waited })
+                });
             }
-            if tokio::time::timeout_at(wake, rx.changed()).await.is_err()
-                && Instant::now() >= deadline
-            {
-                if let Some(token) = self.usable() {
-                    return Ok(token);
-                }
-                let s = self.state.borrow();
-                return Err(s.last_error.clone().unwrap_or(Error::WaitTimedOut {
-                    waited: started.elapsed(),
-                }));
+        }
+    }
+
+    /// One turn of a waiting caller: starts an attempt (`None`), or says until when to wait
+    /// for a change, or fails. `judged`: the attempt whose outcome the caller judges.
+    fn caller_turn(
+        self: &Arc<Self>,
+        judged: &mut Option<u64>,
+        deadline: Instant,
+    ) -> Result<Option<Instant>, Error> {
+        let now = Instant::now();
+        let mut s = self.state();
+        match s.caller_step(*judged, now, deadline, self.limits()) {
+            CallerStep::Start => {
+                let attempt = s.begin(now);
+                drop(s);
+                *judged = Some(attempt);
+                self.spawn_attempt(attempt, now);
+                Ok(None)
             }
+            CallerStep::Wait { until, attempt } => {
+                *judged = attempt.or(*judged);
+                Ok(Some(until))
+            }
+            CallerStep::Fail(error) => Err(error),
         }
     }
 
     /// A 401 for `token`. See [`TokenCache::invalidate`](crate::TokenCache::invalidate).
-    pub(crate) fn invalidate(&self, token: &AccessToken) -> bool {
-        let Some(p) = self.current.load_full() else {
+    pub(crate) fn invalidate(self: &Arc<Self>, token: &AccessToken) -> bool {
+        let Some(p) = self
+            .current
+            .load_full()
+            .filter(|p| p.token.id() == token.id())
+        else {
             return false;
         };
-        if p.token.id() != token.id() {
-            return false;
-        }
         let now = Instant::now();
-        let window = suspect_after(token.lifetime());
-        let mut acted = false;
-        let mut withdraw = false;
-        let mut pause = Duration::ZERO;
-        self.state.send_if_modified(|s| {
-            // A run of rejections: each within the suspect window of the one before.
-            let in_run = s
-                .last_rejection
-                .is_some_and(|t| now.saturating_duration_since(t) < window);
-            if !in_run {
-                s.rejection_streak = 0;
-            }
-            s.last_rejection = Some(now);
-            if s.rejected == Some(token.id()) {
-                return false; // one report per token
-            }
-            s.rejected = Some(token.id());
-            acted = true;
-            // The first rejection of a run withdraws a token in use long enough to be
-            // suspect (it was probably revoked); a fresh one keeps being served. Later ones
-            // are more likely not about tokens at all: keep serving, refresh ever more slowly.
-            let age = now.saturating_duration_since(token.issued_at());
-            withdraw = s.rejection_streak == 0 && age >= window;
-            if s.rejection_streak > 0 {
-                pause = storm_pause(self.config.min_fetch_interval, s.rejection_streak);
-            }
-            s.rejection_streak = s.rejection_streak.saturating_add(1);
-            let at = clock::saturating_add(now, pause);
-            s.refresh_requested = Some(s.refresh_requested.map_or(at, |r| r.min(at)));
-            true
-        });
-        if acted {
-            self.invalidations.fetch_add(1, Ordering::Relaxed);
-            if withdraw {
+        let verdict = {
+            let mut s = self.state();
+            let verdict = s.rejections.report(
+                token.id(),
+                token.issued_at(),
+                token.lifetime(),
+                now,
+                self.settings.min_fetch_interval,
+            );
+            s.wanted |= verdict == Rejection::Withdraw;
+            verdict
+        };
+        let id = token.id();
+        match verdict {
+            Rejection::Ignored => return false,
+            Rejection::Withdraw => {
                 self.withdraw(&p, "the API rejected it");
+                info!(token_id = id, "token rejected (401); withdrawn, refreshing");
+                self.kick();
+            }
+            Rejection::Refresh(pause) if pause.is_zero() => {
                 info!(
-                    token_id = token.id(),
-                    "token rejected (401); withdrawn, refreshing"
-                );
-            } else if pause.is_zero() {
-                info!(
-                    token_id = token.id(),
+                    token_id = id,
                     "a fresh token was rejected (401); still serving it while refreshing"
                 );
-            } else {
+                self.kick();
+            }
+            Rejection::Refresh(pause) => {
+                let pause_ms = pause.as_millis() as u64;
                 warn!(
-                    token_id = token.id(),
-                    pause_ms = pause.as_millis() as u64,
+                    token_id = id,
+                    pause_ms,
                     "tokens keep being rejected (401s not about the token?); still serving, refreshing later"
                 );
+                self.refresh_at(saturating_add(now, pause), false);
             }
         }
-        acted
+        self.invalidations.fetch_add(1, Ordering::Relaxed);
+        self.changes.send_modify(|()| {});
+        true
     }
 
-    /// The token to replay a request rejected with `rejected`: the one the refresh that its
-    /// rejection started brings, if that refresh is under way now; otherwise the usable one.
+    /// The token to replay a request rejected with `rejected`: the one the refresh its
+    /// rejection asked for at once brings; otherwise the usable one.
     pub(crate) async fn replacement(
         self: &Arc<Self>,
         rejected: &AccessToken,
     ) -> Result<AccessToken, Error> {
         let now = Instant::now();
-        let deadline = clock::saturating_add(now, self.config.wait_timeout);
-        let mut rx = self.state.subscribe();
-        let target = {
-            let s = rx.borrow_and_update();
-            let pending = s.rejected == Some(rejected.id())
-                && (s.in_flight() || s.refresh_requested.is_some_and(|at| at <= now));
-            pending.then(|| s.started + u64::from(!s.in_flight()))
+        let deadline = saturating_add(now, self.settings.wait_timeout);
+        let mut changes = self.changes.subscribe();
+        // The attempts made before the refresh this rejection asked for.
+        let before = {
+            let s = self.state();
+            let urgent = s.rejections.reported == Some(rejected.id()) && s.rejections.urgent;
+            urgent.then(|| s.attempts - u64::from(matches!(s.phase, Phase::Fetching { .. })))
         };
-        if let Some(target) = target {
-            self.ensure_worker();
+        if let Some(before) = before {
             loop {
-                if let Some(token) = self.usable()
-                    && token.id() != rejected.id()
-                {
+                changes.borrow_and_update();
+                if let Some(token) = self.usable().filter(|t| t.id() != rejected.id()) {
                     return Ok(token);
                 }
-                if rx.borrow_and_update().done >= target
-                    || tokio::time::timeout_at(deadline, rx.changed())
+                let ended = {
+                    let s = self.state();
+                    s.attempts > before && s.phase == Phase::Idle
+                };
+                if ended
+                    || tokio::time::timeout_at(deadline, changes.changed())
                         .await
                         .is_err()
                 {
@@ -544,18 +490,17 @@ impl Engine {
                 }
             }
         }
-        // One deadline for the whole replay: what is left of it after waiting for the refresh.
-        match self.cached() {
+        match self.usable() {
             Some(token) => Ok(token),
-            None => self.wait_for_token_until(now, deadline).await,
+            None => self.wait_until(now, deadline).await,
         }
     }
 
-    pub(crate) fn stats(&self) -> CacheStats {
+    pub(crate) fn stats(self: &Arc<Self>) -> CacheStats {
         let token = self.usable();
-        let s = self.state.borrow();
+        let s = self.state();
         CacheStats {
-            fetches: s.started,
+            fetches: s.attempts,
             fetch_failures: self.failures_total.load(Ordering::Relaxed),
             consecutive_failures: s.failures,
             hits: self.hits.sum(),
@@ -563,31 +508,55 @@ impl Engine {
             invalidations: self.invalidations.load(Ordering::Relaxed),
             token_age: token.as_ref().map(|t| t.issued_at().elapsed()),
             token_remaining: token.as_ref().map(AccessToken::remaining),
-            last_error: s.last_error.as_ref().map(|e| crate::error::error_chain(e)),
+            last_error: s.last_error.as_ref().map(|e| error_chain(e)),
         }
     }
 }
 
-/// Clears the engine's worker generation when the task ends, however it ends (returned,
-/// panicked, or dropped with its runtime), and wakes waiting callers so one restarts it. A
-/// task dropped before it ever ran (a runtime shutting down drops new tasks at once) wakes
-/// nobody: a waiter would only start another into the same runtime, again and again.
-pub(crate) struct Liveness {
-    pub(crate) engine: Weak<Engine>,
-    pub(crate) generation: u64,
-    pub(crate) ran: bool,
+impl<R: Refresh> Issuer for Engine<R> {
+    fn invalidate(&self, token: &AccessToken) -> bool {
+        self.me
+            .upgrade()
+            .is_some_and(|engine| engine.invalidate(token))
+    }
+
+    fn replacement(&self, rejected: &AccessToken) -> Option<TokenFuture> {
+        let engine = self.me.upgrade()?;
+        let rejected = rejected.clone();
+        Some(Box::pin(async move { engine.replacement(&rejected).await }))
+    }
 }
 
-impl Drop for Liveness {
+/// Ends an attempt whose task ended without an outcome (it panicked, or was dropped with its
+/// runtime): waiting callers look again and start another, and so does the next reader of a
+/// held token.
+struct AttemptGuard<R: Refresh> {
+    engine: Arc<Engine<R>>,
+    attempt: u64,
+    ended: bool,
+}
+
+impl<R: Refresh> AttemptGuard<R> {
+    fn disarm(&mut self) {
+        self.ended = true;
+    }
+}
+
+impl<R: Refresh> Drop for AttemptGuard<R> {
     fn drop(&mut self) {
-        if let Some(engine) = self.engine.upgrade()
-            && engine
-                .worker
-                .compare_exchange(self.generation, 0, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            && self.ran
-        {
-            engine.state.send_modify(|_| {});
+        if self.ended {
+            return;
         }
+        let engine = &self.engine;
+        if !engine.state().end(self.attempt) {
+            return;
+        }
+        warn!(
+            attempt = self.attempt,
+            "a token fetch was abandoned mid-flight (its runtime shut down?); the next caller fetches again"
+        );
+        // The next reader of a held token starts another at once.
+        engine.refresh_at(Instant::now(), true);
+        engine.changes.send_modify(|()| {});
     }
 }

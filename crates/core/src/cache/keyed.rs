@@ -11,14 +11,14 @@ use quick_cache::{DefaultHashBuilder, Lifecycle, UnitWeighter};
 use secrecy::ExposeSecret;
 use tokio::time::Instant;
 
-use super::engine::Config;
-use super::{TokenCache, TokenCacheBuilder};
+use super::CacheSettings;
+use super::TokenCache;
 use crate::client::TokenClient;
 use crate::credentials::ClientCredentials;
 use crate::environment::Environment;
 use crate::error::{ConfigError, Error};
 use crate::scope::Scopes;
-use crate::source::{CredentialsFuture, CredentialsSource};
+use crate::source::CredentialsSource;
 use crate::token::AccessToken;
 use crate::token_source::{TokenFuture, TokenSource};
 
@@ -164,7 +164,7 @@ type Entries = Cache<CacheKey, Arc<Entry>, UnitWeighter, DefaultHashBuilder, InU
 
 struct Inner {
     client: TokenClient,
-    config: Config,
+    settings: CacheSettings,
     entries: Entries,
     resolver: Option<Resolver>,
     max_entries: usize,
@@ -216,7 +216,7 @@ impl KeyedTokenCache {
             client: None,
             max_entries: 10_000,
             idle_timeout: Duration::from_secs(3600),
-            configure: Box::new(|b| b),
+            settings: CacheSettings::default(),
             resolver: None,
         }
     }
@@ -423,7 +423,7 @@ impl Inner {
             key.environment().clone(),
             key.scopes().clone(),
             Some(key.clone()),
-            self.config,
+            self.settings,
         )
     }
 }
@@ -460,7 +460,7 @@ pub struct KeyedTokenCacheBuilder {
     client: Option<TokenClient>,
     max_entries: usize,
     idle_timeout: Duration,
-    configure: Box<dyn FnOnce(TokenCacheBuilder) -> TokenCacheBuilder>,
+    settings: CacheSettings,
     resolver: Option<Resolver>,
 }
 
@@ -496,14 +496,12 @@ impl KeyedTokenCacheBuilder {
     }
 
     /// Settings applied to every per-key cache: margins, jitter, wait and credentials
-    /// timeouts, backoff, rate bound. Applied and checked once, by [`build`](Self::build);
-    /// scopes and the client come from the key and the keyed cache.
+    /// timeouts, backoff, rate bound; checked once, by [`build`](Self::build). Scopes and
+    /// the client are not among them: they come from the key and from
+    /// [`client`](Self::client).
     #[must_use]
-    pub fn configure(
-        mut self,
-        configure: impl FnOnce(TokenCacheBuilder) -> TokenCacheBuilder + 'static,
-    ) -> Self {
-        self.configure = Box::new(configure);
+    pub fn configure(mut self, configure: impl FnOnce(CacheSettings) -> CacheSettings) -> Self {
+        self.settings = configure(self.settings);
         self
     }
 
@@ -533,8 +531,7 @@ impl KeyedTokenCacheBuilder {
             });
         }
         // The per-key settings, checked once here rather than on every new key.
-        let template = (self.configure)(TokenCache::builder(Environment::Sandbox, NoCredentials));
-        template.config.validate()?;
+        self.settings.validate()?;
         let client = match self.client {
             Some(c) => c,
             None => TokenClient::new()?,
@@ -549,7 +546,7 @@ impl KeyedTokenCacheBuilder {
         Ok(KeyedTokenCache {
             inner: Arc::new(Inner {
                 client,
-                config: template.config,
+                settings: self.settings,
                 entries,
                 resolver: self.resolver,
                 max_entries: self.max_entries,
@@ -559,15 +556,5 @@ impl KeyedTokenCacheBuilder {
                 secret_tags: std::hash::RandomState::new(),
             }),
         })
-    }
-}
-
-/// The template builder's source: never asked.
-#[derive(Debug)]
-struct NoCredentials;
-
-impl CredentialsSource for NoCredentials {
-    fn credentials(&self) -> CredentialsFuture<'_> {
-        Box::pin(async { Err(crate::error::CredentialsError::new("no credentials")) })
     }
 }

@@ -1,19 +1,24 @@
-//! The token cache: single flight, refresh ahead in the background, serve while valid.
+//! The token cache: a [`Refresher`] of `client_credentials` tokens, and the keyed cache of
+//! many. The engine is in `engine.rs` (effects) and `state.rs` (decisions); the diagram of
+//! its states is in `docs/architecture.md`.
 
 mod engine;
+mod grant;
 mod keyed;
+mod refresher;
 mod schedule;
+mod state;
 mod stats;
-mod worker;
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use keyed::{CacheKey, KeyedTokenCache, KeyedTokenCacheBuilder};
+pub use refresher::{Refresh, RefreshFuture, Refresher};
 pub use stats::CacheStats;
 
-use self::engine::{Config, Engine};
+use self::grant::ClientCredentialsGrant;
 use self::schedule::Margins;
 use crate::client::TokenClient;
 use crate::environment::Environment;
@@ -28,19 +33,18 @@ use crate::token_source::{TokenFuture, TokenSource};
 /// Cheap to clone (clones share the cache) and `Send + Sync`.
 ///
 /// - **Hot path**: while a token is usable, [`token`](Self::token) and
-///   [`cached`](Self::cached) return it without locks, I/O or allocation: one atomic load,
-///   one reference count and a read of the kernel's coarse clocks.
+///   [`cached`](Self::cached) return it without locks, I/O or allocation: an `ArcSwap`
+///   load, a read of both clocks, a striped hit counter and a reference count.
 /// - **Hard margin, checked by every caller**: a token within the hard margin of expiry
 ///   (30 s plus the renewal time of recent fetches, scaled down for short lifetimes) is never
 ///   handed out, by the monotonic clock or the wall clock, whichever says so first (a
 ///   suspended machine's monotonic clock stops; the server's does not). Callers then wait for
 ///   a fresh one, up to the wait deadline, and get a typed [`Error`] after it.
-/// - **Single flight**: one background task per cache does every fetch, so however many
-///   callers wait, one request is in flight, and fetches are at least
-///   [`min_fetch_interval`](TokenCacheBuilder::min_fetch_interval) apart.
+/// - **Single flight**: one fetch at a time, however many callers wait, and fetches are at
+///   least [`min_fetch_interval`](TokenCacheBuilder::min_fetch_interval) apart.
 /// - **Refresh ahead**: when less than the soft margin of the lifetime remains (5 minutes
 ///   of an hour by default, scaled down for short lifetimes and jittered by ±10% so a fleet
-///   does not refresh in lockstep), the task refreshes in the background while callers keep
+///   does not refresh in lockstep), one refresh runs in the background while callers keep
 ///   getting the current token.
 /// - **Whole seconds**: margins count back from `expires_in` less 1 s, because servers compare
 ///   a JWT's whole-second `exp` and can reject a token up to a second early.
@@ -48,19 +52,19 @@ use crate::token_source::{TokenFuture, TokenSource};
 ///   backoff and full jitter (1 s doubling to 60 s by default), at least as late as the
 ///   server's `Retry-After` but never later than the longest backoff, while callers keep
 ///   getting the still-valid token. With no token held, a waiting caller does not wait out a
-///   backoff: its demand starts the next attempt, within the rate bound. After a permanent
-///   failure (say `invalid_client`) with no token held, nothing is fetched until a caller
-///   asks again.
+///   server's hint, only the backoff. After a permanent failure (say `invalid_client`) with
+///   no token held, nothing is fetched until a caller asks again.
 /// - **Invalidate**: [`invalidate`](Self::invalidate) reports a 401 for exactly the token it
 ///   is given, so a late 401 for an old token never throws away a fresh one.
 /// - **Rotation**: on `invalid_client` the credentials source is reloaded once, and the
 ///   request retried once if the reload brought different credentials.
-/// - **Runtimes**: the task runs in the runtime of the first caller. If it is gone (that
-///   runtime was dropped, it panicked) or stops answering (its runtime is no longer driven),
-///   the next caller starts another in its own runtime. A credentials source that panics or
-///   hangs (20 s by default) counts as a failed fetch.
+/// - **Runtimes**: each fetch runs in a task of its own, in the runtime of whoever started
+///   it. One that ends without an answer (its runtime was dropped, it panicked) is seen by
+///   the next caller, which starts another in its own runtime; one that outlives its time
+///   limit (its runtime is no longer driven) is replaced likewise. A credentials source that
+///   panics or hangs (20 s by default) counts as a failed fetch.
 ///
-/// Dropping the last handle stops the background task.
+/// Dropping the last handle stops all refreshing.
 ///
 /// # Example
 ///
@@ -78,17 +82,17 @@ use crate::token_source::{TokenFuture, TokenSource};
 /// ```
 #[derive(Clone)]
 pub struct TokenCache {
-    engine: Arc<Engine>,
+    refresher: Refresher<ClientCredentialsGrant>,
 }
 
 impl fmt::Debug for TokenCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let e = &self.engine;
+        let grant = self.refresher.get_ref();
         f.debug_struct("TokenCache")
-            .field("environment", &e.environment)
-            .field("scopes", &e.scopes.as_str())
-            .field("source", &e.source)
-            .field("stats", &e.stats())
+            .field("environment", &grant.environment)
+            .field("scopes", &grant.scopes.as_str())
+            .field("source", &grant.source)
+            .field("stats", &self.stats())
             .finish()
     }
 }
@@ -101,12 +105,12 @@ impl TokenCache {
             source: Arc::new(source),
             scopes: Scopes::payments(),
             client: None,
-            config: TokenCacheBuilder::DEFAULT_CONFIG,
+            settings: CacheSettings::default(),
         }
     }
 
-    /// A usable token: the cached one, or, when there is none, the one the background task
-    /// fetches next, waited for up to the wait deadline.
+    /// A usable token: the cached one, or, when there is none, the next one fetched,
+    /// waited for up to the wait deadline.
     ///
     /// # Errors
     ///
@@ -114,15 +118,12 @@ impl TokenCache {
     /// for another attempt (not retryable, or the next attempt would start past the
     /// deadline), and after the deadline the last failure or [`Error::WaitTimedOut`].
     pub async fn token(&self) -> Result<AccessToken, Error> {
-        if let Some(token) = self.engine.cached() {
-            return Ok(token);
-        }
-        self.engine.wait_for_token().await
+        self.refresher.token().await
     }
 
     /// The cached token if one is usable now; never waits and never fetches.
     pub fn cached(&self) -> Option<AccessToken> {
-        self.engine.cached()
+        self.refresher.cached()
     }
 
     /// Reports that the API rejected `token` (a 401). Returns whether the report was acted
@@ -141,51 +142,196 @@ impl TokenCache {
     ///   refresh waits 1 s, 2 s, 4 s ... up to 5 minutes, so a 401 storm costs a handful of
     ///   fetches an hour, not one a second, and no caller waits.
     pub fn invalidate(&self, token: &AccessToken) -> bool {
-        self.engine.invalidate(token)
+        self.refresher.invalidate(token)
     }
 
     /// A snapshot of the cache's health: fetches, failures, hits, waits, the token's age and
     /// remaining lifetime. It never contains the token.
     pub fn stats(&self) -> CacheStats {
-        self.engine.stats()
+        self.refresher.stats()
     }
 
     /// The environment tokens come from.
     pub fn environment(&self) -> &Environment {
-        &self.engine.environment
+        &self.refresher.get_ref().environment
     }
 
     /// The scopes requested.
     pub fn scopes(&self) -> &Scopes {
-        &self.engine.scopes
+        &self.refresher.get_ref().scopes
     }
 
     /// Whether a handle other than `self` exists (the keyed cache's "in use").
     pub(crate) fn is_shared(&self) -> bool {
-        Arc::strong_count(&self.engine) > 1
+        self.refresher.is_shared()
+    }
+
+    pub(crate) fn from_parts(
+        client: TokenClient,
+        source: Arc<dyn CredentialsSource>,
+        environment: Environment,
+        scopes: Scopes,
+        key: Option<CacheKey>,
+        settings: CacheSettings,
+    ) -> Self {
+        let grant = ClientCredentialsGrant {
+            client,
+            source,
+            environment,
+            scopes,
+            credentials_timeout: settings.credentials_timeout,
+        };
+        TokenCache {
+            refresher: Refresher::with_key(grant, settings, key),
+        }
     }
 }
 
 impl TokenSource for TokenCache {
-    fn cached(&self, _request: &http::Extensions) -> Result<Option<AccessToken>, Error> {
-        Ok(self.engine.cached())
+    fn cached(&self, request: &http::Extensions) -> Result<Option<AccessToken>, Error> {
+        TokenSource::cached(&self.refresher, request)
     }
 
-    fn token(&self, _request: &http::Extensions) -> TokenFuture {
-        if let Some(token) = self.engine.cached() {
-            return Box::pin(std::future::ready(Ok(token)));
-        }
-        let engine = self.engine.clone();
-        Box::pin(async move { engine.wait_for_token().await })
+    fn token(&self, request: &http::Extensions) -> TokenFuture {
+        TokenSource::token(&self.refresher, request)
     }
 
     fn invalidate(&self, token: &AccessToken) -> bool {
-        self.engine.invalidate(token)
+        self.refresher.invalidate(token)
     }
 
-    fn replacement(&self, rejected: &AccessToken, _request: &http::Extensions) -> TokenFuture {
-        let (engine, rejected) = (self.engine.clone(), rejected.clone());
-        Box::pin(async move { engine.replacement(&rejected).await })
+    fn replacement(&self, rejected: &AccessToken, request: &http::Extensions) -> TokenFuture {
+        TokenSource::replacement(&self.refresher, rejected, request)
+    }
+    fn reports_through_tokens(&self) -> bool {
+        true
+    }
+}
+
+/// When a cache refreshes, how long callers wait, and how failures back off: the settings
+/// of a [`TokenCache`], each key of a [`KeyedTokenCache`], and a [`Refresher`].
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use truelayer_auth::CacheSettings;
+///
+/// let settings = CacheSettings::default()
+///     .soft_margin(Duration::from_secs(600))
+///     .wait_timeout(Duration::from_secs(5));
+/// # let _ = settings;
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct CacheSettings {
+    pub(crate) margins: Margins,
+    pub(crate) wait_timeout: Duration,
+    pub(crate) backoff_initial: Duration,
+    pub(crate) backoff_max: Duration,
+    pub(crate) min_fetch_interval: Duration,
+    pub(crate) credentials_timeout: Duration,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            margins: Margins {
+                soft: Duration::from_secs(5 * 60),
+                hard: Duration::from_secs(30),
+                jitter: 0.1,
+            },
+            wait_timeout: Duration::from_secs(15),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            min_fetch_interval: Duration::from_secs(1),
+            credentials_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+impl CacheSettings {
+    /// Refresh this long before expiry (scaled down for short lifetimes). Default 5 minutes.
+    #[must_use]
+    pub fn soft_margin(mut self, margin: Duration) -> Self {
+        self.margins.soft = margin;
+        self
+    }
+
+    /// Stop handing a token out this long (plus the recent renewal time) before expiry
+    /// (scaled down for short lifetimes). Default 30 s.
+    #[must_use]
+    pub fn hard_margin(mut self, margin: Duration) -> Self {
+        self.margins.hard = margin;
+        self
+    }
+
+    /// The soft margin's random spread, as a fraction (0.1 is ±10%). Default 0.1.
+    #[must_use]
+    pub fn jitter(mut self, fraction: f64) -> Self {
+        self.margins.jitter = fraction;
+        self
+    }
+
+    /// How long a caller waits for a token when none is usable. Default 15 s.
+    #[must_use]
+    pub fn wait_timeout(mut self, timeout: Duration) -> Self {
+        self.wait_timeout = timeout;
+        self
+    }
+
+    /// Backoff between failed fetches: full jitter over `initial` doubling up to `max`, which
+    /// also caps how long a server's `Retry-After` can pause refreshing. Default 1 s to 60 s.
+    #[must_use]
+    pub fn refresh_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.backoff_initial = initial;
+        self.backoff_max = max.max(initial);
+        self
+    }
+
+    /// The least time between two fetches, whatever lifetimes, invalidations and waiting
+    /// callers ask for. Default 1 s.
+    #[must_use]
+    pub fn min_fetch_interval(mut self, interval: Duration) -> Self {
+        self.min_fetch_interval = interval;
+        self
+    }
+
+    /// How long a credentials source may take to answer before the fetch counts as failed
+    /// (retryable). Default 20 s. Used by caches that load client credentials
+    /// ([`TokenCache`], [`KeyedTokenCache`]); a [`Refresh`] bounds its own steps.
+    #[must_use]
+    pub fn credentials_timeout(mut self, timeout: Duration) -> Self {
+        self.credentials_timeout = timeout;
+        self
+    }
+
+    /// Checks the settings.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::InvalidSetting`] for a jitter outside `[0, 0.5]`, a hard margin not
+    /// below the soft one, or a zero wait or credentials timeout.
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |name, reason| Err(ConfigError::InvalidSetting { name, reason });
+        if !(0.0..=0.5).contains(&self.margins.jitter) {
+            return invalid("jitter", "the jitter fraction must be between 0 and 0.5");
+        }
+        if self.margins.hard >= self.margins.soft {
+            return invalid(
+                "hard_margin",
+                "the hard margin must be smaller than the soft margin",
+            );
+        }
+        if self.wait_timeout.is_zero() {
+            return invalid("wait_timeout", "the wait timeout must be greater than zero");
+        }
+        if self.credentials_timeout.is_zero() {
+            return invalid(
+                "credentials_timeout",
+                "the credentials timeout must be greater than zero",
+            );
+        }
+        Ok(())
     }
 }
 
@@ -196,23 +342,10 @@ pub struct TokenCacheBuilder {
     source: Arc<dyn CredentialsSource>,
     scopes: Scopes,
     client: Option<TokenClient>,
-    config: Config,
+    settings: CacheSettings,
 }
 
 impl TokenCacheBuilder {
-    const DEFAULT_CONFIG: Config = Config {
-        margins: Margins {
-            soft: Duration::from_secs(5 * 60),
-            hard: Duration::from_secs(30),
-            jitter: 0.1,
-        },
-        wait_timeout: Duration::from_secs(15),
-        backoff_initial: Duration::from_secs(1),
-        backoff_max: Duration::from_secs(60),
-        min_fetch_interval: Duration::from_secs(1),
-        credentials_timeout: Duration::from_secs(20),
-    };
-
     /// The scopes to request. Default: `payments`.
     #[must_use]
     pub fn scopes(mut self, scopes: Scopes) -> Self {
@@ -228,69 +361,70 @@ impl TokenCacheBuilder {
         self
     }
 
-    /// Refresh this long before expiry (scaled down for short lifetimes). Default 5 minutes.
+    /// All the refresh settings at once (replacing any set before).
+    #[must_use]
+    pub fn settings(mut self, settings: CacheSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// See [`CacheSettings::soft_margin`].
     #[must_use]
     pub fn soft_margin(mut self, margin: Duration) -> Self {
-        self.config.margins.soft = margin;
+        self.settings = self.settings.soft_margin(margin);
         self
     }
 
-    /// Stop handing a token out this long (plus the recent renewal time) before expiry
-    /// (scaled down for short lifetimes). Default 30 s.
+    /// See [`CacheSettings::hard_margin`].
     #[must_use]
     pub fn hard_margin(mut self, margin: Duration) -> Self {
-        self.config.margins.hard = margin;
+        self.settings = self.settings.hard_margin(margin);
         self
     }
 
-    /// The soft margin's random spread, as a fraction (0.1 is ±10%). Default 0.1.
+    /// See [`CacheSettings::jitter`].
     #[must_use]
     pub fn jitter(mut self, fraction: f64) -> Self {
-        self.config.margins.jitter = fraction;
+        self.settings = self.settings.jitter(fraction);
         self
     }
 
-    /// How long a caller waits for a token when none is usable. Default 15 s.
+    /// See [`CacheSettings::wait_timeout`].
     #[must_use]
     pub fn wait_timeout(mut self, timeout: Duration) -> Self {
-        self.config.wait_timeout = timeout;
+        self.settings = self.settings.wait_timeout(timeout);
         self
     }
 
-    /// Backoff between failed fetches: full jitter over `initial` doubling up to `max`, which
-    /// also caps how long a server's `Retry-After` can pause refreshing. Default 1 s to 60 s.
+    /// See [`CacheSettings::refresh_backoff`].
     #[must_use]
     pub fn refresh_backoff(mut self, initial: Duration, max: Duration) -> Self {
-        self.config.backoff_initial = initial;
-        self.config.backoff_max = max.max(initial);
+        self.settings = self.settings.refresh_backoff(initial, max);
         self
     }
 
-    /// The least time between two fetches, whatever lifetimes, invalidations and waiting
-    /// callers ask for. Default 1 s.
+    /// See [`CacheSettings::min_fetch_interval`].
     #[must_use]
     pub fn min_fetch_interval(mut self, interval: Duration) -> Self {
-        self.config.min_fetch_interval = interval;
+        self.settings = self.settings.min_fetch_interval(interval);
         self
     }
 
-    /// How long the credentials source may take to answer before the fetch counts as
-    /// failed (retryable). Default 20 s.
+    /// See [`CacheSettings::credentials_timeout`].
     #[must_use]
     pub fn credentials_timeout(mut self, timeout: Duration) -> Self {
-        self.config.credentials_timeout = timeout;
+        self.settings = self.settings.credentials_timeout(timeout);
         self
     }
 
-    /// Builds the cache. The background task starts with the first call, inside the
-    /// caller's tokio runtime.
+    /// Builds the cache. Nothing is fetched until the first call.
     ///
     /// # Errors
     ///
-    /// [`ConfigError::InvalidSetting`] for a jitter outside `[0, 0.5]`, a hard margin not
-    /// below the soft one, or a zero wait or credentials timeout; and as [`TokenClient::new`].
+    /// [`ConfigError::InvalidSetting`] for settings [`CacheSettings`] refuses, and as
+    /// [`TokenClient::new`].
     pub fn build(self) -> Result<TokenCache, ConfigError> {
-        self.config.validate()?;
+        self.settings.validate()?;
         let client = match self.client {
             Some(client) => client,
             None => TokenClient::new()?,
@@ -301,60 +435,8 @@ impl TokenCacheBuilder {
             self.environment,
             self.scopes,
             None,
-            self.config,
+            self.settings,
         ))
-    }
-}
-
-impl Config {
-    fn validate(&self) -> Result<(), ConfigError> {
-        if !(0.0..=0.5).contains(&self.margins.jitter) {
-            return Err(ConfigError::InvalidSetting {
-                name: "jitter",
-                reason: "the jitter fraction must be between 0 and 0.5",
-            });
-        }
-        if self.margins.hard >= self.margins.soft {
-            return Err(ConfigError::InvalidSetting {
-                name: "hard_margin",
-                reason: "the hard margin must be smaller than the soft margin",
-            });
-        }
-        if self.wait_timeout.is_zero() {
-            return Err(ConfigError::InvalidSetting {
-                name: "wait_timeout",
-                reason: "the wait timeout must be greater than zero",
-            });
-        }
-        if self.credentials_timeout.is_zero() {
-            return Err(ConfigError::InvalidSetting {
-                name: "credentials_timeout",
-                reason: "the credentials timeout must be greater than zero",
-            });
-        }
-        Ok(())
-    }
-}
-
-impl TokenCache {
-    fn from_parts(
-        client: TokenClient,
-        source: Arc<dyn CredentialsSource>,
-        environment: Environment,
-        scopes: Scopes,
-        key: Option<CacheKey>,
-        config: Config,
-    ) -> Self {
-        TokenCache {
-            engine: Arc::new(Engine::new(
-                client,
-                source,
-                environment,
-                scopes,
-                key,
-                config,
-            )),
-        }
     }
 }
 
