@@ -8,11 +8,12 @@ mod sign;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 use truelayer_auth::{RetryPolicy, TokenClient};
-use truelayer_auth_emulator::Emulator;
+use truelayer_auth_emulator::{ADMIN_ROUTES, DEFAULT_ADDR, DEFAULT_PAYMENT_STEP, Emulator};
 
 use crate::config::AuthArgs;
 
@@ -47,17 +48,18 @@ enum Command {
     /// With --webhook-url, payments send TrueLayer's webhooks (`payment_authorized`,
     /// `payment_executed`, `payment_settled`, `payment_failed`) to that URL as they move,
     /// signed with a `Tl-Signature` whose `jku` names the emulator's webhook JWKS.
+    ///
+    /// Prints TRUELAYER_ENV, TRUELAYER_CLIENT_ID and TRUELAYER_CLIENT_SECRET on standard
+    /// output, and runs until interrupted.
+    #[command(after_help = ADMIN_ROUTES)]
     Emulator {
         /// The port to listen on (0 picks a free one).
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = DEFAULT_ADDR.port())]
         port: u16,
         /// POST payment webhooks to this http:// URL (the emulator has no TLS client).
         #[arg(long, value_name = "URL")]
         webhook_url: Option<String>,
-        /// Move each new payment one status forward every this many milliseconds until it is
-        /// settled; 0 never moves them (POST /emulator/payments/{id}/status does). Defaults
-        /// to 2000 with --webhook-url, to 0 without.
-        #[arg(long = "payment-step-ms", value_name = "MILLIS")]
+        #[arg(long = "payment-step-ms", value_name = "MILLIS", help = payment_step_help())]
         payment_step: Option<u64>,
     },
     /// Listen on a loopback address and forward every request to the TrueLayer API with
@@ -170,24 +172,40 @@ async fn token(args: AuthArgs) -> Result<(), Failure> {
     writeln!(stdout, "{json:#}").map_err(|e| Failure::failed(format!("writing the token: {e}")))
 }
 
-/// The payment schedule `tlauth emulator --webhook-url` gets without `--payment-step-ms`, so
-/// webhooks arrive without any further calls.
-const DEFAULT_PAYMENT_STEP_MILLIS: u64 = 2000;
+/// `--payment-step-ms`'s help, naming the emulator library's default.
+fn payment_step_help() -> String {
+    format!(
+        "Move each new payment one status forward every this many milliseconds until it is \
+         settled; 0 never moves them (POST /emulator/payments/{{id}}/status does). Defaults to \
+         {} with --webhook-url, to 0 without.",
+        DEFAULT_PAYMENT_STEP.as_millis()
+    )
+}
 
 async fn emulator(
     port: u16,
     webhook_url: Option<String>,
     payment_step: Option<u64>,
 ) -> Result<(), Failure> {
-    let emulator = Emulator::bind(SocketAddr::from(([127, 0, 0, 1], port)))
+    let addr = SocketAddr::new(DEFAULT_ADDR.ip(), port);
+    let emulator = Emulator::bind(addr)
         .await
-        .map_err(|e| Failure::usage(format!("could not listen on 127.0.0.1:{port}: {e}")))?;
+        .map_err(|e| Failure::usage(format!("could not listen on {addr}: {e}")))?;
     emulator
         .set_webhook_url(webhook_url.as_deref())
-        .map_err(|e| Failure::usage(format!("--webhook-url: {e}")))?;
-    let default_step = webhook_url.as_ref().map(|_| DEFAULT_PAYMENT_STEP_MILLIS);
-    let step = payment_step.or(default_step).filter(|ms| *ms > 0);
-    emulator.set_payment_schedule(step.map(std::time::Duration::from_millis));
+        .map_err(|e| {
+            Failure::usage(format!(
+                "--webhook-url: {}",
+                truelayer_auth::error_chain(&e)
+            ))
+        })?;
+    let step = match payment_step {
+        Some(ms) => Duration::from_millis(ms),
+        None if webhook_url.is_some() => DEFAULT_PAYMENT_STEP,
+        None => Duration::ZERO,
+    };
+    let step = (!step.is_zero()).then_some(step);
+    emulator.set_payment_schedule(step);
     eprintln!(
         "tlauth: TrueLayer auth emulator on {}; Payments API stand-in at {}/v3/payments; webhooks signed with jku {} (Ctrl-C stops it)",
         emulator.url(),
@@ -195,9 +213,12 @@ async fn emulator(
         emulator.webhook_jku()
     );
     if let Some(url) = &webhook_url {
+        // Without its query or fragment, where a receiver's secret may be.
+        let url = url.split(['?', '#']).next().unwrap_or_default();
         match step {
-            Some(ms) => eprintln!(
-                "tlauth: webhooks to {url}; each new payment moves one status every {ms} ms until settled"
+            Some(step) => eprintln!(
+                "tlauth: webhooks to {url}; each new payment moves one status every {} ms until settled",
+                step.as_millis()
             ),
             None => eprintln!(
                 "tlauth: webhooks to {url}; payments move with POST {}/emulator/payments/{{id}}/status",

@@ -49,7 +49,15 @@
 //! is sent. [`Emulator::sign_webhook`] signs webhooks tests craft themselves.
 //!
 //! Tests drive faults, statuses and webhooks through the [`Emulator`] handle; other tools use
-//! the admin routes under `/emulator/` (listed by `truelayer-auth-emulator --help`).
+//! the admin routes under `/emulator/` ([`ADMIN_ROUTES`], also listed by
+//! `tlauth emulator --help`). A call the emulator refuses fails with an [`Error`].
+//!
+//! # Running it
+//!
+//! `tlauth emulator` (the `truelayer-auth-cli` crate) is the emulator's command line: it
+//! binds [`DEFAULT_ADDR`]'s address (`--port` to choose the port), prints the `TRUELAYER_*`
+//! settings ([`Emulator::env_lines`]) and, with `--webhook-url`, moves each new payment one
+//! status every [`DEFAULT_PAYMENT_STEP`] unless told otherwise.
 //!
 //! # Example
 //!
@@ -67,43 +75,81 @@
 
 #![forbid(unsafe_code)]
 
+// The state is split by domain: each module below (but `admin`, `error`, `server`,
+// `signature` and `state`) owns one part of `State` and serves its own routes, admin ones
+// included. See `state.rs`.
 mod admin;
+mod auth;
+mod clock;
+mod error;
 mod faults;
-mod keys;
 mod payments;
 mod server;
 mod signature;
+mod signing_keys;
 mod state;
-mod token_endpoint;
+mod stats;
 mod webhooks;
 
 use std::collections::HashSet;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::header;
-use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+pub use auth::{AUDIENCE, Claims, DEFAULT_LIFETIME, KEY_ID, KNOWN_SCOPES};
+pub use error::{Cause, Error};
 pub use faults::Fault;
-pub use keys::{AUDIENCE, Claims, KEY_ID};
-pub use state::{DEFAULT_LIFETIME, KNOWN_SCOPES, Stats};
+pub use payments::PaymentStatus;
+pub use stats::Stats;
 pub use webhooks::{
-    PaymentStatus, WEBHOOK_ATTEMPT_TIMEOUT, WEBHOOK_KEY_ID, WEBHOOK_MAX_ATTEMPTS,
-    WEBHOOK_RETRY_BASE, WEBHOOK_RETRY_CAP,
+    WEBHOOK_ATTEMPT_TIMEOUT, WEBHOOK_KEY_ID, WEBHOOK_MAX_ATTEMPTS, WEBHOOK_RETRY_BASE,
+    WEBHOOK_RETRY_CAP,
 };
 
-use state::{Client, PaymentChange, RandomFaults, State, random_secret};
+use auth::{Client, random_secret};
+use payments::Change;
+use state::State;
 
 /// The client_id of the client every emulator starts with.
 pub const DEFAULT_CLIENT_ID: &str = "emulator-client";
 
 /// The key id of the request-signing key the default client starts with.
 pub const DEFAULT_SIGNING_KEY_ID: &str = "emulator-signing-key";
+
+/// Where an emulator listens unless told otherwise: a free port of 127.0.0.1 (loopback only:
+/// its admin routes answer anyone, rotated secrets included). [`Emulator::start`] binds it,
+/// and `tlauth emulator` binds its address with `--port`'s port, whose default is this one's.
+pub const DEFAULT_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+
+/// The step `tlauth emulator --webhook-url` moves each new payment by, one status at a time
+/// until settled, when `--payment-step-ms` is not given: webhooks then arrive with no further
+/// calls. ([`Emulator::set_payment_schedule`] sets a schedule; an emulator starts without
+/// one.)
+pub const DEFAULT_PAYMENT_STEP: Duration = Duration::from_secs(2);
+
+/// The admin routes under `/emulator/` (and the webhook JWKS), one a line, for a command
+/// line's help.
+pub const ADMIN_ROUTES: &str = "\
+Admin routes (JSON bodies):
+  POST   /emulator/faults                      {\"faults\": [...], \"random_rate\": 0.1, \"random\": [...]}
+  DELETE /emulator/faults                      clear faults and latency
+  POST   /emulator/latency                     {\"millis\": N}
+  POST   /emulator/token-lifetime              {\"seconds\": N | null}
+  POST   /emulator/clients/{id}/rotate         a new client secret
+  POST   /emulator/clients/{id}/signing-keys   {\"kid\": ..., \"public_key_pem\": ...}
+  POST   /emulator/revoke                      revoke every token issued so far
+  GET    /emulator/stats                       counters
+  POST   /emulator/webhooks                    {\"url\": \"http://...\" | null}
+  POST   /emulator/payment-schedule            {\"step_millis\": N | null}
+  POST   /emulator/payments/{id}/status        {\"status\": \"settled\"} or
+                                               {\"status\": \"failed\", \"failure_reason\": \"expired\"}
+  GET    /webhooks/jwks                        the webhook signing key (the jku)
+";
 
 /// A running emulator. Dropping it stops the server.
 pub struct Emulator {
@@ -127,13 +173,14 @@ impl fmt::Debug for Emulator {
 }
 
 impl Emulator {
-    /// Starts an emulator on an ephemeral port of 127.0.0.1, in the current tokio runtime.
+    /// Starts an emulator on [`DEFAULT_ADDR`] (a free port of 127.0.0.1), in the current
+    /// tokio runtime.
     ///
     /// # Errors
     ///
     /// When the port cannot be bound.
     pub async fn start() -> std::io::Result<Self> {
-        Self::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await
+        Self::bind(DEFAULT_ADDR).await
     }
 
     /// Starts an emulator on `addr`.
@@ -146,7 +193,7 @@ impl Emulator {
         let addr = listener.local_addr()?;
         let state = Arc::new(State::new(format!("http://{addr}")));
         let client_secret = random_secret();
-        state.add_client(
+        state.auth.add_client(
             DEFAULT_CLIENT_ID.to_owned(),
             Client {
                 secret: client_secret.clone(),
@@ -155,9 +202,11 @@ impl Emulator {
         );
         // The default client's request-signing key, registered as TrueLayer Console would.
         let signing = signature::KeyPair::generate();
-        state.register_signing_key(DEFAULT_CLIENT_ID, DEFAULT_SIGNING_KEY_ID, signing.public());
+        state
+            .signing_keys
+            .register(DEFAULT_CLIENT_ID, DEFAULT_SIGNING_KEY_ID, signing.public());
         // Make the key before the first request, so no request pays for it.
-        let _ = keys::signing_key();
+        let _ = auth::signing_key();
         let task = tokio::spawn(server::serve(listener, router(state.clone())));
         Ok(Emulator {
             state,
@@ -221,28 +270,28 @@ impl Emulator {
     ///
     /// # Errors
     ///
-    /// When `public_key_pem` is not an EC P-521 public key.
+    /// [`Error::InvalidSigningKey`] when `public_key_pem` is not an EC P-521 public key.
     pub fn register_signing_key(
         &self,
         client_id: &str,
         kid: &str,
         public_key_pem: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         let key = signature::PublicKey::from_pem(public_key_pem)?;
-        self.state.register_signing_key(client_id, kid, key);
+        self.state.signing_keys.register(client_id, kid, key);
         Ok(())
     }
 
     /// Removes a request-signing key, as deleting it in TrueLayer Console does: signatures
     /// by it are refused from then on. Returns whether the client had it.
     pub fn remove_signing_key(&self, client_id: &str, kid: &str) -> bool {
-        self.state.remove_signing_key(client_id, kid)
+        self.state.signing_keys.remove(client_id, kid)
     }
 
     /// Delays every Payments API answer by `latency` (after the request is checked), on
     /// tokio's clock.
     pub fn set_api_latency(&self, latency: Duration) {
-        self.state.set_api_latency(latency);
+        self.state.payments.set_api_latency(latency);
     }
 
     /// Adds (or replaces) a client with its secret and allowed scopes.
@@ -251,7 +300,7 @@ impl Emulator {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.state.add_client(
+        self.state.auth.add_client(
             client_id.to_owned(),
             Client {
                 secret: client_secret.to_owned(),
@@ -268,67 +317,65 @@ impl Emulator {
     pub fn rotate_secret(&self, client_id: &str) -> Option<String> {
         let secret = random_secret();
         self.state
+            .auth
             .set_secret(client_id, secret.clone())
             .then_some(secret)
     }
 
     /// Sets `client_id`'s secret; returns whether the client exists.
     pub fn set_secret(&self, client_id: &str, secret: &str) -> bool {
-        self.state.set_secret(client_id, secret.to_owned())
+        self.state.auth.set_secret(client_id, secret.to_owned())
     }
 
     /// Answers the next token requests with these faults, in order.
     pub fn fail_next(&self, faults: impl IntoIterator<Item = Fault>) {
-        self.state.queue_faults(faults);
+        self.state.faults.queue(faults);
     }
 
     /// Fails a fraction `rate` (0 to 1) of later token requests with a fault picked at random
     /// from `faults`. A rate of 0 turns it off.
     pub fn fail_randomly(&self, rate: f64, faults: Vec<Fault>) {
-        self.state
-            .set_random_faults((rate > 0.0).then(|| RandomFaults {
-                rate: rate.min(1.0),
-                faults,
-            }));
+        self.state.faults.set_random(rate, faults);
     }
 
     /// Removes queued and random faults and latency.
     pub fn clear_faults(&self) {
-        self.state.clear_faults();
+        self.state.faults.clear();
     }
 
     /// Delays every token answer by `latency` (on tokio's clock, so paused-clock tests skip it).
     pub fn set_latency(&self, latency: Duration) {
-        self.state.set_latency(latency);
+        self.state.faults.set_latency(latency);
     }
 
     /// Issues tokens with this `expires_in` (seconds; may be 0 or negative to test clients),
     /// or the default hour with `None`.
     pub fn set_token_lifetime(&self, seconds: Option<i64>) {
-        self.state.set_lifetime(seconds);
+        self.state.auth.set_lifetime(seconds);
     }
 
     /// Revokes every token issued so far: the Payments stand-in rejects them with 401.
     pub fn revoke_all_tokens(&self) {
-        self.state.revoke_all();
+        self.state.auth.revoke_all();
     }
 
     /// Revokes one token; returns false when it is not a token this emulator could have issued.
     pub fn revoke_token(&self, token: &str) -> bool {
-        self.state.revoke(token)
+        self.state.auth.revoke(token)
     }
 
     /// Moves the emulator's wall clock forward, for expiry checks of issued tokens.
     pub fn advance_clock(&self, by: Duration) {
-        self.state.advance_clock(by);
+        self.state.clock.advance(by);
     }
 
     /// Issues a token directly, bypassing the token endpoint (and its counters).
     pub fn issue_token(&self, client_id: &str, scopes: &[&str], lifetime_secs: i64) -> String {
-        self.state.issue(
+        self.state.auth.issue(
             client_id,
             scopes.iter().map(|s| (*s).to_owned()).collect(),
             lifetime_secs,
+            self.state.clock.now_unix(),
         )
     }
 
@@ -336,28 +383,28 @@ impl Emulator {
     ///
     /// # Errors
     ///
-    /// A short reason when the token would be rejected.
-    pub fn verify_token(&self, token: &str) -> Result<Claims, &'static str> {
-        self.state.verify(token).map_err(|r| match r {
-            state::Rejection::InvalidToken(why) => why,
-            state::Rejection::InsufficientScope => "the token lacks the payments scope",
-        })
+    /// Why the Payments stand-in would reject it: [`Error::TokenNotJwt`],
+    /// [`Error::TokenUnknownKey`], [`Error::TokenInvalid`], [`Error::TokenExpired`],
+    /// [`Error::TokenNotYetValid`], [`Error::TokenRevoked`] (answered 401) or
+    /// [`Error::TokenLacksScope`] (answered 403).
+    pub fn verify_token(&self, token: &str) -> Result<Claims, Error> {
+        self.state.auth.verify(token, self.state.clock.now_unix())
     }
 
     /// The JWKS document published at `/.well-known/jwks.json`.
     pub fn jwks(&self) -> serde_json::Value {
-        keys::signing_key().jwks()
+        auth::signing_key().jwks()
     }
 
     /// Counters of what has been served.
     pub fn stats(&self) -> Stats {
-        self.state.stats()
+        self.state.stats.snapshot()
     }
 
     /// A payment as `GET /v3/payments/{id}` answers it (`id`, `status`, and for a failed
     /// payment `failure_stage` and `failure_reason`), or `None` for an unknown id.
     pub fn payment(&self, id: &str) -> Option<serde_json::Value> {
-        self.state.payment_view(id)
+        self.state.payments.view(id)
     }
 
     /// The URL of the JWKS holding the webhook signing key, `{url}/webhooks/jwks`: the `jku`
@@ -383,11 +430,13 @@ impl Emulator {
     ///
     /// # Errors
     ///
-    /// When `url` is not an absolute `http://` URL with a host: the emulator has no TLS
-    /// client, so `https://` URLs are refused.
-    pub fn set_webhook_url(&self, url: Option<&str>) -> Result<(), String> {
+    /// When `url` is not an absolute `http://` URL with a host ([`Error::WebhookUrlInvalid`],
+    /// [`Error::WebhookUrlScheme`], [`Error::WebhookUrlRelative`], [`Error::WebhookUrlHost`]):
+    /// the emulator has no TLS client, so `https://` URLs are refused
+    /// ([`Error::WebhookUrlHttps`]).
+    pub fn set_webhook_url(&self, url: Option<&str>) -> Result<(), Error> {
         let url = url.map(webhooks::parse_url).transpose()?;
-        self.state.set_webhook_url(url);
+        self.state.webhooks.set_url(url);
         Ok(())
     }
 
@@ -397,13 +446,12 @@ impl Emulator {
     ///
     /// # Errors
     ///
-    /// For an unknown payment, a payment already at or past `to`, or one that is settled or
-    /// failed (both final).
-    pub fn advance_payment(&self, id: &str, to: PaymentStatus) -> Result<(), String> {
-        self.state
-            .move_payment(id, PaymentChange::To(to))
-            .map(drop)
-            .map_err(|e| e.to_string())
+    /// [`Error::UnknownPayment`]; [`Error::PaymentAlreadyInStatus`] or
+    /// [`Error::PaymentCannotMoveBack`] for a payment already at or past `to`;
+    /// [`Error::PaymentSettled`] or [`Error::PaymentFailed`] for a payment whose status is
+    /// final.
+    pub fn advance_payment(&self, id: &str, to: PaymentStatus) -> Result<(), Error> {
+        payments::move_payment(&self.state, id, Change::To(to)).map(drop)
     }
 
     /// Fails payment `id` with `reason` (TrueLayer's `failure_reason`, such as
@@ -413,15 +461,14 @@ impl Emulator {
     ///
     /// # Errors
     ///
-    /// For an unknown payment, an empty reason, or a payment that is settled or failed.
-    pub fn fail_payment(&self, id: &str, reason: &str) -> Result<(), String> {
+    /// [`Error::MissingFailureReason`] for an empty reason, [`Error::UnknownPayment`], and
+    /// [`Error::PaymentSettled`] or [`Error::PaymentFailed`] for a payment whose status is
+    /// final.
+    pub fn fail_payment(&self, id: &str, reason: &str) -> Result<(), Error> {
         if reason.trim().is_empty() {
-            return Err("a failure reason is needed".to_owned());
+            return Err(Error::MissingFailureReason);
         }
-        self.state
-            .move_payment(id, PaymentChange::Fail(reason.to_owned()))
-            .map(drop)
-            .map_err(|e| e.to_string())
+        payments::move_payment(&self.state, id, Change::Fail(reason.to_owned())).map(drop)
     }
 
     /// With `Some(step)`, every payment created afterwards moves forward one status each
@@ -429,14 +476,14 @@ impl Emulator {
     /// sending its webhooks on the way; a payment failed or moved to settled meanwhile stops
     /// its schedule. `None` (the default) leaves new payments in `authorization_required`.
     pub fn set_payment_schedule(&self, step: Option<Duration>) {
-        self.state.set_payment_step(step);
+        self.state.payments.set_step(step);
     }
 
     /// Sets the wait after a webhook's first failed attempt ([`WEBHOOK_RETRY_BASE`], 1 s, by
     /// default); later waits double it up to [`WEBHOOK_RETRY_CAP`]. For tests that exercise
     /// retries on a real clock.
     pub fn set_webhook_retry_base(&self, base: Duration) {
-        self.state.set_webhook_retry_base(base);
+        self.state.webhooks.set_retry_base(base);
     }
 
     /// The `Tl-Signature` the emulator would send with a webhook POSTed to `path` with this
@@ -450,47 +497,62 @@ impl Emulator {
 impl Drop for Emulator {
     fn drop(&mut self) {
         self.task.abort();
-        self.state.shutdown();
+        self.state.tasks.shutdown();
     }
 }
 
+/// Every domain's routes, the admin ones included.
 fn router(state: Arc<State>) -> Router {
     Router::new()
-        .route("/connect/token", post(token_endpoint::token))
-        .route("/connect/token/", post(token_endpoint::token))
-        .route(
-            "/.well-known/jwks.json",
-            get(|| async { axum::Json(keys::signing_key().jwks()) }),
-        )
-        .route("/v3/payments", post(payments::create_payment))
-        .route("/test-signature", post(payments::test_signature))
-        .route("/v3/payments/{id}", get(payments::get_payment))
-        .route("/emulator/faults", post(admin::faults).delete(admin::clear))
-        .route("/emulator/latency", post(admin::latency))
-        .route("/emulator/token-lifetime", post(admin::lifetime))
-        .route("/emulator/clients/{id}/rotate", post(admin::rotate))
-        .route(
-            "/emulator/clients/{id}/signing-keys",
-            post(admin::register_signing_key),
-        )
-        .route("/emulator/revoke", post(admin::revoke))
-        .route("/emulator/stats", get(admin::stats))
-        .route("/emulator/webhooks", post(admin::webhooks))
-        .route("/emulator/payment-schedule", post(admin::payment_schedule))
-        .route(
-            "/emulator/payments/{id}/status",
-            post(admin::payment_status),
-        )
-        .route("/webhooks/jwks", get(webhook_jwks))
+        .merge(auth::routes())
+        .merge(faults::routes())
+        .merge(signing_keys::routes())
+        .merge(payments::routes())
+        .merge(webhooks::routes())
+        .merge(stats::routes())
         .with_state(state)
 }
 
-/// `GET /webhooks/jwks`: the webhook signing key, cacheable for five minutes.
-async fn webhook_jwks(
-    axum::extract::State(state): axum::extract::State<Arc<State>>,
-) -> impl axum::response::IntoResponse {
-    (
-        [(header::CACHE_CONTROL, "max-age=300")],
-        axum::Json(state.webhooks.jwks()),
-    )
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn every_route_in_the_admin_list_is_served() {
+        let state = Arc::new(State::new("http://127.0.0.1:1".to_owned()));
+        state.auth.add_client(
+            "x".to_owned(),
+            Client {
+                secret: "s".to_owned(),
+                allowed_scopes: HashSet::new(),
+            },
+        );
+        let app = router(state);
+        let mut seen = 0;
+        for line in ADMIN_ROUTES.lines() {
+            let mut words = line.split_whitespace();
+            let (Some(method), Some(path)) = (words.next(), words.next()) else {
+                continue;
+            };
+            if !path.starts_with('/') {
+                continue;
+            }
+            let request = Request::builder()
+                .method(method)
+                .uri(path.replace("{id}", "x"))
+                .body(Body::empty())
+                .unwrap();
+            let status = app.clone().oneshot(request).await.unwrap().status();
+            assert!(
+                status != StatusCode::NOT_FOUND && status != StatusCode::METHOD_NOT_ALLOWED,
+                "{line}: {status}"
+            );
+            seen += 1;
+        }
+        assert_eq!(seen, 12);
+    }
 }

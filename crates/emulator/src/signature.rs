@@ -9,16 +9,18 @@ use p521::ecdsa::{Signature, SigningKey, VerifyingKey};
 use p521::pkcs8::{DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding};
 use serde::Deserialize;
 
+use crate::error::Error;
+
 /// A registered request-signing public key.
 #[derive(Clone)]
 pub(crate) struct PublicKey(VerifyingKey);
 
 impl PublicKey {
     /// From a `PUBLIC KEY` (SPKI) PEM.
-    pub(crate) fn from_pem(pem: &str) -> Result<Self, String> {
+    pub(crate) fn from_pem(pem: &str) -> Result<Self, Error> {
         VerifyingKey::from_public_key_pem(pem.trim())
             .map(PublicKey)
-            .map_err(|_| "not an EC P-521 public key (SPKI PEM)".to_owned())
+            .map_err(|e| Error::InvalidSigningKey { source: e.into() })
     }
 }
 

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::http::Uri;
 use serde_json::{Value, json};
-use truelayer_auth_emulator::{Emulator, PaymentStatus, WEBHOOK_KEY_ID, WEBHOOK_MAX_ATTEMPTS};
+use truelayer_auth_emulator::{
+    Emulator, Error, PaymentStatus, WEBHOOK_KEY_ID, WEBHOOK_MAX_ATTEMPTS,
+};
 use truelayer_auth_testkit::emulator::access_token;
 use truelayer_auth_testkit::recording::{
     Answer, Recorded, RecordingServer, RecordingServerBuilder,
@@ -263,14 +265,18 @@ async fn failing_a_payment_sends_payment_failed_with_its_stage_and_reason() {
     );
     assert_eq!(emulator.payment(&id), Some(view));
     // Failed is final.
-    assert!(emulator.fail_payment(&id, "expired").is_err());
-    assert!(
-        emulator
-            .advance_payment(&id, PaymentStatus::Settled)
-            .unwrap_err()
-            .contains("failed")
-    );
-    assert!(emulator.fail_payment("no-such-payment", "expired").is_err());
+    assert!(matches!(
+        emulator.fail_payment(&id, "expired"),
+        Err(Error::PaymentFailed { .. })
+    ));
+    assert!(matches!(
+        emulator.advance_payment(&id, PaymentStatus::Settled),
+        Err(Error::PaymentFailed { payment_id }) if payment_id == id
+    ));
+    assert!(matches!(
+        emulator.fail_payment("no-such-payment", "expired"),
+        Err(Error::UnknownPayment { .. })
+    ));
 }
 
 #[tokio::test]
@@ -442,13 +448,18 @@ async fn moves_backwards_or_from_a_final_status_are_refused() {
     let why = emulator
         .advance_payment(&id, PaymentStatus::Authorized)
         .unwrap_err();
-    assert!(why.contains("back"), "{why}");
     assert!(
-        emulator
-            .advance_payment(&id, PaymentStatus::Executed)
-            .unwrap_err()
-            .contains("already")
+        matches!(why, Error::PaymentCannotMoveBack { .. }),
+        "{why:?}"
     );
+    assert!(why.to_string().contains("back"), "{why}");
+    assert!(matches!(
+        emulator.advance_payment(&id, PaymentStatus::Executed),
+        Err(Error::PaymentAlreadyInStatus {
+            status: PaymentStatus::Executed,
+            ..
+        })
+    ));
     assert_eq!(emulator.payment(&id).unwrap()["status"], "executed");
     emulator
         .advance_payment(&id, PaymentStatus::Settled)
@@ -475,6 +486,8 @@ async fn only_http_webhook_urls_are_accepted() {
     let why = emulator
         .set_webhook_url(Some("https://example.com/hooks"))
         .unwrap_err();
+    assert!(matches!(why, Error::WebhookUrlHttps { .. }), "{why:?}");
+    let why = why.to_string();
     assert!(why.contains("https") && why.contains("TLS"), "{why}");
     assert!(
         emulator

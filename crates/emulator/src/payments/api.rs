@@ -10,9 +10,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::keys::Claims;
+use super::IdempotencyCheck;
+use crate::auth::Claims;
+use crate::error::Error;
 use crate::signature;
-use crate::state::{Counter, IdempotencyCheck, Rejection, State};
+use crate::state::State;
+use crate::stats::Counter;
 
 pub(crate) async fn create_payment(
     AxumState(state): AxumState<Arc<State>>,
@@ -34,7 +37,10 @@ pub(crate) async fn create_payment(
         return *r;
     }
     let key = idempotency_key(&headers).unwrap_or_default();
-    match state.check_idempotency(&claims.client_id, &key, &body) {
+    match state
+        .payments
+        .check_idempotency(&claims.client_id, &key, &body)
+    {
         IdempotencyCheck::New => {}
         IdempotencyCheck::Repeat(status, answer) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
@@ -63,7 +69,7 @@ pub(crate) async fn create_payment(
         key: &key,
         armed: true,
     };
-    let latency = state.api_latency();
+    let latency = state.payments.api_latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
@@ -74,7 +80,9 @@ pub(crate) async fn create_payment(
         match serde_json::from_slice(&body) {
             Ok(v) => v,
             Err(_) => {
-                state.answer_idempotency(&claims.client_id, &key, None);
+                state
+                    .payments
+                    .answer_idempotency(&claims.client_id, &key, None);
                 return problem(
                     StatusCode::BAD_REQUEST,
                     "Invalid Parameters",
@@ -97,11 +105,13 @@ pub(crate) async fn create_payment(
         "client_id": claims.client_id,
         "request": request,
     });
-    state.store_payment(id.clone(), payment);
-    state.count(Counter::PaymentCreated);
-    state.schedule_payment(id.clone());
+    state.payments.store(id.clone(), payment);
+    state.stats.count(Counter::PaymentCreated);
+    super::schedule(&state, id.clone());
     let answer = json!({ "id": id, "status": "authorization_required" });
-    state.answer_idempotency(&claims.client_id, &key, Some((201, answer.clone())));
+    state
+        .payments
+        .answer_idempotency(&claims.client_id, &key, Some((201, answer.clone())));
     (StatusCode::CREATED, Json(answer)).into_response()
 }
 
@@ -118,6 +128,7 @@ impl Drop for PendingKey<'_> {
     fn drop(&mut self) {
         if self.armed {
             self.state
+                .payments
                 .answer_idempotency(self.client_id, self.key, None);
         }
     }
@@ -131,7 +142,7 @@ pub(crate) async fn get_payment(
     if let Err(r) = authenticate(&state, &headers) {
         return *r;
     }
-    match state.payment_view(&id) {
+    match state.payments.view(&id) {
         Some(view) => Json(view).into_response(),
         None => (
             StatusCode::NOT_FOUND,
@@ -190,12 +201,12 @@ fn check_signature(
         match headers.get("tl-signature").and_then(|v| v.to_str().ok()) {
             None => Err("the Tl-Signature header is missing".to_owned()),
             Some(value) => signature::verify(value, method, path, headers, body, |kid| {
-                state.signing_key(client_id, kid)
+                state.signing_keys.get(client_id, kid)
             }),
         }
     };
     reason.map_err(|why| {
-        state.count(Counter::SignatureRejection);
+        state.stats.count(Counter::SignatureRejection);
         Box::new(problem(
             StatusCode::UNAUTHORIZED,
             "Unauthenticated",
@@ -205,7 +216,7 @@ fn check_signature(
 }
 
 fn authenticate(state: &State, headers: &HeaderMap) -> Result<Claims, Box<Response>> {
-    state.count(Counter::ApiRequest);
+    state.stats.count(Counter::ApiRequest);
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -215,13 +226,16 @@ fn authenticate(state: &State, headers: &HeaderMap) -> Result<Claims, Box<Respon
         });
     let result = match token {
         None => Err(unauthorized(None)),
-        Some(token) => state.verify(token).map_err(|rejection| match rejection {
-            Rejection::InvalidToken(why) => unauthorized(Some(why)),
-            Rejection::InsufficientScope => insufficient_scope(),
-        }),
+        Some(token) => state
+            .auth
+            .verify(token, state.clock.now_unix())
+            .map_err(|rejection| match rejection {
+                Error::TokenLacksScope => insufficient_scope(),
+                why => unauthorized(Some(&why.to_string())),
+            }),
     };
     if result.is_err() {
-        state.count(Counter::ApiRejection);
+        state.stats.count(Counter::ApiRejection);
     }
     result.map_err(Box::new)
 }
@@ -261,7 +275,7 @@ fn with_challenge(mut response: Response, challenge: String) -> Response {
 }
 
 /// A TrueLayer-style problem JSON (RFC 7807) answer.
-pub(crate) fn problem(status: StatusCode, title: &str, detail: &str) -> Response {
+fn problem(status: StatusCode, title: &str, detail: &str) -> Response {
     let body = json!({
         "type": format!("https://docs.truelayer.com/docs/error-types#{}", title.to_ascii_lowercase().replace(' ', "-")),
         "title": title,
