@@ -265,3 +265,21 @@ fn tlauth_verify_accepts_truelayers_vector_and_names_what_is_wrong_otherwise() {
         text(&bad_key.stderr)
     );
 }
+
+#[test]
+fn emulator_help_lists_the_admin_routes_and_the_librarys_defaults() {
+    let out = tlauth(&["emulator", "--help"], &[], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let help = text(&out.stdout);
+    assert!(
+        help.contains(truelayer_auth_emulator::ADMIN_ROUTES.trim_end()),
+        "{help}"
+    );
+    let step = truelayer_auth_emulator::DEFAULT_PAYMENT_STEP.as_millis();
+    assert!(
+        help.contains(&format!("Defaults to {step} with --webhook-url")),
+        "{help}"
+    );
+    let port = truelayer_auth_emulator::DEFAULT_ADDR.port();
+    assert!(help.contains(&format!("[default: {port}]")), "{help}");
+}
