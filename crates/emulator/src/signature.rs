@@ -8,6 +8,7 @@ use p521::ecdsa::signature::{Signer as _, Verifier as _};
 use p521::ecdsa::{Signature, SigningKey, VerifyingKey};
 use p521::pkcs8::{DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding};
 use serde::Deserialize;
+use truelayer_auth_http::IDEMPOTENCY_KEY;
 
 use crate::error::Error;
 
@@ -180,7 +181,7 @@ pub(crate) fn verify(
         .collect();
     if !names
         .iter()
-        .any(|n| n.eq_ignore_ascii_case("idempotency-key"))
+        .any(|n| n.eq_ignore_ascii_case(IDEMPOTENCY_KEY.as_str()))
     {
         return Err("the Idempotency-Key header must be signed".into());
     }

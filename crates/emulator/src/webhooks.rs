@@ -21,6 +21,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use truelayer_auth_http::{TL_SIGNATURE, X_TL_WEBHOOK_TIMESTAMP};
 
 use crate::clock::rfc3339;
 use crate::error::{Error, chain, redact_url};
@@ -48,8 +49,9 @@ pub const WEBHOOK_RETRY_CAP: Duration = Duration::from_secs(60);
 /// as failed.
 pub const WEBHOOK_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The header carrying the time a webhook was sent, signed in its `Tl-Signature`.
-const TIMESTAMP_HEADER: &str = "X-Tl-Webhook-Timestamp";
+/// `X-Tl-Webhook-Timestamp` as a webhook's `Tl-Signature` lists it among its signed headers
+/// (`tl_headers`), in TrueLayer's casing.
+const TIMESTAMP_AS_SIGNED: &str = "X-Tl-Webhook-Timestamp";
 
 /// A webhook event: its id, type and JSON body, the same on every delivery attempt.
 pub(crate) struct Event {
@@ -120,7 +122,7 @@ impl Webhooks {
             "POST",
             path,
             &[
-                (TIMESTAMP_HEADER, timestamp),
+                (TIMESTAMP_AS_SIGNED, timestamp),
                 ("Content-Type", "application/json"),
             ],
             body,
@@ -251,8 +253,8 @@ async fn deliver(state: &State, webhook: &Webhook) {
             .method(Method::POST)
             .uri(webhook.url.clone())
             .header(header::CONTENT_TYPE, "application/json")
-            .header(TIMESTAMP_HEADER, &timestamp)
-            .header("Tl-Signature", &signature)
+            .header(X_TL_WEBHOOK_TIMESTAMP, &timestamp)
+            .header(TL_SIGNATURE, &signature)
             .header(header::USER_AGENT, "truelayer-auth-emulator")
             .body(Full::new(event.body.clone()));
         let request = match request {

@@ -9,6 +9,7 @@ use axum::extract::{Path, State as AxumState};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
+use truelayer_auth_http::{IDEMPOTENCY_KEY, TL_SIGNATURE};
 
 use super::IdempotencyCheck;
 use crate::auth::Claims;
@@ -179,7 +180,7 @@ pub(crate) async fn test_signature(
 
 fn idempotency_key(headers: &HeaderMap) -> Option<String> {
     headers
-        .get("idempotency-key")
+        .get(IDEMPOTENCY_KEY)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|v| !v.is_empty())
@@ -198,7 +199,7 @@ fn check_signature(
     let reason = if idempotency_key(headers).is_none() {
         Err("the Idempotency-Key header is missing".to_owned())
     } else {
-        match headers.get("tl-signature").and_then(|v| v.to_str().ok()) {
+        match headers.get(TL_SIGNATURE).and_then(|v| v.to_str().ok()) {
             None => Err("the Tl-Signature header is missing".to_owned()),
             Some(value) => signature::verify(value, method, path, headers, body, |kid| {
                 state.signing_keys.get(client_id, kid)
