@@ -455,6 +455,16 @@ pub enum Error {
     /// The credentials source failed (for example AWS Secrets Manager).
     #[error("the client credentials could not be loaded")]
     Credentials(#[source] CredentialsError),
+    /// A [`Refresh`](crate::Refresh) implementation panicked; the attempt counts as failed
+    /// and is retried with backoff.
+    #[error(
+        "the token refresh panicked (a bug in the Refresh implementation); retrying with backoff"
+    )]
+    RefreshPanicked,
+    /// Every handle of the cache that issued the token was dropped while a request waited on
+    /// it (a 401's replay).
+    #[error("the token cache was dropped while a request waited for a token from it")]
+    CacheDropped,
     /// No usable token arrived within the cache's wait deadline, and no attempt had failed yet.
     #[error("no access token within {} ms: the token endpoint is slow or unreachable; check connectivity, or raise the wait deadline", waited.as_millis())]
     WaitTimedOut {
@@ -519,7 +529,8 @@ impl Error {
             | Error::MissingCacheKey
             | Error::UnknownCacheKey { .. } => false,
             Error::Credentials(e) => e.is_retryable(),
-            Error::WaitTimedOut { .. } => true,
+            Error::WaitTimedOut { .. } | Error::RefreshPanicked => true,
+            Error::CacheDropped => false,
         }
     }
 
@@ -586,6 +597,8 @@ impl Error {
             Error::Config(_) => "config",
             Error::Credentials(_) => "credentials",
             Error::WaitTimedOut { .. } => "wait_timed_out",
+            Error::RefreshPanicked => "refresh_panicked",
+            Error::CacheDropped => "cache_dropped",
             Error::MissingCacheKey => "missing_cache_key",
             Error::UnknownCacheKey { .. } => "unknown_cache_key",
         }

@@ -246,9 +246,7 @@ where
                             // The cache went away while the 401 drained.
                             None => {
                                 return Poll::Ready(Err(BearerAuthError::Token(
-                                    truelayer_auth::Error::WaitTimedOut {
-                                        waited: std::time::Duration::ZERO,
-                                    },
+                                    truelayer_auth::Error::CacheDropped,
                                 )));
                             }
                         },

@@ -14,11 +14,14 @@
 //! - A timer task per engine wakes at the refresh point, so a token is refreshed ahead
 //!   even when nobody reads it; readers do the same if the timer's runtime is gone.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use futures_util::FutureExt;
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -67,9 +70,11 @@ pub(crate) struct Engine<R> {
     state: Mutex<State>,
     /// Bumped after every change of `state` or `current` a waiting caller cares about.
     changes: watch::Sender<()>,
-    timer: Mutex<Option<AbortHandle>>,
+    /// The refresh timer: when it wakes, and the task.
+    timer: Mutex<Option<(Instant, AbortHandle)>>,
     pub(crate) refresh: R,
     settings: CacheSettings,
+    limits: Limits,
     key: Option<CacheKey>,
     me: Weak<Self>,
     hits: StripedCounter,
@@ -80,14 +85,28 @@ pub(crate) struct Engine<R> {
 
 impl<R> Drop for Engine<R> {
     fn drop(&mut self) {
-        if let Some(timer) = self.timer.get_mut().ok().and_then(Option::take) {
+        if let Some((_, timer)) = self.timer.get_mut().ok().and_then(Option::take) {
             timer.abort();
         }
     }
 }
 
+/// Whether this thread can spawn tasks (it runs inside a tokio runtime).
+fn in_runtime() -> bool {
+    Handle::try_current().is_ok()
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing panics while holding these; a poisoned lock's data is still consistent.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl<R: Refresh> Engine<R> {
     pub(crate) fn new(refresh: R, settings: CacheSettings, key: Option<CacheKey>) -> Arc<Self> {
+        let limits = Limits {
+            min_interval: settings.min_fetch_interval,
+            patience: refresh.time_limit().saturating_add(SLACK),
+        };
         Arc::new_cyclic(|me| Engine {
             current: ArcSwapOption::empty(),
             state: Mutex::new(State::default()),
@@ -95,6 +114,7 @@ impl<R: Refresh> Engine<R> {
             timer: Mutex::new(None),
             refresh,
             settings,
+            limits,
             key,
             me: me.clone(),
             hits: StripedCounter::default(),
@@ -105,15 +125,11 @@ impl<R: Refresh> Engine<R> {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        // Nothing panics while holding it; a poisoned lock's state is still consistent.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.state)
     }
 
-    fn limits(&self) -> Limits {
-        Limits {
-            min_interval: self.settings.min_fetch_interval,
-            patience: self.refresh.time_limit().saturating_add(SLACK),
-        }
+    fn changed(&self) {
+        self.changes.send_modify(|()| {});
     }
 
     /// The hot path: the usable token, counted as a hit.
@@ -124,45 +140,60 @@ impl<R: Refresh> Engine<R> {
     }
 
     /// The published token if it is usable now. Past its hard margin it is withdrawn; past
-    /// its refresh point, the first reader to see it starts the refresh.
+    /// its refresh point, the first reader to see it (in a runtime) starts the refresh.
     fn usable(self: &Arc<Self>) -> Option<AccessToken> {
         let guard = self.current.load();
         let p = guard.as_ref()?;
         let now = Now::read();
         if p.usable_until.passed_at(now) {
-            // A token that lapsed unrefreshed (a clock jumped, a timer ran late) is refreshed
-            // at once; after failures, waiting callers drive the retries.
-            if self.withdraw(p, "its hard margin passed") && self.state().last_error.is_none() {
-                self.kick();
+            // A token that lapsed unrefreshed (a clock jumped, the timer's runtime is gone)
+            // is refreshed at once; after failures, waiting callers drive the retries.
+            if self.withdraw(p.token.id(), "its hard margin passed")
+                && in_runtime()
+                && self.state().last_error.is_none()
+            {
+                self.kick(None);
             }
             return None;
         }
         if p.refresh_at.passed_at(now)
             && !p.claimed.load(Ordering::Relaxed)
+            && in_runtime()
             && !p.claimed.swap(true, Ordering::Relaxed)
         {
-            self.kick();
+            self.kick(Some(p.token.id()));
         }
         Some(p.token.clone())
     }
 
-    /// Withdraws `p` if it is still the published token.
-    fn withdraw(&self, p: &Arc<Published>, why: &str) -> bool {
-        let previous = self.current.compare_and_swap(p, None);
-        let withdrawn = previous.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, p));
-        if withdrawn {
-            debug!(token_id = p.token.id(), "withdrew the token ({why})");
+    /// Withdraws the published token if it is token `id`. Returns whether it did.
+    fn withdraw(&self, id: u64, why: &str) -> bool {
+        loop {
+            let current = self.current.load_full();
+            match &current {
+                Some(p) if p.token.id() == id => {
+                    let previous = self.current.compare_and_swap(&current, None);
+                    if previous.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, p)) {
+                        debug!(token_id = id, "withdrew the token ({why})");
+                        return true;
+                    }
+                    // Republished meanwhile (a new refresh point): look again.
+                }
+                _ => return false,
+            }
         }
-        withdrawn
     }
 
-    /// A background trigger (the timer, a reader past the refresh point, a 401): starts an
-    /// attempt if none is under way and the rate bound allows, or moves the refresh point
-    /// to when it does.
-    fn kick(self: &Arc<Self>) {
-        let now = Instant::now();
+    /// A background trigger (the timer, a reader past the refresh point, a 401) for the
+    /// refresh of token `held` (`None`: none is held): starts an attempt if none is under way
+    /// and the rate bound allows, or moves the refresh point to when it does.
+    fn kick(self: &Arc<Self>, held: Option<u64>) {
         let mut s = self.state();
-        match s.background_step(now, self.limits()) {
+        if self.current.load().as_ref().map(|p| p.token.id()) != held {
+            return; // a fetch already replaced (or withdrew) that token
+        }
+        let now = Instant::now();
+        match s.background_step(now, self.limits) {
             BackgroundStep::Start => {
                 let attempt = s.begin(now);
                 drop(s);
@@ -177,48 +208,62 @@ impl<R: Refresh> Engine<R> {
     }
 
     /// Moves the held token's refresh point to `at` (or only earlier, unless `later_too`),
-    /// and the timer with it.
+    /// and the timer to the point that holds.
     fn refresh_at(&self, at: Instant, later_too: bool) {
         let now = Now::read();
         let point = now.plus(at.saturating_duration_since(now.mono));
-        if let Some(p) = self.current.load_full() {
-            let point = if later_too {
-                point
-            } else {
-                point.min(p.refresh_at)
-            };
-            let moved = Published::new(p.token.clone(), point, p.usable_until);
-            self.current.compare_and_swap(&p, Some(Arc::new(moved)));
-        }
-        self.arm_timer(at);
+        let Some(p) = self.current.load_full() else {
+            return self.arm_timer(at); // for a wanted replacement
+        };
+        let point = if later_too {
+            point
+        } else {
+            point.min(p.refresh_at)
+        };
+        let moved = Arc::new(Published::new(p.token.clone(), point, p.usable_until));
+        let previous = self.current.compare_and_swap(&p, Some(moved));
+        if previous.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, &p)) {
+            self.arm_timer(point.mono());
+        } // else a newer Published came with its own timer
     }
 
-    /// Wakes the engine at `at` (replacing the previous timer), in the caller's runtime.
+    /// Wakes the engine at `at`, in the caller's runtime, unless a live timer wakes it
+    /// sooner (a timer that wakes early sleeps on to the refresh point then current).
     fn arm_timer(&self, at: Instant) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        let Ok(runtime) = Handle::try_current() else {
             return; // readers take over
         };
+        let mut timer = lock(&self.timer);
+        if let Some((wakes, task)) = &*timer
+            && *wakes <= at
+            && !task.is_finished()
+        {
+            return;
+        }
         let me = self.me.clone();
         let task = runtime.spawn(async move {
-            tokio::time::sleep_until(at).await;
-            let Some(engine) = me.upgrade() else { return };
-            if engine.current.load().is_some() {
-                engine.usable();
-            } else if engine.state().wanted {
-                engine.kick();
+            let mut at = at;
+            loop {
+                tokio::time::sleep_until(at).await;
+                let Some(engine) = me.upgrade() else { return };
+                match engine.current.load_full() {
+                    Some(p) if !p.refresh_at.passed_at(Now::read()) => at = p.refresh_at.mono(),
+                    Some(_) => return drop(engine.usable()),
+                    None if engine.state().wanted => return engine.kick(None),
+                    None => return,
+                }
             }
         });
-        let mut timer = self.timer.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(old) = timer.replace(task.abort_handle()) {
+        if let Some((_, old)) = timer.replace((at, task.abort_handle())) {
             old.abort();
         }
     }
 
     /// Runs attempt `attempt`, begun at `since`, in a task of its own in the caller's runtime.
     fn spawn_attempt(self: &Arc<Self>, attempt: u64, since: Instant) {
-        self.changes.send_modify(|()| {});
+        self.changed();
         // A held token's refresh point moves to when this attempt would count as lost.
-        self.refresh_at(saturating_add(since, self.limits().patience), true);
+        self.refresh_at(saturating_add(since, self.limits.patience), true);
         let mut guard = AttemptGuard {
             engine: self.clone(),
             attempt,
@@ -226,15 +271,22 @@ impl<R: Refresh> Engine<R> {
         };
         let task = async move {
             let engine = guard.engine.clone();
+            // Replaced while it waited to be run (its runtime was not driven): not this one's turn.
+            if !matches!(engine.state().phase, Phase::Fetching { attempt: a, .. } if a == attempt) {
+                return guard.disarm();
+            }
             let started = Instant::now();
-            let result =
-                tokio::time::timeout(engine.refresh.time_limit(), engine.refresh.refresh())
-                    .await
-                    .unwrap_or(Err(Error::Timeout));
+            let limit = saturating_add(since, engine.refresh.time_limit());
+            let work = AssertUnwindSafe(engine.refresh.refresh()).catch_unwind();
+            let result = match tokio::time::timeout_at(limit, work).await {
+                Err(_) => Err(Error::Timeout),
+                Ok(Err(_panic)) => Err(Error::RefreshPanicked),
+                Ok(Ok(result)) => result,
+            };
             guard.disarm();
             engine.end_attempt(attempt, result, started.elapsed());
         };
-        match tokio::runtime::Handle::try_current() {
+        match Handle::try_current() {
             Ok(runtime) => drop(runtime.spawn(task.instrument(self.refresh.span()))),
             Err(_) => drop(task), // no runtime: the guard ends the attempt
         }
@@ -251,17 +303,17 @@ impl<R: Refresh> Engine<R> {
                 if latest {
                     s.succeeded();
                 }
+                let (token, refresh_at) = (p.token.clone(), p.refresh_at.mono());
+                // Published before the lock is let go: a caller that sees `Idle` sees it.
+                self.current.store(Some(Arc::new(p)));
                 drop(s);
-                let t = &p.token;
                 info!(
-                    token_id = t.id(),
-                    lifetime_s = t.lifetime().as_secs(),
-                    granted_scope = t.granted_scope().unwrap_or(""),
+                    token_id = token.id(),
+                    lifetime_s = token.lifetime().as_secs(),
+                    granted_scope = token.granted_scope().unwrap_or(""),
                     took_ms = took.as_millis() as u64,
                     "token fetched"
                 );
-                let refresh_at = p.refresh_at.mono();
-                self.current.store(Some(Arc::new(p)));
                 self.arm_timer(refresh_at);
             }
             Ok(_) => debug!("a superseded token fetch succeeded; a newer token is held"),
@@ -269,6 +321,7 @@ impl<R: Refresh> Engine<R> {
                 self.failures_total.fetch_add(1, Ordering::Relaxed);
                 let (kind, chain) = (e.kind_name(), error_chain(&e));
                 if !latest {
+                    drop(s);
                     debug!(kind, error = %chain, "a superseded token fetch failed");
                     return;
                 }
@@ -290,7 +343,7 @@ impl<R: Refresh> Engine<R> {
                 }
             }
         }
-        self.changes.send_modify(|()| {});
+        self.changed();
     }
 
     /// `token` as published: its refresh point and hard margin planned, or
@@ -386,9 +439,12 @@ impl<R: Refresh> Engine<R> {
         judged: &mut Option<u64>,
         deadline: Instant,
     ) -> Result<Option<Instant>, Error> {
-        let now = Instant::now();
         let mut s = self.state();
-        match s.caller_step(*judged, now, deadline, self.limits()) {
+        if self.current.load().is_some() {
+            return Ok(None); // published since the caller looked: look again
+        }
+        let now = Instant::now();
+        match s.caller_step(*judged, now, deadline, self.limits) {
             CallerStep::Start => {
                 let attempt = s.begin(now);
                 drop(s);
@@ -406,40 +462,48 @@ impl<R: Refresh> Engine<R> {
 
     /// A 401 for `token`. See [`TokenCache::invalidate`](crate::TokenCache::invalidate).
     pub(crate) fn invalidate(self: &Arc<Self>, token: &AccessToken) -> bool {
-        let Some(p) = self
-            .current
-            .load_full()
-            .filter(|p| p.token.id() == token.id())
-        else {
+        let id = token.id();
+        if self.current.load().as_ref().map(|p| p.token.id()) != Some(id) {
             return false;
-        };
+        }
         let now = Instant::now();
         let verdict = {
             let mut s = self.state();
             let verdict = s.rejections.report(
-                token.id(),
+                id,
                 token.issued_at(),
                 token.lifetime(),
                 now,
                 self.settings.min_fetch_interval,
             );
+            // The attempt whose token a replay waits for: the one running, or the next.
+            s.rejections.awaited = match (verdict, s.phase) {
+                (
+                    Rejection::Withdraw | Rejection::Refresh(Duration::ZERO),
+                    Phase::Fetching { attempt, .. },
+                ) => Some(attempt),
+                (Rejection::Withdraw | Rejection::Refresh(Duration::ZERO), Phase::Idle) => {
+                    Some(s.attempts + 1)
+                }
+                (Rejection::Ignored, _) => s.rejections.awaited,
+                (Rejection::Refresh(_), _) => None,
+            };
             s.wanted |= verdict == Rejection::Withdraw;
             verdict
         };
-        let id = token.id();
         match verdict {
             Rejection::Ignored => return false,
             Rejection::Withdraw => {
-                self.withdraw(&p, "the API rejected it");
+                self.withdraw(id, "the API rejected it");
                 info!(token_id = id, "token rejected (401); withdrawn, refreshing");
-                self.kick();
+                self.kick(None);
             }
             Rejection::Refresh(pause) if pause.is_zero() => {
                 info!(
                     token_id = id,
                     "a fresh token was rejected (401); still serving it while refreshing"
                 );
-                self.kick();
+                self.kick(Some(id));
             }
             Rejection::Refresh(pause) => {
                 let pause_ms = pause.as_millis() as u64;
@@ -452,7 +516,7 @@ impl<R: Refresh> Engine<R> {
             }
         }
         self.invalidations.fetch_add(1, Ordering::Relaxed);
-        self.changes.send_modify(|()| {});
+        self.changed();
         true
     }
 
@@ -465,29 +529,29 @@ impl<R: Refresh> Engine<R> {
         let now = Instant::now();
         let deadline = saturating_add(now, self.settings.wait_timeout);
         let mut changes = self.changes.subscribe();
-        // The attempts made before the refresh this rejection asked for.
-        let before = {
-            let s = self.state();
-            let urgent = s.rejections.reported == Some(rejected.id()) && s.rejections.urgent;
-            urgent.then(|| s.attempts - u64::from(matches!(s.phase, Phase::Fetching { .. })))
-        };
-        if let Some(before) = before {
-            loop {
-                changes.borrow_and_update();
-                if let Some(token) = self.usable().filter(|t| t.id() != rejected.id()) {
-                    return Ok(token);
-                }
-                let ended = {
-                    let s = self.state();
-                    s.attempts > before && s.phase == Phase::Idle
-                };
-                if ended
-                    || tokio::time::timeout_at(deadline, changes.changed())
-                        .await
-                        .is_err()
-                {
-                    break;
-                }
+        loop {
+            changes.borrow_and_update();
+            if let Some(token) = self.usable().filter(|t| t.id() != rejected.id()) {
+                return Ok(token);
+            }
+            let pending = {
+                let s = self.state();
+                let awaited = s
+                    .rejections
+                    .awaited
+                    .filter(|_| s.rejections.reported == Some(rejected.id()));
+                // Not started yet (the rate bound), or running: wait for it.
+                awaited.is_some_and(|n| {
+                    s.attempts < n
+                        || matches!(s.phase, Phase::Fetching { attempt, .. } if attempt == n)
+                })
+            };
+            if !pending
+                || tokio::time::timeout_at(deadline, changes.changed())
+                    .await
+                    .is_err()
+            {
+                break;
             }
         }
         match self.usable() {
@@ -496,8 +560,13 @@ impl<R: Refresh> Engine<R> {
         }
     }
 
-    pub(crate) fn stats(self: &Arc<Self>) -> CacheStats {
-        let token = self.usable();
+    pub(crate) fn stats(&self) -> CacheStats {
+        // Read without acting on it: looking at the stats starts no fetch.
+        let now = Now::read();
+        let held = self.current.load_full();
+        let token = held
+            .filter(|p| !p.usable_until.passed_at(now))
+            .map(|p| p.token.clone());
         let s = self.state();
         CacheStats {
             fetches: s.attempts,

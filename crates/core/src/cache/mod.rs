@@ -211,6 +211,9 @@ impl TokenSource for TokenCache {
 /// When a cache refreshes, how long callers wait, and how failures back off: the settings
 /// of a [`TokenCache`], each key of a [`KeyedTokenCache`], and a [`Refresher`].
 ///
+/// Builders refuse, with [`ConfigError::InvalidSetting`], a jitter outside `[0, 0.5]`, a
+/// hard margin not below the soft one, and a zero wait or credentials timeout.
+///
 /// # Example
 ///
 /// ```

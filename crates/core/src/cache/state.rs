@@ -257,8 +257,9 @@ pub(crate) struct Rejections {
     last: Option<Instant>,
     /// Reports in the current run (each within the suspect window of the one before).
     streak: u32,
-    /// The last report asked for a refresh at once: a replay waits for it.
-    pub(crate) urgent: bool,
+    /// The attempt a replay of the last reported token waits for (its report asked for a
+    /// refresh at once), set by the engine.
+    pub(crate) awaited: Option<u64>,
 }
 
 /// What a 401 does to the token it names.
@@ -301,7 +302,6 @@ impl Rejections {
         self.reported = Some(id);
         let streak = self.streak;
         self.streak = self.streak.saturating_add(1);
-        self.urgent = streak == 0;
         if streak == 0 && now.saturating_duration_since(issued) >= window {
             Rejection::Withdraw
         } else if streak == 0 {
