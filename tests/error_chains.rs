@@ -16,8 +16,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::{Layer, ServiceExt};
 use truelayer_auth::{
-    CacheKey, CredentialsError, CredentialsSource, EnvCredentials, Environment,
-    KeyedTokenCache, Scopes, TokenCache, TokenClient, TokenSource,
+    CacheKey, CredentialsError, CredentialsSource, EnvCredentials, Environment, KeyedTokenCache,
+    Scopes, TokenCache, TokenClient, TokenSource,
 };
 use truelayer_auth_emulator::{Emulator, Fault};
 use truelayer_auth_testkit::emulator::{credentials, environment};

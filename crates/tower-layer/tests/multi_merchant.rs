@@ -14,8 +14,8 @@ use truelayer_auth::{
     CacheKey, ClientCredentials, CredentialsSource, Error, KeyedTokenCache, Scopes,
 };
 use truelayer_auth_emulator::Emulator;
-use truelayer_auth_testkit::emulator::environment;
 use truelayer_auth_signing::{Signer, SigningLayer};
+use truelayer_auth_testkit::emulator::environment;
 use truelayer_auth_tower::{BearerAuthError, BearerAuthLayer, CloneBodies};
 
 const MERCHANTS: usize = 1000;
