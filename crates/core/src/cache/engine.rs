@@ -33,7 +33,7 @@ use super::schedule::plan;
 use super::state::{BackgroundStep, Backoff, CallerStep, Limits, Phase, Rejection, State};
 use super::stats::{CacheStats, StripedCounter};
 use crate::cache::CacheKey;
-use crate::clock::{Deadline, Now, saturating_add};
+use crate::clock::{self, Deadline, Now, saturating_add};
 use crate::error::{Error, error_chain};
 use crate::token::{AccessToken, Issuer};
 use crate::token_source::TokenFuture;
@@ -144,6 +144,15 @@ impl<R: Refresh> Engine<R> {
     fn usable(self: &Arc<Self>) -> Option<AccessToken> {
         let guard = self.current.load();
         let p = guard.as_ref()?;
+        // Fast: the coarse clocks say neither point can have passed (`clock.rs`).
+        let coarse = clock::coarse_now();
+        if clock::coarse_is_real_time()
+            && p.usable_until.surely_ahead(coarse)
+            && (p.refresh_at.surely_ahead(coarse) || p.claimed.load(Ordering::Relaxed))
+        {
+            return Some(p.token.clone());
+        }
+        clock::notice_virtual_time();
         let now = Now::read();
         if p.usable_until.passed_at(now) {
             // A token that lapsed unrefreshed (a clock jumped, the timer's runtime is gone)
@@ -406,6 +415,7 @@ impl<R: Refresh> Engine<R> {
         deadline: Instant,
     ) -> Result<AccessToken, Error> {
         self.waits.fetch_add(1, Ordering::Relaxed);
+        clock::notice_virtual_time();
         let mut changes = self.changes.subscribe();
         let mut judged = None;
         loop {

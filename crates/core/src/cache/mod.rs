@@ -34,7 +34,7 @@ use crate::token_source::{TokenFuture, TokenSource};
 ///
 /// - **Hot path**: while a token is usable, [`token`](Self::token) and
 ///   [`cached`](Self::cached) return it without locks, I/O or allocation: an `ArcSwap`
-///   load, a read of both clocks, a striped hit counter and a reference count.
+///   load, a read of the kernel's coarse clocks, a striped hit counter and a reference count.
 /// - **Hard margin, checked by every caller**: a token within the hard margin of expiry
 ///   (30 s plus the renewal time of recent fetches, scaled down for short lifetimes) is never
 ///   handed out, by the monotonic clock or the wall clock, whichever says so first (a
