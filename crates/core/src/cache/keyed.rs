@@ -499,6 +499,22 @@ impl KeyedTokenCacheBuilder {
     /// timeouts, backoff, rate bound; checked once, by [`build`](Self::build). Scopes and
     /// the client are not among them: they come from the key and from
     /// [`client`](Self::client).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use truelayer_auth::KeyedTokenCache;
+    /// let keyed = KeyedTokenCache::builder()
+    ///     .configure(|s| s.soft_margin(Duration::from_secs(600)).wait_timeout(Duration::from_secs(5)))
+    ///     .build();
+    /// # drop(keyed);
+    /// ```
+    ///
+    /// Scopes set here would be ignored, so they cannot be:
+    ///
+    /// ```compile_fail
+    /// # use truelayer_auth::{KeyedTokenCache, Scopes};
+    /// KeyedTokenCache::builder().configure(|s| s.scopes(Scopes::payments()));
+    /// ```
     #[must_use]
     pub fn configure(mut self, configure: impl FnOnce(CacheSettings) -> CacheSettings) -> Self {
         self.settings = configure(self.settings);
@@ -522,7 +538,7 @@ impl KeyedTokenCacheBuilder {
     /// # Errors
     ///
     /// [`ConfigError::InvalidSetting`] for zero `max_entries` or idle timeout, for per-key
-    /// settings [`TokenCacheBuilder::build`] would refuse, and as [`TokenClient::new`].
+    /// settings [`CacheSettings`] refuses, and as [`TokenClient::new`].
     pub fn build(self) -> Result<KeyedTokenCache, ConfigError> {
         if self.max_entries == 0 || self.idle_timeout.is_zero() {
             return Err(ConfigError::InvalidSetting {
