@@ -12,11 +12,13 @@ use truelayer_auth::{
 use truelayer_auth_emulator::{Emulator, Fault};
 use truelayer_auth_testkit::emulator::token_cache;
 
-/// Mints hour-long tokens after `delay`, counting calls; panics when told to.
+/// Mints hour-long tokens after `delay`, counting calls; panics when told to, and fails
+/// (retryably) while `failures` lasts.
 struct Mint {
     calls: AtomicU32,
     delay: Duration,
     panics: bool,
+    failures: AtomicU32,
 }
 
 impl Mint {
@@ -25,6 +27,7 @@ impl Mint {
             calls: AtomicU32::new(0),
             delay,
             panics: false,
+            failures: AtomicU32::new(0),
         })
     }
 }
@@ -39,6 +42,11 @@ impl Refresh for Minter {
         Box::pin(async move {
             sleep(mint.delay).await;
             assert!(!mint.panics, "a bug in a Refresh");
+            let failing = mint.failures.load(Ordering::SeqCst);
+            if failing > 0 {
+                mint.failures.store(failing - 1, Ordering::SeqCst);
+                return Err(Error::Timeout);
+            }
             Ok(AccessToken::new(
                 "minted".into(),
                 Duration::from_secs(3600),
@@ -89,6 +97,7 @@ async fn a_refresh_that_panics_is_a_retryable_failure_not_a_hang() {
         calls: AtomicU32::new(0),
         delay: Duration::ZERO,
         panics: true,
+        failures: AtomicU32::new(0),
     });
     let tokens = Refresher::new(
         Minter(mint.clone()),
@@ -132,4 +141,26 @@ async fn a_replay_does_not_wait_for_a_refresh_that_already_failed() {
         asked.elapsed()
     );
     assert_eq!(replay.id(), first.id(), "the still-valid token");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_held_back_by_the_rate_bound_still_runs_with_nobody_reading() {
+    let mint = Mint::new(Duration::ZERO);
+    // Backoffs far shorter than the rate bound: every retry is first due before the rate
+    // bound allows it, and must be rescheduled to when it does.
+    let settings = CacheSettings::default()
+        .jitter(0.0)
+        .refresh_backoff(Duration::from_millis(1), Duration::from_millis(1))
+        .min_fetch_interval(Duration::from_secs(1));
+    let tokens = Refresher::new(Minter(mint.clone()), settings).unwrap();
+    let first = tokens.token().await.unwrap();
+    mint.failures.store(3, Ordering::SeqCst);
+    // Past the soft margin, with nobody reading: the refresh fails three times, a second
+    // apart, and the fourth attempt brings a token.
+    advance(Duration::from_secs(3600 - 300)).await;
+    for _ in 0..60 {
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(mint.calls.load(Ordering::SeqCst), 5, "1 + 3 failures + 1");
+    assert_ne!(tokens.cached().unwrap().id(), first.id());
 }

@@ -243,8 +243,11 @@ impl<R: Refresh> Engine<R> {
             return; // readers take over
         };
         let mut timer = lock(&self.timer);
+        // A timer still asleep that wakes no later will do (it sleeps on to the point then
+        // current). One that has woken (maybe the caller itself) will not.
         if let Some((wakes, task)) = &*timer
             && *wakes <= at
+            && *wakes > Instant::now()
             && !task.is_finished()
         {
             return;
