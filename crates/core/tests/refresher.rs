@@ -164,3 +164,28 @@ async fn a_retry_held_back_by_the_rate_bound_still_runs_with_nobody_reading() {
     assert_eq!(mint.calls.load(Ordering::SeqCst), 5, "1 + 3 failures + 1");
     assert_ne!(tokens.cached().unwrap().id(), first.id());
 }
+
+/// Panics before it even returns its future.
+struct PanicsAtOnce;
+
+impl Refresh for PanicsAtOnce {
+    fn refresh(&self) -> RefreshFuture<'_> {
+        panic!("a bug in a Refresh, outside its future")
+    }
+
+    fn time_limit(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_that_panics_before_its_future_is_a_failure_too() {
+    let tokens = Refresher::new(
+        PanicsAtOnce,
+        CacheSettings::default().wait_timeout(Duration::from_secs(5)),
+    )
+    .unwrap();
+    let err = tokens.token().await.unwrap_err();
+    assert!(matches!(err, Error::RefreshPanicked), "{err:?}");
+    assert!(tokens.stats().fetch_failures >= 1);
+}

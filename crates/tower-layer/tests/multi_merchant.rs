@@ -11,7 +11,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::{Layer, Service, ServiceExt, service_fn};
 use truelayer_auth::{
-    CacheKey, ClientCredentials, CredentialsSource, Error, KeyedTokenCache, Scopes,
+    CacheKey, ClientCredentials, CredentialsSource, Error, KeyedTokenCache, Scopes, TokenClient,
 };
 use truelayer_auth_emulator::Emulator;
 use truelayer_auth_signing::{Signer, SigningLayer};
@@ -40,7 +40,17 @@ async fn a_thousand_merchants_share_one_stack_each_with_only_its_own_tokens() {
             .unwrap();
     }
     let env = environment(&emulator);
+    // 1,000 token requests and 3,000 signed payments at once on one thread: a token answer
+    // can queue behind seconds of signature checks. This test is about routing and single
+    // flight, not latency under overload, so the client's timeouts leave room for that.
+    let patient = TokenClient::builder()
+        .connect_timeout(Duration::from_secs(30))
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
     let keyed = KeyedTokenCache::builder()
+        .client(patient)
+        .configure(|s| s.wait_timeout(Duration::from_secs(120)))
         .credentials_for(|key| {
             let i: usize = key.client_id().strip_prefix("merchant-")?.parse().ok()?;
             (i < MERCHANTS).then(|| Arc::new(merchant(i)) as Arc<dyn CredentialsSource>)

@@ -197,6 +197,9 @@ impl<R: Refresh> Engine<R> {
     /// refresh of token `held` (`None`: none is held): starts an attempt if none is under way
     /// and the rate bound allows, or moves the refresh point to when it does.
     fn kick(self: &Arc<Self>, held: Option<u64>) {
+        if !in_runtime() {
+            return; // nowhere to run an attempt: readers in a runtime, or waiting callers, will
+        }
         let mut s = self.state();
         if self.current.load().as_ref().map(|p| p.token.id()) != held {
             return; // a fetch already replaced (or withdrew) that token
@@ -208,8 +211,8 @@ impl<R: Refresh> Engine<R> {
                 drop(s);
                 self.spawn_attempt(attempt, now);
             }
-            BackgroundStep::Running => {}
-            BackgroundStep::NotBefore(at) => {
+            // Looked at again when it would count as lost (the point moves there, unclaimed).
+            BackgroundStep::Running(at) | BackgroundStep::NotBefore(at) => {
                 drop(s);
                 self.refresh_at(at, true);
             }
@@ -288,8 +291,10 @@ impl<R: Refresh> Engine<R> {
                 return guard.disarm();
             }
             let started = Instant::now();
-            let limit = saturating_add(since, engine.refresh.time_limit());
-            let work = AssertUnwindSafe(engine.refresh.refresh()).catch_unwind();
+            let limit = saturating_add(since, engine.limits.patience.saturating_sub(SLACK));
+            // The whole call, its synchronous part included, so a panic anywhere in it is a
+            // failed attempt.
+            let work = AssertUnwindSafe(async { engine.refresh.refresh().await }).catch_unwind();
             let result = match tokio::time::timeout_at(limit, work).await {
                 Err(_) => Err(Error::Timeout),
                 Ok(Err(_panic)) => Err(Error::RefreshPanicked),
@@ -316,9 +321,19 @@ impl<R: Refresh> Engine<R> {
                     s.succeeded();
                 }
                 let (token, refresh_at) = (p.token.clone(), p.refresh_at.mono());
+                let lifetime = token.lifetime();
+                let newly_short = lifetime < Duration::from_secs(60)
+                    && s.last_lifetime.replace(lifetime) != Some(lifetime);
                 // Published before the lock is let go: a caller that sees `Idle` sees it.
                 self.current.store(Some(Arc::new(p)));
                 drop(s);
+                if newly_short {
+                    warn!(
+                        lifetime_s = lifetime.as_secs(),
+                        "the token endpoint issues unusually short-lived tokens; fetches are rate limited to one per {:?}",
+                        self.settings.min_fetch_interval
+                    );
+                }
                 info!(
                     token_id = token.id(),
                     lifetime_s = token.lifetime().as_secs(),
@@ -328,7 +343,10 @@ impl<R: Refresh> Engine<R> {
                 );
                 self.arm_timer(refresh_at);
             }
-            Ok(_) => debug!("a superseded token fetch succeeded; a newer token is held"),
+            Ok(_) => {
+                drop(s);
+                debug!("a superseded token fetch succeeded; a newer token is held");
+            }
             Err(e) => {
                 self.failures_total.fetch_add(1, Ordering::Relaxed);
                 let (kind, chain) = (e.kind_name(), error_chain(&e));
@@ -379,14 +397,6 @@ impl<R: Refresh> Engine<R> {
         let usable_until = issued.plus(plan.usable_for);
         if usable_until.passed_at(now) {
             return Err(Error::SlowFetch { took, lifetime });
-        }
-        if lifetime < Duration::from_secs(60) && s.last_lifetime.replace(lifetime) != Some(lifetime)
-        {
-            warn!(
-                lifetime_s = lifetime.as_secs(),
-                "the token endpoint issues unusually short-lived tokens; fetches are rate limited to one per {:?}",
-                self.settings.min_fetch_interval
-            );
         }
         let token = token.tagged(self.key.clone(), self.me.clone());
         Ok(Published::new(

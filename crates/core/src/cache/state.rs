@@ -77,8 +77,8 @@ pub(crate) enum CallerStep {
 pub(crate) enum BackgroundStep {
     /// Start an attempt now.
     Start,
-    /// An attempt is under way: nothing to do.
-    Running,
+    /// An attempt is under way; it counts as lost at this time.
+    Running(Instant),
     /// The rate bound allows the next attempt at this time.
     NotBefore(Instant),
 }
@@ -198,8 +198,8 @@ impl State {
 
     /// What a background trigger does at `now`.
     pub(crate) fn background_step(&self, now: Instant, limits: Limits) -> BackgroundStep {
-        if self.running(now, limits).is_some() {
-            return BackgroundStep::Running;
+        if let Some((_, lost_at)) = self.running(now, limits) {
+            return BackgroundStep::Running(lost_at);
         }
         match self.rate_bound(now, limits) {
             Some(at) if at > now && matches!(self.phase, Phase::Idle) => {
@@ -498,7 +498,7 @@ mod tests {
                     ..State::default()
                 },
                 60,
-                BackgroundStep::Running,
+                BackgroundStep::Running(at(t0, 61)),
             ),
             (
                 State {
