@@ -141,16 +141,7 @@ pub enum Error {
 }
 
 /// An error and its causes, `: `-separated, for the emulator's own answers and logs.
-pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub(crate) use truelayer_auth_http::error_chain as chain;
 
 /// `url` without user information, query or fragment, for an error message: a receiver's
 /// secret may be in any of them.
