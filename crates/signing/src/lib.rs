@@ -50,6 +50,13 @@ pub use layer::{
     SigningLayer,
 };
 pub use signer::{BackendFuture, Signable, SignatureError, Signer, SigningBackend};
+
+/// The old name of [`SignatureError`], kept for a release so upgrades compile.
+#[deprecated(
+    since = "0.1.0",
+    note = "renamed `SignatureError` (it sat beside `SigningError<E>`, the layer's error)"
+)]
+pub type SignError = SignatureError;
 /// The header names, shared with the other `truelayer-auth` crates.
 pub use truelayer_auth_http::{IDEMPOTENCY_KEY, TL_SIGNATURE};
 pub use verifier::{Verifier, VerifyError, jws_header};

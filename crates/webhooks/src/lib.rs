@@ -74,6 +74,13 @@ pub use event::{
 };
 pub use jwks::{FetchedJwks, JwksFuture, JwksSource, MAX_JWKS_BYTES};
 pub use layer::{DEFAULT_MAX_BODY, ResponseFuture, VerifyWebhooks, VerifyWebhooksLayer};
+
+/// The old name of [`VerifyWebhooksLayer`], kept for a release so upgrades compile.
+#[deprecated(
+    since = "0.1.0",
+    note = "renamed `VerifyWebhooksLayer` (tower-http's `Foo`/`FooLayer` pairs)"
+)]
+pub type WebhookLayer = VerifyWebhooksLayer;
 pub use ledger::{Begin, EventLedger, InMemoryLedger, LedgerError, LedgerFuture};
 /// The header names, shared with the other `truelayer-auth` crates.
 pub use truelayer_auth_http::{TL_SIGNATURE, X_TL_WEBHOOK_TIMESTAMP};
