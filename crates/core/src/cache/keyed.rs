@@ -131,10 +131,10 @@ impl fmt::Debug for CacheKey {
 ///
 /// Each key (environment, client_id, normalized scopes) gets its own [`TokenCache`] with all
 /// of its guarantees. Memory is bounded: entries unused for the idle timeout are dropped by a
-/// periodic sweep (their background tasks stop), and past `max_entries` entries are evicted
+/// periodic sweep (their refresh timers stop), and past `max_entries` entries are evicted
 /// (S3-FIFO, through `quick_cache`: O(1), no scan). An entry whose [`TokenCache`] a caller
 /// still holds is in use and never evicted, so a held cache and the keyed one never diverge.
-/// An entry costs about 6 KiB with an hour-long TrueLayer token (measured by the
+/// An entry costs about 5 KiB with an hour-long TrueLayer token (measured by the
 /// `keyed_memory` test).
 ///
 /// It is also a [`TokenSource`]: behind one bearer layer it serves every merchant, picking
