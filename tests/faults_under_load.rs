@@ -24,15 +24,16 @@ const DURATION: Duration = Duration::from_secs(12);
 const TASKS: u64 = 64;
 const LIFETIME_S: i64 = 2;
 
+/// A memory figure of this process from `/proc/self/status`. Panics when it cannot be read:
+/// a 0 would let the memory-growth assertion pass without measuring anything.
 fn rss_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
+    let status = std::fs::read_to_string("/proc/self/status")
+        .expect("this test measures memory through /proc/self/status (Linux)");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/self/status"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
