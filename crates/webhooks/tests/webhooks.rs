@@ -582,13 +582,31 @@ async fn a_handler_that_never_answers_releases_its_claim_for_the_retry() {
     assert_eq!(seen.events().len(), 1);
 }
 
-#[test]
-fn a_layer_can_be_configured_after_it_was_cloned() {
-    let base = VerifyWebhooksLayer::new(WebhookVerifier::builder().build().unwrap());
-    let _kept = base.clone();
-    let _tightened = base
+#[tokio::test]
+async fn a_layer_can_be_configured_after_it_was_cloned() {
+    let signer = Signer::generate("k");
+    let jwks = JwksServer::start(vec![signer.public_jwk().unwrap()]).await;
+    let base = VerifyWebhooksLayer::new(verifier_for(&[&jwks.jku()]).build().unwrap());
+    let kept = base.clone();
+    let tightened = base
         .max_body_bytes(1024)
         .body_timeout(Duration::from_secs(1));
+    let big = json!({"type": "payment_settled", "event_id": "e", "payment_id": "p",
+        "padding": "x".repeat(2000)})
+    .to_string();
+    // The clone keeps the settings it was cloned with; the tightened copy has its own.
+    let (kept_seen, tightened_seen) = (Seen::default(), Seen::default());
+    let kept = app(kept, kept_seen.clone(), StatusCode::OK);
+    let tightened = app(tightened, tightened_seen.clone(), StatusCode::OK);
+    let request = webhook(&signer, &jwks.jku(), "/tl-webhook", &big).await;
+    assert_eq!(send(&kept, request).await.0, StatusCode::OK);
+    let request = webhook(&signer, &jwks.jku(), "/tl-webhook", &big).await;
+    assert_eq!(
+        send(&tightened, request).await.0,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    assert_eq!(kept_seen.events().len(), 1);
+    assert!(tightened_seen.events().is_empty());
 }
 
 #[test]
