@@ -148,6 +148,17 @@ async fn throttling_is_retryable_and_the_cache_is_served_through_it() {
         CredentialsError::from(err).is_retryable(),
         "the token cache will retry it"
     );
+    // With a secret held, a throttled re-read is not an error: the held secret is served.
+    let get = mock!(Client::get_secret_value)
+        .sequence()
+        .output(|| value("v1", "held"))
+        .error(|| GetSecretValueError::generic(coded("ThrottlingException")))
+        .build();
+    let creds = source(&[&get]).await;
+    assert_eq!(current_secret(&creds).await, "held");
+    past_ttl().await;
+    assert_eq!(current_secret(&creds).await, "held", "served through it");
+    assert_eq!(get.num_calls(), 2, "the re-read was made, and throttled");
 }
 
 #[tokio::test(start_paused = true)]
