@@ -474,8 +474,14 @@ async fn when_the_jwks_is_down_the_last_good_copy_is_served() {
     wait_for_fetches(&jwks, 2).await;
     let request = webhook(&signer, &jku, "/tl-webhook", &settled_body("3")).await;
     assert_eq!(send(&app, request).await.0, StatusCode::OK, "still served");
-    tokio::task::yield_now().await;
+    // Long enough for a background refetch to reach the local server, were one started.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(jwks.fetches(), 2, "no second refresh within the interval");
+    // Past the refetch interval (30 s), the next webhook starts one.
+    jump(Duration::from_secs(31)).await;
+    let request = webhook(&signer, &jku, "/tl-webhook", &settled_body("4")).await;
+    assert_eq!(send(&app, request).await.0, StatusCode::OK, "still served");
+    wait_for_fetches(&jwks, 3).await;
 
     // With nothing cached, an outage is a 503 (TrueLayer retries), not a 401.
     let cold = JwksServer::start(vec![signer.public_jwk().unwrap()]).await;
