@@ -102,6 +102,12 @@ impl<K: SignerSource> RunningProxy<K> {
         self.local
     }
 
+    /// How many workers will serve: the first on the caller's runtime, each other on a
+    /// thread of its own (see [`ProxyBuilder::workers`](crate::ProxyBuilder::workers)).
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
     /// A handle that stops it.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.shutdown.clone()

@@ -20,6 +20,7 @@ use truelayer_auth_testkit::recording::{Answer, RecordingServer};
 
 struct Running {
     addr: SocketAddr,
+    workers: usize,
     stop: ShutdownHandle,
     served: tokio::task::JoinHandle<()>,
 }
@@ -39,9 +40,15 @@ async fn start<K: SignerSource>(builder: ProxyBuilder<K>) -> Running {
         .await
         .unwrap();
     let addr = running.local_addr();
+    let workers = running.workers();
     let stop = running.shutdown_handle();
     let served = tokio::spawn(running.serve());
-    Running { addr, stop, served }
+    Running {
+        addr,
+        workers,
+        stop,
+        served,
+    }
 }
 
 /// An upstream that echoes what reaches it (method, target, headers and the number of body
@@ -502,6 +509,7 @@ async fn several_workers_share_the_port_reuse_upstream_connections_and_stop_toge
     let emulator = Emulator::start().await.unwrap();
     let upstream = recorder().await;
     let proxy = start(Proxy::builder(upstream.url(""), token_cache(&emulator)).workers(3)).await;
+    assert_eq!(proxy.workers, 3, "three workers were made");
     let mut clients = tokio::task::JoinSet::new();
     for client in 0..16 {
         let addr = proxy.addr;
@@ -570,6 +578,7 @@ async fn an_upstream_that_closes_its_connections_costs_no_failed_request() {
 async fn dropping_serve_stops_every_worker() {
     let emulator = Emulator::start().await.unwrap();
     let proxy = start(Proxy::builder(emulator.url(), token_cache(&emulator)).workers(3)).await;
+    assert_eq!(proxy.workers, 3, "three workers were made");
     assert!(TcpStream::connect(proxy.addr).await.is_ok());
     // The serve future is dropped, not shut down: the worker threads must not live on
     // with the merchant's token.
