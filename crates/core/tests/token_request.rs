@@ -315,11 +315,17 @@ async fn retries_back_off_and_then_succeed() {
         .unwrap();
     assert!(!token.is_expired());
     assert_eq!(emulator.stats().token_requests, 3);
-    // Full jitter: the two waits are drawn from [0, 1 s] and [0, 2 s].
+    // Full jitter: the two waits are drawn from [0, 1 s] and [0, 2 s]. On the paused clock
+    // only those waits move time, so some did pass (two draws of exactly 0 ns would be a
+    // 1-in-10^18 chance): a retry loop that did not wait would leave it at zero.
     assert!(
         started.elapsed() <= Duration::from_secs(3),
         "{:?}",
         started.elapsed()
+    );
+    assert!(
+        started.elapsed() > Duration::ZERO,
+        "the retries did not wait at all"
     );
 }
 
