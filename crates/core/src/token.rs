@@ -125,7 +125,14 @@ impl AccessToken {
     }
 
     /// The same token, tagged with the cache that fetched it and its keyed-cache entry.
-    pub(crate) fn tagged(self, key: Option<CacheKey>, issuer: Weak<dyn Issuer>) -> Self {
+    /// A fresh token is tagged in place; a shared one is copied (same id), which copies the
+    /// secret once more (zeroized on drop like the first).
+    pub(crate) fn tagged(mut self, key: Option<CacheKey>, issuer: Weak<dyn Issuer>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.key = key;
+            inner.issuer = Some(issuer);
+            return self;
+        }
         let inner = &self.inner;
         AccessToken {
             inner: Arc::new(Inner {

@@ -346,93 +346,49 @@ mod tests {
                 status: http::StatusCode::UNAUTHORIZED,
             })
         };
-        let fetching = |attempt, since| Phase::Fetching { attempt, since };
+        // Attempt 1 under way since t0.
+        let running = || State {
+            phase: Phase::Fetching {
+                attempt: 1,
+                since: t0,
+            },
+            attempts: 1,
+            ..State::default()
+        };
+        // Attempt 1 began at t0 and ended with `error`, backing off until `backoff` s.
+        let failed = |error: Option<Error>, backoff: Option<u64>| State {
+            attempts: 1,
+            last_start: Some(t0),
+            last_error: error,
+            backoff_until: backoff.map(|b| at(t0, b)),
+            ..State::default()
+        };
+        let wait = |until, attempt| CallerStep::Wait {
+            until: at(t0, until),
+            attempt,
+        };
         // (state, attempt judged, now, deadline, expected)
         let cases: Vec<(State, Option<u64>, u64, u64, CallerStep)> = vec![
             // Nothing ever fetched: start.
             (State::default(), None, 0, 15, CallerStep::Start),
             // An attempt under way: wait for it, until it would be lost or the deadline.
-            (
-                State {
-                    phase: fetching(1, t0),
-                    attempts: 1,
-                    ..State::default()
-                },
-                None,
-                10,
-                15,
-                CallerStep::Wait {
-                    until: at(t0, 15),
-                    attempt: Some(1),
-                },
-            ),
-            (
-                State {
-                    phase: fetching(1, t0),
-                    attempts: 1,
-                    ..State::default()
-                },
-                None,
-                10,
-                100,
-                CallerStep::Wait {
-                    until: at(t0, 61),
-                    attempt: Some(1),
-                },
-            ),
+            (running(), None, 10, 15, wait(15, Some(1))),
+            (running(), None, 10, 100, wait(61, Some(1))),
             // One that outlived the patience is lost: start another.
-            (
-                State {
-                    phase: fetching(1, t0),
-                    attempts: 1,
-                    ..State::default()
-                },
-                Some(1),
-                61,
-                100,
-                CallerStep::Start,
-            ),
+            (running(), Some(1), 61, 100, CallerStep::Start),
             // The rate bound holds the next attempt back.
-            (
-                State {
-                    attempts: 1,
-                    last_start: Some(at(t0, 10)),
-                    ..State::default()
-                },
-                None,
-                10,
-                15,
-                CallerStep::Wait {
-                    until: at(t0, 11),
-                    attempt: None,
-                },
-            ),
+            (failed(None, None), None, 0, 15, wait(1, None)),
             // The attempt waited for failed, retryably: retry after the backoff...
             (
-                State {
-                    attempts: 1,
-                    last_start: Some(t0),
-                    last_error: Some(server()),
-                    backoff_until: Some(at(t0, 3)),
-                    ..State::default()
-                },
+                failed(Some(server()), Some(3)),
                 Some(1),
                 1,
                 15,
-                CallerStep::Wait {
-                    until: at(t0, 3),
-                    attempt: None,
-                },
+                wait(3, None),
             ),
             // ...unless the backoff ends past the deadline: the error now.
             (
-                State {
-                    attempts: 1,
-                    last_start: Some(t0),
-                    last_error: Some(server()),
-                    backoff_until: Some(at(t0, 30)),
-                    ..State::default()
-                },
+                failed(Some(server()), Some(30)),
                 Some(1),
                 1,
                 15,
@@ -440,12 +396,7 @@ mod tests {
             ),
             // A permanent failure ends the wait of whoever waited for it...
             (
-                State {
-                    attempts: 1,
-                    last_start: Some(t0),
-                    last_error: Some(invalid_client()),
-                    ..State::default()
-                },
+                failed(Some(invalid_client()), None),
                 Some(1),
                 5,
                 15,
@@ -453,12 +404,7 @@ mod tests {
             ),
             // ...and reaches new callers at once within the rate bound...
             (
-                State {
-                    attempts: 1,
-                    last_start: Some(t0),
-                    last_error: Some(invalid_client()),
-                    ..State::default()
-                },
+                failed(Some(invalid_client()), None),
                 None,
                 0,
                 15,
@@ -466,12 +412,7 @@ mod tests {
             ),
             // ...but a caller who asks later gets one attempt.
             (
-                State {
-                    attempts: 1,
-                    last_start: Some(t0),
-                    last_error: Some(invalid_client()),
-                    ..State::default()
-                },
+                failed(Some(invalid_client()), None),
                 None,
                 3600,
                 3615,
