@@ -7,8 +7,8 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 use tokio::time::{Instant, advance, sleep};
 use truelayer_auth::{
-    ClientCredentials, CredentialsError, CredentialsFuture, CredentialsSource, Error,
-    OAuthErrorCode, TokenCache,
+    CacheSettings, ClientCredentials, CredentialsError, CredentialsFuture, CredentialsSource,
+    Error, OAuthErrorCode, TokenCache,
 };
 use truelayer_auth_emulator::{Emulator, Fault};
 use truelayer_auth_testkit::emulator::{cache_builder, credentials, environment};
@@ -125,9 +125,11 @@ async fn a_token_within_the_hard_margin_is_never_handed_out() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn failed_refreshes_back_off_with_full_jitter_while_the_valid_token_is_served() {
+async fn failed_refreshes_back_off_exponentially_while_the_valid_token_is_served() {
     let emulator = Emulator::start().await.unwrap();
-    let cache = cache_builder(&emulator).jitter(0.0).build().unwrap();
+    // The jitter's draw pinned to 1: each wait is the full exponential cap.
+    let settings = CacheSettings::default().jitter(0.0).fixed_backoff_draw(1.0);
+    let cache = cache_builder(&emulator).settings(settings).build().unwrap();
     let first = cache.token().await.unwrap();
     emulator.fail_next(std::iter::repeat_n(Fault::unavailable(), 6));
 
@@ -136,10 +138,11 @@ async fn failed_refreshes_back_off_with_full_jitter_while_the_valid_token_is_ser
     assert_eq!(requests(&emulator), 2, "first refresh attempt");
 
     // Step through time: record when each attempt happens; callers always succeed meanwhile.
+    let step = Duration::from_millis(50);
     let mut attempts = vec![Instant::now()];
     let mut seen = requests(&emulator);
     while seen < 8 {
-        advance(Duration::from_millis(100)).await;
+        advance(step).await;
         settle().await;
         let now = requests(&emulator);
         if now < 8 {
@@ -157,18 +160,14 @@ async fn failed_refreshes_back_off_with_full_jitter_while_the_valid_token_is_ser
             "backoff stalled"
         );
     }
-    // Gaps are drawn from [0, min(60, 2^(n-1))] seconds, give or take a step, and never
-    // shorter than the 1 s minimum between fetches.
-    for (n, pair) in attempts.windows(2).enumerate() {
-        let gap = pair[1] - pair[0];
-        let cap = Duration::from_secs(1 << n).min(Duration::from_secs(60));
+    // After the n-th failure in a row the next attempt comes 2^(n-1) s later (1 s doubling,
+    // capped at 60 s), observed to within one step of the test's clock.
+    let gaps: Vec<Duration> = attempts.windows(2).map(|p| p[1] - p[0]).collect();
+    for (n, gap) in gaps.iter().enumerate() {
+        let want = Duration::from_secs(1 << n);
         assert!(
-            gap <= cap.max(Duration::from_secs(1)) + Duration::from_millis(250),
-            "gap {n}: {gap:?}"
-        );
-        assert!(
-            gap >= Duration::from_secs(1) - Duration::from_millis(10),
-            "gap {n}: {gap:?}"
+            *gap >= want && *gap <= want + step,
+            "gap {n}: {gap:?}, want {want:?}; all gaps {gaps:?}"
         );
     }
     let fresh = cache.token().await.unwrap();

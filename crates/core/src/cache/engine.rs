@@ -411,6 +411,7 @@ impl<R: Refresh> Engine<R> {
             initial: self.settings.backoff_initial,
             max: self.settings.backoff_max,
             min_interval: self.settings.min_fetch_interval,
+            fixed_draw: self.settings.fixed_backoff_draw,
         }
     }
 

@@ -233,6 +233,7 @@ pub struct CacheSettings {
     pub(crate) backoff_max: Duration,
     pub(crate) min_fetch_interval: Duration,
     pub(crate) credentials_timeout: Duration,
+    pub(crate) fixed_backoff_draw: Option<f64>,
 }
 
 impl Default for CacheSettings {
@@ -248,6 +249,7 @@ impl Default for CacheSettings {
             backoff_max: Duration::from_secs(60),
             min_fetch_interval: Duration::from_secs(1),
             credentials_timeout: Duration::from_secs(20),
+            fixed_backoff_draw: None,
         }
     }
 }
@@ -305,6 +307,16 @@ impl CacheSettings {
     #[must_use]
     pub fn credentials_timeout(mut self, timeout: Duration) -> Self {
         self.credentials_timeout = timeout;
+        self
+    }
+
+    /// Replaces the backoff's random draw with `unit` (clamped to `[0, 1]`; 1 waits the full
+    /// exponential cap) so a test can assert exact retry times. Not for production: a fleet
+    /// that retries in step is what the jitter prevents.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn fixed_backoff_draw(mut self, unit: f64) -> Self {
+        self.fixed_backoff_draw = Some(unit);
         self
     }
 

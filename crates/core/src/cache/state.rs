@@ -167,7 +167,7 @@ impl State {
             error.retry_after(),
             usable_left,
             backoff,
-            fastrand::f64(),
+            backoff.fixed_draw.unwrap_or_else(fastrand::f64),
         );
         self.backoff_until = Some(saturating_add(now, retry.backoff));
         self.last_error = Some(error);
@@ -217,6 +217,8 @@ pub(crate) struct Backoff {
     pub(crate) max: Duration,
     /// The rate bound: no retry comes sooner.
     pub(crate) min_interval: Duration,
+    /// A fixed jitter draw in `[0, 1]` instead of a random one (a test hook).
+    pub(crate) fixed_draw: Option<f64>,
 }
 
 /// When to try again after the `failures`-th failure in a row.
@@ -484,6 +486,7 @@ mod tests {
             initial: S,
             max: Duration::from_secs(60),
             min_interval: S,
+            fixed_draw: None,
         };
         let hour = Duration::from_secs(3600);
         // (failures, hint, usable left, unit) -> (backoff, background)
