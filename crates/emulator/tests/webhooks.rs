@@ -11,6 +11,7 @@ use truelayer_auth_emulator::{
     Emulator, Error, PaymentStatus, WEBHOOK_KEY_ID, WEBHOOK_MAX_ATTEMPTS,
 };
 use truelayer_auth_testkit::emulator::access_token;
+use truelayer_auth_testkit::logs::LogCapture;
 use truelayer_auth_testkit::recording::{
     Answer, Recorded, RecordingServer, RecordingServerBuilder,
 };
@@ -431,11 +432,20 @@ async fn the_schedule_stops_at_a_manual_failure() {
     let emulator = Emulator::start().await.unwrap();
     emulator.set_payment_schedule(Some(Duration::from_millis(100)));
     let id = create_payment(&emulator, &simple_payment()).await;
+    let (logs, _guard) = LogCapture::trace();
     emulator.fail_payment(&id, "authorization_failed").unwrap();
+    // Five steps: a schedule that kept going would try (and log) a move at each.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let view = emulator.payment(&id).unwrap();
     assert_eq!(view["status"], "failed");
     assert_eq!(view["failure_stage"], "authorization_required");
+    let stops = logs.text().matches("payment schedule stopped").count();
+    assert_eq!(
+        stops,
+        1,
+        "the schedule stops at its next step:\n{}",
+        logs.text()
+    );
 }
 
 #[tokio::test]
