@@ -57,30 +57,9 @@ impl Drop for Running {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn payments_move_on_their_schedule_and_send_signed_webhooks() {
-    // A receiver answering 200 to everything.
-    let mut hooks = RecordingServer::start().await;
-    let hook_url = hooks.url("/webhooks");
-    let running = tokio::task::spawn_blocking(move || {
-        Running::start(&["--webhook-url", &hook_url, "--payment-step-ms", "50"])
-    })
-    .await
-    .unwrap();
-    let base = running.var("TRUELAYER_ENV").to_owned();
-    let jku = format!("{base}/webhooks/jwks");
-    assert!(
-        running.banner[0].contains(&format!("jku {jku}")),
-        "{:?}",
-        running.banner
-    );
-    assert!(
-        running.banner[1].contains("every 50 ms"),
-        "{:?}",
-        running.banner
-    );
-
-    // Register a request-signing key, as in Console, and create a payment.
+/// Registers a request-signing key (as in Console) with the emulator at `base`, and creates a
+/// payment with order metadata `"7"`; returns its id.
+async fn create_payment(running: &Running, base: &str) -> String {
     let http = reqwest::Client::new();
     let registered = http
         .post(format!(
@@ -138,6 +117,34 @@ async fn payments_move_on_their_schedule_and_send_signed_webhooks() {
         .unwrap()
         .to_owned();
 
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_move_on_their_schedule_and_send_signed_webhooks() {
+    // A receiver answering 200 to everything.
+    let mut hooks = RecordingServer::start().await;
+    let hook_url = hooks.url("/webhooks");
+    let running = tokio::task::spawn_blocking(move || {
+        Running::start(&["--webhook-url", &hook_url, "--payment-step-ms", "50"])
+    })
+    .await
+    .unwrap();
+    let base = running.var("TRUELAYER_ENV").to_owned();
+    let jku = format!("{base}/webhooks/jwks");
+    assert!(
+        running.banner[0].contains(&format!("jku {jku}")),
+        "{:?}",
+        running.banner
+    );
+    assert!(
+        running.banner[1].contains("every 50 ms"),
+        "{:?}",
+        running.banner
+    );
+
+    let id = create_payment(&running, &base).await;
+    let http = reqwest::Client::new();
     let jwks = http.get(&jku).send().await.unwrap().bytes().await.unwrap();
     let verifier = Verifier::from_jwks(&jwks)
         .unwrap()
@@ -159,13 +166,33 @@ async fn payments_move_on_their_schedule_and_send_signed_webhooks() {
     }
 }
 
-#[test]
-fn a_webhook_url_alone_moves_payments_every_two_seconds_and_https_is_refused() {
-    let running = Running::start(&["--webhook-url", "http://127.0.0.1:9/hooks"]);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_url_alone_moves_payments_every_two_seconds_and_https_is_refused() {
+    let mut hooks = RecordingServer::start().await;
+    let hook_url = hooks.url("/webhooks");
+    let running =
+        tokio::task::spawn_blocking(move || Running::start(&["--webhook-url", &hook_url]))
+            .await
+            .unwrap();
     assert!(
         running.banner[1].contains("every 2000 ms"),
         "{:?}",
         running.banner
+    );
+    let base = running.var("TRUELAYER_ENV").to_owned();
+    let created = std::time::Instant::now();
+    let id = create_payment(&running, &base).await;
+    // The first move comes one step (2 s) after the payment was created, not sooner.
+    let hook = tokio::time::timeout(std::time::Duration::from_secs(20), hooks.next())
+        .await
+        .expect("the payment moved within 20 s");
+    let json: Value = serde_json::from_slice(&hook.body).unwrap();
+    assert_eq!(json["type"], "payment_authorized");
+    assert_eq!(json["payment_id"], id.as_str());
+    let waited = created.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_secs(2),
+        "moved after {waited:?}"
     );
     drop(running);
 
