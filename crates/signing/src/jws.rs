@@ -54,6 +54,9 @@ impl JwsHeader {
 }
 
 /// The v2 payload: `METHOD path\n`, each `Name: value\n` in order, then the body.
+///
+/// The method goes in byte for byte: HTTP methods are case-sensitive, so folding it here
+/// would let a signature over `POST` verify a request sent as `post`.
 pub(crate) fn payload<'a>(
     method: &str,
     path: &str,
@@ -61,7 +64,7 @@ pub(crate) fn payload<'a>(
     body: &[u8],
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(method.len() + path.len() + body.len() + 64);
-    out.extend_from_slice(method.to_ascii_uppercase().as_bytes());
+    out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(path.as_bytes());
     out.push(b'\n');

@@ -34,7 +34,11 @@ pub struct Signable<'a> {
 }
 
 impl<'a> Signable<'a> {
-    /// A request with this method (any case) and absolute path (no scheme, host or query).
+    /// A request with this method and absolute path (no scheme, host or query).
+    ///
+    /// [`Signer`] signs the method in uppercase (TrueLayer's methods are `POST`, `DELETE`,
+    /// ...); [`Verifier`](crate::Verifier) compares it exactly, as HTTP does: a request whose
+    /// method is `post` is not the `POST` that was signed.
     pub fn new(method: &'a str, path: &'a str) -> Self {
         Signable {
             method,
@@ -349,8 +353,9 @@ impl Signer {
         let header_json = serde_json::to_vec(&header)
             .unwrap_or_else(|_| unreachable!("a struct of strings always serializes"));
         let encoded_header = jws::encode(&header_json);
+        // Canonical methods are uppercase; the verifier compares what it gets exactly.
         let payload = jws::payload(
-            request.method,
+            &request.method.to_ascii_uppercase(),
             request.path,
             request.headers.iter().copied(),
             request.body,

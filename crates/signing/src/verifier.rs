@@ -81,6 +81,8 @@ enum Keys {
 
 /// Verifies `Tl-Signature` values with a public key or a JWKS.
 ///
+/// - The method is compared exactly (HTTP methods are case-sensitive): a signature over
+///   `POST` does not verify a request given as `post`.
 /// - Header names are looked up case-insensitively; the payload uses the casing and order
 ///   the signature names.
 /// - A single trailing-slash difference in the path is tolerated (`/a/` for `/a`, and back).

@@ -35,7 +35,7 @@ fn truelayers_signature_vector_verifies_with_the_pem_and_the_jwks() {
     ] {
         verifier.verify(&sweeping(), TL_SIGNATURE).unwrap();
         // Header names are looked up in any case.
-        let lower = Signable::new("post", SWEEPING_PATH)
+        let lower = Signable::new("POST", SWEEPING_PATH)
             .header("idempotency-key", SWEEPING_KEY)
             .body(SWEEPING_BODY);
         verifier.verify(&lower, TL_SIGNATURE).unwrap();
@@ -58,6 +58,46 @@ fn truelayers_signature_vector_verifies_with_the_pem_and_the_jwks() {
             Err(VerifyError::MissingSignedHeader("Idempotency-Key".into()))
         );
     }
+}
+
+#[test]
+fn a_signature_for_post_does_not_verify_a_request_whose_method_is_lowercase_post() {
+    // HTTP methods are case-sensitive: `post` is another method than the `POST` signed.
+    // TrueLayer's crate cannot even express it (its `Method` is an enum that writes
+    // `POST`); its payload holds the method's bytes as given.
+    let ours = runtime()
+        .block_on(Signer::from_pem(KID, PRIVATE).unwrap().sign(&sweeping()))
+        .unwrap();
+    let theirs = truelayer_signing::sign_with_pem(KID, PRIVATE)
+        .method(truelayer_signing::Method::Post)
+        .path(SWEEPING_PATH)
+        .header("Idempotency-Key", SWEEPING_KEY.as_bytes())
+        .body(SWEEPING_BODY)
+        .build_signer()
+        .sign()
+        .unwrap();
+    let verifier = Verifier::from_public_pem(PUBLIC).unwrap();
+    for signature in [TL_SIGNATURE, ours.as_str(), theirs.as_str()] {
+        verifier.verify(&sweeping(), signature).unwrap();
+        for method in ["post", "Post", "pOST"] {
+            let request = Signable::new(method, SWEEPING_PATH)
+                .header("Idempotency-Key", SWEEPING_KEY)
+                .body(SWEEPING_BODY);
+            assert_eq!(
+                verifier.verify(&request, signature),
+                Err(VerifyError::Invalid),
+                "{method}"
+            );
+        }
+    }
+    // The signer writes the canonical (uppercase) method whatever case it is given.
+    let lower = Signable::new("post", SWEEPING_PATH)
+        .header("Idempotency-Key", SWEEPING_KEY)
+        .body(SWEEPING_BODY);
+    let signed_lower = runtime()
+        .block_on(Signer::from_pem(KID, PRIVATE).unwrap().sign(&lower))
+        .unwrap();
+    verifier.verify(&sweeping(), &signed_lower).unwrap();
 }
 
 #[test]
