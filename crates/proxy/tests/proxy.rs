@@ -1,6 +1,5 @@
 //! The proxy in-process, in front of the emulator and of a recording upstream.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,58 +12,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use truelayer_auth::{ClientCredentials, TokenCache};
 use truelayer_auth_emulator::Emulator;
-use truelayer_auth_proxy::{Proxy, ProxyBuilder, ShutdownHandle};
-use truelayer_auth_signing::SignerSource;
+use truelayer_auth_proxy::Proxy;
 use truelayer_auth_testkit::emulator::{environment, signer, token_cache};
 use truelayer_auth_testkit::recording::{Answer, RecordingServer};
 
-struct Running {
-    addr: SocketAddr,
-    workers: usize,
-    stop: ShutdownHandle,
-    served: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-}
-
-async fn start<K: SignerSource>(builder: ProxyBuilder<K>) -> Running {
-    let running = builder
-        .listen("127.0.0.1:0".parse().unwrap())
-        .build()
-        .unwrap()
-        .bind()
-        .await
-        .unwrap();
-    let addr = running.local_addr();
-    let workers = running.workers();
-    let stop = running.shutdown_handle();
-    let served = tokio::spawn(running.serve());
-    Running {
-        addr,
-        workers,
-        stop,
-        served,
-    }
-}
-
-/// An upstream that echoes what reaches it (method, target, headers and the number of body
-/// bytes), with a hop-by-hop header named in its `Connection` and an end-to-end one, and
-/// counts its connections and requests.
-async fn recorder() -> RecordingServer {
-    recorder_with(true).await
-}
-
-/// A recorder that closes each connection after one response when `keep_alive` is false.
-async fn recorder_with(keep_alive: bool) -> RecordingServer {
-    RecordingServer::echoing_upstream()
-        .keep_alive(keep_alive)
-        .start()
-        .await
-}
+mod support;
+use support::{recorder, recorder_with, start};
 
 /// The upstream answers the next request 401, with a large body: the proxy must read it
 /// before replaying on this connection.
