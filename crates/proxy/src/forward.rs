@@ -338,23 +338,23 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if doomed.is_empty() {
         return;
     }
-    // Headers named in `Connection` are hop-by-hop too (`keep-alive` and `close` name none).
-    // Read as bytes (a value that is not ASCII still names its tokens), and at most 32 of
-    // them: each is compared with every header name.
-    let tokens = headers
+    // Headers named in `Connection` are hop-by-hop too (`keep-alive` and `close` name none),
+    // all of them: a cap would let a client pass the rest on. Read as bytes (a value that is
+    // not ASCII still names its tokens); each token is one hashed removal, so the work is
+    // linear in the header's length, which hyper bounds with the request head.
+    let named: Vec<HeaderValue> = headers
         .get_all(header::CONNECTION)
+        .iter()
+        .cloned()
+        .collect();
+    let tokens = named
         .iter()
         .flat_map(|value| value.as_bytes().split(|b| *b == b','))
         .map(<[u8]>::trim_ascii)
-        .filter(|token| !token.is_empty())
-        .take(32);
+        .filter_map(|token| std::str::from_utf8(token).ok());
     for token in tokens {
-        if let Some(name) = headers
-            .keys()
-            .find(|name| name.as_str().as_bytes().eq_ignore_ascii_case(token))
-        {
-            doomed.push(name.clone());
-        }
+        // A token that is not a header name names nothing here.
+        headers.remove(token);
     }
     for name in &doomed {
         headers.remove(name);
