@@ -37,6 +37,7 @@
 
 #![forbid(unsafe_code)]
 
+mod canonical;
 mod jws;
 mod key;
 mod layer;

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::canonical::{self, Unsignable, shown};
 use crate::jws::{self, ALG, HeaderOut, SIGNATURE_LEN};
 use crate::key::{KeyError, PrivateKey};
 
@@ -74,11 +75,29 @@ impl<'a> Signable<'a> {
         self
     }
 
-    pub(crate) fn check_path(&self) -> Result<(), SignatureError> {
-        if !self.path.starts_with('/') {
-            return Err(SignatureError::PathNotAbsolute {
-                path: self.path.chars().take(100).collect(),
-            });
+    /// Refuses what the payload could not tell apart from another request (the rules
+    /// [`Verifier`](crate::Verifier) applies too).
+    fn check(&self) -> Result<(), SignatureError> {
+        let refuse = |fault, name: &str| match fault {
+            Unsignable::Method => SignatureError::InvalidMethod {
+                method: shown(self.method, 20),
+            },
+            Unsignable::PathNotAbsolute => SignatureError::PathNotAbsolute {
+                path: shown(self.path, 100),
+            },
+            Unsignable::Path => SignatureError::InvalidPath {
+                path: shown(self.path, 100),
+            },
+            Unsignable::Header => SignatureError::InvalidHeader {
+                name: shown(name, 100),
+            },
+            Unsignable::DuplicateHeader => SignatureError::DuplicateHeader {
+                name: shown(name, 100),
+            },
+        };
+        canonical::check_request_line(self.method, self.path).map_err(|f| refuse(f, ""))?;
+        for (name, _) in &self.headers {
+            canonical::signed_value(&self.headers, name).map_err(|f| refuse(f, name))?;
         }
         Ok(())
     }
@@ -95,22 +114,39 @@ pub enum SignatureError {
         "the path `{path}` is not absolute: sign the request path as sent, starting with `/` (no scheme or host)"
     )]
     PathNotAbsolute {
-        /// The path as given (truncated).
+        /// The path as given (truncated, control characters replaced).
+        path: String,
+    },
+    /// The method is not an HTTP token (letters, digits and ``!#$%&'*+-.^_`|~``), so the
+    /// payload would not say where it ends.
+    #[error(
+        "the method `{method}` cannot be signed: a method is an HTTP token (letters, digits and !#$%&'*+-.^_`|~)"
+    )]
+    InvalidMethod {
+        /// The method as given (truncated, control characters replaced).
+        method: String,
+    },
+    /// The path holds a line break (CR or LF), so the payload would read back as headers.
+    #[error(
+        "the path `{path}` cannot be signed: it holds a line break (sign the path as sent, percent-encoded)"
+    )]
+    InvalidPath {
+        /// The path as given (truncated, control characters replaced).
         path: String,
     },
     /// A header name or value that would make the signed payload ambiguous.
     #[error(
-        "the header `{name}` cannot be signed: names need visible ASCII without `:` or `,`, values no line breaks and no spaces or tabs at either end"
+        "the header `{name}` cannot be signed: names must be HTTP tokens (letters, digits and !#$%&'*+-.^_`|~), values hold no line breaks and no spaces or tabs at either end"
     )]
     InvalidHeader {
-        /// The header name (truncated).
+        /// The header name (truncated, control characters replaced).
         name: String,
     },
     /// A header to sign appears twice (names compare in any case), or has several values:
     /// the receiver could pick another value than the one signed.
     #[error("the header `{name}` appears more than once; a signed header must have one value")]
     DuplicateHeader {
-        /// The header name (truncated).
+        /// The header name (truncated, control characters replaced).
         name: String,
     },
     /// The signing backend failed (a KMS or HSM call, say).
@@ -315,32 +351,7 @@ impl Signer {
         request: &Signable<'_>,
         jku: Option<&str>,
     ) -> Result<String, SignatureError> {
-        request.check_path()?;
-        for (i, (name, value)) in request.headers.iter().enumerate() {
-            let name_ok = !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_graphic() && b != b':' && b != b',');
-            // HTTP strips spaces and tabs around a value in transit: the receiver would
-            // verify other bytes than were signed.
-            let padded = |b: Option<&u8>| matches!(b, Some(b' ' | b'\t'));
-            let value_ok = !value.iter().any(|b| *b == b'\r' || *b == b'\n')
-                && !padded(value.first())
-                && !padded(value.last());
-            if !name_ok || !value_ok {
-                return Err(SignatureError::InvalidHeader {
-                    name: name.chars().take(100).collect(),
-                });
-            }
-            if request.headers[..i]
-                .iter()
-                .any(|(earlier, _)| earlier.eq_ignore_ascii_case(name))
-            {
-                return Err(SignatureError::DuplicateHeader {
-                    name: name.chars().take(100).collect(),
-                });
-            }
-        }
+        request.check()?;
         let names: Vec<&str> = request.headers.iter().map(|(n, _)| *n).collect();
         let tl_headers = names.join(",");
         let header = HeaderOut {

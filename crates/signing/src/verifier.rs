@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::canonical::{self, Unsignable, shown};
 use crate::jws::{self, ALG, JwsHeader, Malformed};
 use crate::key::{KeyError, PublicKey};
 use crate::signer::Signable;
@@ -45,6 +46,27 @@ pub enum VerifyError {
     /// The path does not start with `/`.
     #[error("the path `{0}` is not absolute")]
     PathNotAbsolute(String),
+    /// The method is not an HTTP token (letters, digits and ``!#$%&'*+-.^_`|~``), so the
+    /// payload would not say where it ends.
+    #[error("the method `{0}` is not an HTTP token; no signature can cover it unambiguously")]
+    InvalidMethod(String),
+    /// The path holds a line break (CR or LF), so the payload would read back as headers.
+    #[error("the path `{0}` holds a line break; no signature can cover it unambiguously")]
+    InvalidPath(String),
+    /// A signed header [`Signer`](crate::Signer) would refuse to sign: a name that is not an
+    /// HTTP token, or a value with a line break or a space or tab at either end. With a line
+    /// break, bytes could move between the value and what follows it, and two requests
+    /// would share one signature.
+    #[error(
+        "the signed header `{0}` cannot be verified: names must be HTTP tokens, values hold no line breaks and no spaces or tabs at either end"
+    )]
+    InvalidHeader(String),
+    /// A signed header appears more than once on the request (names compare in any case):
+    /// the receiver could act on another value than the one verified.
+    #[error(
+        "the signed header `{0}` appears more than once on the request; it must have one value"
+    )]
+    DuplicateHeader(String),
     /// The signature does not match the request.
     #[error(
         "the signature does not match the request (method, path, signed headers or body differ, or another key signed)"
@@ -60,6 +82,17 @@ impl From<Malformed> for VerifyError {
             Malformed::Header => VerifyError::MalformedHeader,
             Malformed::Signature => VerifyError::MalformedSignature,
         }
+    }
+}
+
+/// The error for a request the signer would have refused; `name` is the header's.
+fn refused(fault: Unsignable, request: &Signable<'_>, name: &str) -> VerifyError {
+    match fault {
+        Unsignable::Method => VerifyError::InvalidMethod(shown(request.method, 20)),
+        Unsignable::PathNotAbsolute => VerifyError::PathNotAbsolute(shown(request.path, 100)),
+        Unsignable::Path => VerifyError::InvalidPath(shown(request.path, 100)),
+        Unsignable::Header => VerifyError::InvalidHeader(shown(name, 100)),
+        Unsignable::DuplicateHeader => VerifyError::DuplicateHeader(shown(name, 100)),
     }
 }
 
@@ -88,6 +121,10 @@ enum Keys {
 /// - A single trailing-slash difference in the path is tolerated (`/a/` for `/a`, and back).
 /// - Refuses attached payloads, any `alg` but ES512, and v1 signatures unless
 ///   [`allow_v1`](Self::allow_v1).
+/// - Refuses what [`Signer`](crate::Signer) refuses to sign, with the same checks: a method
+///   that is not an HTTP token, a path with a line break, and a signed header whose name is
+///   not a token, whose value holds a line break or is padded with spaces or tabs, or that
+///   appears more than once on the request. Such a request's payload could equal another's.
 ///
 /// # Example
 ///
@@ -205,11 +242,8 @@ impl Verifier {
     ///
     /// The [`VerifyError`] naming what is wrong.
     pub fn verify(&self, request: &Signable<'_>, signature: &str) -> Result<(), VerifyError> {
-        if !request.path.starts_with('/') {
-            return Err(VerifyError::PathNotAbsolute(
-                request.path.chars().take(100).collect(),
-            ));
-        }
+        canonical::check_request_line(request.method, request.path)
+            .map_err(|fault| refused(fault, request, ""))?;
         let detached = jws::split(signature)?;
         let header = &detached.header;
         if header.alg != ALG {
@@ -252,12 +286,10 @@ impl Verifier {
         }
         let mut values = Vec::with_capacity(signed.len());
         for name in &signed {
-            let value = request
-                .headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| *v)
-                .ok_or_else(|| VerifyError::MissingSignedHeader((*name).to_owned()))?;
+            // The same checks as the signer's: one value, a token name, no line break.
+            let value = canonical::signed_value(&request.headers, name)
+                .map_err(|fault| refused(fault, request, name))?
+                .ok_or_else(|| VerifyError::MissingSignedHeader(shown(name, 100)))?;
             values.push((*name, value));
         }
         let path = request.path;

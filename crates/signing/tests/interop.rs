@@ -2,7 +2,9 @@
 //! (`truelayer-signing`, OpenSSL), over generated requests.
 
 use proptest::prelude::*;
-use truelayer_auth_signing::{KeyError, Signable, Signer, Verifier, VerifyError, jws_header};
+use truelayer_auth_signing::{
+    KeyError, Signable, SignatureError, Signer, Verifier, VerifyError, jws_header,
+};
 
 const KID: &str = "45fc75cf-5649-4134-84b3-192c2c78e990";
 const PRIVATE: &[u8] = include_bytes!("vectors/ec512-private.pem");
@@ -419,4 +421,193 @@ fn headers_that_would_verify_as_other_bytes_are_refused() {
     ));
     // Inner spaces are part of the value.
     sign(Signable::new("POST", "/p").header("X-Note", "a b")).unwrap();
+}
+
+#[test]
+fn the_signer_refuses_a_header_value_with_a_line_break() {
+    let signer = Signer::from_pem(KID, PRIVATE).unwrap();
+    for value in ["a\nb", "a\rb", "a\r\nb", "a\n", "\nX-Other: b"] {
+        let request = Signable::new("POST", "/p")
+            .header("Idempotency-Key", "k")
+            .header("X-Note", value);
+        match runtime().block_on(signer.sign(&request)) {
+            Err(SignatureError::InvalidHeader { name }) => assert_eq!(name, "X-Note"),
+            other => panic!("{value:?}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_line_break_moved_from_the_body_into_a_header_value_does_not_verify() {
+    // Signed: `X-Note: a`, then the body `\n{}`. Sent: `X-Note: a\n`, then the body `{}`.
+    // Both make the payload `...X-Note: a\n\n{}`: without a check, one signature would
+    // verify two requests with different bodies.
+    let signed = Signable::new("POST", "/p")
+        .header("Idempotency-Key", "k")
+        .header("X-Note", "a")
+        .body(b"\n{}");
+    let moved = Signable::new("POST", "/p")
+        .header("Idempotency-Key", "k")
+        .header("X-Note", "a\n")
+        .body(b"{}");
+    let ours = runtime()
+        .block_on(Signer::from_pem(KID, PRIVATE).unwrap().sign(&signed))
+        .unwrap();
+    let theirs = truelayer_signing::sign_with_pem(KID, PRIVATE)
+        .method(truelayer_signing::Method::Post)
+        .path("/p")
+        .header("Idempotency-Key", b"k")
+        .header("X-Note", b"a")
+        .body(b"\n{}")
+        .build_signer()
+        .sign()
+        .unwrap();
+    let verifier = Verifier::from_public_pem(PUBLIC).unwrap();
+    for signature in [ours, theirs] {
+        verifier.verify(&signed, &signature).unwrap();
+        assert_eq!(
+            verifier.verify(&moved, &signature),
+            Err(VerifyError::InvalidHeader("X-Note".into()))
+        );
+    }
+}
+
+/// What the Signer and the Verifier must both refuse.
+#[derive(Debug, Clone, Copy)]
+enum Refused {
+    Method,
+    Path,
+    Header(&'static str),
+    Duplicate(&'static str),
+}
+
+#[test]
+fn the_verifier_refuses_every_request_the_signer_refuses() {
+    type Case = (
+        &'static str,
+        &'static str,
+        Vec<(&'static str, &'static str)>,
+        Refused,
+    );
+    let key = ("Idempotency-Key", "k");
+    let cases: Vec<Case> = vec![
+        (
+            "POST",
+            "/p",
+            vec![key, ("X-Note", "a\nb")],
+            Refused::Header("X-Note"),
+        ),
+        (
+            "POST",
+            "/p",
+            vec![key, ("X-Note", "a\rb")],
+            Refused::Header("X-Note"),
+        ),
+        (
+            "POST",
+            "/p",
+            vec![key, ("X-Note", " a")],
+            Refused::Header("X-Note"),
+        ),
+        (
+            "POST",
+            "/p",
+            vec![key, ("X-Note", "a\t")],
+            Refused::Header("X-Note"),
+        ),
+        (
+            "POST",
+            "/p",
+            vec![key, ("X Note", "a")],
+            Refused::Header("X Note"),
+        ),
+        (
+            "POST",
+            "/p",
+            vec![key, ("X(Note)", "a")],
+            Refused::Header("X(Note)"),
+        ),
+        (
+            "POST",
+            "/p",
+            vec![key, ("X:Note", "a")],
+            Refused::Header("X:Note"),
+        ),
+        (
+            "POST",
+            "/p",
+            vec![key, ("X-Nöte", "a")],
+            Refused::Header("X-Nöte"),
+        ),
+        (
+            "POST",
+            "/p",
+            vec![key, ("idempotency-key", "k2")],
+            Refused::Duplicate("Idempotency-Key"),
+        ),
+        ("PO ST", "/p", vec![key], Refused::Method),
+        ("POST\n", "/p", vec![key], Refused::Method),
+        ("", "/p", vec![key], Refused::Method),
+        ("POST", "/p\nX-Note: a", vec![key], Refused::Path),
+        ("POST", "/p\r", vec![key], Refused::Path),
+    ];
+    let signer = Signer::from_pem(KID, PRIVATE).unwrap();
+    let verifier = Verifier::from_public_pem(PUBLIC).unwrap();
+    for (method, path, headers, refused) in cases {
+        let request = Signable::new(method, path)
+            .headers(headers.iter().map(|(n, v)| (*n, *v)))
+            .body(b"{}");
+        let signed = runtime().block_on(signer.sign(&request));
+        let ok = match (&signed, refused) {
+            (Err(SignatureError::InvalidMethod { .. }), Refused::Method)
+            | (Err(SignatureError::InvalidPath { .. }), Refused::Path) => true,
+            (Err(SignatureError::InvalidHeader { name }), Refused::Header(expected))
+            | (Err(SignatureError::DuplicateHeader { name }), Refused::Duplicate(expected)) => {
+                name == expected
+            }
+            _ => false,
+        };
+        assert!(ok, "signing {method:?} {path:?} {headers:?}: {signed:?}");
+
+        // A signature naming these headers (the checks come before any key is used, so
+        // its bytes need not be valid).
+        let mut names: Vec<&str> = Vec::new();
+        for (name, _) in &headers {
+            if !names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+                names.push(name);
+            }
+        }
+        let jose = serde_json::json!({
+            "alg": "ES512", "kid": KID, "tl_version": "2", "tl_headers": names.join(","),
+        });
+        let signature = format!("{}..AAAA", base64_url(jose.to_string().as_bytes()));
+        let verified = verifier.verify(&request, &signature);
+        let ok = match (&verified, refused) {
+            (Err(VerifyError::InvalidMethod(_)), Refused::Method)
+            | (Err(VerifyError::InvalidPath(_)), Refused::Path) => true,
+            (Err(VerifyError::InvalidHeader(name)), Refused::Header(expected))
+            | (Err(VerifyError::DuplicateHeader(name)), Refused::Duplicate(expected)) => {
+                name == expected
+            }
+            _ => false,
+        };
+        assert!(
+            ok,
+            "verifying {method:?} {path:?} {headers:?}: {verified:?}"
+        );
+        // A line break in what the sender chose never reaches a log line.
+        for shown in [
+            signed.unwrap_err().to_string(),
+            verified.unwrap_err().to_string(),
+        ] {
+            assert!(!shown.contains(['\r', '\n']), "{shown:?}");
+        }
+    }
+
+    // Every token character is allowed in a name; inner spaces and tabs in a value.
+    let request = Signable::new("POST", "/p")
+        .header("Idempotency-Key", "k")
+        .header("!#$%&'*+-.^_`|~09Az", "a b\tc");
+    let signature = runtime().block_on(signer.sign(&request)).unwrap();
+    verifier.verify(&request, &signature).unwrap();
 }
