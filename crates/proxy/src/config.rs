@@ -222,7 +222,9 @@ impl<K> ProxyBuilder<K> {
     }
 
     /// Where the proxy's own endpoints live (`{path}/healthz`, `{path}/metrics`), off the
-    /// proxied path space. Default `/.tlauth`.
+    /// proxied path space: the path itself and the paths under it (`{path}/...`) are
+    /// answered by the proxy, every other path (`{path}z`, say) is forwarded. A trailing `/`
+    /// is ignored. Default `/.tlauth`.
     #[must_use]
     pub fn admin_path(mut self, path: impl Into<String>) -> Self {
         self.admin_path = path.into();
@@ -293,7 +295,7 @@ impl<K> ProxyBuilder<K> {
     /// [`ProxyError`]: an unusable or plain-http remote upstream, a remote listen address
     /// without [`allow_remote`](Self::allow_remote), zero limits or timeouts, or TLS roots
     /// that cannot be loaded.
-    pub fn build(self) -> Result<Proxy<K>, ProxyError>
+    pub fn build(mut self) -> Result<Proxy<K>, ProxyError>
     where
         K: SignerSource,
     {
@@ -319,7 +321,10 @@ impl<K> ProxyBuilder<K> {
                 reason: "timeouts must be greater than zero",
             });
         }
-        if !self.admin_path.starts_with('/') || self.admin_path.len() < 2 {
+        // `/x/` means `/x`: its endpoints are `/x/healthz`, not `/x//healthz`.
+        let trimmed = self.admin_path.trim_end_matches('/').len();
+        self.admin_path.truncate(trimmed);
+        if !self.admin_path.starts_with('/') {
             return Err(ProxyError::InvalidSetting {
                 name: "admin_path",
                 reason: "the admin path starts with `/` and is not `/` alone",

@@ -127,7 +127,7 @@ impl<K: SignerSource> Forwarder<K> {
                 serde_json::json!({ "error": "method_not_allowed", "message": "CONNECT and `*` requests are not forwarded" }),
             );
         }
-        if let Some(admin) = request.uri().path().strip_prefix(self.admin_path.as_str()) {
+        if let Some(admin) = under(request.uri().path(), &self.admin_path) {
             return self.admin(request.method(), admin);
         }
         let upstream_request = match self.upstream_request(request).await {
@@ -302,6 +302,13 @@ impl<K: SignerSource> Forwarder<K> {
         };
         Some(Uri::from(path_and_query))
     }
+}
+
+/// What follows `prefix` in `path` when `path` is `prefix` itself (`""`) or lies under it
+/// (`"/..."`): `/.tlauthz` is not under `/.tlauth`, and goes upstream.
+fn under<'p>(path: &'p str, prefix: &str) -> Option<&'p str> {
+    path.strip_prefix(prefix)
+        .filter(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 enum Failure {

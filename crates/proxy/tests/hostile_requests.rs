@@ -31,3 +31,50 @@ async fn every_header_named_in_connection_is_dropped_however_many_there_are() {
     );
     assert_eq!(headers["x-end-to-end"], serde_json::json!(["kept"]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_that_only_begin_like_the_admin_path_are_forwarded() {
+    let emulator = Emulator::start().await.unwrap();
+    let upstream = recorder().await;
+    let tokens = token_cache(&emulator);
+    tokens.token().await.unwrap();
+    let proxy = start(Proxy::builder(upstream.url(""), tokens)).await;
+    let http = reqwest::Client::new();
+    for path in ["/.tlauthz/healthz", "/.tlauthv3/payments", "/.tlauth.json"] {
+        let response = http.get(proxy.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let echo: Value = response.json().await.unwrap();
+        assert_eq!(echo["uri"], path, "forwarded to the upstream");
+    }
+    // The admin path itself, and what lies under it, are the proxy's.
+    let health = http
+        .get(proxy.url("/.tlauth/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.json::<Value>().await.unwrap()["status"], "ok");
+    for path in ["/.tlauth", "/.tlauth/", "/.tlauth/nope"] {
+        let local = http.get(proxy.url(path)).send().await.unwrap();
+        assert_eq!(local.status(), 404, "{path}");
+        assert_eq!(local.json::<Value>().await.unwrap()["error"], "not_found");
+    }
+    assert_eq!(
+        upstream.requests(),
+        3,
+        "only the three lookalikes went upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_path_given_with_a_trailing_slash_serves_its_endpoints() {
+    let emulator = Emulator::start().await.unwrap();
+    let upstream = recorder().await;
+    let tokens = token_cache(&emulator);
+    tokens.token().await.unwrap();
+    let proxy = start(Proxy::builder(upstream.url(""), tokens).admin_path("/_proxy/")).await;
+    let health = reqwest::get(proxy.url("/_proxy/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.json::<Value>().await.unwrap()["ready"], true);
+    assert_eq!(upstream.requests(), 0);
+}
