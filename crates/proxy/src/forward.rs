@@ -120,6 +120,18 @@ impl<K: SignerSource> Forwarder<K> {
                 serde_json::json!({ "error": error, "message": message }),
             );
         }
+        if let Some(standard) = miscased(request.method()) {
+            return json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({
+                    "error": "method_not_canonical",
+                    "message": format!(
+                        "the method `{}` is not `{standard}`: methods are case-sensitive, and only their standard spelling is signed; send `{standard}`",
+                        request.method(),
+                    ),
+                }),
+            );
+        }
         // A forward proxy's tunnel is not this proxy's job, and `*` names no path upstream.
         if request.method() == Method::CONNECT || request.uri().path() == "*" {
             return json(
@@ -302,6 +314,31 @@ impl<K: SignerSource> Forwarder<K> {
         };
         Some(Uri::from(path_and_query))
     }
+}
+
+/// The methods of RFC 9110 and PATCH, as spelled there.
+static STANDARD_METHODS: [Method; 9] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::CONNECT,
+    Method::OPTIONS,
+    Method::TRACE,
+    Method::PATCH,
+];
+
+/// The standard method `method` spells in another case (`POST` for `post`). hyper takes such
+/// a spelling as an extension method, which the signing layer does not sign, yet an upstream
+/// that reads methods without regard to case would act on it.
+fn miscased(method: &Method) -> Option<&'static Method> {
+    if STANDARD_METHODS.contains(method) {
+        return None;
+    }
+    STANDARD_METHODS
+        .iter()
+        .find(|standard| standard.as_str().eq_ignore_ascii_case(method.as_str()))
 }
 
 /// What follows `prefix` in `path` when `path` is `prefix` itself (`""`) or lies under it

@@ -8,7 +8,8 @@
 //!
 //! - **Safe by default**: loopback only unless remote clients are allowed; requests whose
 //!   `Host` is not the proxy's (a web page that rebound its name to 127.0.0.1) and browser
-//!   requests from other sites (`Origin`, `Sec-Fetch-Site: cross-site`) are refused; plain
+//!   requests from other sites (`Origin`, `Sec-Fetch-Site: cross-site`) are refused, as
+//!   are methods spelled in another case (`post`, which would not be signed); plain
 //!   http only to loopback upstreams; user info never leaves the upstream URL; header-read and
 //!   body timeouts, a connection cap, and backoff after accept errors.
 //! - **Faithful**: bodies stream both ways; hop-by-hop headers are dropped; bodies up to the

@@ -4,7 +4,7 @@
 use serde_json::Value;
 use truelayer_auth_emulator::Emulator;
 use truelayer_auth_proxy::Proxy;
-use truelayer_auth_testkit::emulator::token_cache;
+use truelayer_auth_testkit::emulator::{signer, token_cache};
 
 mod support;
 use support::{recorder, start};
@@ -77,4 +77,43 @@ async fn an_admin_path_given_with_a_trailing_slash_serves_its_endpoints() {
     assert_eq!(health.status(), 200);
     assert_eq!(health.json::<Value>().await.unwrap()["ready"], true);
     assert_eq!(upstream.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_spelled_in_another_case_is_refused_not_forwarded_unsigned() {
+    let emulator = Emulator::start().await.unwrap();
+    let mut upstream = recorder().await;
+    let proxy =
+        start(Proxy::builder(upstream.url(""), token_cache(&emulator)).signer(signer(&emulator)))
+            .await;
+    let http = reqwest::Client::new();
+    // hyper takes `post` as an extension method: the signing layer would not sign it, the
+    // bearer layer would still authorize it, and an upstream that reads methods without
+    // regard to case would take it for a POST.
+    for (sent, canonical) in [("post", "POST"), ("Delete", "DELETE"), ("get", "GET")] {
+        let method = reqwest::Method::from_bytes(sent.as_bytes()).unwrap();
+        let response = http
+            .request(method, proxy.url("/v3/payments"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{sent}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "method_not_canonical", "{sent}: {body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains(&format!("`{canonical}`")), "{message}");
+    }
+    assert_eq!(upstream.requests(), 0, "nothing was forwarded");
+    // Spelled as standard, the same request is signed and forwarded.
+    let response = http
+        .post(proxy.url("/v3/payments"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let forwarded = upstream.next().await;
+    assert_eq!(forwarded.method, "POST");
+    forwarded.header("tl-signature");
 }
