@@ -283,3 +283,19 @@ fn emulator_help_lists_the_admin_routes_and_the_librarys_defaults() {
     let port = truelayer_auth_emulator::DEFAULT_ADDR.port();
     assert!(help.contains(&format!("[default: {port}]")), "{help}");
 }
+
+#[test]
+fn the_client_secret_is_never_taken_as_a_flag_nor_echoed() {
+    const MARKER: &str = "MARKER-SECRET-0b7f3c";
+    let joined = format!("--client-secret={MARKER}");
+    for args in [
+        ["token", "--client-secret", MARKER],
+        ["token", &joined, "--env"],
+    ] {
+        let out = tlauth(&args, &[], None);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(stderr.contains("--client-secret-stdin"), "{stderr}");
+        assert!(!stdout.contains(MARKER) && !stderr.contains(MARKER), "{stderr}");
+    }
+}

@@ -466,7 +466,7 @@ pub enum Error {
     #[error("the token cache was dropped while a request waited for a token from it")]
     CacheDropped,
     /// No usable token arrived within the cache's wait deadline, and no attempt had failed yet.
-    #[error("no access token within {} ms: the token endpoint is slow or unreachable; check connectivity, or raise the wait deadline", waited.as_millis())]
+    #[error("no access token within {} ms: the refresh under way (credentials load and token request) has not finished; check the credentials source and the token endpoint's reachability, or raise the wait deadline", waited.as_millis())]
     WaitTimedOut {
         /// How long the caller waited.
         waited: Duration,

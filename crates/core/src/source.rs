@@ -22,7 +22,7 @@ pub type CredentialsFuture<'a> =
 /// `invalid_client`: it must bypass any cache, so a rotated secret is picked up without a
 /// restart; the request is retried only if the reload returned different credentials.
 ///
-/// A token cache time-boxes every call (20 s by default) and survives a source that panics:
+/// A token cache time-boxes every call (5 s by default) and survives a source that panics:
 /// both count as a failed, retryable fetch. Implementations: [`ClientCredentials`] itself (static), [`EnvCredentials`], and
 /// the AWS Secrets Manager source of the `truelayer-auth-vault` crate.
 ///

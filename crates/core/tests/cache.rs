@@ -444,6 +444,26 @@ async fn a_hanging_endpoint_gives_a_typed_error_after_the_wait_deadline() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn with_the_defaults_a_hanging_endpoint_times_out_within_the_wait_and_the_caller_gets_that_at_15_s()
+ {
+    let emulator = Emulator::start().await.unwrap();
+    emulator.set_latency(HOUR);
+    let cache = cache_builder(&emulator).build().unwrap();
+    let started = Instant::now();
+    let err = cache.token().await.unwrap_err();
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(15),
+        "the default wait"
+    );
+    // The request's own timeout (10 s total) failed the first attempt within the wait, so the
+    // caller gets that, not a wait timeout; the second attempt was still under way. (Checks
+    // in between are unreliable here: the paused clock runs ahead of the sockets' real I/O.)
+    assert!(err.is_timeout(), "{err:?}");
+    assert_eq!(requests(&emulator), 2);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_permanent_error_reaches_callers_at_once() {
     let emulator = Emulator::start().await.unwrap();
     let wrong = ClientCredentials::new(emulator.client_id(), "not-the-secret".into()).unwrap();

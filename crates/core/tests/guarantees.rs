@@ -233,6 +233,35 @@ impl CredentialsSource for Unruly {
 }
 
 #[tokio::test(start_paused = true)]
+async fn with_the_defaults_a_hanging_credentials_source_reaches_callers_as_its_own_error() {
+    let emulator = Emulator::start().await.unwrap();
+    let source = Arc::new(Unruly {
+        creds: credentials(&emulator),
+        mode: AtomicU32::new(HANG),
+        calls: AtomicU32::new(0),
+    });
+    let cache = TokenCache::builder(environment(&emulator), source.clone())
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let err = cache.token().await.unwrap_err();
+    // Each load is cut off at 5 s, inside the 15 s wait: the caller learns which part hung.
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(15),
+        "the default wait"
+    );
+    assert!(matches!(err, Error::Credentials(_)), "{err:?}");
+    let chain = truelayer_auth::error_chain(&err);
+    assert!(chain.contains("did not answer within 5000 ms"), "{chain}");
+    assert!(
+        source.calls.load(Ordering::SeqCst) >= 2,
+        "retried after the cut"
+    );
+    assert_eq!(requests(&emulator), 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_credentials_source_that_panics_or_hangs_neither_kills_nor_wedges_the_cache() {
     let emulator = Emulator::start().await.unwrap();
     let source = Arc::new(Unruly {
@@ -472,10 +501,10 @@ fn a_task_stuck_mid_fetch_in_a_runtime_no_longer_driven_is_replaced() {
             .token()
             .await
             .expect("a caller waiting on the stuck fetch gets the task replaced");
-        // Callers give a fetch as long as a driven one can take (2 credentials loads of 20 s
+        // Callers give a fetch as long as a driven one can take (2 credentials loads of 5 s
         // and 2 requests of 10 s, plus 1 s), then the task 1 s to answer.
         assert!(
-            started.elapsed() <= Duration::from_secs(63),
+            started.elapsed() <= Duration::from_secs(33),
             "{:?}",
             started.elapsed()
         );

@@ -62,7 +62,7 @@ use crate::token_source::{TokenFuture, TokenSource};
 ///   it. One that ends without an answer (its runtime was dropped, it panicked) is seen by
 ///   the next caller, which starts another in its own runtime; one that outlives its time
 ///   limit (its runtime is no longer driven) is replaced likewise. A credentials source that
-///   panics or hangs (20 s by default) counts as a failed fetch.
+///   panics or hangs (5 s by default) counts as a failed fetch.
 ///
 /// Dropping the last handle stops all refreshing.
 ///
@@ -248,7 +248,7 @@ impl Default for CacheSettings {
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             min_fetch_interval: Duration::from_secs(1),
-            credentials_timeout: Duration::from_secs(20),
+            credentials_timeout: Duration::from_secs(5),
             fixed_backoff_draw: None,
         }
     }
@@ -302,7 +302,9 @@ impl CacheSettings {
     }
 
     /// How long a credentials source may take to answer before the fetch counts as failed
-    /// (retryable). Default 20 s. Used by caches that load client credentials
+    /// (retryable). Default 5 s, so that a credentials load and a token request (10 s by
+    /// default) both fit in the default wait (15 s) and a slow source reaches callers as its
+    /// own error, not as [`Error::WaitTimedOut`]. Used by caches that load client credentials
     /// ([`TokenCache`], [`KeyedTokenCache`]); a [`Refresh`] bounds its own steps.
     #[must_use]
     pub fn credentials_timeout(mut self, timeout: Duration) -> Self {
