@@ -12,7 +12,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use tower::ServiceExt;
 use truelayer_auth::TokenCache;
-use truelayer_auth_signing::{SignerSource, Signing, SigningError};
+use truelayer_auth_signing::{IDEMPOTENCY_KEY, SignerSource, Signing, SigningError};
 use truelayer_auth_tower::{BearerAuth, BearerAuthError, ReplayFn};
 
 use crate::body::{BoxError, ProxyBody, Refused, take_in};
@@ -141,6 +141,23 @@ impl<K: SignerSource> Forwarder<K> {
         }
         if let Some(admin) = under(request.uri().path(), &self.admin_path) {
             return self.admin(request.method(), admin);
+        }
+        // Two keys: which one the upstream would read is not defined, and the signing layer
+        // cannot sign both. The client's mistake, not the gateway's (it was a 502).
+        if request
+            .headers()
+            .get_all(IDEMPOTENCY_KEY)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            return json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({
+                    "error": "duplicate_header",
+                    "message": "the request has more than one Idempotency-Key; which one the upstream would read is not defined, so nothing was sent: send one",
+                }),
+            );
         }
         let upstream_request = match self.upstream_request(request).await {
             Ok(r) => r,

@@ -117,3 +117,36 @@ async fn a_method_spelled_in_another_case_is_refused_not_forwarded_unsigned() {
     assert_eq!(forwarded.method, "POST");
     forwarded.header("tl-signature");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_idempotency_keys_are_a_400_naming_the_header_signed_or_not() {
+    let emulator = Emulator::start().await.unwrap();
+    let upstream = recorder().await;
+    let signed =
+        start(Proxy::builder(upstream.url(""), token_cache(&emulator)).signer(signer(&emulator)))
+            .await;
+    let plain = start(Proxy::builder(upstream.url(""), token_cache(&emulator))).await;
+    let http = reqwest::Client::new();
+    for proxy in [&signed, &plain] {
+        // Which of the two the upstream would read is anyone's guess.
+        let response = http
+            .post(proxy.url("/v3/payments"))
+            .header("idempotency-key", "key-a")
+            .header("idempotency-key", "key-b")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "duplicate_header", "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("Idempotency-Key"),
+            "{body}"
+        );
+    }
+    assert_eq!(upstream.requests(), 0, "nothing was forwarded");
+}
