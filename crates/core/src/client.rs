@@ -247,7 +247,7 @@ impl TokenClient {
                 .headers()
                 .get(LOCATION)
                 .and_then(|v| v.to_str().ok())
-                .map(sanitize_location);
+                .map(|v| sanitize_location(&crate::response::scrub_decoded(v, secret)));
             return Err(Error::RedirectRefused { status, location });
         }
         let retry_after = response
@@ -273,7 +273,7 @@ impl TokenClient {
             });
         }
         let invalid = |problem| Error::InvalidResponse { status, problem };
-        let parsed = match parse_token_response(&body) {
+        let parsed = match parse_token_response(&body, secret) {
             Ok(parsed) => parsed,
             // Some servers answer 200 with an OAuth2 error body.
             Err(problem) => {

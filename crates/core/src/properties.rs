@@ -26,7 +26,7 @@ proptest! {
 
     #[test]
     fn token_responses_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let _ = parse_token_response(&bytes);
+        let _ = parse_token_response(&bytes, "");
     }
 
     #[test]
@@ -35,7 +35,7 @@ proptest! {
     ) {
         let body = format!(r#"{{"access_token":{},"expires_in":{expires},"token_type":{},"x":{}}}"#,
             serde_json::to_string(&token).unwrap(), serde_json::to_string(&kind).unwrap(), serde_json::to_string(&extra).unwrap());
-        let _ = parse_token_response(body.as_bytes());
+        let _ = parse_token_response(body.as_bytes(), "");
     }
 
     #[test]
@@ -50,7 +50,7 @@ proptest! {
         if let Some(s) = &scope {
             body["scope"] = serde_json::Value::String(s.clone());
         }
-        let parsed = parse_token_response(body.to_string().as_bytes()).unwrap();
+        let parsed = parse_token_response(body.to_string().as_bytes(), "").unwrap();
         prop_assert_eq!(parsed.access_token.expose_secret(), token.as_str());
         prop_assert_eq!(parsed.expires_in, Duration::from_secs(expires));
         prop_assert_eq!(parsed.scope, scope);

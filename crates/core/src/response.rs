@@ -31,7 +31,10 @@ pub(crate) struct TokenResponse {
 /// # Errors
 ///
 /// The [`InvalidResponse`] that says what is wrong; it never quotes the body.
-pub(crate) fn parse_token_response(body: &[u8]) -> Result<TokenResponse, InvalidResponse> {
+pub(crate) fn parse_token_response(
+    body: &[u8],
+    secret: &str,
+) -> Result<TokenResponse, InvalidResponse> {
     let object = parse_object(body)?;
     let access_token = match object.get("access_token") {
         None | Some(Value::Null) => return Err(InvalidResponse::MissingField("access_token")),
@@ -47,7 +50,12 @@ pub(crate) fn parse_token_response(body: &[u8]) -> Result<TokenResponse, Invalid
     match object.get("token_type") {
         None | Some(Value::Null) => return Err(InvalidResponse::MissingField("token_type")),
         Some(Value::String(t)) if t.eq_ignore_ascii_case("bearer") => {}
-        Some(Value::String(t)) => return Err(InvalidResponse::NotBearer(truncate(t, 40))),
+        Some(Value::String(t)) => {
+            return Err(InvalidResponse::NotBearer(truncate(
+                &scrub_decoded(t, secret),
+                40,
+            )));
+        }
         Some(_) => {
             return Err(InvalidResponse::WrongFieldType {
                 field: "token_type",
@@ -163,6 +171,19 @@ pub(crate) fn scrub(text: &str, secret: &str) -> String {
     out
 }
 
+/// [`scrub`] over `text` percent-decoded as well (a server may escape any byte), for server
+/// text that an error quotes outside an OAuth2 error body: an echoed `token_type`, a
+/// redirect's `Location`. The result is the decoded text when that is where a secret was found.
+pub(crate) fn scrub_decoded(text: &str, secret: &str) -> String {
+    let decoded = percent_encoding::percent_decode_str(text).decode_utf8_lossy();
+    let scrubbed = scrub(&decoded, secret);
+    if scrubbed == decoded {
+        scrub(text, secret)
+    } else {
+        scrubbed
+    }
+}
+
 /// `%2B` → `%2b`: the hex digits after each `%` in lower case.
 fn lower_escapes(encoded: &str) -> String {
     let mut out = String::with_capacity(encoded.len());
@@ -254,11 +275,11 @@ mod tests {
     use super::*;
 
     fn ok(body: &str) -> TokenResponse {
-        parse_token_response(body.as_bytes()).unwrap()
+        parse_token_response(body.as_bytes(), "").unwrap()
     }
 
     fn err(body: &str) -> InvalidResponse {
-        parse_token_response(body.as_bytes()).unwrap_err()
+        parse_token_response(body.as_bytes(), "").unwrap_err()
     }
 
     #[test]

@@ -13,9 +13,13 @@ use truelayer_auth_testkit::logs::LogCapture;
 const SECRET: &str = "MARKER-SECRET-7d1e";
 const TOKEN: &str = "MARKER-TOKEN-93ab";
 
+/// Checks `text` as written and percent-decoded (a leak may be escaped).
 fn assert_clean(what: &str, text: &str) {
-    assert!(!text.contains(SECRET), "{what} leaks the secret: {text}");
-    assert!(!text.contains(TOKEN), "{what} leaks the token: {text}");
+    let decoded = percent_encoding::percent_decode_str(text).decode_utf8_lossy();
+    for text in [text, &decoded] {
+        assert!(!text.contains(SECRET), "{what} leaks the secret: {text}");
+        assert!(!text.contains(TOKEN), "{what} leaks the token: {text}");
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -86,6 +90,18 @@ async fn no_secret_or_token_reaches_debug_display_errors_or_logs() {
         Fault::Truncate,
         Fault::Redirect {
             location: format!("https://evil.example/?token={TOKEN}&secret={SECRET}"),
+        },
+        // Parts of an answer that an error quotes: an echoed `token_type`, and a `Location`
+        // path (kept in the error, unlike its query), raw and form-encoded.
+        echo(
+            200,
+            format!(r#"{{"access_token":"t","expires_in":9,"token_type":"{SECRET}"}}"#),
+        ),
+        Fault::Redirect {
+            location: format!("https://evil.example/{SECRET}/x"),
+        },
+        Fault::Redirect {
+            location: format!("https://evil.example/a/{}", SECRET.replace('-', "%2D")),
         },
     ];
     for fault in faults {
