@@ -8,6 +8,11 @@ use axum::response::{IntoResponse, Response};
 use crate::event::Webhook;
 use crate::verifier::VerifiedWebhook;
 
+/// The webhook the layer parsed for its ledger, handed to the extractor so the handler sees
+/// the event the ledger keyed (private: nothing else can put one in a request's extensions).
+#[derive(Clone)]
+pub(crate) struct Parsed(pub(crate) Webhook);
+
 /// Why the [`Webhook`] extractor refused a request.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -55,9 +60,13 @@ impl IntoResponse for WebhookRejection {
 impl<S: Send + Sync> FromRequest<S> for Webhook {
     type Rejection = WebhookRejection;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(mut request: Request, state: &S) -> Result<Self, Self::Rejection> {
         if request.extensions().get::<VerifiedWebhook>().is_none() {
             return Err(WebhookRejection::NotVerified);
+        }
+        // Parsed by the layer for its ledger: the handler gets the event the ledger keyed.
+        if let Some(Parsed(webhook)) = request.extensions_mut().remove::<Parsed>() {
+            return Ok(webhook);
         }
         let bytes = Bytes::from_request(request, state)
             .await

@@ -9,7 +9,8 @@ use truelayer_auth_signing::VerifyError;
 ///
 /// [`status`](Self::status) is the answer the layer gives: 401 for a webhook that is not
 /// TrueLayer's (or not now), 413 for a body over the limit, 400 for one that could not be
-/// read, and 503 when the keys to check it could not be fetched (TrueLayer retries).
+/// read or (with a ledger) has no single `event_id`, and 503 when the keys to check it could
+/// not be fetched (TrueLayer retries).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WebhookError {
@@ -80,6 +81,10 @@ pub enum WebhookError {
     /// The body took longer than the body timeout to arrive.
     #[error("the webhook's body took too long to arrive")]
     BodyTimeout,
+    /// With an [`EventLedger`](crate::EventLedger), the body must be a webhook envelope
+    /// whose `event_id` the ledger and the handler read alike; this one is not.
+    #[error("the webhook's body is not an envelope with one `type` and one `event_id`")]
+    InvalidEnvelope(#[source] EnvelopeError),
 }
 
 impl WebhookError {
@@ -87,7 +92,7 @@ impl WebhookError {
     pub fn status(&self) -> StatusCode {
         match self {
             WebhookError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            WebhookError::Body(_) => StatusCode::BAD_REQUEST,
+            WebhookError::Body(_) | WebhookError::InvalidEnvelope(_) => StatusCode::BAD_REQUEST,
             WebhookError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             WebhookError::KeysUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::UNAUTHORIZED,
@@ -113,8 +118,44 @@ impl WebhookError {
             WebhookError::BodyTooLarge { .. } => "body_too_large",
             WebhookError::Body(_) => "body_unreadable",
             WebhookError::BodyTimeout => "body_timeout",
+            WebhookError::InvalidEnvelope(EnvelopeError::NotAnObject { .. }) => "not_a_json_object",
+            WebhookError::InvalidEnvelope(EnvelopeError::DuplicateKey { .. }) => "duplicate_key",
+            WebhookError::InvalidEnvelope(EnvelopeError::MissingEventId) => "missing_event_id",
+            WebhookError::InvalidEnvelope(EnvelopeError::MissingType) => "missing_type",
         }
     }
+}
+
+/// Why a webhook's body is not an envelope the [`EventLedger`](crate::EventLedger) can key
+/// (the layer reads it once, and hands the same [`Webhook`](crate::Webhook) to the handler).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnvelopeError {
+    /// Not JSON, or JSON that is not an object. Only where parsing stopped is kept: serde's
+    /// messages quote the values they met, and a body is never logged.
+    #[error("the body is not a JSON object ({category} error at line {line}, column {column})")]
+    NotAnObject {
+        /// syntax, data, eof or io.
+        category: &'static str,
+        /// Where parsing stopped.
+        line: usize,
+        /// Where parsing stopped.
+        column: usize,
+    },
+    /// A top-level key appears more than once. JSON parsers disagree on which value counts
+    /// (serde keeps the last, others the first), so the ledger and a handler could read two
+    /// different `event_id`s from one signed body.
+    #[error("the top-level key `{key}` appears more than once")]
+    DuplicateKey {
+        /// The key (at most 100 characters, control characters replaced).
+        key: String,
+    },
+    /// No `event_id`, or one that is not a string.
+    #[error("the body has no string `event_id`")]
+    MissingEventId,
+    /// No `type` (nor the older `event_type`), or one that is not a string.
+    #[error("the body has no string `type` or `event_type`")]
+    MissingType,
 }
 
 /// Why a JWKS could not be fetched or used.

@@ -1,9 +1,14 @@
 //! The webhook body: TrueLayer's common envelope and the payment events, typed; any other
 //! event kept as raw JSON.
 
-use serde::de::Error as _;
+use std::fmt;
+
+use serde::de::{Error as _, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
+
+use crate::error::EnvelopeError;
+use crate::jwks::truncate;
 
 /// A webhook body: its envelope and its event.
 ///
@@ -12,7 +17,10 @@ use serde_json::{Map, Value};
 /// whose fields do not have the expected shape (logged at `warn`). Unknown fields are
 /// ignored, and the payment events' fields other than `payment_id` are optional, so a new
 /// field or a missing one does not refuse a webhook TrueLayer would retry for days. Only
-/// `type` (or `event_type`) and `event_id` are required.
+/// `type` (or `event_type`) and `event_id` are required, and a top-level key may appear only
+/// once: JSON parsers disagree on which of two values counts, so a body with `event_id`
+/// twice could be one event to the ledger and another to the handler. (Duplicates inside
+/// nested objects keep serde's rule: the last wins.)
 ///
 /// # Example
 ///
@@ -176,13 +184,46 @@ pub struct PaymentFailed {
 
 impl<'de> Deserialize<'de> for Webhook {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let body = Value::deserialize(deserializer)?;
+        let envelope = Envelope::deserialize(deserializer)?;
+        Webhook::from_envelope(envelope).map_err(|error| match error {
+            EnvelopeError::MissingEventId => D::Error::missing_field("event_id"),
+            EnvelopeError::MissingType => D::Error::missing_field("type"),
+            other => D::Error::custom(other),
+        })
+    }
+}
+
+impl Webhook {
+    /// Reads a body as the layer does for its ledger: the same rules as `Deserialize`, with
+    /// a typed error.
+    pub(crate) fn parse(body: &[u8]) -> Result<Webhook, EnvelopeError> {
+        let envelope: Envelope =
+            serde_json::from_slice(body).map_err(|e| EnvelopeError::NotAnObject {
+                category: match e.classify() {
+                    serde_json::error::Category::Io => "io",
+                    serde_json::error::Category::Syntax => "syntax",
+                    serde_json::error::Category::Data => "data",
+                    serde_json::error::Category::Eof => "eof",
+                },
+                line: e.line(),
+                column: e.column(),
+            })?;
+        Webhook::from_envelope(envelope)
+    }
+
+    fn from_envelope(envelope: Envelope) -> Result<Webhook, EnvelopeError> {
+        if let Some(key) = envelope.duplicate {
+            return Err(EnvelopeError::DuplicateKey {
+                key: truncate(&key, 100),
+            });
+        }
+        let body = Value::Object(envelope.fields);
         let text = |name: &str| body.get(name).and_then(Value::as_str).map(str::to_owned);
         // v3 webhooks say `type`; older (payouts) ones `event_type`.
         let event_type = text("type")
             .or_else(|| text("event_type"))
-            .ok_or_else(|| D::Error::missing_field("type"))?;
-        let event_id = text("event_id").ok_or_else(|| D::Error::missing_field("event_id"))?;
+            .ok_or(EnvelopeError::MissingType)?;
+        let event_id = text("event_id").ok_or(EnvelopeError::MissingEventId)?;
         let event_version = body.get("event_version").and_then(Value::as_u64);
         // A known type whose fields changed shape (TrueLayer evolves its schemas) is kept
         // as raw JSON rather than refused: a refused webhook is retried for days, then lost.
@@ -223,13 +264,41 @@ const KNOWN: [&str; 4] = [
     "payment_failed",
 ];
 
-/// The `event_id` of a body, without parsing the rest.
-pub(crate) fn event_id(body: &[u8]) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Id {
-        event_id: Option<String>,
+/// A body's top-level object, and the first key it holds twice. The whole object is read
+/// even after a duplicate, so a body that is not JSON is told apart from one that is.
+struct Envelope {
+    fields: Map<String, Value>,
+    duplicate: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for Envelope {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Keys;
+        impl<'de> Visitor<'de> for Keys {
+            type Value = Envelope;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope, A::Error> {
+                let mut envelope = Envelope {
+                    fields: Map::new(),
+                    duplicate: None,
+                };
+                while let Some(key) = map.next_key::<String>()? {
+                    let value: Value = map.next_value()?;
+                    if envelope.fields.contains_key(&key) {
+                        envelope.duplicate.get_or_insert(key);
+                    } else {
+                        envelope.fields.insert(key, value);
+                    }
+                }
+                Ok(envelope)
+            }
+        }
+        deserializer.deserialize_map(Keys)
     }
-    serde_json::from_slice::<Id>(body).ok()?.event_id
 }
 
 #[cfg(test)]
@@ -272,9 +341,30 @@ mod tests {
             "a known type in an unexpected shape is kept, not refused: {drifted:?}"
         );
         assert_eq!(
-            event_id(br#"{"event_id":"abc","x":[1]}"#).as_deref(),
-            Some("abc")
+            Webhook::parse(br#"{"type":"x","event_id":"abc","x":[1]}"#)
+                .unwrap()
+                .event_id,
+            "abc"
         );
-        assert_eq!(event_id(b"not json"), None);
+        assert!(matches!(
+            Webhook::parse(b"not json"),
+            Err(EnvelopeError::NotAnObject { .. })
+        ));
+    }
+
+    #[test]
+    fn a_top_level_key_twice_is_refused_wherever_it_is_parsed() {
+        for body in [
+            r#"{"type":"payment_settled","event_id":"a","payment_id":"p","event_id":"b"}"#,
+            r#"{"type":"payment_settled","event_id":"a","payment_id":"p","payment_id":"q"}"#,
+            r#"{"type":"payment_settled","type":"payment_failed","event_id":"a","payment_id":"p"}"#,
+        ] {
+            assert!(serde_json::from_str::<Webhook>(body).is_err(), "{body}");
+        }
+        // Nested objects are the event's own business (metadata is the merchant's).
+        let nested: Webhook =
+            serde_json::from_str(r#"{"type":"x","event_id":"a","metadata":{"k":1,"k":2}}"#)
+                .unwrap();
+        assert_eq!(nested.event_id, "a");
     }
 }

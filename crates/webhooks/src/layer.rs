@@ -15,7 +15,7 @@ use tower::{Layer, Service};
 use truelayer_auth_http::error_chain;
 
 use crate::error::WebhookError;
-use crate::event::event_id;
+use crate::event::Webhook;
 use crate::jwks::truncate;
 use crate::ledger::{Begin, EventLedger};
 use crate::verifier::WebhookVerifier;
@@ -33,7 +33,10 @@ pub const DEFAULT_MAX_BODY: usize = 256 * 1024;
 /// [`VerifiedWebhook`](crate::VerifiedWebhook) in its extensions.
 ///
 /// With an [`EventLedger`], an `event_id` already handled is answered 200 without reaching
-/// the handler (TrueLayer retries, replays), one being handled 409.
+/// the handler (TrueLayer retries, replays), one being handled 409. The layer then reads the
+/// body as a [`Webhook`] once, for the ledger and for the handler's extractor alike, and
+/// answers 400 ([`WebhookError::InvalidEnvelope`]) to a body with no `event_id`, or with a
+/// top-level key twice.
 ///
 /// # Example
 ///
@@ -211,7 +214,19 @@ where
                 Err(error) => return Ok(refuse(&error)),
             };
             let mut claim = None;
-            if let (Some(ledger), Some(id)) = (&config.ledger, event_id(&bytes)) {
+            if let Some(ledger) = &config.ledger {
+                // One parse decides the event for the ledger and the handler (the extractor
+                // takes this one); a body whose `event_id` is absent or given twice is refused,
+                // or every replay of it would reach the handler.
+                let webhook = match Webhook::parse(&bytes) {
+                    Ok(webhook) => webhook,
+                    Err(error) => return Ok(refuse(&WebhookError::InvalidEnvelope(error))),
+                };
+                let id = webhook.event_id.clone();
+                #[cfg(feature = "axum")]
+                parts
+                    .extensions
+                    .insert(crate::axum_extract::Parsed(webhook));
                 match ledger.begin(&id).await {
                     Ok(Begin::New(number)) => {
                         claim = Some(Claim {

@@ -68,7 +68,7 @@ mod verifier;
 
 #[cfg(feature = "axum")]
 pub use axum_extract::WebhookRejection;
-pub use error::{ConfigError, JwksError, WebhookError};
+pub use error::{ConfigError, EnvelopeError, JwksError, WebhookError};
 pub use event::{
     PaymentAuthorized, PaymentExecuted, PaymentFailed, PaymentSettled, Webhook, WebhookEvent,
 };

@@ -739,6 +739,89 @@ async fn the_ledger_hands_an_event_to_the_handler_until_it_succeeds_once() {
     );
 }
 
+#[tokio::test]
+async fn a_body_with_event_id_twice_is_refused_and_never_reaches_the_handler() {
+    // Validly signed, with `event_id` twice: parsers disagree on which one counts (serde
+    // keeps the last, others the first), so the ledger and the handler could see two events.
+    let signer = Signer::generate("k");
+    let jwks = JwksServer::start(vec![signer.public_jwk().unwrap()]).await;
+    let layer = VerifyWebhooksLayer::new(verifier_for(&[&jwks.jku()]).build().unwrap())
+        .ledger(InMemoryLedger::new(1000));
+    let seen = Seen::default();
+    let app = app(layer, seen.clone(), StatusCode::OK);
+    let body =
+        r#"{"type":"payment_settled","event_id":"evt-a","payment_id":"p","event_id":"evt-b"}"#;
+    for _ in 0..2 {
+        let request = webhook(&signer, &jwks.jku(), "/tl-webhook", body).await;
+        assert_eq!(
+            send(&app, request).await,
+            (StatusCode::BAD_REQUEST, "duplicate_key".into())
+        );
+    }
+    assert!(seen.events().is_empty(), "{:?}", seen.events());
+    // Each id on its own is still handled once.
+    let first = webhook(&signer, &jwks.jku(), "/tl-webhook", &settled_body("evt-a")).await;
+    assert_eq!(send(&app, first).await.0, StatusCode::OK);
+    let again = webhook(&signer, &jwks.jku(), "/tl-webhook", &settled_body("evt-a")).await;
+    assert_eq!(
+        send(&app, again).await,
+        (StatusCode::OK, "already handled".into())
+    );
+    assert_eq!(
+        seen.events(),
+        vec![("payment_settled".to_owned(), "evt-a".to_owned())]
+    );
+}
+
+#[tokio::test]
+async fn a_body_without_an_event_id_is_refused_when_a_ledger_is_set() {
+    let signer = Signer::generate("k");
+    let jwks = JwksServer::start(vec![signer.public_jwk().unwrap()]).await;
+    let layer = VerifyWebhooksLayer::new(verifier_for(&[&jwks.jku()]).build().unwrap())
+        .ledger(InMemoryLedger::new(1000));
+    // A handler that reads the raw body: nothing but the layer stands in the way.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let app: Router = Router::new()
+        .route(
+            "/tl-webhook",
+            post(move |_: Bytes| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async { StatusCode::OK }
+            }),
+        )
+        .layer(layer);
+    for (body, reason) in [
+        (
+            r#"{"type":"payment_settled","payment_id":"p"}"#,
+            "missing_event_id",
+        ),
+        (
+            r#"{"type":"payment_settled","event_id":7}"#,
+            "missing_event_id",
+        ),
+        (r#"{"event_id":"e"}"#, "missing_type"),
+        (r#"["event_id","e"]"#, "not_a_json_object"),
+        ("not json", "not_a_json_object"),
+    ] {
+        for _ in 0..2 {
+            let request = webhook(&signer, &jwks.jku(), "/tl-webhook", body).await;
+            assert_eq!(
+                send(&app, request).await,
+                (StatusCode::BAD_REQUEST, reason.into()),
+                "{body}"
+            );
+        }
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    // A webhook with its envelope reaches the same handler once.
+    let request = webhook(&signer, &jwks.jku(), "/tl-webhook", &settled_body("e")).await;
+    assert_eq!(send(&app, request).await.0, StatusCode::OK);
+    let request = webhook(&signer, &jwks.jku(), "/tl-webhook", &settled_body("e")).await;
+    assert_eq!(send(&app, request).await.0, StatusCode::OK);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
 /// A byte-for-byte copy of a webhook, as an attacker who captured it would send it.
 async fn clone_request(request: &Request<Body>, body: &str) -> Request<Body> {
     let mut copy = Request::post(request.uri().clone())
