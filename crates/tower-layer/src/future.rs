@@ -140,12 +140,29 @@ const DRAIN_LIMIT: usize = 64 * 1024;
 /// How long a 401's body is read before the replay goes ahead without it.
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The drain's time limit, if this runs where tokio's timers do.
+thread_local! {
+    /// Set once building a timer panicked on this thread: its runtime has no timers.
+    static NO_TIMER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The drain's time limit, if this runs where tokio's timers do. Without one the 401's body
+/// is not drained (nothing could bound the wait for it); the replay goes ahead at once.
 fn drain_timer() -> Option<Pin<Box<tokio::time::Sleep>>> {
     let runtime = tokio::runtime::Handle::try_current().ok()?;
+    if NO_TIMER.get() {
+        return None;
+    }
     let _entered = runtime.enter();
-    // A runtime built without `enable_time` has no timer: building a Sleep would panic.
-    std::panic::catch_unwind(|| Box::pin(tokio::time::sleep(DRAIN_TIME))).ok()
+    // A runtime built without `enable_time` has no timer: building a Sleep panics, and the
+    // panic hook prints a message. Tokio offers no way to ask first, so the first failure on
+    // a thread is remembered and later 401s there print nothing. (A later runtime on the same
+    // thread, with timers, then replays without draining: it costs a connection, not a
+    // request.)
+    let timer = std::panic::catch_unwind(|| Box::pin(tokio::time::sleep(DRAIN_TIME))).ok();
+    if timer.is_none() {
+        NO_TIMER.set(true);
+    }
+    timer
 }
 
 impl<S, T, B, ResBody> Future for ResponseFuture<S, T, B, ResBody>
@@ -221,7 +238,8 @@ where
                     sent,
                     replay,
                 } => {
-                    while *drained <= DRAIN_LIMIT {
+                    // No timer: no bound on the wait for the body, so it is not read.
+                    while give_up.is_some() && *drained <= DRAIN_LIMIT {
                         match body.as_mut().poll_frame(cx) {
                             Poll::Ready(Some(Ok(frame))) => {
                                 *drained += frame.data_ref().map_or(0, bytes::Buf::remaining);
