@@ -126,6 +126,16 @@ enum Keys {
 ///   not a token, whose value holds a line break or is padded with spaces or tabs, or that
 ///   appears more than once on the request. Such a request's payload could equal another's.
 ///
+/// # A signature is not an identifier
+///
+/// ECDSA signatures are malleable: for a valid `(r, s)`, the twin `(r, n - s)` is valid too.
+/// Like TrueLayer's own libraries (and OpenSSL, AWS-LC), this verifier accepts both the
+/// low-S and the high-S form, so anyone holding one `Tl-Signature` can write a second,
+/// different string that verifies for the same request; and nonces are random, so the
+/// signer makes a new one on every call anyway. Never deduplicate, cache or look up replays
+/// by signature bytes: key replays on what the request says (an `Idempotency-Key`, a
+/// webhook's `event_id`).
+///
 /// # Example
 ///
 /// ```

@@ -611,3 +611,45 @@ fn the_verifier_refuses_every_request_the_signer_refuses() {
     let signature = runtime().block_on(signer.sign(&request)).unwrap();
     verifier.verify(&request, &signature).unwrap();
 }
+
+#[test]
+fn a_signature_and_its_high_s_twin_both_verify_so_nothing_may_deduplicate_on_its_bytes() {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use p521::ecdsa::Signature;
+
+    // ECDSA signatures are malleable: (r, s) and (r, n - s) are both valid, and neither
+    // TrueLayer's libraries nor this crate insist on the low-S form. Whoever holds one
+    // signature can make a second, different string that verifies for the same request.
+    let ours = runtime()
+        .block_on(Signer::from_pem(KID, PRIVATE).unwrap().sign(&sweeping()))
+        .unwrap();
+    for signature in [TL_SIGNATURE.trim(), ours.as_str()] {
+        let (header, encoded) = signature.split_once("..").unwrap();
+        let bytes = URL_SAFE_NO_PAD.decode(encoded).unwrap();
+        let original = Signature::from_slice(&bytes).unwrap();
+        let (r, s) = original.split_scalars();
+        let twin = Signature::from_scalars(r, -s).unwrap();
+        // One of the two is the high-S form; they are the same signature once normalized.
+        assert_ne!(original, twin);
+        assert_eq!(original.normalize_s(), twin.normalize_s());
+        assert!((original.normalize_s() == original) != (twin.normalize_s() == twin));
+        let twin = format!("{header}..{}", URL_SAFE_NO_PAD.encode(twin.to_bytes()));
+        assert_ne!(twin, signature);
+
+        for value in [signature, twin.as_str()] {
+            Verifier::from_public_pem(PUBLIC)
+                .unwrap()
+                .verify(&sweeping(), value)
+                .unwrap();
+            truelayer_signing::verify_with_pem(PUBLIC)
+                .method(truelayer_signing::Method::Post)
+                .path(SWEEPING_PATH)
+                .header("Idempotency-Key", SWEEPING_KEY.as_bytes())
+                .body(SWEEPING_BODY)
+                .build_verifier()
+                .verify(value)
+                .unwrap();
+        }
+    }
+}
