@@ -111,7 +111,10 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), Failure> {
         )));
     }
     let resolved = args.auth.resolve().await?;
-    let upstream = upstream(args.upstream.as_deref(), &resolved)?;
+    let Upstream {
+        url: upstream,
+        emulator,
+    } = upstream(args.upstream.as_deref(), &resolved)?;
     let keys = keys(
         args.signing_key_file.as_deref(),
         args.signing_key_id.as_deref(),
@@ -139,6 +142,11 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), Failure> {
             n => n,
         })
         .drain_timeout(Duration::from_secs(args.shutdown_timeout));
+    if emulator {
+        // Its admin routes (`ADMIN_ROUTES`: rotate a client's secret, revoke tokens, inject
+        // faults) are for whoever runs it, not for whoever can reach the proxy.
+        builder = builder.refuse_path(EMULATOR_ADMIN);
+    }
     for host in args.allowed_hosts {
         builder = builder.allow_host(host);
     }
@@ -199,17 +207,29 @@ fn usage(e: truelayer_auth_proxy::ProxyError) -> Failure {
     Failure::usage(truelayer_auth::error_chain(&e))
 }
 
+/// Where the emulator's admin routes live ([`truelayer_auth_emulator::ADMIN_ROUTES`]).
+const EMULATOR_ADMIN: &str = "/emulator";
+
+/// The upstream the proxy forwards to.
+struct Upstream {
+    url: String,
+    /// The proxy chose an emulator itself (the embedded one, or a loopback environment's):
+    /// its admin routes are not forwarded.
+    emulator: bool,
+}
+
 /// The upstream: `--upstream`, the embedded emulator, TrueLayer's API for the environment,
 /// or (for a custom environment on loopback, the emulator) the same base URL.
-fn upstream(given: Option<&str>, resolved: &Resolved) -> Result<String, Failure> {
+fn upstream(given: Option<&str>, resolved: &Resolved) -> Result<Upstream, Failure> {
+    let chosen = |url: String, emulator| Ok(Upstream { url, emulator });
     if let Some(url) = given {
-        return Ok(url.to_owned());
+        return chosen(url.to_owned(), false);
     }
     if let Some(emulator) = &resolved.embedded {
-        return Ok(emulator.url());
+        return chosen(emulator.url(), true);
     }
     match (&resolved.environment, resolved.environment.api_url()) {
-        (_, Some(api)) => Ok(api.as_str().trim_end_matches('/').to_owned()),
+        (_, Some(api)) => chosen(api.as_str().trim_end_matches('/').to_owned(), false),
         (Environment::Custom(custom), None) => {
             let base = custom.base_url();
             let loopback = base.host_str().is_some_and(|h| {
@@ -222,7 +242,7 @@ fn upstream(given: Option<&str>, resolved: &Resolved) -> Result<String, Failure>
             });
             if loopback {
                 // The emulator serves the token endpoint and the Payments API on one base URL.
-                Ok(base.as_str().trim_end_matches('/').to_owned())
+                chosen(base.as_str().trim_end_matches('/').to_owned(), true)
             } else {
                 Err(Failure::usage(
                     "a custom environment needs --upstream: where its Payments API is cannot be guessed",

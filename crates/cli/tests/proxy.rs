@@ -302,3 +302,58 @@ fn a_non_loopback_address_needs_an_explicit_flag() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-remote"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_emulators_admin_routes_are_not_forwarded_when_the_proxy_chose_the_emulator() {
+    let http = reqwest::Client::new();
+    // The demo: nothing configured, the embedded emulator is the upstream. Anything that
+    // reaches the proxy must not rotate its client's secret or revoke its tokens.
+    let embedded = Proxy::start(&[], &[]);
+    let mut routes: Vec<(String, String)> = truelayer_auth_emulator::ADMIN_ROUTES
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let (method, path) = (words.next()?, words.next()?);
+            path.starts_with('/')
+                .then(|| (method.to_owned(), path.replace("{id}", "emulator-client")))
+        })
+        // The webhook JWKS is public: receivers fetch it.
+        .filter(|(_, path)| path != "/webhooks/jwks")
+        .collect();
+    assert_eq!(routes.len(), 11, "{routes:?}");
+    routes.push(("POST".to_owned(), "/emulator".to_owned()));
+    for (method, path) in routes {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let refused = http
+            .request(method, embedded.url(&path))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 403, "{path}");
+        let body: Value = refused.json().await.unwrap();
+        assert_eq!(body["error"], "path_not_forwarded", "{path}: {body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("/emulator"),
+            "{body}"
+        );
+    }
+    let created = http
+        .post(embedded.url("/v3/payments"))
+        .json(&json!({ "amount_in_minor": 100, "currency": "GBP" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201, "its token and secret still work");
+    // An emulator the proxy found from a loopback environment is fronted the same way.
+    let emulator = Emulator::start().await.unwrap();
+    let env = emulator_env(&emulator);
+    let derived = Proxy::start(&[], &pairs(&env));
+    let refused = http
+        .post(derived.url("/emulator/clients/emulator-client/rotate"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    truelayer_auth_testkit::emulator::access_token(&emulator).await;
+}

@@ -134,6 +134,7 @@ pub struct ProxyBuilder<K = Signer> {
     pub(crate) allowed_hosts: Vec<String>,
     pub(crate) allowed_origins: Vec<String>,
     pub(crate) admin_path: String,
+    pub(crate) refused_paths: Vec<String>,
     pub(crate) replay_limit: u64,
     pub(crate) signing_limit: usize,
     pub(crate) header_read_timeout: Duration,
@@ -154,6 +155,7 @@ impl ProxyBuilder {
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
             admin_path: "/.tlauth".into(),
+            refused_paths: Vec::new(),
             replay_limit: 64 * 1024,
             signing_limit: truelayer_auth_signing::DEFAULT_MAX_BODY,
             header_read_timeout: Duration::from_secs(10),
@@ -178,6 +180,7 @@ impl<K> ProxyBuilder<K> {
             allowed_hosts: self.allowed_hosts,
             allowed_origins: self.allowed_origins,
             admin_path: self.admin_path,
+            refused_paths: self.refused_paths,
             replay_limit: self.replay_limit,
             signing_limit: self.signing_limit,
             header_read_timeout: self.header_read_timeout,
@@ -228,6 +231,17 @@ impl<K> ProxyBuilder<K> {
     #[must_use]
     pub fn admin_path(mut self, path: impl Into<String>) -> Self {
         self.admin_path = path.into();
+        self
+    }
+
+    /// A path the proxy never forwards: requests to it, or under it (`{path}/...`), are
+    /// answered 403 `path_not_forwarded`. For an upstream's own admin routes, such as the
+    /// emulator's `/emulator`, which anything that reaches the proxy could otherwise call.
+    /// Matched as sent, as the upstream routes it; a trailing `/` is ignored. Repeat for
+    /// several.
+    #[must_use]
+    pub fn refuse_path(mut self, path: impl Into<String>) -> Self {
+        self.refused_paths.push(path.into());
         self
     }
 
@@ -329,6 +343,16 @@ impl<K> ProxyBuilder<K> {
                 name: "admin_path",
                 reason: "the admin path starts with `/` and is not `/` alone",
             });
+        }
+        for path in &mut self.refused_paths {
+            let trimmed = path.trim_end_matches('/').len();
+            path.truncate(trimmed);
+            if !path.starts_with('/') {
+                return Err(ProxyError::InvalidSetting {
+                    name: "refuse_path",
+                    reason: "a refused path starts with `/` and is not `/` alone",
+                });
+            }
         }
         Proxy::from_builder(self, upstream)
     }

@@ -39,6 +39,8 @@ pub(crate) struct Forwarder<K> {
     pub(crate) guard: Guard,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) admin_path: String,
+    /// Paths never forwarded (an upstream's admin routes).
+    pub(crate) refused_paths: Vec<String>,
     pub(crate) replay_limit: u64,
     pub(crate) body_timeout: std::time::Duration,
 }
@@ -141,6 +143,19 @@ impl<K: SignerSource> Forwarder<K> {
         }
         if let Some(admin) = under(request.uri().path(), &self.admin_path) {
             return self.admin(request.method(), admin);
+        }
+        if let Some(refused) = self
+            .refused_paths
+            .iter()
+            .find(|refused| under(request.uri().path(), refused).is_some())
+        {
+            return json(
+                StatusCode::FORBIDDEN,
+                serde_json::json!({
+                    "error": "path_not_forwarded",
+                    "message": format!("requests to `{refused}` and under it are not forwarded: they are the upstream's own admin routes"),
+                }),
+            );
         }
         // Two keys: which one the upstream would read is not defined, and the signing layer
         // cannot sign both. The client's mistake, not the gateway's (it was a 502).
@@ -359,7 +374,7 @@ fn miscased(method: &Method) -> Option<&'static Method> {
 }
 
 /// What follows `prefix` in `path` when `path` is `prefix` itself (`""`) or lies under it
-/// (`"/..."`): `/.tlauthz` is not under `/.tlauth`, and goes upstream.
+/// (`"/..."`): `/.tlauthz` is not under `/.tlauth`.
 fn under<'p>(path: &'p str, prefix: &str) -> Option<&'p str> {
     path.strip_prefix(prefix)
         .filter(|rest| rest.is_empty() || rest.starts_with('/'))

@@ -180,6 +180,7 @@ impl<K: SignerSource> Proxy<K> {
                     tokens: b.tokens.clone(),
                     metrics: self.metrics.clone(),
                     admin_path: b.admin_path.clone(),
+                    refused_paths: b.refused_paths.clone(),
                     replay_limit: b.replay_limit,
                     body_timeout: b.body_timeout,
                 }),

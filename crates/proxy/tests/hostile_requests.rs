@@ -150,3 +150,31 @@ async fn two_idempotency_keys_are_a_400_naming_the_header_signed_or_not() {
     }
     assert_eq!(upstream.requests(), 0, "nothing was forwarded");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_path_and_those_under_it_get_403_and_lookalikes_are_forwarded() {
+    let emulator = Emulator::start().await.unwrap();
+    let upstream = recorder().await;
+    let proxy =
+        start(Proxy::builder(upstream.url(""), token_cache(&emulator)).refuse_path("/emulator/"))
+            .await;
+    let http = reqwest::Client::new();
+    for path in ["/emulator", "/emulator/", "/emulator/revoke?all=1"] {
+        let refused = http.post(proxy.url(path)).send().await.unwrap();
+        assert_eq!(refused.status(), 403, "{path}");
+        let body: Value = refused.json().await.unwrap();
+        assert_eq!(body["error"], "path_not_forwarded", "{path}: {body}");
+    }
+    assert_eq!(upstream.requests(), 0, "nothing was forwarded");
+    let lookalike = http.get(proxy.url("/emulators/1")).send().await.unwrap();
+    assert_eq!(lookalike.status(), 200);
+    assert_eq!(upstream.requests(), 1);
+    let everything = Proxy::builder(upstream.url(""), token_cache(&emulator))
+        .refuse_path("/")
+        .build()
+        .unwrap_err();
+    assert!(
+        everything.to_string().contains("refuse_path"),
+        "{everything}"
+    );
+}
