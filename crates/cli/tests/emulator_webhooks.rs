@@ -112,12 +112,10 @@ async fn create_payment(running: &Running, base: &str) -> String {
         .await
         .unwrap();
     assert_eq!(created.status(), 201);
-    let id = created.json::<Value>().await.unwrap()["id"]
+    created.json::<Value>().await.unwrap()["id"]
         .as_str()
         .unwrap()
-        .to_owned();
-
-    id
+        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -296,6 +296,9 @@ fn the_client_secret_is_never_taken_as_a_flag_nor_echoed() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
         assert!(stderr.contains("--client-secret-stdin"), "{stderr}");
-        assert!(!stdout.contains(MARKER) && !stderr.contains(MARKER), "{stderr}");
+        assert!(
+            !stdout.contains(MARKER) && !stderr.contains(MARKER),
+            "{stderr}"
+        );
     }
 }
