@@ -47,9 +47,17 @@ pub(crate) struct ProxyArgs {
     /// Seconds a client may take to send request headers.
     #[arg(long, default_value_t = 10)]
     header_timeout: u64,
-    /// Seconds a client may take to send a body the proxy holds.
+    /// Seconds a client may take to send a request body (whoever reads it: the proxy, the
+    /// signing, the upstream); then 408.
     #[arg(long, default_value_t = 30)]
     body_timeout: u64,
+    /// Seconds a client may pause between two parts of a request body; then 408.
+    #[arg(long, default_value_t = 10)]
+    body_idle_timeout: u64,
+    /// MiB that the request bodies held at once (for a replay, or for signing) may take,
+    /// across every connection; a request that finds no room gets 503 with Retry-After.
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    body_memory_mib: u64,
     /// The most client connections at once.
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
@@ -136,6 +144,8 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), Failure> {
         .replay_limit(args.replay_limit)
         .header_read_timeout(Duration::from_secs(args.header_timeout.max(1)))
         .body_timeout(Duration::from_secs(args.body_timeout.max(1)))
+        .body_idle_timeout(Duration::from_secs(args.body_idle_timeout.max(1)))
+        .body_memory(args.body_memory_mib.saturating_mul(1 << 20))
         .max_connections(args.max_connections)
         .workers(match args.workers {
             0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),

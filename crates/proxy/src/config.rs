@@ -139,6 +139,8 @@ pub struct ProxyBuilder<K = Signer> {
     pub(crate) signing_limit: usize,
     pub(crate) header_read_timeout: Duration,
     pub(crate) body_timeout: Duration,
+    pub(crate) body_idle_timeout: Duration,
+    pub(crate) body_memory: u64,
     pub(crate) max_connections: usize,
     pub(crate) drain_timeout: Duration,
     pub(crate) workers: usize,
@@ -160,6 +162,8 @@ impl ProxyBuilder {
             signing_limit: truelayer_auth_signing::DEFAULT_MAX_BODY,
             header_read_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
+            body_idle_timeout: Duration::from_secs(10),
+            body_memory: 64 << 20,
             max_connections: 1024,
             drain_timeout: Duration::from_secs(30),
             workers: 1,
@@ -185,6 +189,8 @@ impl<K> ProxyBuilder<K> {
             signing_limit: self.signing_limit,
             header_read_timeout: self.header_read_timeout,
             body_timeout: self.body_timeout,
+            body_idle_timeout: self.body_idle_timeout,
+            body_memory: self.body_memory,
             max_connections: self.max_connections,
             drain_timeout: self.drain_timeout,
             workers: self.workers,
@@ -267,10 +273,33 @@ impl<K> ProxyBuilder<K> {
         self
     }
 
-    /// How long a client may take to send a body the proxy holds. Default 30 s.
+    /// How long a client may take to send a request body, from the end of its head, whatever
+    /// reads it (the proxy holding it, the signing layer, the upstream it streams to); then
+    /// the client gets 408 if an answer can still be sent, and the upstream request (if any
+    /// was started) is cut off. Default 30 s.
     #[must_use]
     pub fn body_timeout(mut self, timeout: Duration) -> Self {
         self.body_timeout = timeout;
+        self
+    }
+
+    /// How long a client may pause between two parts of a request body before it is cut off
+    /// (408), as [`body_timeout`](Self::body_timeout). Default 10 s.
+    #[must_use]
+    pub fn body_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.body_idle_timeout = timeout;
+        self
+    }
+
+    /// The most memory that request bodies held by the proxy may take at once, in bytes,
+    /// across every connection and worker: each request that holds its body (up to the
+    /// replay limit) or has it collected for signing (up to the signing limit) reserves that
+    /// much (its `Content-Length`, or the whole limit when chunked) for as long as it is in
+    /// flight. A request that finds no room gets 503 with `Retry-After: 1`, before its body is
+    /// read. Default 64 MiB; it must be at least the signing limit.
+    #[must_use]
+    pub fn body_memory(mut self, bytes: u64) -> Self {
+        self.body_memory = bytes;
         self
     }
 
@@ -329,7 +358,16 @@ impl<K> ProxyBuilder<K> {
                 reason: "between 1 and 1024 workers",
             });
         }
-        if self.header_read_timeout.is_zero() || self.body_timeout.is_zero() {
+        if self.body_memory < self.signing_limit as u64 || self.body_memory < self.replay_limit {
+            return Err(ProxyError::InvalidSetting {
+                name: "body_memory",
+                reason: "the body memory must hold at least one body of the signing and replay limits",
+            });
+        }
+        if self.header_read_timeout.is_zero()
+            || self.body_timeout.is_zero()
+            || self.body_idle_timeout.is_zero()
+        {
             return Err(ProxyError::InvalidSetting {
                 name: "timeout",
                 reason: "timeouts must be greater than zero",

@@ -15,7 +15,7 @@ use truelayer_auth::TokenCache;
 use truelayer_auth_signing::{IDEMPOTENCY_KEY, SignerSource, Signing, SigningError};
 use truelayer_auth_tower::{BearerAuth, BearerAuthError, ReplayFn};
 
-use crate::body::{BoxError, ProxyBody, Refused, take_in};
+use crate::body::{BodyMemory, BodyPace, BoxError, ProxyBody, Refused, TooSlow, take_in};
 use crate::config::Upstream;
 use crate::guard::{Guard, Refusal};
 use crate::metrics::Metrics;
@@ -42,7 +42,11 @@ pub(crate) struct Forwarder<K> {
     /// Paths never forwarded (an upstream's admin routes).
     pub(crate) refused_paths: Vec<String>,
     pub(crate) replay_limit: u64,
-    pub(crate) body_timeout: std::time::Duration,
+    /// The largest body the signing layer collects (when signing).
+    pub(crate) signing_limit: u64,
+    pub(crate) pace: BodyPace,
+    /// Shared by every worker.
+    pub(crate) memory: Arc<BodyMemory>,
 }
 
 /// A response body: the upstream's, streamed, or one the proxy wrote.
@@ -174,6 +178,20 @@ impl<K: SignerSource> Forwarder<K> {
                 }),
             );
         }
+        // Room for the body it may hold, reserved before any of it is read, kept until the
+        // answer's head is out (a held body lives that long, for the replay).
+        let Some(_room) = self.memory.reserve(self.body_to_hold(&request)) else {
+            let mut busy = json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({
+                    "error": "too_many_bodies_in_flight",
+                    "message": "the memory for request bodies in flight is spent; retry shortly (the operator can raise --body-memory)",
+                }),
+            );
+            busy.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return busy;
+        };
         let upstream_request = match self.upstream_request(request).await {
             Ok(r) => r,
             Err(response) => return response,
@@ -217,6 +235,8 @@ impl<K: SignerSource> Forwarder<K> {
                     "message": truelayer_auth::error_chain(&e),
                 }),
             ),
+            Failure::Bearer(BearerAuthError::Service(e)) if TooSlow::in_chain(&e) => too_slow(),
+            Failure::Signing(SigningError::Body(e)) if TooSlow::in_chain(&*e) => too_slow(),
             Failure::Bearer(e) => json(
                 StatusCode::BAD_GATEWAY,
                 serde_json::json!({ "error": "upstream_unreachable", "message": truelayer_auth::error_chain(&e) }),
@@ -317,19 +337,46 @@ impl<K: SignerSource> Forwarder<K> {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        let body = take_in(body, length, self.replay_limit, self.body_timeout)
+        let body = take_in(body, length, self.replay_limit, self.pace)
             .await
             .map_err(|refused| match refused {
                 Refused::Incomplete => json(
                     StatusCode::BAD_REQUEST,
                     serde_json::json!({ "error": "request_body_incomplete" }),
                 ),
-                Refused::TooSlow => json(
-                    StatusCode::REQUEST_TIMEOUT,
-                    serde_json::json!({ "error": "request_body_too_slow" }),
-                ),
+                Refused::TooSlow => too_slow(),
             })?;
         Ok(Request::from_parts(parts, body))
+    }
+
+    /// The most of `request`'s body the proxy may hold at once: up to the replay limit when
+    /// it is held for a replay, up to the signing limit when the signing layer collects it;
+    /// a longer unsigned body is streamed through, not held.
+    fn body_to_hold(&self, request: &Request<Incoming>) -> u64 {
+        if request.body().is_end_stream() {
+            return 0;
+        }
+        let length = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let signed = matches!(self.stack, Stack::Signed(_))
+            && matches!(
+                *request.method(),
+                // The methods `SigningLayer` signs.
+                Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+            );
+        let limit = if signed {
+            self.signing_limit.max(self.replay_limit)
+        } else {
+            self.replay_limit
+        };
+        match length {
+            Some(length) if signed || length <= self.replay_limit => length.min(limit),
+            Some(_) => 0,
+            None => limit,
+        }
     }
 
     /// The request target on the upstream, in origin form (the pool knows where to
@@ -378,6 +425,17 @@ fn miscased(method: &Method) -> Option<&'static Method> {
 fn under<'p>(path: &'p str, prefix: &str) -> Option<&'p str> {
     path.strip_prefix(prefix)
         .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// 408: the client was slower sending its body than the body timeouts allow.
+fn too_slow() -> Response<ResponseBody> {
+    json(
+        StatusCode::REQUEST_TIMEOUT,
+        serde_json::json!({
+            "error": "request_body_too_slow",
+            "message": "the request body did not arrive within the proxy's body timeouts; nothing more of it is read",
+        }),
+    )
 }
 
 enum Failure {

@@ -62,7 +62,7 @@ use truelayer_auth_tower::{BearerAuthLayer, ReplayFn, replay_with};
 pub use config::{ProxyBuilder, ProxyError};
 pub use server::{RunningProxy, ShutdownHandle};
 
-use crate::body::{ProxyBody, replay_held};
+use crate::body::{BodyMemory, BodyPace, ProxyBody, replay_held};
 use crate::config::Upstream;
 use crate::forward::{Forwarder, Stack};
 use crate::guard::Guard;
@@ -169,6 +169,11 @@ impl<K: SignerSource> Proxy<K> {
             tracing::warn!(%local, "listening on an address that is not loopback: anything that can reach it can spend the merchant's token");
         }
         let guard = Guard::new(local, &b.allowed_hosts, &b.allowed_origins, b.allow_remote);
+        let memory = Arc::new(BodyMemory::new(b.body_memory));
+        let pace = BodyPace {
+            idle: b.body_idle_timeout,
+            total: b.body_timeout,
+        };
         let workers = listeners
             .into_iter()
             .map(|listener| server::Worker {
@@ -182,7 +187,9 @@ impl<K: SignerSource> Proxy<K> {
                     admin_path: b.admin_path.clone(),
                     refused_paths: b.refused_paths.clone(),
                     replay_limit: b.replay_limit,
-                    body_timeout: b.body_timeout,
+                    signing_limit: b.signing_limit as u64,
+                    pace,
+                    memory: memory.clone(),
                 }),
             })
             .collect();
