@@ -98,12 +98,28 @@ impl Body for ResponseBody {
 }
 
 impl<K: SignerSource> Forwarder<K> {
+    /// Answers `request`. On a connection taken beyond the cap (`admin_only`), only the
+    /// admin endpoints are served; anything else gets 503.
     pub(crate) async fn handle(
         self: Arc<Self>,
         request: Request<Incoming>,
+        admin_only: bool,
     ) -> Response<ResponseBody> {
         let method = request.method().clone();
-        let response = self.respond(request).await;
+        let response = if admin_only && under(request.uri().path(), &self.admin_path).is_none() {
+            let mut busy = json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({
+                    "error": "connection_limit_reached",
+                    "message": "every connection slot is taken; retry shortly (the operator can raise --max-connections)",
+                }),
+            );
+            busy.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            busy
+        } else {
+            self.respond(request).await
+        };
         self.metrics.answered(&method, response.status());
         response
     }

@@ -68,11 +68,21 @@ pub(crate) struct Worker<K> {
     pub(crate) forwarder: Arc<Forwarder<K>>,
 }
 
+/// Connections the proxy takes beyond `max_connections`, one request each, for its admin
+/// endpoints only (a readiness probe, a metrics scrape), so a cap filled by slow clients
+/// does not make a healthy proxy look dead.
+const ADMIN_SLOTS: usize = 4;
+
+/// How long a connection on an admin slot may take to send its request's head.
+const ADMIN_SLOT_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// What every worker shares.
 #[derive(Clone)]
 struct Shared {
     shutdown: ShutdownHandle,
     permits: Arc<Semaphore>,
+    /// Connections taken beyond the cap, for the admin endpoints only (see `ADMIN_SLOTS`).
+    admin_slots: Arc<Semaphore>,
     header_read_timeout: Duration,
     drain_timeout: Duration,
 }
@@ -123,6 +133,7 @@ impl<K: SignerSource> RunningProxy<K> {
         let shared = Shared {
             shutdown: self.shutdown,
             permits: Arc::new(Semaphore::new(self.max_connections)),
+            admin_slots: Arc::new(Semaphore::new(ADMIN_SLOTS)),
             header_read_timeout: self.header_read_timeout,
             drain_timeout: self.drain_timeout,
         };
@@ -207,26 +218,41 @@ impl<K: SignerSource> Worker<K> {
                     continue;
                 }
             };
-            // At the cap, this connection waits (accepted, unserved) for another to close,
-            // and this worker accepts no more meanwhile; the others still do. A worker idle in
-            // `accept` holds no permit, so permits go where connections are.
-            let permit = tokio::select! {
-                permit = shared.permits.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
+            // At the cap, a connection gets one of the few admin slots if one is free: it is
+            // served the admin endpoints only (a readiness probe still gets its answer when
+            // slow clients fill the cap), with a short header timeout. Else it waits
+            // (accepted, unserved) for another to close, and this worker accepts no more
+            // meanwhile; the others still do. A worker idle in `accept` holds no permit, so
+            // permits go where connections are.
+            let (permit, admin_only) = match shared.permits.clone().try_acquire_owned() {
+                Ok(permit) => (permit, false),
+                Err(_) => match shared.admin_slots.clone().try_acquire_owned() {
+                    Ok(slot) => (slot, true),
+                    Err(_) => tokio::select! {
+                        permit = shared.permits.clone().acquire_owned() => match permit {
+                            Ok(permit) => (permit, false),
+                            Err(_) => break,
+                        },
+                        () = shared.shutdown.requested() => break,
+                    },
                 },
-                () = shared.shutdown.requested() => break,
             };
             let _ = stream.set_nodelay(true);
             let forwarder = self.forwarder.clone();
             let service = hyper::service::service_fn(move |request| {
                 let forwarder = forwarder.clone();
-                async move { Ok::<_, Infallible>(forwarder.handle(request).await) }
+                async move { Ok::<_, Infallible>(forwarder.handle(request, admin_only).await) }
             });
+            let header_read_timeout = if admin_only {
+                shared.header_read_timeout.min(ADMIN_SLOT_HEADER_TIMEOUT)
+            } else {
+                shared.header_read_timeout
+            };
             let connection = hyper::server::conn::http1::Builder::new()
                 .writev(false)
                 .timer(TokioTimer::new())
-                .header_read_timeout(shared.header_read_timeout)
+                .keep_alive(!admin_only)
+                .header_read_timeout(header_read_timeout)
                 .serve_connection(TokioIo::new(stream), service);
             let watched = graceful.watch(connection);
             tokio::spawn(async move {

@@ -161,3 +161,58 @@ async fn bodies_in_flight_share_one_memory_budget_and_the_rest_get_503() {
         .unwrap();
     assert_eq!(after.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_connection_cap_full_of_slow_clients_health_still_answers() {
+    let emulator = Emulator::start().await.unwrap();
+    let upstream = recorder().await;
+    let tokens = token_cache(&emulator);
+    tokens.token().await.unwrap();
+    let proxy = start(
+        Proxy::builder(upstream.url(""), tokens)
+            .max_connections(4)
+            .body_idle_timeout(Duration::from_secs(30))
+            .body_timeout(Duration::from_secs(30)),
+    )
+    .await;
+    // Four uploads that stall fill the cap.
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        stalled.push(upload(&proxy, "PUT", "/files/f-1", 1000, b"x").await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A readiness probe gets its answer on a connection beyond the cap...
+    let fresh = || {
+        reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap()
+    };
+    let health = tokio::time::timeout(
+        Duration::from_secs(2),
+        fresh().get(proxy.url("/.tlauth/healthz")).send(),
+    )
+    .await
+    .expect("health answers while the cap is full")
+    .unwrap();
+    assert_eq!(health.status(), 200);
+    // ... where anything else is told to come back, not left hanging.
+    let other = tokio::time::timeout(
+        Duration::from_secs(2),
+        fresh().get(proxy.url("/v3/payments/p-1")).send(),
+    )
+    .await
+    .expect("answered at once")
+    .unwrap();
+    assert_eq!(other.status(), 503);
+    assert_eq!(other.headers()["retry-after"], "1");
+    // Once the slow clients are gone, the cap has room again.
+    drop(stalled);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let served = fresh()
+        .get(proxy.url("/v3/payments/p-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200);
+}
