@@ -121,6 +121,15 @@ impl From<Bytes> for ProxyBody {
     }
 }
 
+/// A copy of a held body, to send the same request again (not a replay after a 401).
+pub(crate) fn copy_held(body: &ProxyBody) -> Option<ProxyBody> {
+    match body {
+        ProxyBody::Held(full) => Some(ProxyBody::Held(full.clone())),
+        ProxyBody::Replay(full) => Some(ProxyBody::Replay(full.clone())),
+        ProxyBody::Prefixed(..) | ProxyBody::Streamed(_) => None,
+    }
+}
+
 /// The replay policy: held bodies are copied (the copy is marked as a replay).
 pub(crate) fn replay_held(body: &ProxyBody) -> Option<ProxyBody> {
     match body {

@@ -28,6 +28,7 @@ pub(crate) struct Metrics {
     request_series: [[OnceLock<Counter>; STATUS_CLASSES.len()]; METHODS.len()],
     upstream_seconds: Histogram,
     replays: Counter,
+    resends: Counter,
     signing_failures: Counter,
     refused: Counter,
     token_fetches: Counter,
@@ -60,6 +61,12 @@ impl Metrics {
             "replays",
             "Requests sent again after the upstream answered 401",
             replays.clone(),
+        );
+        let resends = Counter::default();
+        registry.register(
+            "upstream_resends",
+            "Requests sent again on a fresh connection because the upstream closed the pooled one under them",
+            resends.clone(),
         );
         let signing_failures = Counter::default();
         registry.register(
@@ -109,6 +116,7 @@ impl Metrics {
             request_series: Default::default(),
             upstream_seconds,
             replays,
+            resends,
             signing_failures,
             refused,
             token_fetches,
@@ -140,6 +148,10 @@ impl Metrics {
 
     pub(crate) fn replayed(&self) {
         self.replays.inc();
+    }
+
+    pub(crate) fn resent(&self) {
+        self.resends.inc();
     }
 
     pub(crate) fn signing_failed(&self) {

@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response, Uri};
+use http::{Method, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
@@ -20,7 +20,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower::{Service, ServiceExt};
 
-use crate::body::{BoxError, ProxyBody};
+use crate::body::{BoxError, ProxyBody, copy_held};
 use crate::metrics::Metrics;
 
 /// How long connecting (TCP and TLS) may take.
@@ -154,8 +154,12 @@ impl Pool {
         &self,
         mut request: Request<ProxyBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        // Set once a request is sent again because its pooled connection closed under it:
+        // the next try takes a fresh connection, and is the last.
+        let mut fresh_only = false;
         loop {
-            let (mut sender, reused) = match self.checkout() {
+            let pooled = if fresh_only { None } else { self.checkout() };
+            let (mut sender, reused) = match pooled {
                 Some(sender) => (sender, true),
                 // Boxed: the connect future is large and rarely needed.
                 None => (Box::pin(self.connect()).await?, false),
@@ -168,6 +172,9 @@ impl Pool {
                 }
                 return Err(UpstreamError::Http(e));
             }
+            // A copy to send again should this pooled connection turn out closed once the
+            // request is written (see `closed_under_it`).
+            let again = if reused { send_again(&request) } else { None };
             match sender.try_send_request(request).await {
                 Ok(response) => {
                     let (parts, body) = response.into_parts();
@@ -181,15 +188,68 @@ impl Pool {
                     }
                     return Ok(Response::from_parts(parts, body));
                 }
-                Err(mut e) => match e.take_message() {
+                Err(mut e) => match (e.take_message(), again) {
                     // Never taken by the connection (it closed first): not sent, so safe to
                     // send on another.
-                    Some(unsent) if reused => request = unsent,
+                    (Some(unsent), _) if reused => request = unsent,
+                    (_, Some(copy)) if closed_under_it(e.error()) => {
+                        tracing::debug!(error = %e.error(), "the upstream closed a pooled connection under a request; sending it again on a fresh one");
+                        self.inner.metrics.resent();
+                        request = copy;
+                        fresh_only = true;
+                    }
                     _ => return Err(UpstreamError::Http(e.into_error())),
                 },
             }
         }
     }
+}
+
+/// A copy of `request` to send again on a fresh connection, when that is safe: its body is
+/// held (a streamed one is spent), and sending it twice does no harm: an idempotent method
+/// (RFC 9110 §9.2.2), or one that carries an `Idempotency-Key` (TrueLayer then acts on it
+/// once; the signing layer gives every signed request one). nginx's `proxy_next_upstream`
+/// makes the same choice for non-idempotent requests unless told otherwise.
+fn send_again(request: &Request<ProxyBody>) -> Option<Request<ProxyBody>> {
+    let idempotent = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    if !idempotent && !request.headers().contains_key("idempotency-key") {
+        return None;
+    }
+    let body = copy_held(request.body())?;
+    let mut copy = Request::new(body);
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    Some(copy)
+}
+
+/// Whether a request failed because its (reused) connection closed before any answer came:
+/// the upstream had closed it while idle, as servers do after their keep-alive timeout, and
+/// the close crossed the request on the wire. Then the upstream did not act on it (it read
+/// nothing more on that connection); a request that got any part of an answer is not here,
+/// since `try_send_request` hands back only failures before the response's head.
+fn closed_under_it(error: &hyper::Error) -> bool {
+    if error.is_incomplete_message() || error.is_canceled() || error.is_closed() {
+        return true;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// The future [`Pool`] returns: one allocation per request.
