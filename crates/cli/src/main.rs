@@ -49,8 +49,10 @@ enum Command {
     /// `payment_executed`, `payment_settled`, `payment_failed`) to that URL as they move,
     /// signed with a `Tl-Signature` whose `jku` names the emulator's webhook JWKS.
     ///
-    /// Prints TRUELAYER_ENV, TRUELAYER_CLIENT_ID and TRUELAYER_CLIENT_SECRET on standard
-    /// output, and runs until interrupted.
+    /// Prints TRUELAYER_ENV, TRUELAYER_CLIENT_ID, TRUELAYER_CLIENT_SECRET,
+    /// TRUELAYER_SIGNING_KEY_FILE (the client's request-signing key, written to a 0600 file
+    /// removed at exit) and TRUELAYER_SIGNING_KEY_ID on standard output, and an `export`
+    /// line of them on standard error; runs until interrupted (Ctrl-C or SIGTERM).
     #[command(after_help = ADMIN_ROUTES)]
     Emulator {
         /// The port to listen on (0 picks a free one).
@@ -99,8 +101,13 @@ impl Failure {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let logs = tracing_subscriber::fmt()
+    // Without RUST_LOG: warnings, and the proxy's access log unless it is turned off.
+    let default_filter = match &cli.command {
+        Command::Proxy(args) if args.access_log == proxy::Switch::On => "warn,tlauth::access=info",
+        _ => "warn",
+    };
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match cli.log_format {
@@ -138,6 +145,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
+    // The work is done: blocking threads left (a DNS lookup, a stdin read) are not waited
+    // for, so SIGTERM ends an idle proxy or emulator at once, not a second later.
+    runtime.shutdown_timeout(Duration::from_millis(100));
             eprintln!("tlauth: {}", failure.message);
             ExitCode::from(failure.code)
         }
@@ -188,9 +198,17 @@ async fn emulator(
     payment_step: Option<u64>,
 ) -> Result<(), Failure> {
     let addr = SocketAddr::new(DEFAULT_ADDR.ip(), port);
-    let emulator = Emulator::bind(addr)
-        .await
-        .map_err(|e| Failure::usage(format!("could not listen on {addr}: {e}")))?;
+    let emulator = Emulator::bind(addr).await.map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            "; another process listens there: choose another port with --port, or --port 0 for a free one"
+        } else {
+            ""
+        };
+        Failure::usage(format!("could not listen on {addr}: {e}{hint}"))
+    })?;
+    // The client's request-signing key, in a file only this user can read, for tools that
+    // sign (`tlauth proxy`, `tlauth sign`): the Payments stand-in refuses unsigned POSTs.
+    let key_file = KeyFile::write(&emulator)?;
     emulator
         .set_webhook_url(webhook_url.as_deref())
         .map_err(|e| {
@@ -227,9 +245,78 @@ async fn emulator(
         }
     }
     std::io::stdout()
-        .write_all(emulator.env_lines().as_bytes())
+        .write_all(settings.as_bytes())
         .map_err(|e| Failure::failed(e.to_string()))?;
-    tokio::signal::ctrl_c()
-        .await
-        .map_err(|e| Failure::failed(e.to_string()))
+    let key_lines = format!(
+        "TRUELAYER_SIGNING_KEY_FILE={}\nTRUELAYER_SIGNING_KEY_ID={}\n",
+        key_file.path.display(),
+        emulator.signing_key_id()
+    );
+    let settings = format!("{}{key_lines}", emulator.env_lines());
+    eprintln!(
+        "tlauth: to use it from another shell: export {}",
+        settings.lines().collect::<Vec<_>>().join(" ")
+    );
+    let stopped = shutdown_signal().await;
+    drop(key_file);
+    stopped
+}
+
+/// The emulator's signing key written to a 0600 file in a directory of its own under the
+/// temporary directory, removed when the emulator stops.
+struct KeyFile {
+    dir: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+impl KeyFile {
+    fn write(emulator: &Emulator) -> Result<KeyFile, Failure> {
+        let dir = std::env::temp_dir().join(format!(
+            "tlauth-emulator-{}-{}",
+            std::process::id(),
+            emulator.addr().port()
+        ));
+        let failed = |e: std::io::Error| {
+            Failure::failed(format!(
+                "could not write the emulator's signing key in {}: {e}",
+                dir.display()
+            ))
+        };
+        std::fs::create_dir_all(&dir).map_err(failed)?;
+        let path = dir.join("signing-key.pem");
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        options
+            .open(&path)
+            .and_then(|mut file| file.write_all(emulator.signing_key_pem().as_bytes()))
+            .map_err(failed)?;
+        Ok(KeyFile { dir, path })
+    }
+}
+
+impl Drop for KeyFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM.
+pub(crate) async fn shutdown_signal() -> Result<(), Failure> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| Failure::failed(e.to_string()))?;
+        tokio::select! {
+            interrupted = tokio::signal::ctrl_c() => interrupted.map_err(|e| Failure::failed(e.to_string())),
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c()
+            .await
+            .map_err(|e| Failure::failed(e.to_string()))
+    }
 }

@@ -58,6 +58,10 @@ pub(crate) struct ProxyArgs {
     /// across every connection; a request that finds no room gets 503 with Retry-After.
     #[arg(long, default_value_t = 64, value_name = "MIB")]
     body_memory_mib: u64,
+    /// One line per request at info (method, path without query, status, upstream and total
+    /// time, signed, replayed, bytes; never a header value or body), in the --log-format.
+    #[arg(long, value_enum, default_value_t = Switch::On, value_name = "on|off")]
+    pub(crate) access_log: Switch,
     /// The most client connections at once.
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
@@ -86,6 +90,13 @@ pub(crate) struct ProxyArgs {
     signing_key_id: Option<String>,
     #[command(flatten)]
     auth: AuthArgs,
+/// On or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Switch {
+    On,
+    Off,
+}
+
 }
 
 /// Where the proxy's signer comes from: a key file, or the Secrets Manager secret.
@@ -135,8 +146,12 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::usage(e.to_string()))?;
     // Fetch the first token now: a configuration error shows at start, not on the first call.
     if let Err(e) = tokens.token().await {
-        tracing::error!(error = %truelayer_auth::error_chain(&e), "no token at start; requests get 502 until one can be had");
+        tracing::error!(
+            kind = e.kind_name(),
+            "no token at start; requests get 502 until one can be had"
+        );
     }
+    // (The cache has logged the failure with its cause: not repeated here.)
     let mut builder = Proxy::builder(upstream.clone(), tokens)
         .listen(args.listen)
         .allow_remote(args.allow_remote)
@@ -149,6 +164,7 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), Failure> {
         .max_connections(args.max_connections)
         .workers(match args.workers {
             0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        .access_log(args.access_log == Switch::On)
             n => n,
         })
         .drain_timeout(Duration::from_secs(args.shutdown_timeout));
@@ -203,7 +219,17 @@ async fn serve<K: SignerSource>(
     );
     let stop = running.shutdown_handle();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        // An error installing the handlers leaves Ctrl-C's default: the process ends.
+        if crate::shutdown_signal().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    if !signing {
+        // TrueLayer refuses unsigned POSTs to the Payments API (401, Invalid request
+        // signature): say so now, not on the first payment.
+        eprintln!(
+            "tlauth: WARNING: no signing key, so POST, PUT, PATCH and DELETE requests are forwarded unsigned,              and the Payments API refuses them; give --signing-key-file and --signing-key-id              (TRUELAYER_SIGNING_KEY_FILE and TRUELAYER_SIGNING_KEY_ID, which `tlauth emulator` prints)"
+        );
+    }
         eprintln!("tlauth: shutting down; in-flight requests may finish");
         stop.shutdown();
     });
@@ -214,7 +240,15 @@ async fn serve<K: SignerSource>(
 }
 
 fn usage(e: truelayer_auth_proxy::ProxyError) -> Failure {
-    Failure::usage(truelayer_auth::error_chain(&e))
+    let hint = match &e {
+        truelayer_auth_proxy::ProxyError::Bind { source, .. }
+            if source.kind() == std::io::ErrorKind::AddrInUse =>
+        {
+            " (another process listens there, perhaps `tlauth emulator`: choose another address with --listen, or --listen 127.0.0.1:0 for a free port)"
+        }
+        _ => "",
+    };
+    Failure::usage(format!("{}{hint}", truelayer_auth::error_chain(&e)))
 }
 
 /// Where the emulator's admin routes live ([`truelayer_auth_emulator::ADMIN_ROUTES`]).
@@ -306,23 +340,4 @@ async fn keys(
         };
     }
     Ok(None)
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

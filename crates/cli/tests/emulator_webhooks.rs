@@ -28,7 +28,7 @@ impl Running {
             .spawn()
             .unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        let env = (0..3)
+        let env = (0..5)
             .map(|_| {
                 let line = stdout.next().expect("the emulator's settings").unwrap();
                 let (name, value) = line.split_once('=').unwrap();

@@ -141,6 +141,7 @@ pub struct ProxyBuilder<K = Signer> {
     pub(crate) body_timeout: Duration,
     pub(crate) body_idle_timeout: Duration,
     pub(crate) body_memory: u64,
+    pub(crate) access_log: bool,
     pub(crate) max_connections: usize,
     pub(crate) drain_timeout: Duration,
     pub(crate) workers: usize,
@@ -164,6 +165,7 @@ impl ProxyBuilder {
             body_timeout: Duration::from_secs(30),
             body_idle_timeout: Duration::from_secs(10),
             body_memory: 64 << 20,
+            access_log: true,
             max_connections: 1024,
             drain_timeout: Duration::from_secs(30),
             workers: 1,
@@ -191,6 +193,7 @@ impl<K> ProxyBuilder<K> {
             body_timeout: self.body_timeout,
             body_idle_timeout: self.body_idle_timeout,
             body_memory: self.body_memory,
+            access_log: self.access_log,
             max_connections: self.max_connections,
             drain_timeout: self.drain_timeout,
             workers: self.workers,
@@ -300,6 +303,17 @@ impl<K> ProxyBuilder<K> {
     #[must_use]
     pub fn body_memory(mut self, bytes: u64) -> Self {
         self.body_memory = bytes;
+        self
+    }
+
+    /// Whether each request gets an access-log line: `info` on the `tlauth::access` target,
+    /// written when its answer has been sent, with the method, the path without its query,
+    /// the status, the time to the upstream's answer and in all, whether it was signed,
+    /// replayed after a 401 or sent again after an idle close, and the answer's body bytes;
+    /// never a header value or a body. Default on.
+    #[must_use]
+    pub fn access_log(mut self, on: bool) -> Self {
+        self.access_log = on;
         self
     }
 

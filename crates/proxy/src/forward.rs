@@ -15,6 +15,7 @@ use truelayer_auth::TokenCache;
 use truelayer_auth_signing::{IDEMPOTENCY_KEY, SignerSource, Signing, SigningError};
 use truelayer_auth_tower::{BearerAuth, BearerAuthError, ReplayFn};
 
+use crate::access;
 use crate::body::{BodyMemory, BodyPace, BoxError, ProxyBody, Refused, TooSlow, take_in};
 use crate::config::Upstream;
 use crate::guard::{Guard, Refusal};
@@ -47,6 +48,8 @@ pub(crate) struct Forwarder<K> {
     pub(crate) pace: BodyPace,
     /// Shared by every worker.
     pub(crate) memory: Arc<BodyMemory>,
+    /// Whether each request gets an access-log line.
+    pub(crate) access_log: bool,
 }
 
 /// A response body: the upstream's, streamed, or one the proxy wrote.
@@ -55,6 +58,8 @@ pub(crate) enum ResponseBody {
     Upstream(UpstreamBody),
     /// A body the proxy wrote (errors, health, metrics).
     Local(Full<Bytes>),
+    /// Either, counted for the access log, whose line is written when this is dropped.
+    Logged(Box<ResponseBody>, Box<access::Record>),
 }
 
 impl std::fmt::Debug for ResponseBody {
@@ -62,6 +67,7 @@ impl std::fmt::Debug for ResponseBody {
         f.write_str(match self {
             ResponseBody::Upstream(_) => "ResponseBody::Upstream",
             ResponseBody::Local(_) => "ResponseBody::Local",
+            ResponseBody::Logged(..) => "ResponseBody::Logged",
         })
     }
 }
@@ -79,6 +85,13 @@ impl Body for ResponseBody {
             ResponseBody::Local(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map_err(|never| match never {}),
+            ResponseBody::Logged(body, record) => {
+                let polled = Pin::new(body.as_mut()).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(frame))) = &polled {
+                    record.bytes += frame.data_ref().map_or(0, |d| d.len() as u64);
+                }
+                polled
+            }
         }
     }
 
@@ -86,6 +99,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Upstream(body) => body.is_end_stream(),
             ResponseBody::Local(body) => body.is_end_stream(),
+            ResponseBody::Logged(body, _) => body.is_end_stream(),
         }
     }
 
@@ -93,6 +107,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Upstream(body) => body.size_hint(),
             ResponseBody::Local(body) => body.size_hint(),
+            ResponseBody::Logged(body, _) => body.size_hint(),
         }
     }
 }
@@ -102,10 +117,17 @@ impl<K: SignerSource> Forwarder<K> {
     /// admin endpoints are served; anything else gets 503.
     pub(crate) async fn handle(
         self: Arc<Self>,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         admin_only: bool,
     ) -> Response<ResponseBody> {
         let method = request.method().clone();
+        let logged = self.access_log.then(|| {
+            let exchange = Arc::new(access::Exchange::default());
+            request.extensions_mut().insert(exchange.clone());
+            let signed = matches!(self.stack, Stack::Signed(_)) && signs(&method);
+            (exchange, request.uri().path().to_owned(), signed)
+        });
+        let started = tokio::time::Instant::now();
         let response = if admin_only && under(request.uri().path(), &self.admin_path).is_none() {
             let mut busy = json(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -119,6 +141,22 @@ impl<K: SignerSource> Forwarder<K> {
             busy
         } else {
             self.respond(request).await
+        };
+        let response = match logged {
+            Some((exchange, path, signed)) => {
+                let (parts, body) = response.into_parts();
+                let record = access::Record {
+                    method: method.clone(),
+                    path,
+                    status: parts.status,
+                    signed,
+                    started,
+                    exchange,
+                    bytes: 0,
+                };
+                Response::from_parts(parts, ResponseBody::Logged(Box::new(body), Box::new(record)))
+            }
+            None => response,
         };
         self.metrics.answered(&method, response.status());
         response
@@ -377,12 +415,7 @@ impl<K: SignerSource> Forwarder<K> {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        let signed = matches!(self.stack, Stack::Signed(_))
-            && matches!(
-                *request.method(),
-                // The methods `SigningLayer` signs.
-                Method::POST | Method::PUT | Method::PATCH | Method::DELETE
-            );
+        let signed = matches!(self.stack, Stack::Signed(_)) && signs(request.method());
         let limit = if signed {
             self.signing_limit.max(self.replay_limit)
         } else {
@@ -409,6 +442,14 @@ impl<K: SignerSource> Forwarder<K> {
         };
         Some(Uri::from(path_and_query))
     }
+}
+
+/// Whether `SigningLayer` signs requests with this method.
+fn signs(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    )
 }
 
 /// The methods of RFC 9110 and PATCH, as spelled there.

@@ -43,6 +43,7 @@
 
 #![forbid(unsafe_code)]
 
+mod access;
 mod body;
 mod config;
 mod forward;
@@ -190,6 +191,7 @@ impl<K: SignerSource> Proxy<K> {
                     signing_limit: b.signing_limit as u64,
                     pace,
                     memory: memory.clone(),
+                    access_log: b.access_log,
                 }),
             })
             .collect();

@@ -20,6 +20,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower::{Service, ServiceExt};
 
+use crate::access::Exchange;
 use crate::body::{BoxError, ProxyBody, copy_held};
 use crate::metrics::Metrics;
 
@@ -141,18 +142,24 @@ impl Pool {
     async fn send(
         self,
         request: Request<ProxyBody>,
+        exchange: Option<Arc<Exchange>>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let started = tokio::time::Instant::now();
-        let result = self.exchange(request).await;
+        let result = self.exchange(request, exchange.as_deref()).await;
         // Every outcome, failures too: from the call to the response head, connecting and
         // waiting for a connection included.
-        self.inner.metrics.upstream(started.elapsed());
+        let took = started.elapsed();
+        self.inner.metrics.upstream(took);
+        if let Some(exchange) = exchange {
+            exchange.upstream(took);
+        }
         result
     }
 
     async fn exchange(
         &self,
         mut request: Request<ProxyBody>,
+        log: Option<&Exchange>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         // Set once a request is sent again because its pooled connection closed under it:
         // the next try takes a fresh connection, and is the last.
@@ -195,6 +202,9 @@ impl Pool {
                     (_, Some(copy)) if closed_under_it(e.error()) => {
                         tracing::debug!(error = %e.error(), "the upstream closed a pooled connection under a request; sending it again on a fresh one");
                         self.inner.metrics.resent();
+                        if let Some(log) = log {
+                            log.resent();
+                        }
                         request = copy;
                         fresh_only = true;
                     }
@@ -266,10 +276,14 @@ impl Service<Request<ProxyBody>> for Pool {
     }
 
     fn call(&mut self, request: Request<ProxyBody>) -> Self::Future {
+        let exchange = request.extensions().get::<Arc<Exchange>>().cloned();
         if matches!(request.body(), ProxyBody::Replay(_)) {
             self.inner.metrics.replayed();
+            if let Some(exchange) = &exchange {
+                exchange.replayed();
+            }
         }
-        Box::pin(self.clone().send(request))
+        Box::pin(self.clone().send(request, exchange))
     }
 }
 

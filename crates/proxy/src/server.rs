@@ -151,7 +151,7 @@ impl<K: SignerSource> RunningProxy<K> {
                         .build()
                     {
                         Ok(runtime) => {
-                            runtime.block_on(worker.run(shared));
+                            runtime.block_on(worker.run(shared, false));
                             // Blocking work left behind (a DNS lookup) gets a second.
                             runtime.shutdown_timeout(Duration::from_secs(1));
                         }
@@ -167,7 +167,7 @@ impl<K: SignerSource> RunningProxy<K> {
             }
         }
         if let Some(first) = first {
-            first.run(shared).await;
+            first.run(shared, true).await;
         }
         for worker in finished {
             // Err means the thread ended (its `done` dropped): finished either way.
@@ -186,7 +186,10 @@ impl Drop for StopOnDrop {
 }
 
 impl<K: SignerSource> Worker<K> {
-    async fn run(self, shared: Shared) {
+    /// Serves until shut down, then drains. The `lead` worker (the first) writes the
+    /// shutdown's log lines at `info`, the others at `debug`: one line per proxy, not per
+    /// worker.
+    async fn run(self, shared: Shared, lead: bool) {
         let listener = match self
             .listener
             .set_nonblocking(true)
@@ -263,13 +266,15 @@ impl<K: SignerSource> Worker<K> {
             });
         }
         drop(listener);
-        tracing::info!(
-            drain_ms = shared.drain_timeout.as_millis() as u64,
-            "shutting down; waiting for in-flight requests"
-        );
+        let drain_ms = shared.drain_timeout.as_millis() as u64;
+        if lead {
+            tracing::info!(drain_ms, "shutting down; waiting for in-flight requests");
+        } else {
+            tracing::debug!(drain_ms, "worker shutting down; waiting for its in-flight requests");
+        }
         tokio::select! {
-            () = graceful.shutdown() => tracing::info!("all connections closed"),
-            () = tokio::time::sleep(shared.drain_timeout) => tracing::warn!("drain deadline passed; closing the rest"),
+            () = graceful.shutdown() => tracing::debug!("a worker's connections all closed"),
+            () = tokio::time::sleep(shared.drain_timeout) => tracing::warn!("drain deadline passed; closing the rest of a worker's connections"),
         }
     }
 }
