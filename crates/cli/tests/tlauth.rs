@@ -1,33 +1,10 @@
 //! `tlauth` as a user runs it: a real process, its stdout, stderr and exit code.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+mod support;
 
 use serde_json::Value;
+use support::{text, tlauth};
 use truelayer_auth_emulator::Emulator;
-
-fn tlauth(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tlauth"));
-    cmd.args(args)
-        .env_remove("TRUELAYER_ENV")
-        .env_remove("TRUELAYER_CLIENT_ID")
-        .env_remove("TRUELAYER_CLIENT_SECRET")
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let mut pipe = child.stdin.take().unwrap();
-    if let Some(input) = stdin {
-        pipe.write_all(input.as_bytes()).unwrap();
-    }
-    drop(pipe);
-    child.wait_with_output().unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 #[test]
 fn with_nothing_configured_it_prints_a_token_from_the_embedded_emulator() {
