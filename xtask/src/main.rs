@@ -28,8 +28,11 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("moto") => moto_foreground(),
         Some("bench-proxy") => bench_proxy(),
+        Some("readme") => readme(),
         _ => {
-            eprintln!("usage: cargo xtask ci | cargo xtask moto | cargo xtask bench-proxy");
+            eprintln!(
+                "usage: cargo xtask ci | cargo xtask moto | cargo xtask bench-proxy | cargo xtask readme"
+            );
             return ExitCode::from(2);
         }
     };
@@ -139,6 +142,8 @@ fn ci() -> Result<(), String> {
         run(&format!("example {example}"), cmd)?;
     }
 
+    readme()?;
+
     let mut doc = cargo();
     doc.args(["doc", "--workspace", "--all-features", "--no-deps"])
         .env("RUSTDOCFLAGS", "-D warnings");
@@ -146,6 +151,109 @@ fn ci() -> Result<(), String> {
 
     eprintln!("\nxtask ci: all green in {:.0?}", started.elapsed());
     Ok(())
+}
+
+/// Runs the README's shell blocks, in order, as one bash script, as a newcomer would paste
+/// them: in `target/readme` (the workspace is its parent, so `cargo run -p` works), with no
+/// `TRUELAYER_*` setting inherited, aliases expanded (the README defines `tlauth` as one),
+/// and every background job stopped at the end. Blocks whose info string says `no-run`
+/// (TrueLayer itself, CI itself) are skipped.
+fn readme() -> Result<(), String> {
+    ensure_debian_commands(&[("curl", "curl"), ("jq", "jq"), ("openssl", "openssl")])?;
+    let text = std::fs::read_to_string(root().join("README.md"))
+        .map_err(|e| format!("reading README.md: {e}"))?;
+    let blocks = shell_blocks(&text);
+    if blocks.is_empty() {
+        return Err("README.md has no shell block to run".into());
+    }
+    let mut script = String::from(
+        "set -euo pipefail\nshopt -s expand_aliases\n\
+         trap 'status=$?; kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; exit $status' EXIT\n",
+    );
+    for (line, block) in &blocks {
+        script.push_str(&format!("\n# README.md line {line}\n{block}"));
+    }
+    let dir = root().join("target").join("readme");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    std::fs::write(dir.join("readme.sh"), &script)
+        .map_err(|e| format!("writing the README script: {e}"))?;
+    // A README whose waits never end (a setting no longer printed, say) fails, not hangs.
+    let mut bash = Command::new("timeout");
+    bash.args(["--kill-after=10", "600", "bash", "readme.sh"])
+        .current_dir(&dir);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("TRUELAYER_") {
+            bash.env_remove(name);
+        }
+    }
+    if std::env::var_os("CARGO_INCREMENTAL").is_none() {
+        bash.env("CARGO_INCREMENTAL", "0");
+    }
+    run(
+        &format!(
+            "the README's {} shell blocks (target/readme/readme.sh)",
+            blocks.len()
+        ),
+        bash,
+    )
+}
+
+/// The README's ```` ```sh ```` blocks to run, with the line each starts on: not those whose
+/// info string also says `no-run`.
+fn shell_blocks(text: &str) -> Vec<(usize, String)> {
+    let mut blocks = Vec::new();
+    // Inside a block: whether it runs, where it starts, what it says so far.
+    let mut inside: Option<(bool, usize, String)> = None;
+    for (n, line) in text.lines().enumerate() {
+        let fence = line.trim_start().strip_prefix("```");
+        match (inside.take(), fence) {
+            (None, Some(info)) => {
+                let mut words = info.split_whitespace();
+                let runs = words.next() == Some("sh") && !words.any(|w| w == "no-run");
+                inside = Some((runs, n + 2, String::new()));
+            }
+            (None, None) => {}
+            (Some((runs, start, body)), Some(_)) => {
+                if runs {
+                    blocks.push((start, body));
+                }
+            }
+            (Some((runs, start, mut body)), None) => {
+                body.push_str(line);
+                body.push('\n');
+                inside = Some((runs, start, body));
+            }
+        }
+    }
+    blocks
+}
+
+/// Installs the Debian packages of the commands that are missing (as root).
+fn ensure_debian_commands(commands: &[(&str, &str)]) -> Result<(), String> {
+    let missing: Vec<&str> = commands
+        .iter()
+        .filter(|(command, _)| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {command}")])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut update = Command::new("apt-get");
+    update.arg("update");
+    run("apt-get update", update)?;
+    let mut install = Command::new("apt-get");
+    install
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    run(&format!("apt-get install {}", missing.join(" ")), install)
 }
 
 /// Installs a pinned cargo tool into `target/tools` unless that version is already there;

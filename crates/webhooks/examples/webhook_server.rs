@@ -10,9 +10,9 @@
 //! To receive a running emulator's webhooks instead (`tlauth emulator --webhook-url`):
 //!
 //! ```sh
-//! tlauth emulator --port 8080 --webhook-url http://127.0.0.1:3000/tl-webhook &
+//! tlauth emulator --port 8081 --webhook-url http://127.0.0.1:3000/tl-webhook &
 //! cargo run -p truelayer-auth-webhooks --example webhook_server -- \
-//!     --listen 127.0.0.1:3000 --jku http://127.0.0.1:8080/webhooks/jwks
+//!     --listen 127.0.0.1:3000 --jku http://127.0.0.1:8081/webhooks/jwks
 //! ```
 //!
 //! Against TrueLayer, build the verifier with `WebhookVerifier::builder().build()` (its
