@@ -8,10 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http::header::HeaderName;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body::Body as _;
+use http_body_util::Limited;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
@@ -77,6 +78,12 @@ impl SignerSource for Signer {
 /// The longest request body collected for signing, by default: 1 MiB.
 pub const DEFAULT_MAX_BODY: usize = 1 << 20;
 
+/// How long the layer waits for the next part of a body it collects, by default: 10 s.
+pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the layer waits for the whole of a body it collects, by default: 30 s.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How seldom a 401 may make the layer read a signing key (one `kid`) again.
 const RELOAD_EVERY: Duration = Duration::from_secs(30);
 
@@ -94,6 +101,12 @@ const RELOADS_KEPT: usize = 1024;
 ///   sent), and sent on as `B::from(bytes)`: the body type needs `From<Bytes>`
 ///   (`Full<Bytes>`, `reqwest::Body` and most client bodies have it). Other requests keep
 ///   their body, streaming or not.
+/// - **Body deadlines**: a body that has to be waited for gets 10 s between one part and the
+///   next and 30 s in all ([`body_timeouts`](Self::body_timeouts)); past either the call
+///   fails with [`SigningError::BodyTimedOut`] and nothing is sent, so a client that stalls
+///   mid-body holds neither the request nor its buffer. A body ready at once needs no timer;
+///   where tokio has no timers (a runtime built without `enable_time`) one that has to be
+///   waited for is waited for without a limit.
 /// - **Composes with the bearer layer in either order.** Outside it, the replay the bearer
 ///   layer makes after a 401 copies the signed request. Inside it, the replay comes through
 ///   again and gets the same `Idempotency-Key` (shared through the request's
@@ -134,6 +147,7 @@ pub struct SigningLayer<K> {
     keys: K,
     extra_headers: Vec<(String, HeaderName)>,
     max_body: usize,
+    body_timeouts: BodyTimeouts,
     reloads: Arc<Reloads>,
 }
 
@@ -141,8 +155,16 @@ pub struct SigningLayer<K> {
 struct Settings {
     extra_headers: Vec<(String, HeaderName)>,
     max_body: usize,
+    body_timeouts: BodyTimeouts,
     /// Shared by every service of one layer: one reload per `kid` per 30 s in all.
     reloads: Arc<Reloads>,
+}
+
+/// How long a body being collected may take: between two frames, and in all.
+#[derive(Debug, Clone, Copy)]
+struct BodyTimeouts {
+    idle: Duration,
+    total: Duration,
 }
 
 /// When each signing key (by `kid`) was last read again after a 401.
@@ -156,6 +178,10 @@ impl<K: SignerSource> SigningLayer<K> {
             keys,
             extra_headers: Vec::new(),
             max_body: DEFAULT_MAX_BODY,
+            body_timeouts: BodyTimeouts {
+                idle: DEFAULT_BODY_IDLE_TIMEOUT,
+                total: DEFAULT_BODY_TIMEOUT,
+            },
             reloads: Arc::default(),
         }
     }
@@ -184,6 +210,27 @@ impl<K: SignerSource> SigningLayer<K> {
         self.max_body = limit;
         self
     }
+
+    /// How long a body is waited for while it is collected: `idle` between one part (frame)
+    /// and the next, `total` from the start of the collection to its end; by default
+    /// [`DEFAULT_BODY_IDLE_TIMEOUT`] (10 s) and [`DEFAULT_BODY_TIMEOUT`] (30 s). When either
+    /// runs out the call fails with [`SigningError::BodyTimedOut`] and nothing is sent.
+    /// `Duration::MAX` lifts a limit. Timers are made only for a body that has to be waited
+    /// for: a `Full<Bytes>` never needs one.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use truelayer_auth_signing::{Signer, SigningLayer};
+    ///
+    /// let layer = SigningLayer::new(Signer::generate("kid"))
+    ///     .body_timeouts(Duration::from_secs(5), Duration::from_secs(20));
+    /// # let _ = layer;
+    /// ```
+    #[must_use]
+    pub fn body_timeouts(mut self, idle: Duration, total: Duration) -> Self {
+        self.body_timeouts = BodyTimeouts { idle, total };
+        self
+    }
 }
 
 impl<S, K: Clone> Layer<S> for SigningLayer<K> {
@@ -196,6 +243,7 @@ impl<S, K: Clone> Layer<S> for SigningLayer<K> {
             settings: Arc::new(Settings {
                 extra_headers: self.extra_headers.clone(),
                 max_body: self.max_body,
+                body_timeouts: self.body_timeouts,
                 reloads: self.reloads.clone(),
             }),
         }
@@ -231,6 +279,12 @@ pub enum SigningError<E> {
         /// The limit, in bytes.
         limit: usize,
     },
+    /// The body did not arrive in time: a part of it within the idle timeout, or all of it
+    /// within the total timeout ([`SigningLayer::body_timeouts`]).
+    BodyTimedOut {
+        /// The timeout that ran out.
+        limit: BodyTimeout,
+    },
     /// The body could not be read.
     Body(BoxError),
     /// The signer source failed (a secret store, say).
@@ -248,6 +302,10 @@ impl<E: fmt::Debug> fmt::Debug for SigningError<E> {
                 .debug_struct("BodyTooLarge")
                 .field("limit", limit)
                 .finish(),
+            SigningError::BodyTimedOut { limit } => f
+                .debug_struct("BodyTimedOut")
+                .field("limit", limit)
+                .finish(),
             SigningError::Body(e) => f.debug_tuple("Body").field(&e.to_string()).finish(),
             SigningError::Signer(e) => f.debug_tuple("Signer").field(&e.to_string()).finish(),
             SigningError::Sign(e) => f.debug_tuple("Sign").field(e).finish(),
@@ -262,6 +320,18 @@ impl<E: fmt::Display> fmt::Display for SigningError<E> {
             SigningError::BodyTooLarge { limit } => write!(
                 f,
                 "the request body is larger than the {limit}-byte limit for signing it; the request was not sent (raise SigningLayer::max_body_bytes)"
+            ),
+            SigningError::BodyTimedOut {
+                limit: BodyTimeout::Idle(idle),
+            } => write!(
+                f,
+                "the request body stalled: no part of it arrived for {idle:?} (the idle timeout for collecting it to sign); the request was not sent (see SigningLayer::body_timeouts)"
+            ),
+            SigningError::BodyTimedOut {
+                limit: BodyTimeout::Total(total),
+            } => write!(
+                f,
+                "the request body did not arrive within {total:?} (the total timeout for collecting it to sign); the request was not sent (see SigningLayer::body_timeouts)"
             ),
             SigningError::Body(_) => f.write_str(
                 "the request body could not be read for signing; the request was not sent",
@@ -280,12 +350,21 @@ impl<E: fmt::Display> fmt::Display for SigningError<E> {
 impl<E: std::error::Error + 'static> std::error::Error for SigningError<E> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            SigningError::BodyTooLarge { .. } => None,
+            SigningError::BodyTooLarge { .. } | SigningError::BodyTimedOut { .. } => None,
             SigningError::Body(e) | SigningError::Signer(e) => Some(e.as_ref()),
             SigningError::Sign(e) => Some(e),
             SigningError::Service(e) => e.source(),
         }
     }
+}
+
+/// Which of a [`SigningLayer`]'s body timeouts ran out, and its length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyTimeout {
+    /// No part of the body arrived for this long (since the last part, or the start).
+    Idle(Duration),
+    /// The whole body did not arrive within this long.
+    Total(Duration),
 }
 
 type SignedFuture<R, E> =
@@ -393,7 +472,7 @@ where
     B::Error: Into<BoxError>,
 {
     let (mut parts, body) = request.into_parts();
-    let body = collect(body, settings.max_body).await?;
+    let body = collect(body, settings.max_body, settings.body_timeouts).await?;
     // The caller's key, or the one this logical request already has, or a new one.
     if !parts.headers.contains_key(IDEMPOTENCY_KEY) {
         let make = || {
@@ -475,7 +554,14 @@ impl Reloads {
     }
 }
 
-async fn collect<B, E>(body: B, limit: usize) -> Result<Bytes, SigningError<E>>
+/// The body's bytes, up to `limit`, within `timeouts`. A body that is ready at once (a
+/// `Full<Bytes>`) is taken without a timer; one is made only when the body has to be waited
+/// for.
+async fn collect<B, E>(
+    body: B,
+    limit: usize,
+    timeouts: BodyTimeouts,
+) -> Result<Bytes, SigningError<E>>
 where
     B: http_body::Body,
     B::Error: Into<BoxError>,
@@ -483,13 +569,130 @@ where
     if body.size_hint().lower() > limit as u64 {
         return Err(SigningError::BodyTooLarge { limit });
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(SigningError::BodyTooLarge { limit })
+    let started = Instant::now();
+    let mut body = std::pin::pin!(Limited::new(body, limit));
+    let mut deadlines = Deadlines::default();
+    let mut chunks: Vec<Bytes> = Vec::new();
+    loop {
+        let frame = std::future::poll_fn(|cx| {
+            if let Poll::Ready(frame) = body.as_mut().poll_frame(cx) {
+                return Poll::Ready(Ok(frame));
+            }
+            deadlines.poll(cx, started, timeouts).map(Err)
+        })
+        .await;
+        match frame {
+            Ok(Some(Ok(frame))) => {
+                deadlines.part_arrived();
+                if let Ok(mut data) = frame.into_data() {
+                    let chunk = data.copy_to_bytes(data.remaining());
+                    if !chunk.is_empty() {
+                        chunks.push(chunk);
+                    }
+                }
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(SigningError::BodyTooLarge { limit });
+            }
+            Ok(Some(Err(e))) => return Err(SigningError::Body(e)),
+            Err(limit) => return Err(SigningError::BodyTimedOut { limit }),
         }
-        Err(e) => Err(SigningError::Body(e)),
     }
+    // One part (a `Full<Bytes>`) is kept as it is, without a copy.
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.swap_remove(0),
+        _ => chunks.concat().into(),
+    })
+}
+
+/// The timers bounding the wait for a body, made the first time it has to be waited for.
+#[derive(Default)]
+struct Deadlines {
+    /// Whether the body had to be waited for yet.
+    waited: bool,
+    /// Runs out `total` after the collection started (`None`: no limit).
+    total: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Runs out `idle` after the last part (`None`: no limit).
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether `idle` counts from the last part; a new part disarms it.
+    idle_armed: bool,
+    /// No timer can be made here (no tokio timers): the body is waited for unbounded.
+    unbounded: bool,
+}
+
+impl Deadlines {
+    /// Called when the body is not ready: whether a timeout ran out. The total is checked
+    /// first, so a body that missed both is reported against the total.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        started: Instant,
+        timeouts: BodyTimeouts,
+    ) -> Poll<BodyTimeout> {
+        if self.unbounded {
+            return Poll::Pending;
+        }
+        if !self.waited {
+            self.waited = true;
+            // No deadline for `Duration::MAX` (no limit): it would overflow the clock.
+            if let Some(deadline) = started.checked_add(timeouts.total) {
+                self.total = timer_at(deadline);
+                self.unbounded = self.total.is_none();
+            }
+        }
+        if !self.idle_armed && !self.unbounded {
+            self.idle_armed = true;
+            match (Instant::now().checked_add(timeouts.idle), &mut self.idle) {
+                (Some(deadline), Some(idle)) => idle.as_mut().reset(deadline),
+                (Some(deadline), None) => {
+                    self.idle = timer_at(deadline);
+                    self.unbounded = self.idle.is_none();
+                }
+                (None, _) => self.idle = None,
+            }
+        }
+        if let Some(total) = &mut self.total
+            && total.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(BodyTimeout::Total(timeouts.total));
+        }
+        if let Some(idle) = &mut self.idle
+            && idle.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(BodyTimeout::Idle(timeouts.idle));
+        }
+        Poll::Pending
+    }
+
+    /// A part of the body arrived: the idle timeout counts again from the next wait.
+    fn part_arrived(&mut self) {
+        self.idle_armed = false;
+    }
+}
+
+thread_local! {
+    /// Set once making a timer panicked on this thread: its runtime has no timers.
+    static NO_TIMERS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A timer running out at `deadline`, or `None` where tokio has no timers: outside a
+/// runtime, or in one built without `enable_time`.
+fn timer_at(deadline: Instant) -> Option<Pin<Box<tokio::time::Sleep>>> {
+    tokio::runtime::Handle::try_current().ok()?;
+    if NO_TIMERS.get() {
+        return None;
+    }
+    // Without `enable_time`, making a Sleep panics, and the panic hook prints a message.
+    // Tokio offers no way to ask first, so the first failure on a thread is remembered and
+    // later waits there print nothing (the bearer layer's drain timer does the same). A later
+    // runtime on that thread, with timers, then collects bodies without deadlines.
+    let timer = std::panic::catch_unwind(|| Box::pin(tokio::time::sleep_until(deadline))).ok();
+    if timer.is_none() {
+        NO_TIMERS.set(true);
+    }
+    timer
 }
 
 /// Signs method, path, `Idempotency-Key`, the extra headers present, and the body; sets

@@ -47,8 +47,8 @@ mod verifier;
 pub use jws::JwsHeader;
 pub use key::KeyError;
 pub use layer::{
-    DEFAULT_MAX_BODY, ResponseFuture, SignerFuture, SignerSource, Signing, SigningError,
-    SigningLayer,
+    BodyTimeout, DEFAULT_BODY_IDLE_TIMEOUT, DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY, ResponseFuture,
+    SignerFuture, SignerSource, Signing, SigningError, SigningLayer,
 };
 pub use signer::{BackendFuture, Signable, SignatureError, Signer, SigningBackend};
 

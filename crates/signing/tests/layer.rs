@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
@@ -14,7 +15,8 @@ use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 use truelayer_auth::Environment;
 use truelayer_auth_emulator::Emulator;
 use truelayer_auth_signing::{
-    IDEMPOTENCY_KEY, Signer, SignerFuture, SignerSource, SigningError, SigningLayer, TL_SIGNATURE,
+    BodyTimeout, IDEMPOTENCY_KEY, Signer, SignerFuture, SignerSource, SigningError, SigningLayer,
+    TL_SIGNATURE,
 };
 use truelayer_auth_testkit::emulator::{register_new_signer, signer, token_cache};
 use truelayer_auth_tower::{BearerAuthLayer, CloneBodies, NoReplay};
@@ -511,4 +513,148 @@ async fn one_layer_signs_each_merchants_requests_with_its_own_key() {
     let err = layer.layer(upstream).oneshot(post()).await.unwrap_err();
     assert!(matches!(err, SigningError::Signer(_)), "{err:?}");
     assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
+
+/// A body whose parts arrive when a sender sends them: it stalls while the sender is kept
+/// and sends nothing, and ends when the sender is dropped.
+struct Piped(tokio::sync::mpsc::UnboundedReceiver<Bytes>);
+
+fn piped() -> (tokio::sync::mpsc::UnboundedSender<Bytes>, Piped) {
+    let (send, receive) = tokio::sync::mpsc::unbounded_channel();
+    (send, Piped(receive))
+}
+
+impl From<Bytes> for Piped {
+    fn from(bytes: Bytes) -> Self {
+        let (send, body) = piped();
+        send.send(bytes).unwrap();
+        body
+    }
+}
+
+impl http_body::Body for Piped {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| Ok(http_body::Frame::data(c))))
+    }
+}
+
+/// An upstream taking `Piped` bodies, counting its calls.
+fn counting() -> (
+    impl Service<Request<Piped>, Response = http::Response<()>, Error = Infallible, Future = impl Send>
+    + Clone
+    + Send
+    + 'static,
+    Arc<AtomicUsize>,
+) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let service = service_fn(move |_: Request<Piped>| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async { Ok::<_, Infallible>(http::Response::new(())) }
+    });
+    (service, calls)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_stalls_fails_at_the_idle_timeout_and_nothing_is_sent() {
+    let (upstream, calls) = counting();
+    let (send, body) = piped();
+    send.send(Bytes::from_static(b"{\"amount")).unwrap();
+    let request = Request::post("/v3/payments").body(body).unwrap();
+    let started = tokio::time::Instant::now();
+    // The defaults: 10 s idle, 30 s in all. (The outer limit turns a hang into a failure.)
+    let result = tokio::time::timeout(
+        Duration::from_secs(120),
+        SigningLayer::new(Signer::generate("kid"))
+            .layer(upstream)
+            .oneshot(request),
+    )
+    .await
+    .expect("the body's wait is bounded");
+    let err = result.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SigningError::BodyTimedOut {
+                limit: BodyTimeout::Idle(idle)
+            } if idle == Duration::from_secs(10)
+        ),
+        "{err:?}"
+    );
+    assert_eq!(started.elapsed(), Duration::from_secs(10));
+    assert!(err.to_string().contains("idle timeout"), "{err}");
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "nothing was sent");
+    drop(send);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_trickles_fails_at_the_total_timeout() {
+    let (upstream, calls) = counting();
+    let (send, body) = piped();
+    // A part every 5 s: always within the 10 s idle timeout, never done.
+    tokio::spawn(async move {
+        while send.send(Bytes::from_static(b" ")).is_ok() {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
+    let request = Request::post("/v3/payments").body(body).unwrap();
+    let started = tokio::time::Instant::now();
+    let result = tokio::time::timeout(
+        Duration::from_secs(120),
+        SigningLayer::new(Signer::generate("kid"))
+            .layer(upstream)
+            .oneshot(request),
+    )
+    .await
+    .expect("the body's wait is bounded");
+    let err = result.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SigningError::BodyTimedOut {
+                limit: BodyTimeout::Total(total)
+            } if total == Duration::from_secs(30)
+        ),
+        "{err:?}"
+    );
+    assert_eq!(started.elapsed(), Duration::from_secs(30));
+    assert!(err.to_string().contains("total timeout"), "{err}");
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "nothing was sent");
+}
+
+#[tokio::test(start_paused = true)]
+async fn body_timeouts_can_be_set() {
+    let (upstream, _) = counting();
+    let (send, body) = piped();
+    let request = Request::post("/v3/payments").body(body).unwrap();
+    let started = tokio::time::Instant::now();
+    let result = tokio::time::timeout(
+        Duration::from_secs(120),
+        SigningLayer::new(Signer::generate("kid"))
+            .body_timeouts(Duration::from_secs(2), Duration::from_secs(3))
+            .layer(upstream)
+            .oneshot(request),
+    )
+    .await
+    .expect("the body's wait is bounded");
+    let err = result.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SigningError::BodyTimedOut {
+                limit: BodyTimeout::Idle(idle)
+            } if idle == Duration::from_secs(2)
+        ),
+        "{err:?}"
+    );
+    assert_eq!(started.elapsed(), Duration::from_secs(2));
+    drop(send);
 }
