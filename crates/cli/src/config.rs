@@ -6,16 +6,19 @@ use std::sync::Arc;
 
 use clap::Args;
 use secrecy::SecretString;
-use truelayer_auth::{ClientCredentials, CredentialsSource, Environment, Scope, Scopes};
+use truelayer_auth::{
+    ClientCredentials, ConfigError, CredentialsSource, Environment, Scope, Scopes,
+};
 use truelayer_auth_emulator::Emulator;
 use truelayer_auth_vault::SecretsManagerCredentials;
 
-use crate::Failure;
+use crate::{Failure, suggest};
 
 /// Environment, credentials and scopes, shared by `token` and `proxy`.
 #[derive(Debug, Args)]
 pub(crate) struct AuthArgs {
-    /// `sandbox`, `production`, or a base URL such as `http://127.0.0.1:8080`.
+    /// `sandbox`, `production`, or a base URL such as `http://127.0.0.1:8080` (a local
+    /// emulator: `tlauth emulator` prints its TRUELAYER_ENV).
     #[arg(long = "env", env = "TRUELAYER_ENV", value_name = "ENV")]
     environment: Option<String>,
     /// The client_id from TrueLayer Console.
@@ -57,8 +60,10 @@ pub(crate) enum CredentialsKind {
 impl AuthArgs {
     pub(crate) async fn resolve(self) -> Result<Resolved, Failure> {
         let scopes = scopes(&self.scopes, self.without_payments)?;
+        // A mistake in the environment is named even when something else is missing too.
+        let environment = self.environment.as_deref().map(parse_env).transpose()?;
         if let Some(secret_id) = self.secret_id {
-            let env = self.environment.ok_or_else(|| {
+            let environment = environment.ok_or_else(|| {
                 Failure::usage("--secret-id needs an environment: pass --env sandbox|production|<URL> or set TRUELAYER_ENV")
             })?;
             let vault = SecretsManagerCredentials::builder(secret_id)
@@ -66,7 +71,7 @@ impl AuthArgs {
                 .await
                 .map_err(|e| Failure::usage(truelayer_auth::error_chain(&e)))?;
             return Ok(Resolved {
-                environment: parse_env(&env)?,
+                environment,
                 source: Arc::new(vault.clone()),
                 kind: CredentialsKind::Vault(vault),
                 scopes,
@@ -74,8 +79,7 @@ impl AuthArgs {
             });
         }
         let secret = read_secret(self.client_secret_stdin)?;
-        let (environment, credentials, embedded) = match (self.environment, self.client_id, secret)
-        {
+        let (environment, credentials, embedded) = match (environment, self.client_id, secret) {
             (None, None, None) => {
                 let emulator = Emulator::start().await.map_err(|e| {
                     Failure::usage(format!("could not start the embedded emulator: {e}"))
@@ -105,9 +109,7 @@ impl AuthArgs {
                     "no client secret: set TRUELAYER_CLIENT_SECRET or pipe it with --client-secret-stdin",
                 ));
             }
-            (Some(env), Some(id), Some(secret)) => {
-                (parse_env(&env)?, credentials(&id, secret)?, None)
-            }
+            (Some(env), Some(id), Some(secret)) => (env, credentials(&id, secret)?, None),
         };
         Ok(Resolved {
             environment,
@@ -157,12 +159,66 @@ fn scopes(given: &[String], without_payments: bool) -> Result<Scopes, Failure> {
     } else {
         Scopes::new(parsed)
     };
-    result.map_err(|e| Failure::usage(e.to_string()))
+    result.map_err(|e| match e {
+        // The library's text names its Rust API; here the way out is a flag.
+        ConfigError::MissingPaymentsScope { requested } => {
+            let known = Scope::KNOWN.iter().map(Scope::as_str);
+            let next = match given
+                .iter()
+                .find_map(|s| suggest::closest(s, known.clone()))
+            {
+                Some(meant) => format!(": did you mean `{meant}`? Otherwise add"),
+                None => "; add".to_owned(),
+            };
+            Failure::usage(format!(
+                "the scopes `{requested}` lack `payments`, which every Payments API request \
+                 needs{next} --scope payments, or pass --without-payments for a token that is \
+                 not used with the Payments API"
+            ))
+        }
+        e => Failure::usage(e.to_string()),
+    })
 }
 
+/// The example base URL of `--env`'s help, repeated in its errors so the two agree.
+const ENV_EXAMPLE: &str = "http://127.0.0.1:8080";
+
+/// `sandbox` or `production` in any case, or a base URL; a host without its scheme and a
+/// misspelt name are answered with what was likely meant.
 fn parse_env(s: &str) -> Result<Environment, Failure> {
-    s.parse()
-        .map_err(|e: truelayer_auth::ConfigError| Failure::usage(e.to_string()))
+    let unknown = match s.parse() {
+        Ok(env) => return Ok(env),
+        Err(ConfigError::UnknownEnvironment(unknown)) => unknown,
+        Err(e) => return Err(Failure::usage(format!("--env/TRUELAYER_ENV: {e}"))),
+    };
+    let what = format!("unknown environment `{unknown}` (--env or TRUELAYER_ENV)");
+    if let Some(meant) = suggest::closest(&unknown, ["sandbox", "production"]) {
+        return Err(Failure::usage(format!("{what}: did you mean `{meant}`?")));
+    }
+    if let Some(url) = with_scheme(&unknown) {
+        return Err(Failure::usage(format!(
+            "{what}: a base URL needs its scheme, as in `{url}`"
+        )));
+    }
+    Err(Failure::usage(format!(
+        "{what}: use `sandbox`, `production`, or a base URL such as `{ENV_EXAMPLE}`"
+    )))
+}
+
+/// `host[:port][/path]` with the scheme it can use: `http` for loopback, `https` otherwise.
+fn with_scheme(given: &str) -> Option<String> {
+    let authority = given.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    let looks_like_host = loopback || host.contains('.') || authority.contains(':');
+    let scheme = if loopback { "http" } else { "https" };
+    looks_like_host.then(|| format!("{scheme}://{given}"))
 }
 
 fn credentials(id: &str, secret: SecretString) -> Result<ClientCredentials, Failure> {

@@ -4,6 +4,7 @@
 mod config;
 mod proxy;
 mod sign;
+mod suggest;
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;

@@ -1,5 +1,6 @@
 //! A newcomer's first hour (issue #22): `tlauth sign` refuses what TrueLayer would refuse,
-//! and a failed `tlauth verify` points at a cause it can see.
+//! a failed `tlauth verify` points at a cause it can see, and a mistaken environment or
+//! scope is answered with what was likely meant and the flag to use.
 
 mod support;
 
@@ -145,4 +146,54 @@ fn a_failed_verify_points_at_a_final_newline_in_the_body_file() {
     assert!(stderr.contains("ends in a newline"), "{stderr}");
     assert!(stderr.contains("printf"), "{stderr}");
     assert!(stderr.contains("matches without it"), "{stderr}");
+}
+
+#[test]
+fn a_scope_mistake_names_the_cli_flag_and_the_likely_scope() {
+    let out = tlauth(&["token", "--scope", "paymnets"], &[], None);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--without-payments"), "{stderr}");
+    assert!(!stderr.contains("Scopes::"), "{stderr}");
+    assert!(stderr.contains("did you mean `payments`?"), "{stderr}");
+}
+
+#[test]
+fn environment_mistakes_say_how_to_write_one_like_the_help_does() {
+    let token = |env: &str| tlauth(&["token", "--env", env, "--client-id", "x"], &[], None);
+    let help = text(&tlauth(&["token", "--help"], &[], None).stdout);
+    assert!(help.contains("http://127.0.0.1:8080"), "{help}");
+
+    let unknown = token("staging");
+    let stderr = text(&unknown.stderr);
+    assert_eq!(unknown.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("http://127.0.0.1:8080"), "{stderr}");
+    assert!(!stderr.contains("auth.example.com"), "{stderr}");
+
+    let no_scheme = tlauth(
+        &["token"],
+        &[
+            ("TRUELAYER_ENV", "127.0.0.1:8080"),
+            ("TRUELAYER_CLIENT_ID", "x"),
+            ("TRUELAYER_CLIENT_SECRET", "y"),
+        ],
+        None,
+    );
+    let stderr = text(&no_scheme.stderr);
+    assert_eq!(no_scheme.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("http://127.0.0.1:8080"), "{stderr}");
+    let no_scheme_remote = token("auth.example.com");
+    let stderr = text(&no_scheme_remote.stderr);
+    assert!(stderr.contains("https://auth.example.com"), "{stderr}");
+
+    // A typo is caught with the name it was likely meant to be ...
+    let typo = token("sandbx");
+    let stderr = text(&typo.stderr);
+    assert_eq!(typo.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("did you mean `sandbox`?"), "{stderr}");
+    // ... while another casing of a name is that name: what is missing next is the secret.
+    let cased = token("Sandbox");
+    let stderr = text(&cased.stderr);
+    assert_eq!(cased.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no client secret"), "{stderr}");
 }
