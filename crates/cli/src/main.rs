@@ -25,7 +25,9 @@ use crate::config::AuthArgs;
 struct Cli {
     /// How log lines on standard error look: `text` (coloured only on a terminal) or `json`
     /// (one object a line, for log shippers). The level comes from RUST_LOG (default warn).
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    // Under its own heading, so it follows each command's own options instead of sitting
+    // among them.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, help_heading = "Global options")]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,

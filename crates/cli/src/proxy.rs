@@ -73,20 +73,10 @@ pub(crate) struct ProxyArgs {
     #[arg(long, default_value_t = 30)]
     shutdown_timeout: u64,
     /// The P-521 private key (PEM) to sign POST, PUT, PATCH and DELETE requests with.
-    #[arg(
-        long,
-        env = "TRUELAYER_SIGNING_KEY_FILE",
-        value_name = "PATH",
-        requires = "signing_key_id"
-    )]
+    #[arg(long, env = "TRUELAYER_SIGNING_KEY_FILE", value_name = "PATH")]
     signing_key_file: Option<PathBuf>,
     /// The id TrueLayer Console shows for the signing key's public half.
-    #[arg(
-        long,
-        env = "TRUELAYER_SIGNING_KEY_ID",
-        value_name = "KID",
-        requires = "signing_key_file"
-    )]
+    #[arg(long, env = "TRUELAYER_SIGNING_KEY_ID", value_name = "KID")]
     signing_key_id: Option<String>,
     #[command(flatten)]
     auth: AuthArgs,
@@ -129,6 +119,11 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), Failure> {
             args.listen
         )));
     }
+    // Both or neither, said before anything else is looked at.
+    crate::sign::signing_key(
+        args.signing_key_file.as_deref(),
+        args.signing_key_id.as_deref(),
+    )?;
     let resolved = args.auth.resolve().await?;
     let Upstream {
         url: upstream,

@@ -1,10 +1,10 @@
 //! `tlauth sign` and `tlauth verify`: the "sign this curl" tool people otherwise write by hand.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
-use truelayer_auth_signing::{IDEMPOTENCY_KEY, Signable, Signer, Verifier, VerifyError};
+use truelayer_auth_signing::{IDEMPOTENCY_KEY, KeyError, Signable, Signer, Verifier, VerifyError};
 
 use crate::Failure;
 
@@ -17,8 +17,7 @@ pub(crate) struct RequestArgs {
     /// The absolute path as sent (`/v3/payments`), without scheme, host or query.
     #[arg(long)]
     path: String,
-    /// A header, `Name: value`; repeat for several. When signing, the order given is the
-    /// signing order (TrueLayer wants at least Idempotency-Key).
+    /// A header of the request, `Name: value`; repeat for several.
     #[arg(long = "header", value_name = "'NAME: VALUE'")]
     headers: Vec<String>,
     /// The body, as sent.
@@ -65,15 +64,54 @@ impl RequestArgs {
 
 /// Options of `tlauth sign`.
 #[derive(Debug, Args)]
+#[command(mut_arg("headers", |arg| arg.help(
+    "A header of the request, `Name: value`; repeat for several. The order given is the \
+     signing order. TrueLayer wants at least Idempotency-Key, on every POST, PUT, PATCH and \
+     DELETE: a new one per payment, the same one on its retries"
+)))]
 pub(crate) struct SignArgs {
     /// The P-521 private key, PEM (SEC1 `EC PRIVATE KEY` or PKCS#8).
-    #[arg(long, env = "TRUELAYER_SIGNING_KEY_FILE", value_name = "PATH")]
-    key_file: PathBuf,
+    // Named as in `tlauth proxy` and the environment variables; the old name is an alias.
+    #[arg(
+        long = "signing-key-file",
+        visible_alias = "key-file",
+        env = "TRUELAYER_SIGNING_KEY_FILE",
+        value_name = "PATH"
+    )]
+    key_file: Option<PathBuf>,
     /// The key id TrueLayer Console shows for its public half.
-    #[arg(long, env = "TRUELAYER_SIGNING_KEY_ID", value_name = "KID")]
-    kid: String,
+    #[arg(
+        long = "signing-key-id",
+        visible_alias = "kid",
+        env = "TRUELAYER_SIGNING_KEY_ID",
+        value_name = "KID"
+    )]
+    kid: Option<String>,
     #[command(flatten)]
     request: RequestArgs,
+}
+
+/// `--signing-key-file` and `--signing-key-id` (or their environment variables): both or
+/// neither, with an error that names only the one missing. Checked here rather than by
+/// clap, whose error would list every argument given as if it were required.
+pub(crate) fn signing_key<'a>(
+    file: Option<&'a Path>,
+    id: Option<&'a str>,
+) -> Result<Option<(&'a Path, &'a str)>, Failure> {
+    match (file, id) {
+        (Some(file), Some(id)) => Ok(Some((file, id))),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(Failure::usage(
+            "a signing key file (--signing-key-file or TRUELAYER_SIGNING_KEY_FILE) needs its \
+             id: pass --signing-key-id or set TRUELAYER_SIGNING_KEY_ID, the id TrueLayer \
+             Console shows for the key's public half",
+        )),
+        (None, Some(_)) => Err(Failure::usage(
+            "a signing key id (--signing-key-id or TRUELAYER_SIGNING_KEY_ID) needs its key: \
+             pass --signing-key-file or set TRUELAYER_SIGNING_KEY_FILE, the P-521 private key \
+             (PEM)",
+        )),
+    }
 }
 
 /// Methods TrueLayer wants an `Idempotency-Key` on, and signed.
@@ -82,6 +120,10 @@ const MODIFYING: [&str; 4] = ["POST", "PUT", "PATCH", "DELETE"];
 /// Options of `tlauth verify`.
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("key").required(true).args(["public_key_file", "jwks_file"])))]
+#[command(mut_arg("headers", |arg| arg.help(
+    "A header of the request, `Name: value`; repeat for several. Give at least those the \
+     signature names (its `tl_headers`), in any order; others are ignored"
+)))]
 pub(crate) struct VerifyArgs {
     /// The public key, PEM (`PUBLIC KEY`).
     #[arg(long, value_name = "PATH")]
@@ -99,15 +141,23 @@ pub(crate) struct VerifyArgs {
     request: RequestArgs,
 }
 
-fn read(path: &PathBuf, what: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, Failure> {
+fn read(path: &Path, what: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, Failure> {
     std::fs::read(path)
         .map(zeroize::Zeroizing::new)
         .map_err(|e| Failure::usage(format!("could not read the {what} {}: {e}", path.display())))
 }
 
 pub(crate) async fn sign(args: SignArgs) -> Result<(), Failure> {
-    let pem = read(&args.key_file, "key file")?;
-    let signer = Signer::from_pem(&args.kid, &pem).map_err(|e| Failure::usage(e.to_string()))?;
+    let (key_file, kid) =
+        signing_key(args.key_file.as_deref(), args.kid.as_deref())?.ok_or_else(|| {
+            Failure::usage(
+                "no signing key: pass --signing-key-file and --signing-key-id, or set \
+                 TRUELAYER_SIGNING_KEY_FILE and TRUELAYER_SIGNING_KEY_ID (`tlauth emulator` \
+                 prints both for its own key)",
+            )
+        })?;
+    let pem = read(key_file, "key file")?;
+    let signer = Signer::from_pem(kid, &pem).map_err(|e| Failure::usage(e.to_string()))?;
     let (headers, body) = args.request.parts()?;
     let method = &args.request.method;
     let modifying = MODIFYING.iter().any(|m| m.eq_ignore_ascii_case(method));
@@ -136,11 +186,10 @@ pub(crate) async fn sign(args: SignArgs) -> Result<(), Failure> {
 
 pub(crate) fn verify(args: VerifyArgs) -> Result<(), Failure> {
     let mut verifier = match (&args.public_key_file, &args.jwks_file) {
-        (Some(path), _) => Verifier::from_public_pem(&read(path, "public key file")?),
-        (None, Some(path)) => Verifier::from_jwks(&read(path, "JWKS file")?),
+        (Some(path), _) => public_key_verifier(path)?,
+        (None, Some(path)) => jwks_verifier(path)?,
         (None, None) => unreachable!("clap requires one"),
-    }
-    .map_err(|e| Failure::usage(e.to_string()))?;
+    };
     for name in &args.required {
         verifier = verifier.require_header(name);
     }
@@ -170,6 +219,32 @@ pub(crate) fn verify(args: VerifyArgs) -> Result<(), Failure> {
             Err(Failure::failed(message))
         }
     }
+}
+
+/// A verifier with `--public-key-file`'s key. Its errors say what that flag takes, not
+/// what keys are in general (the library's "not PEM" asks for a private key).
+fn public_key_verifier(path: &Path) -> Result<Verifier, Failure> {
+    Verifier::from_public_pem(&read(path, "public key file")?).map_err(|e| match e {
+        KeyError::NotPem => Failure::usage(format!(
+            "the public key file {} is not PEM: --public-key-file takes \
+             `-----BEGIN PUBLIC KEY-----` (`openssl ec -in key.pem -pubout` writes one); a \
+             JWKS goes to --jwks-file instead",
+            path.display()
+        )),
+        e => Failure::usage(format!("the public key file {}: {e}", path.display())),
+    })
+}
+
+/// A verifier with `--jwks-file`'s keys.
+fn jwks_verifier(path: &Path) -> Result<Verifier, Failure> {
+    Verifier::from_jwks(&read(path, "JWKS file")?).map_err(|e| match e {
+        KeyError::InvalidJwks => Failure::usage(format!(
+            "the JWKS file {} is not a JWKS (a JSON object with a `keys` array); a PEM public \
+             key goes to --public-key-file instead",
+            path.display()
+        )),
+        e => Failure::usage(format!("the JWKS file {}: {e}", path.display())),
+    })
 }
 
 /// What a request that does not match its signature shows of the usual reasons, each said

@@ -1,6 +1,6 @@
 //! A newcomer's first hour (issue #22): `tlauth sign` refuses what TrueLayer would refuse,
-//! a failed `tlauth verify` points at a cause it can see, and a mistaken environment or
-//! scope is answered with what was likely meant and the flag to use.
+//! a failed `tlauth verify` points at a cause it can see, and every message names the flag
+//! to use, not a Rust function or another command's option.
 
 mod support;
 
@@ -159,6 +159,35 @@ fn a_scope_mistake_names_the_cli_flag_and_the_likely_scope() {
 }
 
 #[test]
+fn verify_asks_its_key_flags_for_what_they_take() {
+    let verify = |flag: &str, file: &str| {
+        tlauth(
+            &[
+                "verify",
+                flag,
+                &format!("{VECTORS}/{file}"),
+                "--signature",
+                &vector_signature(),
+                "--path",
+                VECTOR_PATH,
+            ],
+            &[],
+            None,
+        )
+    };
+    let jwks_as_pem = verify("--public-key-file", "jwks.json");
+    let stderr = text(&jwks_as_pem.stderr);
+    assert_eq!(jwks_as_pem.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("-----BEGIN PUBLIC KEY-----"), "{stderr}");
+    assert!(!stderr.contains("PRIVATE KEY"), "{stderr}");
+    assert!(stderr.contains("--jwks-file"), "{stderr}");
+    let pem_as_jwks = verify("--jwks-file", "ec512-public.pem");
+    let stderr = text(&pem_as_jwks.stderr);
+    assert_eq!(pem_as_jwks.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--public-key-file"), "{stderr}");
+}
+
+#[test]
 fn environment_mistakes_say_how_to_write_one_like_the_help_does() {
     let token = |env: &str| tlauth(&["token", "--env", env, "--client-id", "x"], &[], None);
     let help = text(&tlauth(&["token", "--help"], &[], None).stdout);
@@ -196,4 +225,83 @@ fn environment_mistakes_say_how_to_write_one_like_the_help_does() {
     let stderr = text(&cased.stderr);
     assert_eq!(cased.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("no client secret"), "{stderr}");
+}
+
+#[test]
+fn a_missing_signing_key_id_is_named_alone() {
+    let key = private_key();
+    let configured = [("TRUELAYER_ENV", "sandbox"), ("TRUELAYER_CLIENT_ID", "x")];
+    /// Arguments, environment, and the one thing missing.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case<'_>; 4] = [
+        (
+            &["proxy", "--signing-key-file", &key],
+            &configured,
+            "--signing-key-id",
+        ),
+        (
+            &["proxy", "--signing-key-id", "k"],
+            &configured,
+            "--signing-key-file",
+        ),
+        (
+            &["sign", "--signing-key-file", &key, "--path", "/x"],
+            &[],
+            "--signing-key-id",
+        ),
+        (
+            &["sign", "--path", "/x"],
+            &[("TRUELAYER_SIGNING_KEY_ID", "k")],
+            "--signing-key-file",
+        ),
+    ];
+    for (args, env, missing) in cases {
+        let out = tlauth(args, env, None);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(missing), "{args:?}: {stderr}");
+        let env_var = missing.trim_start_matches("--").replace('-', "_");
+        assert!(
+            stderr.contains(&format!("TRUELAYER_{}", env_var.to_uppercase())),
+            "{args:?}: {stderr}"
+        );
+        for other in ["--env", "--client-id", "--path", "Usage:"] {
+            assert!(!stderr.contains(other), "{args:?} names {other}: {stderr}");
+        }
+    }
+}
+
+#[test]
+fn verify_help_talks_about_verifying() {
+    let verify = text(&tlauth(&["verify", "--help"], &[], None).stdout);
+    let header = verify
+        .split("--header")
+        .nth(1)
+        .and_then(|rest| rest.split("\n\n").next())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(header.contains("signature names"), "{verify}");
+    assert!(!header.contains("signing order"), "{verify}");
+    let sign = text(&tlauth(&["sign", "--help"], &[], None).stdout);
+    assert!(sign.contains("signing order"), "{sign}");
+}
+
+#[test]
+fn global_options_come_after_each_commands_own() {
+    for (command, own_last) in [
+        ("sign", "--body-file"),
+        ("verify", "--body-file"),
+        ("token", "--without-payments"),
+        ("proxy", "--without-payments"),
+    ] {
+        let help = text(&tlauth(&[command, "--help"], &[], None).stdout);
+        // Where each is listed, not where another option's help mentions it.
+        let listed = |option: &str| help.find(&format!("      {option}")).unwrap();
+        let own = listed(own_last);
+        let heading = help
+            .find("Global options:")
+            .unwrap_or_else(|| panic!("{command}: {help}"));
+        let global = listed("--log-format <");
+        assert!(own < heading && heading < global, "{command}: {help}");
+    }
 }
