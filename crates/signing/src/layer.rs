@@ -14,6 +14,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::Limited;
 use pin_project_lite::pin_project;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 use truelayer_auth_http::{IDEMPOTENCY_KEY, LogicalRequest, TL_SIGNATURE};
@@ -114,9 +115,11 @@ const RELOADS_KEPT: usize = 1024;
 ///   payment.
 /// - **Key rotation**: when TrueLayer answers 401, the layer asks its [`SignerSource`] for
 ///   the signer again; if the key is unchanged it reads it again ([`SignerSource::reload`],
-///   at most once per 30 s per `kid`). If the key changed (another public key or `kid`), it
-///   signs the request with it and sends it once more, with the same `Idempotency-Key`.
-///   Requests rejected while another one reloads pick up the new key from the source.
+///   one read at a time and at most one per 30 s per `kid`). If the key changed (another
+///   public key or `kid`), it signs the request with it and sends it once more, with the
+///   same `Idempotency-Key`. A request rejected while another one reads its key again waits
+///   for that read to end, then asks the source once more; one rejected after such a read
+///   ended (within the 30 s) asks the source once, without waiting.
 /// - **Idempotency beyond this layer**: the key this layer adds is kept across the bearer
 ///   layer's 401 replay and this layer's re-signed resend, and nothing else. A retry made
 ///   above the stack (a `tower::retry` layer, reqwest-middleware, the application after a
@@ -167,9 +170,37 @@ struct BodyTimeouts {
     total: Duration,
 }
 
-/// When each signing key (by `kid`) was last read again after a 401.
+/// The reads of each signing key (by `kid`) made again after a 401: when the last one began,
+/// and whether it has ended.
 #[derive(Debug, Default)]
-struct Reloads(Mutex<HashMap<Arc<str>, Instant>>);
+struct Reloads(Mutex<HashMap<Arc<str>, Reload>>);
+
+#[derive(Debug)]
+struct Reload {
+    began: Instant,
+    /// `true` once the read ended (or the request making it was dropped).
+    ended: watch::Receiver<bool>,
+}
+
+/// What a 401 to a request signed with an unchanged key leads to.
+enum AfterRejection {
+    /// Read the key again. Requests waiting for this read are let go when it is dropped.
+    Reload(Reloading),
+    /// Another request is reading the key again: wait for it to end (`true`).
+    Wait(watch::Receiver<bool>),
+    /// The key was read again lately: no reload.
+    Skip,
+}
+
+/// A read of a key under way; dropping it (the read ended, or its request was dropped)
+/// lets go the requests waiting for it.
+struct Reloading(watch::Sender<bool>);
+
+impl Drop for Reloading {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
+    }
+}
 
 impl<K: SignerSource> SigningLayer<K> {
     /// A layer signing with the signers `keys` gives.
@@ -499,20 +530,39 @@ where
         return Ok(response);
     }
     // Perhaps the signing key was rotated. Another request may already have read the new
-    // one; otherwise read it again (rate-limited per key). Send once more, same
-    // Idempotency-Key, only if the key really changed.
+    // one, or be reading it (then wait for it); otherwise read it again (once per key per
+    // 30 s). Send once more, same Idempotency-Key, only if the key really changed.
     let fresh = match keys.signer(&copy.extensions).await {
         Ok(current) if !current.same_key(&signer) => current,
-        _ if !settings.reloads.may_reload(signer.kid()) => return Ok(response),
-        _ => match keys.reload(&copy.extensions).await {
-            Ok(fresh) if !fresh.same_key(&signer) => fresh,
-            Ok(_) => return Ok(response),
-            Err(e) => {
-                tracing::warn!(
-                    error = %truelayer_auth_http::error_chain(&*e),
-                    "could not read the signing key again after a 401"
+        _ => match settings.reloads.after_rejection(signer.kid()) {
+            AfterRejection::Skip => return Ok(response),
+            AfterRejection::Wait(mut ended) => {
+                tracing::debug!(
+                    kid = signer.kid(),
+                    "another request is reading the signing key again; waiting for it"
                 );
-                return Ok(response);
+                // An error would mean the read's end was never sent: `Reloading` sends it
+                // when dropped. Either way the wait is over.
+                let _ = ended.wait_for(|ended| *ended).await;
+                match keys.signer(&copy.extensions).await {
+                    Ok(current) if !current.same_key(&signer) => current,
+                    _ => return Ok(response),
+                }
+            }
+            AfterRejection::Reload(reloading) => {
+                let reloaded = keys.reload(&copy.extensions).await;
+                drop(reloading);
+                match reloaded {
+                    Ok(fresh) if !fresh.same_key(&signer) => fresh,
+                    Ok(_) => return Ok(response),
+                    Err(e) => {
+                        tracing::warn!(
+                            error = %truelayer_auth_http::error_chain(&*e),
+                            "could not read the signing key again after a 401"
+                        );
+                        return Ok(response);
+                    }
+                }
             }
         },
     };
@@ -529,28 +579,34 @@ where
 }
 
 impl Reloads {
-    /// Whether a 401 may make the layer read the key `kid` again now (once per 30 s).
-    fn may_reload(&self, kid: &str) -> bool {
-        let mut last = self
+    /// What a 401 to a request signed with the key `kid`, unchanged in the source, leads to:
+    /// a read of it again (at most one per 30 s, one at a time), a wait for the read under
+    /// way, or nothing.
+    fn after_rejection(&self, kid: &str) -> AfterRejection {
+        let mut reloads = self
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
-        if last
-            .get(kid)
-            .is_some_and(|at| now.saturating_duration_since(*at) < RELOAD_EVERY)
-        {
-            return false;
-        }
-        if last.len() >= RELOADS_KEPT {
-            last.retain(|_, at| now.saturating_duration_since(*at) < RELOAD_EVERY);
-            if last.len() >= RELOADS_KEPT {
-                // That many keys rejected within 30 s: wait for the oldest to age out.
-                return false;
+        let recent = |reload: &Reload| now.saturating_duration_since(reload.began) < RELOAD_EVERY;
+        if let Some(reload) = reloads.get(kid) {
+            if !*reload.ended.borrow() {
+                return AfterRejection::Wait(reload.ended.clone());
+            }
+            if recent(reload) {
+                return AfterRejection::Skip;
             }
         }
-        last.insert(Arc::from(kid), now);
-        true
+        if reloads.len() >= RELOADS_KEPT {
+            reloads.retain(|_, reload| !*reload.ended.borrow() || recent(reload));
+            if reloads.len() >= RELOADS_KEPT {
+                // That many keys rejected within 30 s: wait for the oldest to age out.
+                return AfterRejection::Skip;
+            }
+        }
+        let (reloading, ended) = watch::channel(false);
+        reloads.insert(Arc::from(kid), Reload { began: now, ended });
+        AfterRejection::Reload(Reloading(reloading))
     }
 }
 

@@ -658,3 +658,150 @@ async fn body_timeouts_can_be_set() {
     assert_eq!(started.elapsed(), Duration::from_secs(2));
     drop(send);
 }
+
+/// A store whose key was rotated, read again slowly (a secret store across a network): it
+/// serves the old key until a reload, which takes `takes`, has finished.
+#[derive(Clone)]
+struct SlowStore {
+    old: Signer,
+    new: Signer,
+    takes: Duration,
+    reloaded: Arc<std::sync::atomic::AtomicBool>,
+    reloads: Arc<AtomicUsize>,
+}
+
+impl SlowStore {
+    fn new(old: &Signer, new: &Signer, takes: Duration) -> Self {
+        SlowStore {
+            old: old.clone(),
+            new: new.clone(),
+            takes,
+            reloaded: Arc::default(),
+            reloads: Arc::default(),
+        }
+    }
+}
+
+impl SignerSource for SlowStore {
+    fn signer(&self, _request: &http::Extensions) -> SignerFuture<'_> {
+        let current = if self.reloaded.load(Ordering::SeqCst) {
+            self.new.clone()
+        } else {
+            self.old.clone()
+        };
+        Box::pin(async move { Ok(current) })
+    }
+    fn reload(&self, _request: &http::Extensions) -> SignerFuture<'_> {
+        self.reloads.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            tokio::time::sleep(self.takes).await;
+            self.reloaded.store(true, Ordering::SeqCst);
+            Ok(self.new.clone())
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_rejected_while_another_reloads_the_key_waits_for_it_and_is_resent() {
+    // The store keeps its kid; the key under it is what rotates.
+    let (old, new) = (Signer::generate("kid"), Signer::generate("kid"));
+    let store = SlowStore::new(&old, &new, Duration::from_secs(2));
+    let layer = SigningLayer::new(store.clone());
+    let (upstream, calls) = checking(&new, |_| {});
+    let keys_sent = Arc::new(Mutex::new(Vec::new()));
+    let upstream = {
+        let keys_sent = keys_sent.clone();
+        ServiceBuilder::new()
+            .map_request(move |request: Request<Full<Bytes>>| {
+                let key = request.headers()[IDEMPOTENCY_KEY].clone();
+                keys_sent.lock().unwrap().push(key);
+                request
+            })
+            .service(upstream)
+    };
+    let started = tokio::time::Instant::now();
+    // The first is rejected at once and reads the key again, from 0 s to 2 s.
+    let first = tokio::spawn(layer.layer(upstream.clone()).oneshot(post()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The second is rejected at 1 s, while that read is under way.
+    let second = tokio::time::timeout(
+        Duration::from_secs(60),
+        layer.layer(upstream).oneshot(post()),
+    )
+    .await
+    .expect("the wait for the other read is bounded")
+    .unwrap();
+    assert_eq!(
+        second.status(),
+        StatusCode::CREATED,
+        "re-signed with the new key and resent"
+    );
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(2),
+        "as soon as the other read ended"
+    );
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    assert_eq!(store.reloads.load(Ordering::SeqCst), 1, "one read for both");
+    assert_eq!(calls.load(Ordering::SeqCst), 4, "each sent twice");
+    // Each resend kept its request's Idempotency-Key: two keys, each sent twice.
+    let mut keys_sent = keys_sent.lock().unwrap().clone();
+    keys_sent.sort();
+    assert_eq!(keys_sent[0], keys_sent[1]);
+    assert_eq!(keys_sent[2], keys_sent[3]);
+    assert_ne!(keys_sent[1], keys_sent[2]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_waiting_for_another_reload_is_let_go_when_that_request_is_dropped() {
+    let (old, new) = (Signer::generate("kid"), Signer::generate("kid"));
+    let store = SlowStore::new(&old, &new, Duration::from_secs(2));
+    let layer = SigningLayer::new(store.clone());
+    let (upstream, calls) = checking(&new, |_| {});
+    let started = tokio::time::Instant::now();
+    let first = tokio::spawn(layer.layer(upstream.clone()).oneshot(post()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let second = tokio::spawn(async move {
+        let response = tokio::time::timeout(
+            Duration::from_secs(60),
+            layer.layer(upstream).oneshot(post()),
+        )
+        .await;
+        (response, started.elapsed())
+    });
+    // The caller of the first gives up mid-read (a client hung up, a timeout above).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    first.abort();
+    let (second, answered_at) = second.await.unwrap();
+    let second = second
+        .expect("the wait ends with the read it waited for")
+        .unwrap();
+    assert_eq!(second.status(), StatusCode::UNAUTHORIZED, "no new key came");
+    assert_eq!(
+        answered_at,
+        Duration::from_millis(1500),
+        "it waited for the read, and no longer than the read lasted"
+    );
+    assert_eq!(store.reloads.load(Ordering::SeqCst), 1);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_401_a_key_is_read_again_at_most_once_per_30_s() {
+    // Every request is refused (a key TrueLayer does not know), and the store never changes.
+    let key = Signer::generate("kid-1");
+    let store = Store::new("kid-1", &key);
+    let layer = SigningLayer::new(store.clone());
+    let (upstream, calls) = checking(&Signer::generate("kid-1"), |_| {});
+    let mut reads = Vec::new();
+    for wait in [0, 29, 2, 1] {
+        tokio::time::advance(Duration::from_secs(wait)).await;
+        let response = layer.layer(upstream.clone()).oneshot(post()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        reads.push(store.reloads.load(Ordering::SeqCst));
+    }
+    // At 0 s, 29 s (none), 31 s (again), 32 s (none).
+    assert_eq!(reads, [1, 1, 2, 2]);
+    assert_eq!(calls.load(Ordering::SeqCst), 4, "none sent again");
+}
