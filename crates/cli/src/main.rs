@@ -103,14 +103,14 @@ impl Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let logs = tracing_subscriber::fmt()
     // Without RUST_LOG: warnings, and the proxy's access log unless it is turned off.
     let default_filter = match &cli.command {
         Command::Proxy(args) if args.access_log == proxy::Switch::On => "warn,tlauth::access=info",
         _ => "warn",
     };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match cli.log_format {
@@ -145,12 +145,12 @@ fn main() -> ExitCode {
             Command::Verify(args) => sign::verify(args),
         }
     });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(failure) => {
     // The work is done: blocking threads left (a DNS lookup, a stdin read) are not waited
     // for, so SIGTERM ends an idle proxy or emulator at once, not a second later.
     runtime.shutdown_timeout(Duration::from_millis(100));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
             eprintln!("tlauth: {}", failure.message);
             ExitCode::from(failure.code)
         }
@@ -247,9 +247,6 @@ async fn emulator(
             ),
         }
     }
-    std::io::stdout()
-        .write_all(settings.as_bytes())
-        .map_err(|e| Failure::failed(e.to_string()))?;
     let key_lines = format!(
         "TRUELAYER_SIGNING_KEY_FILE={}\nTRUELAYER_SIGNING_KEY_ID={}\n",
         key_file.path.display(),
@@ -260,6 +257,9 @@ async fn emulator(
         "tlauth: to use it from another shell: export {}",
         settings.lines().collect::<Vec<_>>().join(" ")
     );
+    std::io::stdout()
+        .write_all(settings.as_bytes())
+        .map_err(|e| Failure::failed(e.to_string()))?;
     let stopped = shutdown_signal().await;
     drop(key_file);
     stopped

@@ -18,7 +18,7 @@ use crate::config::{AuthArgs, CredentialsKind, Resolved};
 #[derive(Debug, Args)]
 pub(crate) struct ProxyArgs {
     /// The address to listen on. Port 0 picks a free one (printed on standard error).
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(long, default_value = "127.0.0.1:8080", value_parser = listen_address)]
     listen: SocketAddr,
     /// Listen on an address that is not loopback. Anything that can reach it can then
     /// spend the merchant's token.
@@ -80,13 +80,13 @@ pub(crate) struct ProxyArgs {
     signing_key_id: Option<String>,
     #[command(flatten)]
     auth: AuthArgs,
+}
+
 /// On or off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Switch {
     On,
     Off,
-}
-
 }
 
 /// Where the proxy's signer comes from: a key file, or the Secrets Manager secret.
@@ -140,13 +140,13 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), Failure> {
         .build()
         .map_err(|e| Failure::usage(e.to_string()))?;
     // Fetch the first token now: a configuration error shows at start, not on the first call.
+    // (The cache has logged the failure with its cause: not repeated here.)
     if let Err(e) = tokens.token().await {
         tracing::error!(
             kind = e.kind_name(),
             "no token at start; requests get 502 until one can be had"
         );
     }
-    // (The cache has logged the failure with its cause: not repeated here.)
     let mut builder = Proxy::builder(upstream.clone(), tokens)
         .listen(args.listen)
         .allow_remote(args.allow_remote)
@@ -156,10 +156,10 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), Failure> {
         .body_timeout(Duration::from_secs(args.body_timeout.max(1)))
         .body_idle_timeout(Duration::from_secs(args.body_idle_timeout.max(1)))
         .body_memory(args.body_memory_mib.saturating_mul(1 << 20))
+        .access_log(args.access_log == Switch::On)
         .max_connections(args.max_connections)
         .workers(match args.workers {
             0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
-        .access_log(args.access_log == Switch::On)
             n => n,
         })
         .drain_timeout(Duration::from_secs(args.shutdown_timeout));
@@ -212,12 +212,6 @@ async fn serve<K: SignerSource>(
         "tlauth: proxy listening on http://{local} -> {upstream}{} (health at http://{local}{admin}/healthz)",
         if signing { ", signing requests" } else { "" }
     );
-    let stop = running.shutdown_handle();
-    tokio::spawn(async move {
-        // An error installing the handlers leaves Ctrl-C's default: the process ends.
-        if crate::shutdown_signal().await.is_err() {
-            std::future::pending::<()>().await;
-        }
     if !signing {
         // TrueLayer refuses unsigned POSTs to the Payments API (401, Invalid request
         // signature): say so now, not on the first payment.
@@ -225,6 +219,12 @@ async fn serve<K: SignerSource>(
             "tlauth: WARNING: no signing key, so POST, PUT, PATCH and DELETE requests are forwarded unsigned,              and the Payments API refuses them; give --signing-key-file and --signing-key-id              (TRUELAYER_SIGNING_KEY_FILE and TRUELAYER_SIGNING_KEY_ID, which `tlauth emulator` prints)"
         );
     }
+    let stop = running.shutdown_handle();
+    tokio::spawn(async move {
+        // An error installing the handlers leaves Ctrl-C's default: the process ends.
+        if crate::shutdown_signal().await.is_err() {
+            std::future::pending::<()>().await;
+        }
         eprintln!("tlauth: shutting down; in-flight requests may finish");
         stop.shutdown();
     });
@@ -234,7 +234,29 @@ async fn serve<K: SignerSource>(
     Ok(())
 }
 
+/// `--listen`'s value: an IP address and a port, with a message that says so.
+fn listen_address(given: &str) -> Result<SocketAddr, String> {
+    given.parse().map_err(|_| {
+        format!(
+            "`{given}` is not an IP address and port: give one such as 127.0.0.1:9000 \
+             (a name such as localhost is not looked up; port 0 picks a free one)"
+        )
+    })
+}
+
 fn usage(e: truelayer_auth_proxy::ProxyError) -> Failure {
+    if let truelayer_auth_proxy::ProxyError::InvalidSetting { name, reason } = &e {
+        // The flag, not the library's name for it.
+        let flag = match *name {
+            "admin_path" => "--admin-path",
+            "max_connections" => "--max-connections",
+            "workers" => "--workers",
+            "body_memory" => "--body-memory-mib",
+            "replay_limit" => "--replay-limit",
+            _ => name,
+        };
+        return Failure::usage(format!("{flag}: {reason}"));
+    }
     let hint = match &e {
         truelayer_auth_proxy::ProxyError::Bind { source, .. }
             if source.kind() == std::io::ErrorKind::AddrInUse =>

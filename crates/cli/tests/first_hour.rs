@@ -318,3 +318,28 @@ async fn the_proxy_writes_one_access_log_line_per_request_without_values() {
     let _ = quiet.kill();
     let _ = quiet.wait();
 }
+
+#[test]
+fn proxy_flags_given_wrong_say_what_to_give() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tlauth"))
+            .arg("proxy")
+            .args(args)
+            .env_remove("TRUELAYER_ENV")
+            .env_remove("TRUELAYER_CLIENT_ID")
+            .env_remove("TRUELAYER_CLIENT_SECRET")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--listen", "localhost:9000"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("127.0.0.1:9000"), "{stderr}");
+
+    let out = run(&["--listen", "127.0.0.1:0", "--admin-path", "tlauth"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--admin-path: give"), "{stderr}");
+    assert!(stderr.contains("/.tlauth"), "{stderr}");
+}

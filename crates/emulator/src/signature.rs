@@ -130,7 +130,9 @@ fn payload<'a>(
     headers: impl Iterator<Item = (&'a str, &'a [u8])>,
     body: &[u8],
 ) -> Vec<u8> {
-    let mut out = format!("{} {path}\n", method.to_ascii_uppercase()).into_bytes();
+    // The method as sent: methods are case-sensitive, and TrueLayer signs `POST`, so a
+    // request given as `post` is not the request that was signed.
+    let mut out = format!("{method} {path}\n").into_bytes();
     for (name, value) in headers {
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
@@ -212,4 +214,15 @@ pub(crate) fn verify(
         }
     }
     Err("the Tl-Signature does not match the request".into())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_method_is_signed_as_sent_not_case_folded() {
+        let upper = super::payload("POST", "/v3/payments", std::iter::empty(), b"{}");
+        let lower = super::payload("post", "/v3/payments", std::iter::empty(), b"{}");
+        assert_eq!(upper, b"POST /v3/payments\n{}");
+        assert_ne!(upper, lower);
+    }
 }

@@ -248,9 +248,6 @@ impl BodyMemory {
     /// rather than queueing: a queue of waiting bodies holds connections instead).
     pub(crate) fn reserve(&self, bytes: u64) -> Option<BodyRoom<'_>> {
         let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
-        if kib == 0 {
-            return Some(self.0.try_acquire_many(0).ok()?);
-        }
         self.0.try_acquire_many(kib).ok()
     }
 }

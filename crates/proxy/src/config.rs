@@ -393,7 +393,7 @@ impl<K> ProxyBuilder<K> {
         if !self.admin_path.starts_with('/') {
             return Err(ProxyError::InvalidSetting {
                 name: "admin_path",
-                reason: "the admin path starts with `/` and is not `/` alone",
+                reason: "give the admin path with a leading `/` and at least one name after it, such as `/.tlauth` or `/_proxy`",
             });
         }
         for path in &mut self.refused_paths {

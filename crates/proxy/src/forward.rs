@@ -154,7 +154,10 @@ impl<K: SignerSource> Forwarder<K> {
                     exchange,
                     bytes: 0,
                 };
-                Response::from_parts(parts, ResponseBody::Logged(Box::new(body), Box::new(record)))
+                Response::from_parts(
+                    parts,
+                    ResponseBody::Logged(Box::new(body), Box::new(record)),
+                )
             }
             None => response,
         };
@@ -168,11 +171,11 @@ impl<K: SignerSource> Forwarder<K> {
             let (error, message) = match refusal {
                 Refusal::Host => (
                     "host_not_allowed",
-                    "the Host header does not name this proxy (DNS rebinding?); allow the host explicitly if it is yours",
+                    "the Host header does not name this proxy (DNS rebinding?); if the host is yours, allow it: `tlauth proxy --allow-host HOST` (ProxyBuilder::allow_host)",
                 ),
                 Refusal::CrossSite => (
                     "cross_site_request",
-                    "browser requests from other sites are refused; allow the Origin explicitly if it is yours",
+                    "browser requests from other sites are refused; if the Origin is yours, allow it: `tlauth proxy --allow-origin ORIGIN` (ProxyBuilder::allow_origin)",
                 ),
             };
             return json(
@@ -291,6 +294,7 @@ impl<K: SignerSource> Forwarder<K> {
             ),
             Failure::Bearer(BearerAuthError::Service(e)) if TooSlow::in_chain(&e) => too_slow(),
             Failure::Signing(SigningError::Body(e)) if TooSlow::in_chain(&*e) => too_slow(),
+            Failure::Signing(SigningError::BodyTimedOut { .. }) => too_slow(),
             Failure::Bearer(e) => json(
                 StatusCode::BAD_GATEWAY,
                 serde_json::json!({ "error": "upstream_unreachable", "message": truelayer_auth::error_chain(&e) }),

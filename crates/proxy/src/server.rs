@@ -270,7 +270,10 @@ impl<K: SignerSource> Worker<K> {
         if lead {
             tracing::info!(drain_ms, "shutting down; waiting for in-flight requests");
         } else {
-            tracing::debug!(drain_ms, "worker shutting down; waiting for its in-flight requests");
+            tracing::debug!(
+                drain_ms,
+                "worker shutting down; waiting for its in-flight requests"
+            );
         }
         tokio::select! {
             () = graceful.shutdown() => tracing::debug!("a worker's connections all closed"),

@@ -184,9 +184,15 @@ async fn rebinding_hosts_and_cross_site_browsers_are_refused() {
         .await
         .unwrap();
     assert_eq!(rebound.status(), 403);
-    assert_eq!(
-        rebound.json::<Value>().await.unwrap()["error"],
-        "host_not_allowed"
+    let refusal = rebound.json::<Value>().await.unwrap();
+    assert_eq!(refusal["error"], "host_not_allowed");
+    // The answer names the flag that allows a host that is yours.
+    assert!(
+        refusal["message"]
+            .as_str()
+            .unwrap()
+            .contains("--allow-host"),
+        "{refusal}"
     );
     let cross_site = http
         .post(proxy.url("/v3/payments"))
@@ -196,6 +202,14 @@ async fn rebinding_hosts_and_cross_site_browsers_are_refused() {
         .await
         .unwrap();
     assert_eq!(cross_site.status(), 403);
+    let refusal = cross_site.json::<Value>().await.unwrap();
+    assert!(
+        refusal["message"]
+            .as_str()
+            .unwrap()
+            .contains("--allow-origin"),
+        "{refusal}"
+    );
     let fetch_site = http
         .get(proxy.url("/v3/payments/p-1"))
         .header("sec-fetch-site", "cross-site")
