@@ -21,8 +21,8 @@ use time::format_description::well_known::Rfc3339;
 use tower::ServiceExt;
 use truelayer_auth_signing::{Signable, Signer};
 use truelayer_auth_webhooks::{
-    FetchedJwks, InMemoryLedger, JwksFuture, JwksSource, VerifiedWebhook, VerifyWebhooksLayer,
-    Webhook, WebhookError, WebhookEvent, WebhookVerifier,
+    DEFAULT_MAX_BODY, FetchedJwks, InMemoryLedger, JwksFuture, JwksSource, VerifiedWebhook,
+    VerifyWebhooksLayer, Webhook, WebhookError, WebhookEvent, WebhookVerifier,
 };
 
 /// A JWKS server: its keys, status and caching can change; it counts fetches.
@@ -698,6 +698,41 @@ async fn a_body_over_the_limit_gets_413_and_never_reaches_the_handler() {
     assert_eq!(send(&app, request).await.0, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(seen.events().is_empty());
     assert_eq!(jwks.fetches(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_the_defaults_a_stalled_body_gets_408_at_10_s_and_one_over_256_kib_gets_413() {
+    let signer = Signer::generate("k");
+    let jwks = JwksServer::start(vec![signer.public_jwk().unwrap()]).await;
+    let seen = Seen::default();
+    let app = app(
+        VerifyWebhooksLayer::new(verifier_for(&[&jwks.jku()]).build().unwrap()),
+        seen.clone(),
+        StatusCode::OK,
+    );
+    // A signed webhook whose body stops after its first part.
+    let body = json!({"type": "payment_settled", "event_id": "e", "payment_id": "p"}).to_string();
+    let mut request = webhook(&signer, &jwks.jku(), "/tl-webhook", &body).await;
+    request.headers_mut().remove("content-length");
+    let first = Bytes::copy_from_slice(&body.as_bytes()[..10]);
+    let stalled = futures_util::StreamExt::chain(
+        futures_util::stream::iter([Ok::<_, Infallible>(http_body::Frame::data(first))]),
+        futures_util::stream::pending(),
+    );
+    *request.body_mut() = Body::new(http_body_util::StreamBody::new(stalled));
+    let started = tokio::time::Instant::now();
+    assert_eq!(
+        send(&app, request).await,
+        (StatusCode::REQUEST_TIMEOUT, "body_timeout".into())
+    );
+    assert_eq!(started.elapsed(), Duration::from_secs(10), "the default");
+    // Over the default limit (256 KiB): refused, whatever the signature.
+    let big = json!({"type": "payment_settled", "event_id": "e", "payment_id": "p",
+        "padding": "x".repeat(DEFAULT_MAX_BODY)})
+    .to_string();
+    let request = webhook(&signer, &jwks.jku(), "/tl-webhook", &big).await;
+    assert_eq!(send(&app, request).await.0, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(seen.events().is_empty());
 }
 
 #[tokio::test]
