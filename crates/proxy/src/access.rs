@@ -40,12 +40,15 @@ impl Exchange {
     }
 }
 
-/// One request's access-log line, written when dropped (its answer's body sent or dropped).
+/// One request's access-log line, written when dropped: when its answer's body has been sent
+/// (or dropped), or, with no answer, when the client went away first (status 499, as nginx
+/// logs it), so a request that reached the upstream is logged even then.
 #[derive(Debug)]
 pub(crate) struct Record {
     pub(crate) method: Method,
     pub(crate) path: String,
-    pub(crate) status: StatusCode,
+    /// `None` until the answer is known.
+    pub(crate) status: Option<StatusCode>,
     pub(crate) signed: bool,
     pub(crate) started: tokio::time::Instant,
     pub(crate) exchange: Arc<Exchange>,
@@ -61,7 +64,8 @@ impl Drop for Record {
             target: TARGET,
             method = %self.method,
             path = %self.path,
-            status = self.status.as_u16(),
+            // 499: the client closed the connection before the answer.
+            status = self.status.map_or(499, |s| s.as_u16()),
             upstream_ms,
             duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
             signed = self.signed,

@@ -2,6 +2,7 @@
 //! the rest streamed, or streamed; and the replay copy of a held one.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,8 +25,8 @@ pub(crate) enum ProxyBody {
     Streamed(Paced),
 }
 
-/// How slowly a client may send a request body: at most `idle` between two parts of it, and
-/// `total` for all of it, counted from the end of the request's head.
+/// How slowly a client may send a request body: at most `idle` between two parts of it while
+/// it is being read, and `total` for all of it, counted from the end of the request's head.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct BodyPace {
     pub(crate) idle: Duration,
@@ -43,38 +44,60 @@ pub(crate) enum TooSlow {
     Total(Duration),
 }
 
-impl TooSlow {
-    /// Whether `error`, or an error in its chain, is a body cut off for slowness.
-    pub(crate) fn in_chain(error: &(dyn std::error::Error + 'static)) -> bool {
-        let mut next = Some(error);
-        while let Some(e) = next {
-            if e.is::<TooSlow>() {
-                return true;
-            }
-            next = e.source();
+/// A request body was cut off: the memory for bodies in flight is spent.
+#[derive(Debug, thiserror::Error)]
+#[error("the memory for request bodies in flight is spent")]
+pub(crate) struct NoRoom;
+
+/// Whether `error`, or an error in its chain, is a `T`.
+pub(crate) fn in_chain<T: std::error::Error + 'static>(
+    error: &(dyn std::error::Error + 'static),
+) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.is::<T>() {
+            return true;
         }
-        false
+        next = e.source();
     }
+    false
 }
 
-/// A client's request body under its [`BodyPace`]: whoever reads it (the proxy holding it, the
-/// signing layer collecting it, the upstream connection streaming it) gets [`TooSlow`] once
-/// the client stalls past a deadline, so no read of a body waits forever.
+/// `now + after` on tokio's clock, or `None` ("no limit") when that is past its range.
+fn deadline(after: Duration) -> Option<tokio::time::Instant> {
+    tokio::time::Instant::now().checked_add(after)
+}
+
+/// A client's request body under its [`BodyPace`], and charged to [`BodyMemory`] as it arrives
+/// when it is to be held: whoever reads it (the proxy holding it, the signing layer
+/// collecting it, the upstream connection streaming it) gets [`TooSlow`] once the client
+/// stalls past a deadline, or [`NoRoom`] when the memory is spent, so no read of a body
+/// waits forever and bodies in flight never hold more than the budget.
 pub(crate) struct Paced {
     body: Incoming,
     pace: BodyPace,
-    idle: Pin<Box<tokio::time::Sleep>>,
-    total: Pin<Box<tokio::time::Sleep>>,
+    /// Armed when a read finds nothing to read, disarmed by each part that arrives: a body
+    /// nobody is reading yet (the request waits for a token or a connection) is not idle.
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    total: Option<Pin<Box<tokio::time::Sleep>>>,
+    charge: Option<Charge>,
 }
 
 impl Paced {
-    pub(crate) fn new(body: Incoming, pace: BodyPace) -> Self {
+    pub(crate) fn new(body: Incoming, pace: BodyPace, charge: Option<Charge>) -> Self {
         Paced {
             body,
             pace,
-            idle: Box::pin(tokio::time::sleep(pace.idle)),
-            total: Box::pin(tokio::time::sleep(pace.total)),
+            idle: None,
+            total: deadline(pace.total).map(|at| Box::pin(tokio::time::sleep_until(at))),
+            charge,
         }
+    }
+
+    /// The memory charged so far, no longer added to: for a body whose held part is done
+    /// (read whole, or its prefix read and the rest to be streamed).
+    pub(crate) fn take_charge(&mut self) -> Option<Charge> {
+        self.charge.take()
     }
 }
 
@@ -89,16 +112,29 @@ impl Body for Paced {
         let this = &mut *self;
         match Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                let next = tokio::time::Instant::now() + this.pace.idle;
-                this.idle.as_mut().reset(next);
+                this.idle = None;
+                let size = frame.data_ref().map_or(0, Bytes::len);
+                if let Some(charge) = this.charge.as_mut()
+                    && !charge.add(size)
+                {
+                    return Poll::Ready(Some(Err(NoRoom.into())));
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(BoxError::from))),
             Poll::Pending => {
-                if this.total.as_mut().poll(cx).is_ready() {
+                if let Some(total) = this.total.as_mut()
+                    && total.as_mut().poll(cx).is_ready()
+                {
                     return Poll::Ready(Some(Err(TooSlow::Total(this.pace.total).into())));
                 }
-                if this.idle.as_mut().poll(cx).is_ready() {
+                if this.idle.is_none() {
+                    this.idle =
+                        deadline(this.pace.idle).map(|at| Box::pin(tokio::time::sleep_until(at)));
+                }
+                if let Some(idle) = this.idle.as_mut()
+                    && idle.as_mut().poll(cx).is_ready()
+                {
                     return Poll::Ready(Some(Err(TooSlow::Idle(this.pace.idle).into())));
                 }
                 Poll::Pending
@@ -182,72 +218,119 @@ pub(crate) enum Refused {
     Incomplete,
     /// The client was slower than the body's [`BodyPace`].
     TooSlow,
+    /// The memory for bodies in flight is spent.
+    NoRoom,
 }
 
 /// Takes a request body in: held when it is at most `limit` bytes (a `Content-Length`
 /// within it, or a chunked body that ends within it), else streamed (a chunked body with the
-/// part read so far first). Every read of it, now or later, keeps to `pace`.
+/// part read so far first). Every read of it, now or later, keeps to `pace`. What is held is
+/// charged to `charge` as it arrives; `signed` says the signing layer will hold the rest of a
+/// streamed body too (then the charge goes on with it). Returns the charge of what this
+/// request holds, to be kept until its answer.
 pub(crate) async fn take_in(
     body: Incoming,
     content_length: Option<u64>,
     limit: u64,
     pace: BodyPace,
-) -> Result<ProxyBody, Refused> {
+    charge: Option<Charge>,
+    signed: bool,
+) -> Result<(ProxyBody, Option<Charge>), Refused> {
     if body.is_end_stream() {
-        return Ok(ProxyBody::Held(Full::new(Bytes::new())));
+        return Ok((ProxyBody::Held(Full::new(Bytes::new())), charge));
     }
     let refused = |e: BoxError| {
-        if TooSlow::in_chain(&*e) {
+        if in_chain::<TooSlow>(&*e) {
             Refused::TooSlow
+        } else if in_chain::<NoRoom>(&*e) {
+            Refused::NoRoom
         } else {
             Refused::Incomplete
         }
     };
-    let mut body = Paced::new(body, pace);
-    match content_length {
-        Some(length) if length <= limit => match body.collect().await {
-            Ok(collected) => Ok(ProxyBody::Held(Full::new(collected.to_bytes()))),
-            Err(e) => Err(refused(e)),
-        },
-        Some(_) => Ok(ProxyBody::Streamed(body)),
-        None => {
-            // Chunked: read up to the limit; a short body is held (and replayable).
-            let mut read = bytes::BytesMut::new();
-            loop {
-                let frame = match body.frame().await {
-                    None => return Ok(ProxyBody::Held(Full::new(read.freeze()))),
-                    Some(Err(e)) => return Err(refused(e)),
-                    Some(Ok(frame)) => frame,
-                };
-                if let Ok(data) = frame.into_data() {
-                    read.extend_from_slice(&data);
-                }
-                if read.len() as u64 > limit {
-                    return Ok(ProxyBody::Prefixed(Some(read.freeze()), body));
-                }
+    let mut body = Paced::new(body, pace, charge);
+    if content_length.is_some_and(|length| length > limit) {
+        // Streamed: charged while the signing layer holds it, else not at all.
+        if !signed {
+            body.take_charge();
+        }
+        return Ok((ProxyBody::Streamed(body), None));
+    }
+    // Read up to the limit; a body that ends within it is held (and replayable).
+    let mut read = bytes::BytesMut::new();
+    loop {
+        let frame = match body.frame().await {
+            None => {
+                let held = body.take_charge();
+                return Ok((ProxyBody::Held(Full::new(read.freeze())), held));
             }
+            Some(Err(e)) => return Err(refused(e)),
+            Some(Ok(frame)) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            read.extend_from_slice(&data);
+        }
+        if read.len() as u64 > limit {
+            // The prefix is held until sent; the rest is charged only if the signing layer
+            // is to hold it.
+            let prefix = if signed { None } else { body.take_charge() };
+            return Ok((ProxyBody::Prefixed(Some(read.freeze()), body), prefix));
         }
     }
 }
 
 /// The memory budget of the bodies the proxy holds at once, across workers, in KiB.
-pub(crate) struct BodyMemory(tokio::sync::Semaphore);
-
-/// Room reserved in [`BodyMemory`] for one request's body, given back when dropped.
-pub(crate) type BodyRoom<'a> = tokio::sync::SemaphorePermit<'a>;
+pub(crate) struct BodyMemory(Arc<tokio::sync::Semaphore>);
 
 impl BodyMemory {
     pub(crate) fn new(bytes: u64) -> Self {
         let kib = usize::try_from(bytes.div_ceil(1024))
             .unwrap_or(usize::MAX)
             .min(tokio::sync::Semaphore::MAX_PERMITS);
-        BodyMemory(tokio::sync::Semaphore::new(kib))
+        BodyMemory(Arc::new(tokio::sync::Semaphore::new(kib)))
     }
 
-    /// Reserves `bytes` now, or `None` when the budget is spent (the caller answers 503
-    /// rather than queueing: a queue of waiting bodies holds connections instead).
-    pub(crate) fn reserve(&self, bytes: u64) -> Option<BodyRoom<'_>> {
-        let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
-        self.0.try_acquire_many(kib).ok()
+    /// An empty charge against this budget, for one request's body.
+    pub(crate) fn charge(&self) -> Charge {
+        Charge {
+            memory: self.0.clone(),
+            held: None,
+            bytes: 0,
+        }
+    }
+}
+
+/// What one request's held body takes from [`BodyMemory`], grown as its bytes arrive (never
+/// reserved ahead: a client that declares a megabyte and sends a byte costs a kibibyte) and
+/// given back when dropped.
+pub(crate) struct Charge {
+    memory: Arc<tokio::sync::Semaphore>,
+    held: Option<tokio::sync::OwnedSemaphorePermit>,
+    bytes: u64,
+}
+
+impl Charge {
+    /// Adds `size` bytes; `false` when the budget has no room for them (nothing is waited
+    /// for: a request that finds no room is answered 503, rather than queued).
+    fn add(&mut self, size: usize) -> bool {
+        self.bytes += size as u64;
+        let held = self.held.as_ref().map_or(0, |p| p.num_permits() as u64);
+        let needed = self.bytes.div_ceil(1024).saturating_sub(held);
+        if needed == 0 {
+            return true;
+        }
+        let Ok(needed) = u32::try_from(needed) else {
+            return false;
+        };
+        match self.memory.clone().try_acquire_many_owned(needed) {
+            Ok(more) => {
+                match self.held.as_mut() {
+                    Some(held) => held.merge(more),
+                    None => self.held = Some(more),
+                }
+                true
+            }
+            Err(_) => false,
+        }
     }
 }

@@ -295,11 +295,11 @@ impl<K> ProxyBuilder<K> {
     }
 
     /// The most memory that request bodies held by the proxy may take at once, in bytes,
-    /// across every connection and worker: each request that holds its body (up to the
-    /// replay limit) or has it collected for signing (up to the signing limit) reserves that
-    /// much (its `Content-Length`, or the whole limit when chunked) for as long as it is in
-    /// flight. A request that finds no room gets 503 with `Retry-After: 1`, before its body is
-    /// read. Default 64 MiB; it must be at least the signing limit.
+    /// across every connection and worker: a body held for a replay (up to the replay limit)
+    /// or collected for signing (up to the signing limit) is charged as its bytes arrive (a
+    /// client that declares a megabyte and sends a byte costs a kibibyte), until its answer's
+    /// head is out. A request whose body finds no room gets 503 with `Retry-After: 1`.
+    /// Default 64 MiB; it must be at least the signing and the replay limits.
     #[must_use]
     pub fn body_memory(mut self, bytes: u64) -> Self {
         self.body_memory = bytes;
@@ -317,7 +317,10 @@ impl<K> ProxyBuilder<K> {
         self
     }
 
-    /// The most client connections at once; more wait to be accepted. Default 1024.
+    /// The most client connections at once. Beyond it, 4 more are taken for the admin
+    /// endpoints only (one request each; anything else on them gets 503 with
+    /// `Retry-After: 1`), so health and metrics answer while slow clients fill the cap; more
+    /// than that wait to be accepted. Default 1024.
     #[must_use]
     pub fn max_connections(mut self, max: usize) -> Self {
         self.max_connections = max;

@@ -16,7 +16,9 @@ use truelayer_auth_signing::{IDEMPOTENCY_KEY, SignerSource, Signing, SigningErro
 use truelayer_auth_tower::{BearerAuth, BearerAuthError, ReplayFn};
 
 use crate::access;
-use crate::body::{BodyMemory, BodyPace, BoxError, ProxyBody, Refused, TooSlow, take_in};
+use crate::body::{
+    BodyMemory, BodyPace, BoxError, Charge, NoRoom, ProxyBody, Refused, TooSlow, in_chain, take_in,
+};
 use crate::config::Upstream;
 use crate::guard::{Guard, Refusal};
 use crate::metrics::Metrics;
@@ -43,8 +45,6 @@ pub(crate) struct Forwarder<K> {
     /// Paths never forwarded (an upstream's admin routes).
     pub(crate) refused_paths: Vec<String>,
     pub(crate) replay_limit: u64,
-    /// The largest body the signing layer collects (when signing).
-    pub(crate) signing_limit: u64,
     pub(crate) pace: BodyPace,
     /// Shared by every worker.
     pub(crate) memory: Arc<BodyMemory>,
@@ -121,13 +121,21 @@ impl<K: SignerSource> Forwarder<K> {
         admin_only: bool,
     ) -> Response<ResponseBody> {
         let method = request.method().clone();
-        let logged = self.access_log.then(|| {
+        // The line is written when the record is dropped: with the answer's body, or here if
+        // the client goes away first (this future is then dropped).
+        let mut record = self.access_log.then(|| {
             let exchange = Arc::new(access::Exchange::default());
             request.extensions_mut().insert(exchange.clone());
-            let signed = matches!(self.stack, Stack::Signed(_)) && signs(&method);
-            (exchange, request.uri().path().to_owned(), signed)
+            Box::new(access::Record {
+                method: method.clone(),
+                path: request.uri().path().to_owned(),
+                status: None,
+                signed: matches!(self.stack, Stack::Signed(_)) && signs(&method),
+                started: tokio::time::Instant::now(),
+                exchange,
+                bytes: 0,
+            })
         });
-        let started = tokio::time::Instant::now();
         let response = if admin_only && under(request.uri().path(), &self.admin_path).is_none() {
             let mut busy = json(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -142,22 +150,11 @@ impl<K: SignerSource> Forwarder<K> {
         } else {
             self.respond(request).await
         };
-        let response = match logged {
-            Some((exchange, path, signed)) => {
+        let response = match record.take() {
+            Some(mut record) => {
                 let (parts, body) = response.into_parts();
-                let record = access::Record {
-                    method: method.clone(),
-                    path,
-                    status: parts.status,
-                    signed,
-                    started,
-                    exchange,
-                    bytes: 0,
-                };
-                Response::from_parts(
-                    parts,
-                    ResponseBody::Logged(Box::new(body), Box::new(record)),
-                )
+                record.status = Some(parts.status);
+                Response::from_parts(parts, ResponseBody::Logged(Box::new(body), record))
             }
             None => response,
         };
@@ -235,21 +232,10 @@ impl<K: SignerSource> Forwarder<K> {
                 }),
             );
         }
-        // Room for the body it may hold, reserved before any of it is read, kept until the
-        // answer's head is out (a held body lives that long, for the replay).
-        let Some(_room) = self.memory.reserve(self.body_to_hold(&request)) else {
-            let mut busy = json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                serde_json::json!({
-                    "error": "too_many_bodies_in_flight",
-                    "message": "the memory for request bodies in flight is spent; retry shortly (the operator can raise --body-memory)",
-                }),
-            );
-            busy.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return busy;
-        };
-        let upstream_request = match self.upstream_request(request).await {
+        // What it holds of its body is charged to the shared budget as it arrives, and
+        // kept charged until the answer's head is out (a held body lives that long, for the
+        // replay).
+        let (upstream_request, _held) = match self.upstream_request(request).await {
             Ok(r) => r,
             Err(response) => return response,
         };
@@ -292,8 +278,9 @@ impl<K: SignerSource> Forwarder<K> {
                     "message": truelayer_auth::error_chain(&e),
                 }),
             ),
-            Failure::Bearer(BearerAuthError::Service(e)) if TooSlow::in_chain(&e) => too_slow(),
-            Failure::Signing(SigningError::Body(e)) if TooSlow::in_chain(&*e) => too_slow(),
+            Failure::Bearer(BearerAuthError::Service(e)) if in_chain::<TooSlow>(&e) => too_slow(),
+            Failure::Signing(SigningError::Body(e)) if in_chain::<TooSlow>(&*e) => too_slow(),
+            Failure::Signing(SigningError::Body(e)) if in_chain::<NoRoom>(&*e) => no_room(),
             Failure::Signing(SigningError::BodyTimedOut { .. }) => too_slow(),
             Failure::Bearer(e) => json(
                 StatusCode::BAD_GATEWAY,
@@ -375,8 +362,16 @@ impl<K: SignerSource> Forwarder<K> {
     async fn upstream_request(
         &self,
         request: Request<Incoming>,
-    ) -> Result<Request<ProxyBody>, Response<ResponseBody>> {
+    ) -> Result<(Request<ProxyBody>, Option<Charge>), Response<ResponseBody>> {
+        let signed = matches!(self.stack, Stack::Signed(_)) && signs(request.method());
         let (mut parts, body) = request.into_parts();
+        // Read before the hop-by-hop headers go: a `Content-Length` named in `Connection`
+        // still says how long this body is.
+        let length = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
         parts.uri = self.upstream_uri(&parts.uri).ok_or_else(|| {
             json(
                 StatusCode::BAD_REQUEST,
@@ -390,12 +385,8 @@ impl<K: SignerSource> Forwarder<K> {
             .headers
             .insert(header::HOST, self.upstream.host.clone());
         parts.headers.append(header::VIA, VIA);
-        let length = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let body = take_in(body, length, self.replay_limit, self.pace)
+        let charge = Some(self.memory.charge());
+        let (body, held) = take_in(body, length, self.replay_limit, self.pace, charge, signed)
             .await
             .map_err(|refused| match refused {
                 Refused::Incomplete => json(
@@ -403,33 +394,9 @@ impl<K: SignerSource> Forwarder<K> {
                     serde_json::json!({ "error": "request_body_incomplete" }),
                 ),
                 Refused::TooSlow => too_slow(),
+                Refused::NoRoom => no_room(),
             })?;
-        Ok(Request::from_parts(parts, body))
-    }
-
-    /// The most of `request`'s body the proxy may hold at once: up to the replay limit when
-    /// it is held for a replay, up to the signing limit when the signing layer collects it;
-    /// a longer unsigned body is streamed through, not held.
-    fn body_to_hold(&self, request: &Request<Incoming>) -> u64 {
-        if request.body().is_end_stream() {
-            return 0;
-        }
-        let length = request
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let signed = matches!(self.stack, Stack::Signed(_)) && signs(request.method());
-        let limit = if signed {
-            self.signing_limit.max(self.replay_limit)
-        } else {
-            self.replay_limit
-        };
-        match length {
-            Some(length) if signed || length <= self.replay_limit => length.min(limit),
-            Some(_) => 0,
-            None => limit,
-        }
+        Ok((Request::from_parts(parts, body), held))
     }
 
     /// The request target on the upstream, in origin form (the pool knows where to
@@ -486,6 +453,20 @@ fn miscased(method: &Method) -> Option<&'static Method> {
 fn under<'p>(path: &'p str, prefix: &str) -> Option<&'p str> {
     path.strip_prefix(prefix)
         .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// 503: no room in the memory for bodies in flight.
+fn no_room() -> Response<ResponseBody> {
+    let mut busy = json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        serde_json::json!({
+            "error": "too_many_bodies_in_flight",
+            "message": "the memory for request bodies in flight is spent; retry shortly (the operator can raise --body-memory-mib)",
+        }),
+    );
+    busy.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    busy
 }
 
 /// 408: the client was slower sending its body than the body timeouts allow.

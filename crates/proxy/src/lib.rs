@@ -111,10 +111,13 @@ impl<K: SignerSource> Proxy<K> {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let signing = builder
-            .signer
-            .clone()
-            .map(|keys| SigningLayer::new(keys).max_body_bytes(builder.signing_limit));
+        let signing = builder.signer.clone().map(|keys| {
+            // The proxy's body deadlines are the ones that count: the client's body is
+            // already paced (`body::Paced`) when the signing layer reads it.
+            SigningLayer::new(keys)
+                .max_body_bytes(builder.signing_limit)
+                .body_timeouts(builder.body_idle_timeout, builder.body_timeout)
+        });
         Ok(Proxy {
             builder,
             upstream,
@@ -188,7 +191,6 @@ impl<K: SignerSource> Proxy<K> {
                     admin_path: b.admin_path.clone(),
                     refused_paths: b.refused_paths.clone(),
                     replay_limit: b.replay_limit,
-                    signing_limit: b.signing_limit as u64,
                     pace,
                     memory: memory.clone(),
                     access_log: b.access_log,

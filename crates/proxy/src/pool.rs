@@ -225,7 +225,11 @@ fn send_again(request: &Request<ProxyBody>) -> Option<Request<ProxyBody>> {
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     );
-    if !idempotent && !request.headers().contains_key("idempotency-key") {
+    let keyed = request
+        .headers()
+        .get("idempotency-key")
+        .is_some_and(|key| !key.as_bytes().trim_ascii().is_empty());
+    if !idempotent && !keyed {
         return None;
     }
     let body = copy_held(request.body())?;

@@ -114,7 +114,7 @@ async fn a_trickling_body_is_cut_off_at_the_total_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bodies_in_flight_share_one_memory_budget_and_the_rest_get_503() {
+async fn bodies_in_flight_share_one_memory_budget_charged_as_they_arrive() {
     let emulator = Emulator::start().await.unwrap();
     let upstream = recorder().await;
     let tokens = token_cache(&emulator);
@@ -126,20 +126,38 @@ async fn bodies_in_flight_share_one_memory_budget_and_the_rest_get_503() {
             .body_memory(128 * 1024),
     ))
     .await;
-    // Two stalled uploads of 64 KiB reserve the whole budget...
-    let mut stalled = Vec::new();
-    for _ in 0..2 {
-        stalled.push(upload(&proxy, "POST", "/v3/payments", 64 * 1024, b"{").await);
+    let http = reqwest::Client::new();
+    let post = |size: usize| {
+        http.post(proxy.url("/v3/payments"))
+            .body(vec![b' '; size])
+            .send()
+    };
+    // Declaring a large body costs nothing until it arrives: twenty uploads that promise
+    // 64 KiB each and send a byte leave room for others.
+    let mut promised = Vec::new();
+    for _ in 0..20 {
+        promised.push(upload(&proxy, "POST", "/v3/payments", 64 * 1024, b"{").await);
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    // ... so a third body waits for nothing: 503 at once, with a hint to retry.
-    let http = reqwest::Client::new();
-    let busy = http
-        .post(proxy.url("/v3/payments"))
-        .body(vec![b' '; 10])
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(post(4096).await.unwrap().status(), 200);
+    drop(promised);
+    // Two uploads that did send 63 KiB each hold 126 KiB of the 128...
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        stalled.push(
+            upload(
+                &proxy,
+                "POST",
+                "/v3/payments",
+                64 * 1024,
+                &[b' '; 63 * 1024],
+            )
+            .await,
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // ... so a 4 KiB body finds no room: 503 at once, with a hint to retry.
+    let busy = post(4096).await.unwrap();
     assert_eq!(busy.status(), 503);
     assert_eq!(busy.headers()["retry-after"], "1");
     // A request without a body needs no room.
@@ -153,13 +171,7 @@ async fn bodies_in_flight_share_one_memory_budget_and_the_rest_get_503() {
     for stream in &mut stalled {
         assert!(answer(stream).await.starts_with("HTTP/1.1 408"));
     }
-    let after = http
-        .post(proxy.url("/v3/payments"))
-        .body(vec![b' '; 10])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(after.status(), 200);
+    assert_eq!(post(4096).await.unwrap().status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,4 +227,27 @@ async fn with_the_connection_cap_full_of_slow_clients_health_still_answers() {
         .await
         .unwrap();
     assert_eq!(served.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_timeouts_too_long_to_count_mean_no_limit_not_a_panic() {
+    let emulator = Emulator::start().await.unwrap();
+    let upstream = recorder().await;
+    let proxy = start(
+        Proxy::builder(upstream.url(""), token_cache(&emulator))
+            .signer(signer(&emulator))
+            .body_idle_timeout(Duration::MAX)
+            .body_timeout(Duration::MAX),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    for size in [10, 100_000] {
+        let response = http
+            .post(proxy.url("/v3/payments"))
+            .body(vec![b' '; size])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{size} bytes");
+    }
 }
