@@ -265,43 +265,38 @@ async fn emulator(
     stopped
 }
 
-/// The emulator's signing key written to a 0600 file in a directory of its own under the
-/// temporary directory, removed when the emulator stops.
+/// The emulator's signing key, written to a 0600 file in a new directory of its own (0700,
+/// with a random name, made by `tempfile`: nobody else can have made it first, or put a
+/// link where the key goes) under the temporary directory; removed when dropped.
 struct KeyFile {
-    dir: std::path::PathBuf,
+    /// Removed (with the file) when dropped.
+    _dir: tempfile::TempDir,
     path: std::path::PathBuf,
 }
 
 impl KeyFile {
     fn write(emulator: &Emulator) -> Result<KeyFile, Failure> {
-        let dir = std::env::temp_dir().join(format!(
-            "tlauth-emulator-{}-{}",
-            std::process::id(),
-            emulator.addr().port()
-        ));
         let failed = |e: std::io::Error| {
             Failure::failed(format!(
-                "could not write the emulator's signing key in {}: {e}",
-                dir.display()
+                "could not write the emulator's signing key under {}: {e}",
+                std::env::temp_dir().display()
             ))
         };
-        std::fs::create_dir_all(&dir).map_err(failed)?;
-        let path = dir.join("signing-key.pem");
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("tlauth-emulator-");
+        #[cfg(unix)]
+        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700));
+        let dir = builder.tempdir().map_err(failed)?;
+        let path = dir.path().join("signing-key.pem");
         let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
+        options.write(true).create_new(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         options
             .open(&path)
             .and_then(|mut file| file.write_all(emulator.signing_key_pem().as_bytes()))
             .map_err(failed)?;
-        Ok(KeyFile { dir, path })
-    }
-}
-
-impl Drop for KeyFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        Ok(KeyFile { _dir: dir, path })
     }
 }
 

@@ -88,6 +88,9 @@ pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How seldom a 401 may make the layer read a signing key (one `kid`) again.
 const RELOAD_EVERY: Duration = Duration::from_secs(30);
 
+/// How long a request rejected while another reads its key again waits for that read.
+const RELOAD_WAIT: Duration = Duration::from_secs(30);
+
 /// Reload times kept per `kid` before old ones are swept.
 const RELOADS_KEPT: usize = 1024;
 
@@ -542,8 +545,27 @@ where
                     "another request is reading the signing key again; waiting for it"
                 );
                 // An error would mean the read's end was never sent: `Reloading` sends it
-                // when dropped. Either way the wait is over.
-                let _ = ended.wait_for(|ended| *ended).await;
+                // when dropped. Either way the wait is over. A read that hangs (a source
+                // without timeouts, a runtime no longer driven) holds this 401 only so long.
+                let ended = ended.wait_for(|ended| *ended);
+                match Instant::now().checked_add(RELOAD_WAIT).and_then(timer_at) {
+                    Some(timer) => {
+                        tokio::select! {
+                            _ = ended => {}
+                            () = timer => {
+                                tracing::warn!(
+                                    kid = signer.kid(),
+                                    wait_s = RELOAD_WAIT.as_secs(),
+                                    "another request's read of the signing key did not end in time; answering the 401"
+                                );
+                                return Ok(response);
+                            }
+                        }
+                    }
+                    None => {
+                        let _ = ended.await;
+                    }
+                }
                 match keys.signer(&copy.extensions).await {
                     Ok(current) if !current.same_key(&signer) => current,
                     _ => return Ok(response),

@@ -754,6 +754,26 @@ async fn a_request_rejected_while_another_reloads_the_key_waits_for_it_and_is_re
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_request_waiting_for_a_read_that_hangs_gets_its_401_after_30_s() {
+    let (old, new) = (Signer::generate("kid"), Signer::generate("kid"));
+    // A store whose read never ends (no timeout of its own).
+    let store = SlowStore::new(&old, &new, Duration::from_secs(24 * 3600));
+    let layer = SigningLayer::new(store.clone());
+    let (upstream, _calls) = checking(&new, |_| {});
+    let _first = tokio::spawn(layer.layer(upstream.clone()).oneshot(post()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = tokio::time::Instant::now();
+    let second = layer.layer(upstream).oneshot(post()).await.unwrap();
+    assert_eq!(second.status(), StatusCode::UNAUTHORIZED, "its own answer");
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(30),
+        "the wait is bounded"
+    );
+    assert_eq!(store.reloads.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_request_waiting_for_another_reload_is_let_go_when_that_request_is_dropped() {
     let (old, new) = (Signer::generate("kid"), Signer::generate("kid"));
     let store = SlowStore::new(&old, &new, Duration::from_secs(2));
