@@ -556,21 +556,30 @@ fn bench_proxy() -> Result<(), String> {
     )?;
     wait_for_port(upstream_port, "the upstream nginx")?;
 
-    // tlauth proxy with the embedded emulator's credentials.
-    let proxy_port = free_port()?;
-    let _proxy = Running(
-        Command::new(&tlauth)
-            .args(["proxy", "--listen", &format!("127.0.0.1:{proxy_port}")])
-            .args(["--upstream", &format!("http://127.0.0.1:{upstream_port}")])
-            .env_remove("TRUELAYER_ENV")
-            .env_remove("TRUELAYER_CLIENT_ID")
-            .env_remove("TRUELAYER_CLIENT_SECRET")
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("starting tlauth proxy: {e}"))?,
-    );
-    wait_for_port(proxy_port, "tlauth proxy")?;
+    // tlauth proxy with the embedded emulator's credentials: without its access log, like the
+    // nginx below (`access_log off`), and with it (written to /dev/null: the cost of making
+    // the lines).
+    let start_proxy = |extra: &[&str]| -> Result<(Running, u16), String> {
+        let port = free_port()?;
+        let running = Running(
+            Command::new(&tlauth)
+                .args(["proxy", "--listen", &format!("127.0.0.1:{port}")])
+                .args(["--upstream", &format!("http://127.0.0.1:{upstream_port}")])
+                .args(extra)
+                .env_remove("TRUELAYER_ENV")
+                .env_remove("TRUELAYER_CLIENT_ID")
+                .env_remove("TRUELAYER_CLIENT_SECRET")
+                .env_remove("RUST_LOG")
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("starting tlauth proxy: {e}"))?,
+        );
+        wait_for_port(port, "tlauth proxy")?;
+        Ok((running, port))
+    };
+    let (_proxy, proxy_port) = start_proxy(&["--access-log", "off"])?;
+    let (_logging, logging_port) = start_proxy(&[])?;
 
     // nginx as the reverse proxy, with a valid token hard-coded: the practical limit.
     let token_json = Command::new(&tlauth)
@@ -604,13 +613,16 @@ fn bench_proxy() -> Result<(), String> {
 
     let nginx_url = format!("http://127.0.0.1:{nginx_port}/v3/payments/p-1");
     let tlauth_url = format!("http://127.0.0.1:{proxy_port}/v3/payments/p-1");
+    let logging_url = format!("http://127.0.0.1:{logging_port}/v3/payments/p-1");
     let mut results: Vec<(&str, f64, f64)> = Vec::new();
-    // Alternate the two, twice, so drift in the machine's load hits both.
+    // Alternate them, twice, so drift in the machine's load hits all.
     for _ in 0..2 {
         let (rps, p99) = wrk(&nginx_url)?;
         results.push(("nginx", rps, p99));
         let (rps, p99) = wrk(&tlauth_url)?;
         results.push(("tlauth", rps, p99));
+        let (rps, p99) = wrk(&logging_url)?;
+        results.push(("logging", rps, p99));
     }
     let mean = |name: &str, pick: fn(&(&str, f64, f64)) -> f64| {
         let v: Vec<f64> = results.iter().filter(|r| r.0 == name).map(pick).collect();
@@ -618,13 +630,18 @@ fn bench_proxy() -> Result<(), String> {
     };
     let (n_rps, n_p99) = (mean("nginx", |r| r.1), mean("nginx", |r| r.2));
     let (t_rps, t_p99) = (mean("tlauth", |r| r.1), mean("tlauth", |r| r.2));
+    let (l_rps, l_p99) = (mean("logging", |r| r.1), mean("logging", |r| r.2));
     let report = format!(
         "| contender | requests/s | p99 latency |\n| --- | --- | --- |\n\
-         | nginx, hard-coded Authorization | {n_rps:.0} | {n_p99:.2} ms |\n\
-         | tlauth proxy | {t_rps:.0} | {t_p99:.2} ms |\n\
-         | ratio (tlauth / nginx) | **{:.2}** | **{:.2}** |\n",
+         | nginx, hard-coded Authorization, no access log | {n_rps:.0} | {n_p99:.2} ms |\n\
+         | tlauth proxy --access-log off | {t_rps:.0} | {t_p99:.2} ms |\n\
+         | tlauth proxy, access log on (to /dev/null) | {l_rps:.0} | {l_p99:.2} ms |\n\
+         | ratio (tlauth, log off / nginx) | **{:.2}** | **{:.2}** |\n\
+         | ratio (tlauth, log on / nginx) | **{:.2}** | **{:.2}** |\n",
         t_rps / n_rps,
-        t_p99 / n_p99
+        t_p99 / n_p99,
+        l_rps / n_rps,
+        l_p99 / n_p99
     );
     println!("{report}");
     let path = root().join("target").join("bench-proxy").join("report.md");
