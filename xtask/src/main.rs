@@ -580,6 +580,29 @@ fn bench_proxy() -> Result<(), String> {
     };
     let (_proxy, proxy_port) = start_proxy(&["--access-log", "off"])?;
     let (_logging, logging_port) = start_proxy(&[])?;
+    // An older build to compare with, side by side in the same run (`BENCH_PROXY_BASELINE`:
+    // the path of its `tlauth`), with its default settings.
+    let baseline = match std::env::var_os("BENCH_PROXY_BASELINE") {
+        Some(path) => {
+            let port = free_port()?;
+            let running = Running(
+                Command::new(path)
+                    .args(["proxy", "--listen", &format!("127.0.0.1:{port}")])
+                    .args(["--upstream", &format!("http://127.0.0.1:{upstream_port}")])
+                    .env_remove("TRUELAYER_ENV")
+                    .env_remove("TRUELAYER_CLIENT_ID")
+                    .env_remove("TRUELAYER_CLIENT_SECRET")
+                    .env_remove("RUST_LOG")
+                    .stdin(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .map_err(|e| format!("starting the baseline tlauth proxy: {e}"))?,
+            );
+            wait_for_port(port, "the baseline tlauth proxy")?;
+            Some((running, port))
+        }
+        None => None,
+    };
 
     // nginx as the reverse proxy, with a valid token hard-coded: the practical limit.
     let token_json = Command::new(&tlauth)
@@ -623,6 +646,10 @@ fn bench_proxy() -> Result<(), String> {
         results.push(("tlauth", rps, p99));
         let (rps, p99) = wrk(&logging_url)?;
         results.push(("logging", rps, p99));
+        if let Some((_, port)) = &baseline {
+            let (rps, p99) = wrk(&format!("http://127.0.0.1:{port}/v3/payments/p-1"))?;
+            results.push(("baseline", rps, p99));
+        }
     }
     let mean = |name: &str, pick: fn(&(&str, f64, f64)) -> f64| {
         let v: Vec<f64> = results.iter().filter(|r| r.0 == name).map(pick).collect();
@@ -643,6 +670,17 @@ fn bench_proxy() -> Result<(), String> {
         l_rps / n_rps,
         l_p99 / n_p99
     );
+    let report = if baseline.is_some() {
+        let (b_rps, b_p99) = (mean("baseline", |r| r.1), mean("baseline", |r| r.2));
+        format!(
+            "{report}| baseline tlauth proxy (BENCH_PROXY_BASELINE) | {b_rps:.0} | {b_p99:.2} ms |\n\
+             | ratio (tlauth, log off / baseline) | **{:.2}** | **{:.2}** |\n",
+            t_rps / b_rps,
+            t_p99 / b_p99
+        )
+    } else {
+        report
+    };
     println!("{report}");
     let path = root().join("target").join("bench-proxy").join("report.md");
     std::fs::write(&path, &report).map_err(|e| e.to_string())?;

@@ -144,7 +144,11 @@ async fn the_emulators_settings_let_a_proxy_in_front_of_it_create_a_payment() {
         let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "only its owner reads the key");
         let dir = std::fs::metadata(key_file.parent().unwrap()).unwrap();
-        assert_eq!(dir.permissions().mode() & 0o777, 0o700, "in a directory of its own");
+        assert_eq!(
+            dir.permissions().mode() & 0o777,
+            0o700,
+            "in a directory of its own"
+        );
     }
 
     let (mut running, addr, lines) = proxy(&emulator.settings, &[]);

@@ -225,7 +225,7 @@ pub(crate) enum Refused {
 /// Takes a request body in: held when it is at most `limit` bytes (a `Content-Length`
 /// within it, or a chunked body that ends within it), else streamed (a chunked body with the
 /// part read so far first). Every read of it, now or later, keeps to `pace`. What is held is
-/// charged to `charge` as it arrives; `signed` says the signing layer will hold the rest of a
+/// charged to `memory` as it arrives; `signed` says the signing layer will hold the rest of a
 /// streamed body too (then the charge goes on with it). Returns the charge of what this
 /// request holds, to be kept until its answer.
 pub(crate) async fn take_in(
@@ -233,12 +233,13 @@ pub(crate) async fn take_in(
     content_length: Option<u64>,
     limit: u64,
     pace: BodyPace,
-    charge: Option<Charge>,
+    memory: &BodyMemory,
     signed: bool,
 ) -> Result<(ProxyBody, Option<Charge>), Refused> {
     if body.is_end_stream() {
-        return Ok((ProxyBody::Held(Full::new(Bytes::new())), charge));
+        return Ok((ProxyBody::Held(Full::new(Bytes::new())), None));
     }
+    let charge = Some(memory.charge());
     let refused = |e: BoxError| {
         if in_chain::<TooSlow>(&*e) {
             Refused::TooSlow

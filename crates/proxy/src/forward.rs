@@ -385,17 +385,23 @@ impl<K: SignerSource> Forwarder<K> {
             .headers
             .insert(header::HOST, self.upstream.host.clone());
         parts.headers.append(header::VIA, VIA);
-        let charge = Some(self.memory.charge());
-        let (body, held) = take_in(body, length, self.replay_limit, self.pace, charge, signed)
-            .await
-            .map_err(|refused| match refused {
-                Refused::Incomplete => json(
-                    StatusCode::BAD_REQUEST,
-                    serde_json::json!({ "error": "request_body_incomplete" }),
-                ),
-                Refused::TooSlow => too_slow(),
-                Refused::NoRoom => no_room(),
-            })?;
+        let (body, held) = take_in(
+            body,
+            length,
+            self.replay_limit,
+            self.pace,
+            &self.memory,
+            signed,
+        )
+        .await
+        .map_err(|refused| match refused {
+            Refused::Incomplete => json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({ "error": "request_body_incomplete" }),
+            ),
+            Refused::TooSlow => too_slow(),
+            Refused::NoRoom => no_room(),
+        })?;
         Ok((Request::from_parts(parts, body), held))
     }
 
