@@ -349,3 +349,41 @@ fn proxy_flags_given_wrong_say_what_to_give() {
     assert!(stderr.contains("--admin-path: give"), "{stderr}");
     assert!(stderr.contains("/.tlauth"), "{stderr}");
 }
+
+#[test]
+fn a_wrong_secret_is_logged_once_at_start_and_shutdown_once_per_proxy() {
+    let emulator = Emulator::start();
+    let settings: Vec<(String, String)> = emulator
+        .settings
+        .iter()
+        .map(|(n, v)| match n.as_str() {
+            "TRUELAYER_CLIENT_SECRET" => (n.clone(), "not-the-secret".to_owned()),
+            _ => (n.clone(), v.clone()),
+        })
+        .chain([("RUST_LOG".to_owned(), "info".to_owned())])
+        .collect();
+    let (running, _, mut lines, log) = proxy_with_log(&settings, &["--workers", "2"]);
+    while let Ok(line) = log.recv_timeout(Duration::from_millis(500)) {
+        lines.push(line);
+    }
+    sigterm(&running);
+    while let Ok(line) = log.recv_timeout(Duration::from_millis(1000)) {
+        lines.push(line);
+    }
+    let mut running = running;
+    let _ = running.wait();
+    // The token failure's cause (the server's description) is written once.
+    let causes = lines
+        .iter()
+        .filter(|l| l.contains("invalid_client"))
+        .count();
+    let chains = lines.iter().filter(|l| l.contains("error=")).count();
+    assert_eq!(chains, 1, "{lines:#?}");
+    assert!(causes >= 1, "{lines:#?}");
+    // Two workers, one shutdown line.
+    let shutdowns = lines
+        .iter()
+        .filter(|l| l.contains("shutting down; waiting"))
+        .count();
+    assert_eq!(shutdowns, 1, "{lines:#?}");
+}
