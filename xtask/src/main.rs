@@ -159,7 +159,7 @@ fn ci() -> Result<(), String> {
 /// and every background job stopped at the end. Blocks whose info string says `no-run`
 /// (TrueLayer itself, CI itself) are skipped.
 fn readme() -> Result<(), String> {
-    ensure_debian_commands(&[("curl", "curl"), ("jq", "jq"), ("openssl", "openssl")])?;
+    ensure_tools(&[("curl", "curl"), ("jq", "jq"), ("openssl", "openssl")])?;
     let text = std::fs::read_to_string(root().join("README.md"))
         .map_err(|e| format!("reading README.md: {e}"))?;
     let blocks = shell_blocks(&text);
@@ -227,33 +227,6 @@ fn shell_blocks(text: &str) -> Vec<(usize, String)> {
         }
     }
     blocks
-}
-
-/// Installs the Debian packages of the commands that are missing (as root).
-fn ensure_debian_commands(commands: &[(&str, &str)]) -> Result<(), String> {
-    let missing: Vec<&str> = commands
-        .iter()
-        .filter(|(command, _)| {
-            !Command::new("sh")
-                .args(["-c", &format!("command -v {command}")])
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-        .map(|(_, package)| *package)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let mut update = Command::new("apt-get");
-    update.arg("update");
-    run("apt-get update", update)?;
-    let mut install = Command::new("apt-get");
-    install
-        .args(["install", "-y", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive");
-    run(&format!("apt-get install {}", missing.join(" ")), install)
 }
 
 /// Installs a pinned cargo tool into `target/tools` unless that version is already there;
@@ -450,6 +423,8 @@ fn wait_for_port(port: u16, what: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Installs the Debian packages (`(command, package)`) of the commands that are missing, as
+/// root: the proxy bench's nginx and wrk, the README's curl, jq and openssl.
 fn ensure_tools(tools: &[(&str, &str)]) -> Result<(), String> {
     let missing: Vec<&str> = tools
         .iter()
