@@ -1,59 +1,34 @@
 //! `tlauth emulator --webhook-url` as a process: a payment created through its API moves on
 //! its schedule and the webhooks reach a receiver, signed with the key its `jku` publishes.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
 use truelayer_auth_signing::{Signable, Signer, Verifier};
 use truelayer_auth_testkit::recording::RecordingServer;
 
+mod support;
+use support::SpawnedEmulator;
+
+/// `tlauth emulator` and its startup lines on standard error.
 struct Running {
-    child: Child,
-    /// The startup lines on standard error.
+    emulator: SpawnedEmulator,
     banner: Vec<String>,
-    /// `TRUELAYER_*` lines on standard output.
-    env: Vec<(String, String)>,
 }
 
 impl Running {
     fn start(args: &[&str]) -> Running {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tlauth"))
-            .arg("emulator")
-            .args(["--port", "0"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        let env = (0..5)
-            .map(|_| {
-                let line = stdout.next().expect("the emulator's settings").unwrap();
-                let (name, value) = line.split_once('=').unwrap();
-                (name.to_owned(), value.to_owned())
-            })
-            .collect();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-        let mut banner = vec![stderr.next().expect("a startup line").unwrap()];
+        let mut emulator = SpawnedEmulator::start(args);
+        let mut banner = vec![emulator.stderr_line().expect("a startup line")];
         if args.contains(&"--webhook-url") {
-            banner.push(stderr.next().expect("a webhook line").unwrap());
+            banner.push(emulator.stderr_line().expect("a webhook line"));
         }
-        // Keep draining stderr so the emulator never blocks on a full pipe.
-        std::thread::spawn(move || for _ in stderr {});
-        Running { child, banner, env }
+        emulator.drain_stderr();
+        Running { emulator, banner }
     }
 
     fn var(&self, name: &str) -> &str {
-        &self.env.iter().find(|(n, _)| n == name).unwrap().1
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.emulator.var(name)
     }
 }
 

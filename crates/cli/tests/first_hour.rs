@@ -4,55 +4,35 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-/// `tlauth emulator --port 0` and the settings it printed.
+mod support;
+use std::time::{Duration, Instant};
+use support::SpawnedEmulator;
+
+/// `tlauth emulator --port 0`, the settings it printed, and its `export` line.
 struct Emulator {
-    child: Child,
+    spawned: SpawnedEmulator,
     settings: Vec<(String, String)>,
     export_line: String,
 }
 
 impl Emulator {
     fn start() -> Emulator {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tlauth"))
-            .args(["emulator", "--port", "0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        let settings = (0..5)
-            .map(|_| {
-                let line = stdout.next().expect("the emulator's settings").unwrap();
-                let (name, value) = line.split_once('=').unwrap();
-                (name.to_owned(), value.to_owned())
-            })
-            .collect();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-        let export_line = stderr
-            .by_ref()
-            .map(Result::unwrap)
+        let mut spawned = SpawnedEmulator::start(&[]);
+        let export_line = std::iter::from_fn(|| spawned.stderr_line())
             .find(|l| l.contains("export "))
             .expect("an export line");
-        std::thread::spawn(move || for _ in stderr {});
+        spawned.drain_stderr();
+        let settings = spawned.settings.clone();
         Emulator {
-            child,
+            spawned,
             settings,
             export_line,
         }
     }
 
     fn var(&self, name: &str) -> &str {
-        &self.settings.iter().find(|(n, _)| n == name).unwrap().1
-    }
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.spawned.var(name)
     }
 }
 
@@ -176,8 +156,8 @@ async fn the_emulators_settings_let_a_proxy_in_front_of_it_create_a_payment() {
 
     // SIGTERM stops the emulator promptly, and its key file goes with it.
     let asked = Instant::now();
-    sigterm(&emulator.child);
-    let status = emulator.child.wait().unwrap();
+    sigterm(&emulator.spawned.child);
+    let status = emulator.spawned.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
     assert!(
         asked.elapsed() < Duration::from_secs(1),
