@@ -30,6 +30,7 @@
 
 mod error;
 mod format;
+mod sdk_error;
 mod source;
 
 pub use error::{AwsFailure, SecretProblem, VaultError};

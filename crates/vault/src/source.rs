@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_secretsmanager::Client;
-use aws_sdk_secretsmanager::config::http::HttpResponse;
-use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use secrecy::SecretString;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -16,8 +14,9 @@ use truelayer_auth::{CredentialsFuture, CredentialsSource};
 use truelayer_auth_signing::{Signer, SignerFuture, SignerSource};
 use zeroize::Zeroize;
 
-use crate::error::{AwsFailure, SecretProblem, VaultError};
+use crate::error::{SecretProblem, VaultError};
 use crate::format::{LoadedSecret, SecretFormat, parse};
+use crate::sdk_error::{self, SdkFailure};
 
 /// How long a failure to re-read the secret lets the cached value be served before AWS is
 /// asked again.
@@ -310,27 +309,20 @@ impl SecretsManagerCredentials {
             .send()
             .await;
         let mut out = result.map_err(|e| {
-            // Modeled errors may come without an error code in their metadata.
             use aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueError as E;
-            let secret_id = inner.secret_id.clone();
-            match e.as_service_error() {
-                Some(E::DecryptionFailure(_)) => VaultError::Decryption { secret_id },
-                Some(E::ResourceNotFoundException(_)) => VaultError::NotFound {
-                    secret_id,
-                    stage: inner.stage.clone(),
-                },
-                Some(E::InternalServiceError(_)) => VaultError::Service {
-                    secret_id,
-                    code: "InternalServiceError".into(),
-                    retryable: true,
-                },
-                _ => classify(
-                    e,
-                    &inner.secret_id,
-                    &inner.stage,
-                    "secretsmanager:GetSecretValue",
-                ),
-            }
+            // Modeled errors may come without an error code in their metadata.
+            let modeled = match e.as_service_error() {
+                Some(E::DecryptionFailure(_)) => Some("DecryptionFailure"),
+                Some(E::ResourceNotFoundException(_)) => Some("ResourceNotFoundException"),
+                Some(E::InternalServiceError(_)) => Some("InternalServiceError"),
+                _ => None,
+            };
+            vault_error(
+                sdk_error::classify(&e, modeled),
+                &inner.secret_id,
+                &inner.stage,
+                "secretsmanager:GetSecretValue",
+            )
         })?;
         let version_id = out.version_id.take();
         // Move the value into a secret at once: it is zeroized when dropped.
@@ -430,103 +422,36 @@ impl CredentialsSource for SecretsManagerCredentials {
     }
 }
 
-/// Maps an SDK error to what a user can act on.
-fn classify<E>(
-    err: SdkError<E, HttpResponse>,
+/// What a failed Secrets Manager call means for the secret.
+fn vault_error(
+    failure: SdkFailure,
     secret_id: &str,
     stage: &str,
     action: &'static str,
-) -> VaultError
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-{
+) -> VaultError {
     let secret_id = secret_id.to_owned();
-    let status_5xx = err
-        .raw_response()
-        .is_some_and(|r| r.status().is_server_error());
-    match &err {
-        SdkError::TimeoutError(_) => return VaultError::Timeout { secret_id },
-        SdkError::DispatchFailure(d) if d.is_timeout() => return VaultError::Timeout { secret_id },
-        SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_) => {
-            if let Some(failure) = credentials_failure(&err) {
-                return failure;
-            }
-            let detail = match &err {
-                SdkError::DispatchFailure(d) if d.is_io() => "connection failed",
-                SdkError::DispatchFailure(d) if d.is_user() => "invalid endpoint or request",
-                SdkError::DispatchFailure(_) => "dispatch failed",
-                _ => "the request could not be built",
-            };
-            return VaultError::Transport {
+    match failure {
+        SdkFailure::Timeout => VaultError::Timeout { secret_id },
+        SdkFailure::Transport(cause) => VaultError::Transport { secret_id, cause },
+        SdkFailure::MissingCredentials(cause) => VaultError::MissingCredentials { cause },
+        SdkFailure::CredentialsUnavailable(cause) => {
+            VaultError::AwsCredentialsUnavailable { cause }
+        }
+        SdkFailure::AccessDenied => VaultError::AccessDenied { secret_id, action },
+        SdkFailure::Throttled => VaultError::Throttled { secret_id },
+        SdkFailure::Service { code, server_error } => match code.as_str() {
+            "ResourceNotFoundException" => VaultError::NotFound {
                 secret_id,
-                cause: AwsFailure::new(detail),
-            };
-        }
-        SdkError::ResponseError(_) => {
-            return VaultError::Transport {
+                stage: stage.to_owned(),
+            },
+            "DecryptionFailure" => VaultError::Decryption { secret_id },
+            _ => VaultError::Service {
                 secret_id,
-                cause: AwsFailure::new("the response could not be read"),
-            };
-        }
-        _ => {}
-    }
-    let code = err.code().unwrap_or("Unknown").to_owned();
-    match code.as_str() {
-        "ResourceNotFoundException" => VaultError::NotFound {
-            secret_id,
-            stage: stage.to_owned(),
-        },
-        "AccessDeniedException" | "AccessDenied" | "UnauthorizedOperation" => {
-            VaultError::AccessDenied { secret_id, action }
-        }
-        "DecryptionFailure" => VaultError::Decryption { secret_id },
-        "ThrottlingException"
-        | "Throttling"
-        | "TooManyRequestsException"
-        | "RequestLimitExceeded" => VaultError::Throttled { secret_id },
-        // Session credentials that expired are being renewed by the provider chain.
-        "ExpiredTokenException" | "ExpiredToken" | "RequestExpired" => {
-            VaultError::AwsCredentialsUnavailable {
-                cause: AwsFailure::new(format!("AWS answered {code}")),
-            }
-        }
-        "UnrecognizedClientException" | "InvalidSignatureException" => {
-            VaultError::MissingCredentials {
-                cause: AwsFailure::new(format!("AWS rejected the credentials ({code})")),
-            }
-        }
-        _ => VaultError::Service {
-            secret_id,
-            retryable: code == "InternalServiceError" || (status_5xx && code == "Unknown"),
-            code,
+                retryable: code == "InternalServiceError" || (server_error && code == "Unknown"),
+                code,
+            },
         },
     }
-}
-
-/// What went wrong, if the failure was loading AWS credentials: permanent when none are
-/// configured, retryable when the provider timed out or failed.
-fn credentials_failure(err: &(dyn std::error::Error + 'static)) -> Option<VaultError> {
-    use aws_credential_types::provider::error::CredentialsError as Provider;
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = current {
-        if let Some(c) = e.downcast_ref::<Provider>() {
-            let cause = AwsFailure::new(c.to_string());
-            return Some(match c {
-                Provider::ProviderTimedOut(_) | Provider::ProviderError(_) => {
-                    VaultError::AwsCredentialsUnavailable { cause }
-                }
-                _ => VaultError::MissingCredentials { cause },
-            });
-        }
-        // The SDK's fixed message when no credentials provider is configured at all.
-        if e.to_string().contains("no identity resolver") {
-            return Some(VaultError::MissingCredentials {
-                cause: AwsFailure::new("no credentials provider is configured"),
-            });
-        }
-        current = e.source();
-    }
-    None
 }
 
 #[cfg(test)]
