@@ -25,14 +25,26 @@
 //! ```
 //!
 //! The IAM policy, the secret format and rotation are described in `docs/operations.md`.
+//!
+//! # Signing with a key in AWS KMS (feature `kms`)
+//!
+//! [`KmsSigningKey`] signs TrueLayer requests with a P-521 key that never leaves AWS KMS, as
+//! a [`SigningBackend`](truelayer_auth_signing::SigningBackend). It is here, not in a crate
+//! of its own, because this crate is where the workspace's AWS code lives: one AWS SDK
+//! configuration (region, credentials chain, retries), one hyper/rustls client, and the
+//! same classification of AWS errors for both services.
 
 #![forbid(unsafe_code)]
 
 mod error;
 mod format;
+#[cfg(feature = "kms")]
+mod kms;
 mod sdk_error;
 mod source;
 
 pub use error::{AwsFailure, SecretProblem, VaultError};
 pub use format::{LoadedSecret, SecretFormat};
+#[cfg(feature = "kms")]
+pub use kms::{KmsError, KmsSigningKey};
 pub use source::{SecretsManagerCredentials, SecretsManagerCredentialsBuilder};

@@ -1,0 +1,418 @@
+//! The KMS signing backend against `aws-smithy-mocks`: KMS's answers are made by a local
+//! P-521 key, as KMS would make them (a DER signature of the SHA-512 digest), so what the
+//! backend makes of them is verified for real. Also what moto cannot do: the DIGEST path
+//! (moto hashes the digest again), throttling, denials, answers that are wrong.
+
+#![cfg(feature = "kms")]
+
+mod support;
+
+use std::time::Duration;
+
+use aws_sdk_kms::Client;
+use aws_sdk_kms::operation::get_public_key::GetPublicKeyOutput;
+use aws_sdk_kms::operation::sign::{SignInput, SignOutput};
+use aws_sdk_kms::primitives::Blob;
+use aws_sdk_kms::types::{KeySpec, KeyUsageType, MessageType, SigningAlgorithmSpec};
+use aws_smithy_mocks::mock;
+use p521::ecdsa::signature::hazmat::PrehashSigner;
+use support::{
+    ALIAS, ARN, KID, LocalKey, client, kms_error, payment, public_key_rule, sha512, sign_rule,
+};
+use truelayer_auth_signing::{SignatureError, Signer, SigningBackend, Verifier};
+use truelayer_auth_vault::{KmsError, KmsSigningKey};
+
+/// The KMS error behind a signing failure.
+fn kms_cause(error: &SignatureError) -> &KmsError {
+    let SignatureError::Backend(cause) = error else {
+        panic!("not a backend failure: {error:?}");
+    };
+    cause
+        .downcast_ref::<KmsError>()
+        .unwrap_or_else(|| panic!("not a KmsError: {cause:?}"))
+}
+
+#[tokio::test]
+async fn a_large_body_is_signed_over_its_sha512_digest_and_both_verifiers_accept_it() {
+    let local = LocalKey::new();
+    let get = public_key_rule(&local);
+    let (sign, seen) = sign_rule(&local);
+    let key = KmsSigningKey::new(client(&[&get, &sign]), ALIAS)
+        .await
+        .unwrap();
+    let signer = Signer::with_backend(KID, key.clone()).unwrap();
+    // A payment with a long remitter list: well over the 4 KiB KMS takes RAW.
+    let body = format!(
+        r#"{{"amount_in_minor":100,"metadata":"{}"}}"#,
+        "x".repeat(8_000)
+    );
+    let request = payment(body.as_bytes());
+    let tl_signature = signer.sign(&request).await.unwrap();
+
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].0, MessageType::Digest);
+    assert_eq!(seen[0].1.len(), 64, "a SHA-512 digest");
+    Verifier::from_public_pem(key.public_key_pem().as_bytes())
+        .unwrap()
+        .verify(&request, &tl_signature)
+        .unwrap();
+    truelayer_signing::verify_with_pem(key.public_key_pem().as_bytes())
+        .method(truelayer_signing::Method::Post)
+        .path("/v3/payments")
+        .header("Idempotency-Key", b"2f4e6f0a-7c1b-4b8e-9a55-6a2f1c3d4e5f")
+        .body(body.as_bytes())
+        .build_verifier()
+        .verify(&tl_signature)
+        .unwrap();
+    assert_eq!(get.num_calls(), 1, "the public key is asked for once");
+}
+
+#[tokio::test]
+async fn a_signing_input_of_4096_bytes_goes_raw_and_one_of_4097_as_its_digest() {
+    let local = LocalKey::new();
+    let get = public_key_rule(&local);
+    let (sign, seen) = sign_rule(&local);
+    let key = KmsSigningKey::new(client(&[&get, &sign]), ALIAS)
+        .await
+        .unwrap();
+    let verifying = p521::ecdsa::VerifyingKey::from(&local.signing);
+    for (len, expected) in [(4096, MessageType::Raw), (4097, MessageType::Digest)] {
+        let input = vec![b'a'; len];
+        let signature = key.sign(&input).await.unwrap();
+        let (message_type, message) = seen.lock().unwrap().pop().unwrap();
+        assert_eq!(message_type, expected, "{len} bytes");
+        match expected {
+            MessageType::Raw => assert_eq!(message, input),
+            _ => assert_eq!(message, sha512(&input)),
+        }
+        // The 132-byte r || s of a JWS, over the input itself.
+        assert_eq!(signature.len(), 132);
+        let signature = p521::ecdsa::Signature::from_slice(&signature).unwrap();
+        p521::ecdsa::signature::hazmat::PrehashVerifier::verify_prehash(
+            &verifying,
+            &sha512(&input),
+            &signature,
+        )
+        .unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn throttling_and_internal_errors_are_retried_by_the_sdk_three_times_then_retryable() {
+    for (status, code) in [(400, "ThrottlingException"), (500, "KMSInternalException")] {
+        let local = LocalKey::new();
+        let get = public_key_rule(&local);
+        let sign = mock!(Client::sign)
+            .sequence()
+            .http_response(move || kms_error(status, code))
+            .repeatedly()
+            .build();
+        let key = KmsSigningKey::new(client(&[&get, &sign]), ALIAS)
+            .await
+            .unwrap();
+        let error = key
+            .signer(KID)
+            .unwrap()
+            .sign(&payment(b"{}"))
+            .await
+            .unwrap_err();
+        assert_eq!(sign.num_calls(), 3, "{code}: the SDK's standard 3 attempts");
+        let cause = kms_cause(&error);
+        assert!(cause.is_retryable(), "{code}: {cause:?}");
+        assert!(cause.to_string().contains(ALIAS), "{cause}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sign_throttled_twice_signs_on_the_third_attempt() {
+    let local = LocalKey::new();
+    let get = public_key_rule(&local);
+    let input = b"eyJhbGciOiJFUzUxMiJ9..payload";
+    // The mock cannot see the input of a retried attempt: KMS's answer is made up front.
+    let answer = local.sign(
+        &SignInput::builder()
+            .message(Blob::new(input.as_slice()))
+            .message_type(MessageType::Raw)
+            .signing_algorithm(SigningAlgorithmSpec::EcdsaSha512)
+            .build()
+            .unwrap(),
+    );
+    let sign = mock!(Client::sign)
+        .sequence()
+        .http_response(|| kms_error(400, "ThrottlingException"))
+        .times(2)
+        .output(move || answer.clone())
+        .build();
+    let key = KmsSigningKey::new(client(&[&get, &sign]), ALIAS)
+        .await
+        .unwrap();
+    let signature = key.sign(input).await.unwrap();
+    assert_eq!(sign.num_calls(), 3);
+    let signature = p521::ecdsa::Signature::from_slice(&signature).unwrap();
+    p521::ecdsa::signature::hazmat::PrehashVerifier::verify_prehash(
+        &p521::ecdsa::VerifyingKey::from(&local.signing),
+        &sha512(input),
+        &signature,
+    )
+    .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn access_denied_is_not_retried_and_names_kms_sign_and_the_key() {
+    let local = LocalKey::new();
+    let get = public_key_rule(&local);
+    let sign = mock!(Client::sign).then_http_response(|| kms_error(400, "AccessDeniedException"));
+    let key = KmsSigningKey::new(client(&[&get, &sign]), ALIAS)
+        .await
+        .unwrap();
+    let error = key
+        .signer(KID)
+        .unwrap()
+        .sign(&payment(b"{}"))
+        .await
+        .unwrap_err();
+    assert_eq!(sign.num_calls(), 1, "not retried");
+    let cause = kms_cause(&error);
+    assert!(
+        matches!(
+            cause,
+            KmsError::AccessDenied {
+                action: "kms:Sign",
+                ..
+            }
+        ),
+        "{cause:?}"
+    );
+    assert!(!cause.is_retryable());
+    let message = cause.to_string();
+    assert!(
+        message.contains("kms:Sign") && message.contains(ALIAS),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn access_denied_at_get_public_key_names_that_action() {
+    let get = mock!(Client::get_public_key)
+        .then_http_response(|| kms_error(400, "AccessDeniedException"));
+    let error = KmsSigningKey::new(client(&[&get]), ALIAS)
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("kms:GetPublicKey") && error.to_string().contains(ALIAS),
+        "{error}"
+    );
+    assert!(!error.is_retryable());
+}
+
+#[tokio::test]
+async fn keys_that_are_not_p521_sign_verify_are_refused_saying_what_they_are() {
+    let local = LocalKey::new();
+    // Each fails one check: the key spec, the key usage, the signing algorithms.
+    for (spec, usage, algorithm, named) in [
+        (
+            KeySpec::EccNistP256,
+            KeyUsageType::SignVerify,
+            SigningAlgorithmSpec::EcdsaSha512,
+            "ECC_NIST_P256",
+        ),
+        (
+            KeySpec::EccNistP521,
+            KeyUsageType::EncryptDecrypt,
+            SigningAlgorithmSpec::EcdsaSha512,
+            "ENCRYPT_DECRYPT",
+        ),
+        (
+            KeySpec::EccNistP521,
+            KeyUsageType::SignVerify,
+            SigningAlgorithmSpec::EcdsaSha256,
+            "[ECDSA_SHA_256]",
+        ),
+    ] {
+        let spki = local.spki_der.clone();
+        let get = mock!(Client::get_public_key).then_output(move || {
+            GetPublicKeyOutput::builder()
+                .key_id(ARN)
+                .public_key(Blob::new(spki.clone()))
+                .key_spec(spec.clone())
+                .key_usage(usage.clone())
+                .signing_algorithms(algorithm.clone())
+                .build()
+        });
+        let error = KmsSigningKey::new(client(&[&get]), ALIAS)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, KmsError::WrongKey { .. }),
+            "{named}: {error:?}"
+        );
+        let message = error.to_string();
+        assert!(
+            message.contains(named)
+                && message.contains("needs an ECC_NIST_P521 key")
+                && message.contains(ALIAS),
+            "{message}"
+        );
+        assert!(!error.is_retryable());
+    }
+}
+
+#[tokio::test]
+async fn a_public_key_that_is_not_p521_despite_the_key_spec_is_refused() {
+    // A P-256 SubjectPublicKeyInfo under an ECC_NIST_P521 key spec.
+    let p256_spki = aws_lc_rs::signature::EcdsaKeyPair::generate(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+    )
+    .unwrap();
+    let p256_spki =
+        aws_lc_rs::encoding::AsDer::<aws_lc_rs::encoding::PublicKeyX509Der<'_>>::as_der(
+            aws_lc_rs::signature::KeyPair::public_key(&p256_spki),
+        )
+        .unwrap()
+        .as_ref()
+        .to_vec();
+    let get = mock!(Client::get_public_key).then_output(move || {
+        GetPublicKeyOutput::builder()
+            .key_id(ARN)
+            .public_key(Blob::new(p256_spki.clone()))
+            .key_spec(KeySpec::EccNistP521)
+            .key_usage(KeyUsageType::SignVerify)
+            .signing_algorithms(SigningAlgorithmSpec::EcdsaSha512)
+            .build()
+    });
+    let error = KmsSigningKey::new(client(&[&get]), ALIAS)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, KmsError::MalformedAnswer { .. }),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("P-521"), "{error}");
+}
+
+#[tokio::test]
+async fn a_signature_that_is_not_der_is_a_clear_error() {
+    let local = LocalKey::new();
+    let get = public_key_rule(&local);
+    for (what, answer) in [
+        // What a JWS wants, but not what KMS answers: must not be taken for DER.
+        ("raw r || s", vec![1u8; 132]),
+        ("truncated DER", {
+            let der: p521::ecdsa::DerSignature = local.signing.sign_prehash(&[7; 64]).unwrap();
+            der.as_bytes()[..40].to_vec()
+        }),
+        ("empty", Vec::new()),
+    ] {
+        let sign = mock!(Client::sign).then_output(move || {
+            SignOutput::builder()
+                .key_id(ARN)
+                .signature(Blob::new(answer.clone()))
+                .build()
+        });
+        let key = KmsSigningKey::new(client(&[&get, &sign]), ALIAS)
+            .await
+            .unwrap();
+        let error = key.sign(b"input").await.unwrap_err();
+        let error = error
+            .downcast_ref::<KmsError>()
+            .unwrap_or_else(|| panic!("{what}: {error:?}"));
+        assert!(
+            matches!(error, KmsError::MalformedAnswer { .. }),
+            "{what}: {error:?}"
+        );
+        assert!(error.to_string().contains("DER"), "{what}: {error}");
+        assert!(!error.is_retryable(), "{what}");
+    }
+}
+
+/// An HTTP client that answers anything but `Sign` at once (the mock interceptor then puts
+/// its answer in) and never answers `Sign`.
+#[derive(Debug, Clone)]
+struct SilentOnSign;
+
+mod silent {
+    use aws_smithy_runtime_api::client::http::{
+        HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpConnector,
+    };
+    use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
+    use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+    use aws_smithy_runtime_api::http::StatusCode;
+    use aws_smithy_types::body::SdkBody;
+
+    use super::SilentOnSign;
+
+    impl HttpConnector for SilentOnSign {
+        fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+            if request.headers().get("x-amz-target") == Some("TrentService.Sign") {
+                return HttpConnectorFuture::new(std::future::pending());
+            }
+            let ok = HttpResponse::new(StatusCode::try_from(200).unwrap(), SdkBody::from("{}"));
+            HttpConnectorFuture::ready(Ok(ok))
+        }
+    }
+
+    impl HttpClient for SilentOnSign {
+        fn http_connector(
+            &self,
+            _settings: &HttpConnectorSettings,
+            _components: &RuntimeComponents,
+        ) -> SharedHttpConnector {
+            SharedHttpConnector::new(self.clone())
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sign_that_gets_no_answer_fails_after_five_seconds_with_its_retries() {
+    let local = LocalKey::new();
+    let get = public_key_rule(&local);
+    let interceptor = aws_smithy_mocks::MockResponseInterceptor::new()
+        .with_rule(&get)
+        .allow_passthrough();
+    let client = Client::from_conf(
+        aws_sdk_kms::Config::builder()
+            .with_test_defaults_v2()
+            .http_client(SilentOnSign)
+            .interceptor(interceptor)
+            .build(),
+    );
+    let key = KmsSigningKey::new(client, ALIAS).await.unwrap();
+    let started = tokio::time::Instant::now();
+    // Without timeouts the call would wait for ever: fail instead.
+    let error = tokio::time::timeout(Duration::from_secs(60), key.sign(b"input"))
+        .await
+        .expect("the SDK's timeouts end the call")
+        .unwrap_err();
+    let waited = started.elapsed();
+    let error = error.downcast_ref::<KmsError>().unwrap();
+    assert!(matches!(error, KmsError::Timeout { .. }), "{error:?}");
+    assert!(error.is_retryable());
+    assert!(error.to_string().contains("kms:Sign"), "{error}");
+    // 2 s a attempt, 5 s for the call: a retry was made, and the call was cut at 5 s.
+    assert!(
+        waited > Duration::from_secs(2) && waited <= Duration::from_secs(5),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn debug_shows_the_key_id_only() {
+    let local = LocalKey::new();
+    let get = public_key_rule(&local);
+    let key = KmsSigningKey::new(client(&[&get]), ALIAS).await.unwrap();
+    assert_eq!(
+        format!("{key:?}"),
+        format!("KmsSigningKey {{ key_id: \"{ALIAS}\", .. }}")
+    );
+    let signer = format!("{:?}", key.signer(KID).unwrap());
+    assert!(
+        signer.contains(ALIAS) && !signer.contains("PUBLIC KEY") && !signer.contains("Client"),
+        "{signer}"
+    );
+    assert!(
+        key.public_key_pem()
+            .starts_with("-----BEGIN PUBLIC KEY-----\n")
+    );
+    assert_eq!(key.key_id(), ALIAS);
+}
