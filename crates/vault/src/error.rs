@@ -36,6 +36,12 @@ pub enum SecretProblem {
     EmptyField(String),
     /// The signing private key is not a usable P-521 key.
     SigningKey(truelayer_auth_signing::KeyError),
+    /// The secret holds a signing private key and names a key in AWS KMS: which one signs?
+    ConflictingSigningKeys,
+    /// The secret names a signing key in AWS KMS (`signing_kms_key_id`), and its signer was
+    /// asked for where it cannot be made: in a build without the `kms` feature, or from
+    /// [`LoadedSecret::signer`](crate::LoadedSecret::signer) alone.
+    NamesKmsKey,
 }
 
 impl fmt::Display for SecretProblem {
@@ -57,6 +63,19 @@ impl fmt::Display for SecretProblem {
             SecretProblem::NotAString(name) => write!(f, "the field `{name}` is not a string"),
             SecretProblem::EmptyField(name) => write!(f, "the field `{name}` is empty"),
             SecretProblem::SigningKey(_) => f.write_str("the signing private key is unusable"),
+            SecretProblem::ConflictingSigningKeys => f.write_str(
+                "the secret has both `signing_private_key` and `signing_kms_key_id`: keep the \
+                 one that signs",
+            ),
+            SecretProblem::NamesKmsKey if cfg!(feature = "kms") => f.write_str(
+                "the secret names a signing key in AWS KMS (`signing_kms_key_id`): its signer \
+                 comes from `SecretsManagerCredentials` or `KmsSigningKey`, not from the secret \
+                 alone",
+            ),
+            SecretProblem::NamesKmsKey => f.write_str(
+                "the secret names a signing key in AWS KMS (`signing_kms_key_id`), and this \
+                 build cannot sign with one: enable the `kms` feature of truelayer-auth-vault",
+            ),
         }
     }
 }
@@ -163,6 +182,22 @@ pub enum VaultError {
         /// What failed (also the error's `source()`).
         cause: AwsFailure,
     },
+    /// The secret names a signing key in AWS KMS (`signing_kms_key_id`) that could not be
+    /// set up: KMS's answer to `GetPublicKey`. Retryable when that is.
+    #[cfg(feature = "kms")]
+    KmsKey {
+        /// The secret id.
+        secret_id: String,
+        /// What KMS said (also the error's `source()`), naming the KMS key.
+        cause: crate::KmsError,
+    },
+    /// The secret names a signing key in AWS KMS, and the source has no KMS client: it was
+    /// built from a Secrets Manager client alone.
+    #[cfg(feature = "kms")]
+    NoKmsClient {
+        /// The secret id.
+        secret_id: String,
+    },
     /// Another error from Secrets Manager.
     Service {
         /// The secret id.
@@ -183,6 +218,8 @@ impl VaultError {
             | VaultError::Transport { .. }
             | VaultError::AwsCredentialsUnavailable { .. } => true,
             VaultError::Service { retryable, .. } => *retryable,
+            #[cfg(feature = "kms")]
+            VaultError::KmsKey { cause, .. } => cause.is_retryable(),
             _ => false,
         }
     }
@@ -238,6 +275,18 @@ impl fmt::Display for VaultError {
             VaultError::Service {
                 secret_id, code, ..
             } => write!(f, "AWS Secrets Manager answered {code} for secret `{secret_id}`"),
+            #[cfg(feature = "kms")]
+            VaultError::KmsKey { secret_id, .. } => write!(
+                f,
+                "the signing key in AWS KMS that secret `{secret_id}` names cannot be used"
+            ),
+            #[cfg(feature = "kms")]
+            VaultError::NoKmsClient { secret_id } => write!(
+                f,
+                "secret `{secret_id}` names a signing key in AWS KMS, but this source has no KMS \
+                 client: give one to `SecretsManagerCredentialsBuilder::kms_client`, or build \
+                 the source from an SdkConfig"
+            ),
         }
     }
 }
@@ -249,6 +298,8 @@ impl std::error::Error for VaultError {
             VaultError::MissingCredentials { cause }
             | VaultError::AwsCredentialsUnavailable { cause }
             | VaultError::Transport { cause, .. } => Some(cause),
+            #[cfg(feature = "kms")]
+            VaultError::KmsKey { cause, .. } => Some(cause),
             VaultError::NotFound { .. }
             | VaultError::AccessDenied { .. }
             | VaultError::Decryption { .. }
@@ -256,6 +307,8 @@ impl std::error::Error for VaultError {
             | VaultError::MissingRegion
             | VaultError::Timeout { .. }
             | VaultError::Service { .. } => None,
+            #[cfg(feature = "kms")]
+            VaultError::NoKmsClient { .. } => None,
         }
     }
 }
@@ -322,6 +375,24 @@ mod tests {
                 secret_id: id(),
                 code: "InternalServiceError".into(),
                 retryable: true,
+            },
+            #[cfg(feature = "kms")]
+            VaultError::KmsKey {
+                secret_id: id(),
+                cause: crate::KmsError::AccessDenied {
+                    key_id: "alias/truelayer-signing".into(),
+                    action: "kms:GetPublicKey",
+                },
+            },
+            #[cfg(feature = "kms")]
+            VaultError::NoKmsClient { secret_id: id() },
+            VaultError::Malformed {
+                secret_id: id(),
+                problem: SecretProblem::NamesKmsKey,
+            },
+            VaultError::Malformed {
+                secret_id: id(),
+                problem: SecretProblem::ConflictingSigningKeys,
             },
         ]
     }

@@ -29,7 +29,7 @@ use crate::error::SecretProblem;
 #[non_exhaustive]
 pub enum SecretFormat {
     /// A JSON object with the client_id, the client_secret and, optionally, a request-signing
-    /// key id and private key.
+    /// key id with either its private key or the id of a key in AWS KMS.
     Json {
         /// The field holding the client_id. Default `client_id`.
         client_id_field: String,
@@ -39,6 +39,9 @@ pub enum SecretFormat {
         signing_key_id_field: String,
         /// The optional field holding the signing private key (PEM). Default `signing_private_key`.
         signing_private_key_field: String,
+        /// The optional field naming a P-521 signing key in AWS KMS instead (its key id, ARN
+        /// or alias; feature `kms`). Default `signing_kms_key_id`.
+        signing_kms_key_id_field: String,
     },
     /// The value is the client secret alone.
     PlainSecret {
@@ -63,6 +66,7 @@ impl SecretFormat {
             client_secret_field: client_secret_field.into(),
             signing_key_id_field: "signing_key_id".into(),
             signing_private_key_field: "signing_private_key".into(),
+            signing_kms_key_id_field: "signing_kms_key_id".into(),
         }
     }
 
@@ -83,12 +87,15 @@ impl SecretFormat {
     }
 }
 
-/// Client credentials loaded from a secret, with the optional request-signing key.
+/// Client credentials loaded from a secret, with the optional request-signing key (held in
+/// the secret, or named in AWS KMS).
 #[derive(Clone)]
 pub struct LoadedSecret {
     credentials: ClientCredentials,
     signing_key_id: Option<SecretString>,
     signing_private_key: Option<SecretString>,
+    /// Not secret: an id (or ARN, or alias), named in errors and logs.
+    signing_kms_key_id: Option<String>,
     version_id: Option<String>,
 }
 
@@ -105,14 +112,49 @@ impl LoadedSecret {
             .map(|kid| kid.expose_secret().trim())
     }
 
+    /// The id of the signing key in AWS KMS, if the secret names one (`signing_kms_key_id`)
+    /// instead of holding a private key.
+    pub fn signing_kms_key_id(&self) -> Option<&str> {
+        self.signing_kms_key_id.as_deref().map(str::trim)
+    }
+
+    /// The request-signing key id and the KMS key id, when the secret names a key in KMS.
+    ///
+    /// # Errors
+    ///
+    /// [`SecretProblem::ConflictingSigningKeys`] when the secret also holds a private key,
+    /// [`SecretProblem::MissingField`] when it has no `signing_key_id`.
+    pub(crate) fn kms_signing_key(&self) -> Result<Option<(&str, &str)>, SecretProblem> {
+        let Some(kms_key_id) = self.signing_kms_key_id() else {
+            return Ok(None);
+        };
+        if self.signing_private_key.is_some() {
+            return Err(SecretProblem::ConflictingSigningKeys);
+        }
+        let kid = self
+            .signing_key_id()
+            .ok_or_else(|| SecretProblem::MissingField("signing_key_id".into()))?;
+        Ok(Some((kid, kms_key_id)))
+    }
+
     /// A request signer from the secret's `signing_key_id` and `signing_private_key`.
+    ///
+    /// A secret that names a key in AWS KMS (`signing_kms_key_id`) gets its signer from
+    /// [`SecretsManagerCredentials`](crate::SecretsManagerCredentials) (a `SignerSource`),
+    /// which asks KMS for the public key once; here it is
+    /// [`SecretProblem::NamesKmsKey`].
     ///
     /// # Errors
     ///
     /// [`SecretProblem::MissingField`] when the secret has no signing key, and
     /// [`SecretProblem::SigningKey`] when it is not a usable P-521 key (its source, the
-    /// signing crate's `KeyError`, says why, never quoting the key).
+    /// signing crate's `KeyError`, says why, never quoting the key);
+    /// [`SecretProblem::NamesKmsKey`] and [`SecretProblem::ConflictingSigningKeys`] for a
+    /// secret naming a key in KMS.
     pub fn signer(&self) -> Result<Signer, SecretProblem> {
+        if self.kms_signing_key()?.is_some() {
+            return Err(SecretProblem::NamesKmsKey);
+        }
         let (Some(kid), Some(pem)) = (&self.signing_key_id, &self.signing_private_key) else {
             let missing = if self.signing_key_id.is_none() {
                 "signing_key_id"
@@ -154,6 +196,7 @@ impl fmt::Debug for LoadedSecret {
                 "signing_private_key",
                 &self.signing_private_key.as_ref().map(|_| "[redacted]"),
             )
+            .field("signing_kms_key_id", &self.signing_kms_key_id)
             .field("version_id", &self.version_id)
             .finish()
     }
@@ -228,6 +271,7 @@ pub(crate) fn parse(
                 credentials,
                 signing_key_id: None,
                 signing_private_key: None,
+                signing_kms_key_id: None,
                 version_id,
             })
         }
@@ -236,6 +280,7 @@ pub(crate) fn parse(
             client_secret_field,
             signing_key_id_field,
             signing_private_key_field,
+            signing_kms_key_id_field,
         } => {
             let mut fields: HashMap<String, Field> =
                 serde_json::from_str(raw).map_err(|e| match e.classify() {
@@ -263,12 +308,15 @@ pub(crate) fn parse(
                 .ok_or_else(|| SecretProblem::MissingField(client_secret_field.clone()))?;
             let signing_key_id = take(signing_key_id_field, false)?;
             let signing_private_key = take(signing_private_key_field, false)?;
+            let signing_kms_key_id = take(signing_kms_key_id_field, false)?
+                .map(|id| id.expose_secret().trim().to_owned());
             let credentials = ClientCredentials::new(id.expose_secret(), secret)
                 .map_err(|_| SecretProblem::EmptyField(client_id_field.clone()))?;
             Ok(LoadedSecret {
                 credentials,
                 signing_key_id,
                 signing_private_key,
+                signing_kms_key_id,
                 version_id,
             })
         }
@@ -302,6 +350,43 @@ mod tests {
         assert!(
             !shown.contains("-----BEGIN") && !shown.contains("\"b\""),
             "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_secret_may_name_its_signing_key_in_kms_instead_of_holding_it() {
+        let s = parse_json(
+            r#"{"client_id":"m","client_secret":"s","signing_key_id":"kid","signing_kms_key_id":" alias/tl "}"#,
+        )
+        .unwrap();
+        assert_eq!(s.signing_kms_key_id(), Some("alias/tl"));
+        assert_eq!(s.kms_signing_key(), Ok(Some(("kid", "alias/tl"))));
+        // The signer needs KMS: not made from the secret alone.
+        assert_eq!(s.signer().unwrap_err(), SecretProblem::NamesKmsKey);
+        assert!(
+            format!("{s:?}").contains("alias/tl"),
+            "a key id, not a secret"
+        );
+
+        let both = parse_json(
+            r#"{"client_id":"m","client_secret":"s","signing_key_id":"kid","signing_kms_key_id":"alias/tl","signing_private_key":"-----BEGIN"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            both.signer().unwrap_err(),
+            SecretProblem::ConflictingSigningKeys
+        );
+        let no_kid =
+            parse_json(r#"{"client_id":"m","client_secret":"s","signing_kms_key_id":"alias/tl"}"#)
+                .unwrap();
+        assert_eq!(
+            no_kid.kms_signing_key(),
+            Err(SecretProblem::MissingField("signing_key_id".into()))
+        );
+        assert_eq!(
+            parse_json(r#"{"client_id":"m","client_secret":"s","signing_kms_key_id":7}"#)
+                .unwrap_err(),
+            SecretProblem::NotAString("signing_kms_key_id".into())
         );
     }
 

@@ -29,7 +29,9 @@
 //! # Signing with a key in AWS KMS (feature `kms`)
 //!
 //! [`KmsSigningKey`] signs TrueLayer requests with a P-521 key that never leaves AWS KMS, as
-//! a [`SigningBackend`](truelayer_auth_signing::SigningBackend). It is here, not in a crate
+//! a [`SigningBackend`](truelayer_auth_signing::SigningBackend). A secret can name such a key
+//! in `signing_kms_key_id` instead of holding `signing_private_key`; the signer
+//! [`SecretsManagerCredentials`] makes from it then signs with KMS. It is here, not in a crate
 //! of its own, because this crate is where the workspace's AWS code lives: one AWS SDK
 //! configuration (region, credentials chain, retries), one hyper/rustls client, and the
 //! same classification of AWS errors for both services.

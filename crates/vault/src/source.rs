@@ -69,6 +69,15 @@ struct Inner {
     reads: AtomicU64,
     /// The request signer built from the last secret, so its PEM is parsed once per version.
     signer: Mutex<Option<(Arc<LoadedSecret>, Signer)>>,
+    /// For secrets that name their signing key in KMS. None when built from a Secrets
+    /// Manager client alone.
+    #[cfg(feature = "kms")]
+    kms_client: Option<aws_sdk_kms::Client>,
+    /// The last KMS key set up and the kid it was set up for, kept across secret versions
+    /// that name both again, so its public key is asked for once. Locked while it is set up,
+    /// so callers share that call.
+    #[cfg(feature = "kms")]
+    kms_key: tokio::sync::Mutex<Option<(String, crate::KmsSigningKey)>>,
 }
 
 #[derive(Clone)]
@@ -99,6 +108,8 @@ pub struct SecretsManagerCredentialsBuilder {
     ttl: Duration,
     client: Option<Client>,
     sdk_config: Option<SdkConfig>,
+    #[cfg(feature = "kms")]
+    kms_client: Option<aws_sdk_kms::Client>,
 }
 
 impl SecretsManagerCredentialsBuilder {
@@ -138,16 +149,37 @@ impl SecretsManagerCredentialsBuilder {
         self
     }
 
+    /// Use this KMS client for a secret that names its signing key in KMS
+    /// (`signing_kms_key_id`). Default: one from the same AWS configuration as Secrets
+    /// Manager, the [`sdk_config`](Self::sdk_config) or the default chain. A source built
+    /// with a Secrets Manager [`client`](Self::client) (or
+    /// [`build_with_client`](Self::build_with_client)) has none unless given one here: an
+    /// SDK client does not hand out its credentials provider to make another.
+    #[cfg(feature = "kms")]
+    #[must_use]
+    pub fn kms_client(mut self, client: aws_sdk_kms::Client) -> Self {
+        self.kms_client = Some(client);
+        self
+    }
+
     /// Builds the source. Without a client or configuration, the AWS default chain is loaded
     /// (with 2 s attempt and 4.5 s operation timeouts, inside a token cache's default 5 s
     /// credentials timeout, so a slow Secrets Manager surfaces as this crate's
     /// [`VaultError::Timeout`] naming the secret, and the cache retries with backoff).
-    /// Nothing is fetched yet.
+    /// Nothing is fetched yet. With the `kms` feature, the KMS client for a secret that
+    /// names its signing key in KMS comes from the same configuration, unless
+    /// [`kms_client`](Self::kms_client) gave one.
     ///
     /// # Errors
     ///
     /// [`VaultError::MissingRegion`] when the configuration has no region.
-    pub async fn build(self) -> Result<SecretsManagerCredentials, VaultError> {
+    #[cfg_attr(not(feature = "kms"), allow(unused_mut))]
+    pub async fn build(mut self) -> Result<SecretsManagerCredentials, VaultError> {
+        #[cfg(feature = "kms")]
+        if let Some(config) = &self.sdk_config {
+            self.kms_client
+                .get_or_insert_with(|| aws_sdk_kms::Client::new(config));
+        }
         let client = match (&self.client, &self.sdk_config) {
             (Some(client), _) => client.clone(),
             (None, Some(config)) => client_from(config)?,
@@ -160,6 +192,9 @@ impl SecretsManagerCredentialsBuilder {
                     .timeout_config(timeouts)
                     .load()
                     .await;
+                #[cfg(feature = "kms")]
+                self.kms_client
+                    .get_or_insert_with(|| aws_sdk_kms::Client::new(&config));
                 client_from(&config)?
             }
         };
@@ -191,6 +226,10 @@ impl SecretsManagerCredentialsBuilder {
                 fetching: tokio::sync::Mutex::new(()),
                 reads: AtomicU64::new(0),
                 signer: Mutex::new(None),
+                #[cfg(feature = "kms")]
+                kms_client: self.kms_client,
+                #[cfg(feature = "kms")]
+                kms_key: tokio::sync::Mutex::new(None),
             }),
         })
     }
@@ -213,6 +252,8 @@ impl SecretsManagerCredentials {
             ttl: Duration::from_secs(3600),
             client: None,
             sdk_config: None,
+            #[cfg(feature = "kms")]
+            kms_client: None,
         }
     }
 
@@ -357,21 +398,76 @@ impl SecretsManagerCredentials {
 }
 
 impl SecretsManagerCredentials {
-    /// The signer for `secret`'s signing key, built once per secret version.
-    fn signer_for(&self, secret: &Arc<LoadedSecret>) -> Result<Signer, VaultError> {
-        let mut cached = self
-            .inner
-            .signer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((from, signer)) = cached.as_ref()
-            && Arc::ptr_eq(from, secret)
-        {
-            return Ok(signer.clone());
+    /// The signer for `secret`'s signing key, built once per secret version: from its
+    /// private key, or (feature `kms`) with the key in KMS it names.
+    async fn signer_for(&self, secret: &Arc<LoadedSecret>) -> Result<Signer, VaultError> {
+        if let Some(signer) = self.held_signer(secret) {
+            return Ok(signer);
+        }
+        #[cfg(feature = "kms")]
+        if let Some((kid, kms_key_id)) = secret.kms_signing_key().map_err(|p| self.malformed(p))? {
+            let key = self.kms_key(kid, kms_key_id).await?;
+            let signer = key
+                .signer(kid)
+                .map_err(|e| self.malformed(SecretProblem::SigningKey(e)))?;
+            self.hold_signer(secret, &signer);
+            return Ok(signer);
         }
         let signer = secret.signer().map_err(|p| self.malformed(p))?;
-        *cached = Some((secret.clone(), signer.clone()));
+        self.hold_signer(secret, &signer);
         Ok(signer)
+    }
+
+    fn signers(&self) -> std::sync::MutexGuard<'_, Option<(Arc<LoadedSecret>, Signer)>> {
+        self.inner
+            .signer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn held_signer(&self, secret: &Arc<LoadedSecret>) -> Option<Signer> {
+        match self.signers().as_ref() {
+            Some((from, signer)) if Arc::ptr_eq(from, secret) => Some(signer.clone()),
+            _ => None,
+        }
+    }
+
+    fn hold_signer(&self, secret: &Arc<LoadedSecret>, signer: &Signer) {
+        *self.signers() = Some((secret.clone(), signer.clone()));
+    }
+
+    /// The KMS key `kms_key_id`, set up (its public key asked for) unless the last secret
+    /// version named it with the same `kid`. A new kid with the same id is a rotation by
+    /// alias: the alias is resolved again.
+    #[cfg(feature = "kms")]
+    async fn kms_key(
+        &self,
+        kid: &str,
+        kms_key_id: &str,
+    ) -> Result<crate::KmsSigningKey, VaultError> {
+        let mut held = self.inner.kms_key.lock().await;
+        if let Some((held_kid, key)) = held.as_ref()
+            && held_kid == kid
+            && key.key_id() == kms_key_id
+        {
+            return Ok(key.clone());
+        }
+        let secret_id = || self.inner.secret_id.clone();
+        let client = self
+            .inner
+            .kms_client
+            .clone()
+            .ok_or_else(|| VaultError::NoKmsClient {
+                secret_id: secret_id(),
+            })?;
+        let key = crate::KmsSigningKey::new(client, kms_key_id)
+            .await
+            .map_err(|cause| VaultError::KmsKey {
+                secret_id: secret_id(),
+                cause,
+            })?;
+        *held = Some((kid.to_owned(), key.clone()));
+        Ok(key)
     }
 }
 
@@ -391,17 +487,17 @@ impl SignerSource for SecretsManagerCredentials {
                 && self.inner.fetching.try_lock().is_err()
                 && let Some(held) = self.cached()
             {
-                return Ok(self.signer_for(&held.secret)?);
+                return Ok(self.signer_for(&held.secret).await?);
             }
             let secret = self.secret().await?;
-            Ok(self.signer_for(&secret)?)
+            Ok(self.signer_for(&secret).await?)
         })
     }
 
     fn reload(&self, _request: &http::Extensions) -> SignerFuture<'_> {
         Box::pin(async move {
             let secret = self.reload_secret().await?;
-            Ok(self.signer_for(&secret)?)
+            Ok(self.signer_for(&secret).await?)
         })
     }
 }
@@ -501,5 +597,34 @@ mod tests {
             "the reload read the secret itself"
         );
         assert_eq!(get.num_calls(), 2);
+    }
+
+    /// Run with `cargo test -p truelayer-auth-vault --lib` (CI builds with every feature).
+    #[cfg(not(feature = "kms"))]
+    #[tokio::test]
+    async fn without_the_kms_feature_a_secret_naming_a_kms_key_says_to_enable_it() {
+        let get = mock!(Client::get_secret_value).then_output(|| {
+            GetSecretValueOutput::builder()
+                .secret_string(
+                    r#"{"client_id":"m","client_secret":"s","signing_key_id":"kid","signing_kms_key_id":"alias/tl"}"#,
+                )
+                .build()
+        });
+        let client = mock_client!(aws_sdk_secretsmanager, RuleMode::MatchAny, [&get]);
+        let creds = SecretsManagerCredentials::builder("id")
+            .client(client)
+            .build()
+            .await
+            .unwrap();
+        // The client credentials are served all the same.
+        creds.secret().await.unwrap();
+        let error = SignerSource::signer(&creds, &http::Extensions::new())
+            .await
+            .unwrap_err();
+        let chain = truelayer_auth::error_chain(&*error).to_string();
+        assert!(
+            chain.contains("signing_kms_key_id") && chain.contains("enable the `kms` feature"),
+            "{chain}"
+        );
     }
 }

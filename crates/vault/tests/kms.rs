@@ -416,3 +416,198 @@ async fn debug_shows_the_key_id_only() {
     );
     assert_eq!(key.key_id(), ALIAS);
 }
+
+/// A secret that names its signing key in KMS: the signer `SecretsManagerCredentials` hands
+/// the signing layer.
+mod secret {
+    use std::time::Duration;
+
+    use aws_sdk_secretsmanager::config::retry::RetryConfig;
+    use aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueOutput;
+    use aws_smithy_mocks::{Rule, RuleMode, mock_client};
+    use p521::pkcs8::{EncodePublicKey, LineEnding};
+    use truelayer_auth_signing::{Signer, SignerSource, Verifier};
+    use truelayer_auth_vault::{SecretProblem, SecretsManagerCredentials, VaultError};
+
+    use super::*;
+
+    const SECRET_ID: &str = "prod/truelayer/merchant-a";
+
+    fn secrets_manager(value: String) -> (aws_sdk_secretsmanager::Client, Rule) {
+        let get = mock!(aws_sdk_secretsmanager::Client::get_secret_value).then_output(move || {
+            GetSecretValueOutput::builder()
+                .secret_string(value.clone())
+                .build()
+        });
+        let client = mock_client!(aws_sdk_secretsmanager, RuleMode::MatchAny, [&get], |c| c
+            .retry_config(RetryConfig::disabled()));
+        (client, get)
+    }
+
+    fn naming(fields: &str) -> String {
+        format!(r#"{{"client_id":"merchant-a","client_secret":"s3cret",{fields}}}"#)
+    }
+
+    async fn signer(creds: &SecretsManagerCredentials) -> Result<Signer, VaultError> {
+        SignerSource::signer(creds, &http::Extensions::new())
+            .await
+            .map_err(|e| {
+                e.downcast_ref::<VaultError>()
+                    .expect("a VaultError")
+                    .clone()
+            })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn signs_with_the_kms_key_under_the_secrets_signing_key_id_asking_for_it_once() {
+        let local = LocalKey::new();
+        let get_key = public_key_rule(&local);
+        let (sign, _) = sign_rule(&local);
+        let (sm, get_secret) = secrets_manager(naming(&format!(
+            r#""signing_key_id":"{KID}","signing_kms_key_id":"{ALIAS}""#
+        )));
+        let creds = SecretsManagerCredentials::builder(SECRET_ID)
+            .client(sm)
+            .kms_client(client(&[&get_key, &sign]))
+            .ttl(Duration::from_secs(60))
+            .build()
+            .await
+            .unwrap();
+        let loaded = creds.secret().await.unwrap();
+        assert_eq!(loaded.signing_kms_key_id(), Some(ALIAS));
+
+        let signer = signer(&creds).await.unwrap();
+        assert_eq!(signer.kid(), KID);
+        let request = payment(br#"{"amount_in_minor":100}"#);
+        let tl_signature = signer.sign(&request).await.unwrap();
+        let public_pem = local
+            .signing
+            .verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap();
+        Verifier::from_public_pem(public_pem.as_bytes())
+            .unwrap()
+            .verify(&request, &tl_signature)
+            .unwrap();
+        assert_eq!(sign.num_calls(), 1);
+
+        // Read again after the TTL: the same KMS key, so its public key is not asked again.
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let again = super::secret::signer(&creds).await.unwrap();
+        assert_eq!(get_secret.num_calls(), 2, "the secret was read again");
+        assert!(again.same_key(&signer));
+        assert_eq!(get_key.num_calls(), 1, "GetPublicKey once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_kid_for_the_same_alias_is_a_rotation_and_asks_kms_again() {
+        let local = LocalKey::new();
+        let get_key = public_key_rule(&local);
+        let get = mock!(aws_sdk_secretsmanager::Client::get_secret_value)
+            .sequence()
+            .output(|| {
+                GetSecretValueOutput::builder()
+                    .secret_string(naming(&format!(
+                        r#""signing_key_id":"kid-1","signing_kms_key_id":"{ALIAS}""#
+                    )))
+                    .build()
+            })
+            .output(|| {
+                GetSecretValueOutput::builder()
+                    .secret_string(naming(&format!(
+                        r#""signing_key_id":"kid-2","signing_kms_key_id":"{ALIAS}""#
+                    )))
+                    .build()
+            })
+            .build();
+        let sm = mock_client!(aws_sdk_secretsmanager, RuleMode::MatchAny, [&get], |c| c
+            .retry_config(RetryConfig::disabled()));
+        let creds = SecretsManagerCredentials::builder(SECRET_ID)
+            .client(sm)
+            .kms_client(client(&[&get_key]))
+            .ttl(Duration::from_secs(60))
+            .build()
+            .await
+            .unwrap();
+        assert_eq!(signer(&creds).await.unwrap().kid(), "kid-1");
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(signer(&creds).await.unwrap().kid(), "kid-2");
+        // The alias may point at another key now: it is resolved again.
+        assert_eq!(get_key.num_calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_secret_must_name_one_signing_key_and_its_kid() {
+        for (fields, problem) in [
+            (
+                format!(
+                    r##""signing_key_id":"{KID}","signing_kms_key_id":"{ALIAS}","signing_private_key":"-----BEGIN""##
+                ),
+                SecretProblem::ConflictingSigningKeys,
+            ),
+            (
+                format!(r#""signing_kms_key_id":"{ALIAS}""#),
+                SecretProblem::MissingField("signing_key_id".into()),
+            ),
+        ] {
+            let local = LocalKey::new();
+            let get_key = public_key_rule(&local);
+            let (sm, _) = secrets_manager(naming(&fields));
+            let creds = SecretsManagerCredentials::builder(SECRET_ID)
+                .client(sm)
+                .kms_client(client(&[&get_key]))
+                .build()
+                .await
+                .unwrap();
+            let error = signer(&creds).await.unwrap_err();
+            assert!(
+                matches!(&error, VaultError::Malformed { problem: p, .. } if *p == problem),
+                "{fields}: {error:?}"
+            );
+            assert_eq!(get_key.num_calls(), 0, "{fields}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_kms_key_that_cannot_be_used_names_the_secret_and_the_missing_action() {
+        let get_key = mock!(Client::get_public_key)
+            .then_http_response(|| kms_error(400, "AccessDeniedException"));
+        let (sm, _) = secrets_manager(naming(&format!(
+            r#""signing_key_id":"{KID}","signing_kms_key_id":"{ALIAS}""#
+        )));
+        let creds = SecretsManagerCredentials::builder(SECRET_ID)
+            .client(sm)
+            .kms_client(client(&[&get_key]))
+            .build()
+            .await
+            .unwrap();
+        let error = signer(&creds).await.unwrap_err();
+        assert!(matches!(error, VaultError::KmsKey { .. }), "{error:?}");
+        assert!(!error.is_retryable());
+        let chain = truelayer_auth::error_chain(&error).to_string();
+        assert!(
+            chain.contains(SECRET_ID)
+                && chain.contains(ALIAS)
+                && chain.contains("kms:GetPublicKey"),
+            "{chain}"
+        );
+        assert!(!chain.contains("s3cret"), "{chain}");
+    }
+
+    #[tokio::test]
+    async fn a_source_built_from_a_secrets_manager_client_alone_asks_for_a_kms_client() {
+        let (sm, _) = secrets_manager(naming(&format!(
+            r#""signing_key_id":"{KID}","signing_kms_key_id":"{ALIAS}""#
+        )));
+        let creds = SecretsManagerCredentials::builder(SECRET_ID)
+            .client(sm)
+            .build()
+            .await
+            .unwrap();
+        // The client credentials are served all the same.
+        creds.secret().await.unwrap();
+        let error = signer(&creds).await.unwrap_err();
+        assert!(matches!(error, VaultError::NoKmsClient { .. }), "{error:?}");
+        assert!(error.to_string().contains("kms_client"), "{error}");
+    }
+}

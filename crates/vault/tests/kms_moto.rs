@@ -9,9 +9,9 @@
 
 use aws_config::SdkConfig;
 use aws_sdk_kms::types::{KeySpec, KeyUsageType};
-use truelayer_auth_signing::{Signable, Verifier};
+use truelayer_auth_signing::{Signable, SignerSource, Verifier};
 use truelayer_auth_testkit::moto;
-use truelayer_auth_vault::{KmsError, KmsSigningKey};
+use truelayer_auth_vault::{KmsError, KmsSigningKey, SecretsManagerCredentials};
 
 /// The region these tests keep their keys in.
 const REGION: &str = "eu-west-2";
@@ -77,6 +77,35 @@ async fn a_p521_key_in_kms_signs_requests_both_verifiers_accept() {
             .kid,
         KID
     );
+}
+
+#[tokio::test]
+#[ignore = "needs moto: run cargo xtask ci"]
+async fn a_secret_naming_a_kms_key_signs_with_it_through_one_aws_configuration() {
+    let config = moto::config(REGION).await;
+    let key_id = create_key(&config, KeySpec::EccNistP521, KeyUsageType::SignVerify).await;
+    let name = format!("tests/kms/{key_id}");
+    moto::create_secret(
+        &config,
+        &name,
+        &format!(
+            r#"{{"client_id":"merchant-a","client_secret":"s3cret","signing_key_id":"{KID}","signing_kms_key_id":"{key_id}"}}"#
+        ),
+    )
+    .await;
+    // One SdkConfig: Secrets Manager and KMS both.
+    let creds = SecretsManagerCredentials::builder(&name)
+        .sdk_config(config.clone())
+        .build()
+        .await
+        .unwrap();
+    let signer = creds.signer(&http::Extensions::new()).await.unwrap();
+    assert_eq!(signer.kid(), KID);
+    let tl_signature = signer.sign(&payment()).await.unwrap();
+    let public = KmsSigningKey::new(aws_sdk_kms::Client::new(&config), &key_id)
+        .await
+        .unwrap();
+    verify_with_both(public.public_key_pem(), &tl_signature);
 }
 
 #[tokio::test]
