@@ -75,6 +75,16 @@ pub(crate) struct ProxyArgs {
     /// The P-521 private key (PEM) to sign POST, PUT, PATCH and DELETE requests with.
     #[arg(long, env = "TRUELAYER_SIGNING_KEY_FILE", value_name = "PATH")]
     signing_key_file: Option<PathBuf>,
+    /// Sign with this AWS KMS key instead (an `ECC_NIST_P521` `SIGN_VERIFY` key: its id,
+    /// ARN or alias); the private key never leaves KMS: one `kms:Sign` per signed request.
+    /// AWS region and credentials come from the default chain.
+    #[arg(
+        long,
+        env = "TRUELAYER_SIGNING_KMS_KEY_ID",
+        value_name = "KMS_KEY_ID",
+        conflicts_with = "signing_key_file"
+    )]
+    signing_kms_key_id: Option<String>,
     /// The id TrueLayer Console shows for the signing key's public half.
     #[arg(long, env = "TRUELAYER_SIGNING_KEY_ID", value_name = "KID")]
     signing_key_id: Option<String>,
@@ -120,8 +130,9 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), Failure> {
         )));
     }
     // Both or neither, said before anything else is looked at.
-    crate::sign::signing_key(
+    let signing_key = crate::sign::signing_key(
         args.signing_key_file.as_deref(),
+        args.signing_kms_key_id.as_deref(),
         args.signing_key_id.as_deref(),
     )?;
     let resolved = args.auth.resolve().await?;
@@ -129,12 +140,7 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), Failure> {
         url: upstream,
         emulator,
     } = upstream(args.upstream.as_deref(), &resolved)?;
-    let keys = keys(
-        args.signing_key_file.as_deref(),
-        args.signing_key_id.as_deref(),
-        &resolved,
-    )
-    .await?;
+    let keys = keys(signing_key, &resolved).await?;
     let tokens = TokenCache::builder(resolved.environment.clone(), resolved.source.clone())
         .scopes(resolved.scopes.clone())
         .build()
@@ -314,27 +320,16 @@ fn upstream(given: Option<&str>, resolved: &Resolved) -> Result<Upstream, Failur
     }
 }
 
-/// The signer: a key file, the embedded emulator's key, or the Secrets Manager secret's
-/// signing key when it has one.
+/// The signer: a key file or a KMS key, the embedded emulator's key, or the Secrets Manager
+/// secret's signing key when it has one.
 async fn keys(
-    file: Option<&std::path::Path>,
-    kid: Option<&str>,
+    given: Option<(crate::sign::KeySource<'_>, &str)>,
     resolved: &Resolved,
 ) -> Result<Option<Keys>, Failure> {
-    if let (Some(file), Some(kid)) = (file, kid) {
-        let pem = zeroize::Zeroizing::new(std::fs::read(file).map_err(|e| {
-            Failure::usage(format!(
-                "could not read the signing key {}: {e}",
-                file.display()
-            ))
-        })?);
-        let signer = Signer::from_pem(kid, &pem).map_err(|e| {
-            Failure::usage(format!(
-                "the signing key {} is unusable: {e}",
-                file.display()
-            ))
-        })?;
-        return Ok(Some(Keys::Fixed(signer)));
+    if let Some((source, kid)) = given {
+        return Ok(Some(Keys::Fixed(
+            crate::sign::load_signer(source, kid).await?,
+        )));
     }
     if let Some(emulator) = &resolved.embedded {
         let signer = Signer::from_pem(

@@ -79,6 +79,16 @@ pub(crate) struct SignArgs {
         value_name = "PATH"
     )]
     key_file: Option<PathBuf>,
+    /// Sign with this AWS KMS key instead (an `ECC_NIST_P521` `SIGN_VERIFY` key: its id,
+    /// ARN or alias); the private key never leaves KMS. AWS region and credentials come
+    /// from the default chain.
+    #[arg(
+        long = "signing-kms-key-id",
+        env = "TRUELAYER_SIGNING_KMS_KEY_ID",
+        value_name = "KMS_KEY_ID",
+        conflicts_with = "key_file"
+    )]
+    kms_key_id: Option<String>,
     /// The key id TrueLayer Console shows for its public half.
     #[arg(
         long = "signing-key-id",
@@ -91,17 +101,55 @@ pub(crate) struct SignArgs {
     request: RequestArgs,
 }
 
-/// `--signing-key-file` and `--signing-key-id` (or their environment variables): both or
-/// neither, with an error that names only the one missing. Checked here rather than by
-/// clap, whose error would list every argument given as if it were required.
+/// Where a signing key is: a PEM file, or an AWS KMS key.
+pub(crate) enum KeySource<'a> {
+    File(&'a Path),
+    Kms(&'a str),
+}
+
+/// The signer for `source` under `kid`: the key read from its file (zeroized after
+/// parsing), or the KMS key, whose public key is fetched once and checked to be P-521.
+pub(crate) async fn load_signer(source: KeySource<'_>, kid: &str) -> Result<Signer, Failure> {
+    match source {
+        KeySource::File(file) => {
+            let pem = read(file, "key file")?;
+            Signer::from_pem(kid, &pem).map_err(|e| {
+                Failure::usage(format!(
+                    "the signing key {} is unusable: {e}",
+                    file.display()
+                ))
+            })
+        }
+        KeySource::Kms(key_id) => {
+            let key = truelayer_auth_vault::KmsSigningKey::from_env(key_id)
+                .await
+                .map_err(|e| Failure::usage(truelayer_auth::error_chain(&e)))?;
+            key.signer(kid).map_err(|e| Failure::usage(e.to_string()))
+        }
+    }
+}
+
+/// `--signing-key-file` or `--signing-kms-key-id`, and `--signing-key-id` (or their
+/// environment variables): both or neither, with an error that names only the one missing.
+/// Checked here rather than by clap, whose error would list every argument given as if it
+/// were required.
 pub(crate) fn signing_key<'a>(
     file: Option<&'a Path>,
+    kms_key_id: Option<&'a str>,
     id: Option<&'a str>,
-) -> Result<Option<(&'a Path, &'a str)>, Failure> {
-    match (file, id) {
-        (Some(file), Some(id)) => Ok(Some((file, id))),
+) -> Result<Option<(KeySource<'a>, &'a str)>, Failure> {
+    let source = match (file, kms_key_id) {
+        (Some(file), _) => Some(KeySource::File(file)),
+        (None, Some(kms)) => Some(KeySource::Kms(kms)),
+        (None, None) => None,
+    };
+    match (source, id) {
+        (Some(source), Some(id)) => Ok(Some((source, id))),
         (None, None) => Ok(None),
-        (Some(_), None) => Err(Failure::usage(
+        (Some(KeySource::Kms(_)), None) => Err(Failure::usage(
+            "a KMS signing key (--signing-kms-key-id or TRUELAYER_SIGNING_KMS_KEY_ID) needs              the id TrueLayer Console shows for its public half: pass --signing-key-id or set              TRUELAYER_SIGNING_KEY_ID",
+        )),
+        (Some(KeySource::File(_)), None) => Err(Failure::usage(
             "a signing key file (--signing-key-file or TRUELAYER_SIGNING_KEY_FILE) needs its \
              id: pass --signing-key-id or set TRUELAYER_SIGNING_KEY_ID, the id TrueLayer \
              Console shows for the key's public half",
@@ -109,7 +157,7 @@ pub(crate) fn signing_key<'a>(
         (None, Some(_)) => Err(Failure::usage(
             "a signing key id (--signing-key-id or TRUELAYER_SIGNING_KEY_ID) needs its key: \
              pass --signing-key-file or set TRUELAYER_SIGNING_KEY_FILE, the P-521 private key \
-             (PEM)",
+             (PEM), or --signing-kms-key-id for a key in AWS KMS",
         )),
     }
 }
@@ -148,16 +196,19 @@ fn read(path: &Path, what: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, Failure>
 }
 
 pub(crate) async fn sign(args: SignArgs) -> Result<(), Failure> {
-    let (key_file, kid) =
-        signing_key(args.key_file.as_deref(), args.kid.as_deref())?.ok_or_else(|| {
-            Failure::usage(
-                "no signing key: pass --signing-key-file and --signing-key-id, or set \
-                 TRUELAYER_SIGNING_KEY_FILE and TRUELAYER_SIGNING_KEY_ID (`tlauth emulator` \
-                 prints both for its own key)",
-            )
-        })?;
-    let pem = read(key_file, "key file")?;
-    let signer = Signer::from_pem(kid, &pem).map_err(|e| Failure::usage(e.to_string()))?;
+    let (source, kid) = signing_key(
+        args.key_file.as_deref(),
+        args.kms_key_id.as_deref(),
+        args.kid.as_deref(),
+    )?
+    .ok_or_else(|| {
+        Failure::usage(
+            "no signing key: pass --signing-key-file (or --signing-kms-key-id) and \
+             --signing-key-id, or set TRUELAYER_SIGNING_KEY_FILE and TRUELAYER_SIGNING_KEY_ID \
+             (`tlauth emulator` prints both for its own key)",
+        )
+    })?;
+    let signer = load_signer(source, kid).await?;
     let (headers, body) = args.request.parts()?;
     let method = &args.request.method;
     let modifying = MODIFYING.iter().any(|m| m.eq_ignore_ascii_case(method));

@@ -116,6 +116,20 @@ impl fmt::Debug for KmsSigningKey {
 }
 
 impl KmsSigningKey {
+    /// The key `key_id` with a KMS client from the AWS default chain (region, credentials,
+    /// `AWS_ENDPOINT_URL` and the rest of the environment and profile), as `tlauth` uses it.
+    /// See [`new`](Self::new), whose timeouts apply.
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](Self::new).
+    pub async fn from_env(key_id: impl Into<String>) -> Result<Self, KmsError> {
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .load()
+            .await;
+        Self::new(Client::new(&config), key_id).await
+    }
+
     /// The key `key_id` (a key id, key ARN, alias name or alias ARN) of this KMS client:
     /// asks KMS for its public key and checks it can sign TrueLayer requests.
     ///

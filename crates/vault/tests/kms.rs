@@ -611,3 +611,57 @@ mod secret {
         assert!(error.to_string().contains("kms_client"), "{error}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn when_kms_throttles_or_denies_the_signing_layer_sends_nothing_and_says_why() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::{Layer, ServiceExt};
+    use truelayer_auth_signing::{SigningError, SigningLayer};
+
+    for (code, retryable) in [
+        ("ThrottlingException", true),
+        ("AccessDeniedException", false),
+    ] {
+        let local = LocalKey::new();
+        let get = public_key_rule(&local);
+        let sign = mock!(Client::sign)
+            .sequence()
+            .http_response(move || kms_error(400, code))
+            .repeatedly()
+            .build();
+        let key = KmsSigningKey::new(client(&[&get, &sign]), ALIAS)
+            .await
+            .unwrap();
+        let sent = Arc::new(AtomicUsize::new(0));
+        let upstream = {
+            let sent = sent.clone();
+            tower::service_fn(
+                move |_: http::Request<http_body_util::Full<bytes::Bytes>>| {
+                    sent.fetch_add(1, Ordering::SeqCst);
+                    async { Ok::<_, std::convert::Infallible>(http::Response::new(())) }
+                },
+            )
+        };
+        let request = http::Request::post("https://api.truelayer.com/v3/payments")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+            .unwrap();
+        let error = SigningLayer::new(key.signer(KID).unwrap())
+            .layer(upstream)
+            .oneshot(request)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            sent.load(Ordering::SeqCst),
+            0,
+            "{code}: nothing is sent unsigned"
+        );
+        let SigningError::Sign(cause) = &error else {
+            panic!("{code}: {error:?}");
+        };
+        assert_eq!(kms_cause(cause).is_retryable(), retryable, "{code}");
+        // Bounded: the SDK's standard mode makes at most 3 attempts.
+        assert!(sign.num_calls() <= 3, "{code}: {} calls", sign.num_calls());
+        assert!(error.to_string().contains("not sent"), "{error}");
+    }
+}
