@@ -806,7 +806,11 @@ async fn sign<E>(
     for (name, value) in &extra {
         request = request.header(name, value.as_bytes());
     }
-    let signature = signer.sign(&request).await.map_err(SigningError::Sign)?;
+    // A span of its own, so a backend's events (a KMS `Sign`'s latency) are the signature's.
+    let span = tracing::debug_span!("tl_signature", kid = signer.kid());
+    let signature = tracing::Instrument::instrument(signer.sign(&request), span)
+        .await
+        .map_err(SigningError::Sign)?;
     let value = HeaderValue::from_str(&signature)
         .unwrap_or_else(|_| unreachable!("base64url and dots are valid header characters"));
     parts.headers.insert(TL_SIGNATURE, value);

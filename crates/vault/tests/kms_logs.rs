@@ -37,4 +37,30 @@ async fn each_sign_logs_its_latency_and_the_kms_key_id_in_the_callers_span() {
     );
     assert!(line.contains(&format!("kms_key_id={ALIAS}")), "{line}");
     assert!(line.contains("latency_ms="), "{line}");
+
+    // Through the signing layer, the event is in the layer's `tl_signature` span.
+    use tower::{Layer, ServiceExt};
+    let upstream = tower::service_fn(
+        |_: http::Request<http_body_util::Full<bytes::Bytes>>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(()))
+        },
+    );
+    let request = http::Request::post("https://api.truelayer.com/v3/payments")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+        .unwrap();
+    truelayer_auth_signing::SigningLayer::new(signer)
+        .layer(upstream)
+        .oneshot(request)
+        .await
+        .unwrap();
+    let text = logs.text();
+    let line = text
+        .lines()
+        .filter(|line| line.contains("KMS Sign"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no second KMS Sign event in {text}"));
+    assert!(
+        line.contains(&format!("tl_signature{{kid=\"{KID}\"}}")),
+        "in the signing layer's span: {line}"
+    );
 }
