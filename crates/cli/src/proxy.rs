@@ -82,6 +82,7 @@ pub(crate) struct ProxyArgs {
         long,
         env = "TRUELAYER_SIGNING_KMS_KEY_ID",
         value_name = "KMS_KEY_ID",
+        value_parser = clap::builder::NonEmptyStringValueParser::new(),
         conflicts_with = "signing_key_file"
     )]
     signing_kms_key_id: Option<String>,
@@ -342,13 +343,33 @@ async fn keys(
     if let CredentialsKind::Vault(vault) = &resolved.kind {
         return match vault.signer(&http::Extensions::new()).await {
             Ok(_) => Ok(Some(Keys::Vault(vault.clone()))),
-            Err(e) => {
-                tracing::warn!(
-                    error = %truelayer_auth::error_chain(&*e),
-                    "the secret has no usable signing key: requests are not signed"
-                );
-                Ok(None)
-            }
+            Err(e) => match e.downcast_ref::<truelayer_auth_vault::VaultError>() {
+                // The secret has no signing key at all: unsigned, and the start line warns.
+                Some(truelayer_auth_vault::VaultError::Malformed {
+                    problem: truelayer_auth_vault::SecretProblem::MissingField(_),
+                    ..
+                }) => {
+                    tracing::warn!(
+                        error = %truelayer_auth::error_chain(&*e),
+                        "the secret has no signing key: requests are not signed"
+                    );
+                    Ok(None)
+                }
+                // A passing failure (KMS or Secrets Manager throttled or slow): sign from the
+                // secret anyway; each request asks again, and fails rather than go unsigned.
+                Some(vault_error) if vault_error.is_retryable() => {
+                    tracing::warn!(
+                        error = %truelayer_auth::error_chain(&*e),
+                        "the signing key could not be had at start; each request will ask again"
+                    );
+                    Ok(Some(Keys::Vault(vault.clone())))
+                }
+                // Denied, disabled, a wrong key: a mistake to fix, not to run without.
+                _ => Err(Failure::usage(format!(
+                    "the secret's signing key is unusable: {}",
+                    truelayer_auth::error_chain(&*e)
+                ))),
+            },
         };
     }
     Ok(None)

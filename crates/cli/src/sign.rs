@@ -4,7 +4,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use truelayer_auth_signing::{IDEMPOTENCY_KEY, KeyError, Signable, Signer, Verifier, VerifyError};
+use truelayer_auth_signing::{
+    IDEMPOTENCY_KEY, KeyError, Signable, SignatureError, Signer, Verifier, VerifyError,
+};
 
 use crate::Failure;
 
@@ -86,6 +88,7 @@ pub(crate) struct SignArgs {
         long = "signing-kms-key-id",
         env = "TRUELAYER_SIGNING_KMS_KEY_ID",
         value_name = "KMS_KEY_ID",
+        value_parser = clap::builder::NonEmptyStringValueParser::new(),
         conflicts_with = "key_file"
     )]
     kms_key_id: Option<String>,
@@ -123,8 +126,17 @@ pub(crate) async fn load_signer(source: KeySource<'_>, kid: &str) -> Result<Sign
         KeySource::Kms(key_id) => {
             let key = truelayer_auth_vault::KmsSigningKey::from_env(key_id)
                 .await
-                .map_err(|e| Failure::usage(truelayer_auth::error_chain(&e)))?;
-            key.signer(kid).map_err(|e| Failure::usage(e.to_string()))
+                .map_err(|e| {
+                    // A passing failure (throttled, slow) is the work failing, not the usage.
+                    let chain = truelayer_auth::error_chain(&e);
+                    if e.is_retryable() {
+                        Failure::failed(chain)
+                    } else {
+                        Failure::usage(chain)
+                    }
+                })?;
+            key.signer(kid)
+                .map_err(|e| Failure::usage(truelayer_auth::error_chain(&e)))
         }
     }
 }
@@ -147,7 +159,9 @@ pub(crate) fn signing_key<'a>(
         (Some(source), Some(id)) => Ok(Some((source, id))),
         (None, None) => Ok(None),
         (Some(KeySource::Kms(_)), None) => Err(Failure::usage(
-            "a KMS signing key (--signing-kms-key-id or TRUELAYER_SIGNING_KMS_KEY_ID) needs              the id TrueLayer Console shows for its public half: pass --signing-key-id or set              TRUELAYER_SIGNING_KEY_ID",
+            "a KMS signing key (--signing-kms-key-id or TRUELAYER_SIGNING_KMS_KEY_ID) needs \
+             the id TrueLayer Console shows for its public half: pass --signing-key-id or set \
+             TRUELAYER_SIGNING_KEY_ID",
         )),
         (Some(KeySource::File(_)), None) => Err(Failure::usage(
             "a signing key file (--signing-key-file or TRUELAYER_SIGNING_KEY_FILE) needs its \
@@ -227,10 +241,11 @@ pub(crate) async fn sign(args: SignArgs) -> Result<(), Failure> {
     let request = Signable::new(&args.request.method, &args.request.path)
         .headers(headers.iter().map(|(n, v)| (n.as_str(), v.as_str())))
         .body(&body);
-    let signature = signer
-        .sign(&request)
-        .await
-        .map_err(|e| Failure::usage(e.to_string()))?;
+    // The whole chain: with KMS, the cause (denied `kms:Sign`, throttled) is what to act on.
+    let signature = signer.sign(&request).await.map_err(|e| match &e {
+        SignatureError::Backend(_) => Failure::failed(truelayer_auth::error_chain(&e)),
+        _ => Failure::usage(truelayer_auth::error_chain(&e)),
+    })?;
     writeln!(std::io::stdout(), "{signature}")
         .map_err(|e| Failure::failed(format!("writing the signature: {e}")))
 }

@@ -156,3 +156,40 @@ async fn tlauth_proxy_signs_with_a_kms_key_and_the_payment_is_created() {
     assert_eq!(status, 201, "{}", created.text().await.unwrap());
     assert_eq!(emulator.stats().signature_rejections, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs moto: run cargo xtask ci"]
+async fn a_secret_naming_a_kms_key_that_cannot_be_used_stops_the_proxy_instead_of_running_unsigned()
+{
+    let emulator = Emulator::start().await.unwrap();
+    let config = moto::config(REGION).await;
+    let name = format!("cli/kms-missing/{}", std::process::id());
+    let value = serde_json::json!({
+        "client_id": emulator.client_id(),
+        "client_secret": emulator.client_secret(),
+        "signing_key_id": "kms-kid",
+        "signing_kms_key_id": "alias/no-such-key",
+    })
+    .to_string();
+    moto::create_secret(&config, &name, &value).await;
+    let env_url = emulator.url();
+    let mut child = tlauth(
+        &["proxy", "--listen", "127.0.0.1:0", "--secret-id", &name],
+        &[("TRUELAYER_ENV", &env_url)],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    // Its standard error until it exits, or until it says it listens (then it runs, unsigned).
+    let lines: Vec<String> = BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map(Result::unwrap)
+        .take_while(|line| !line.contains("proxy listening"))
+        .collect();
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    let stderr = lines.join("\n");
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("alias/no-such-key"), "{stderr}");
+}

@@ -283,6 +283,24 @@ impl Signer {
         })
     }
 
+    /// A signer whose key lives behind `backend`, known by its public key (any stable
+    /// encoding of it, such as the SPKI DER or PEM): [`same_key`](Self::same_key) then tells
+    /// two keys under one `kid` apart, so a key moved behind an unchanged id (a KMS alias
+    /// pointed at a new key) is seen as the change it is.
+    ///
+    /// # Errors
+    ///
+    /// [`KeyError::EmptyKid`].
+    pub fn with_backend_key(
+        kid: impl Into<String>,
+        backend: impl SigningBackend,
+        public_key: &[u8],
+    ) -> Result<Self, KeyError> {
+        let mut signer = Signer::with_backend(kid, backend)?;
+        signer.point = Some(public_key.into());
+        Ok(signer)
+    }
+
     /// A signer with a new, random P-521 key (for tests and local tools; TrueLayer only
     /// accepts keys uploaded in Console).
     pub fn generate(kid: impl Into<String>) -> Self {
@@ -320,7 +338,8 @@ impl Signer {
     }
 
     /// Whether `other` signs with the same key under the same id: the same public key for
-    /// in-process keys (however often the PEM was read). A backend's key is known by its
+    /// in-process keys (however often the PEM was read) and backends built with
+    /// [`with_backend_key`](Self::with_backend_key). Another backend's key is known by its
     /// id alone (TrueLayer gives every uploaded key its own).
     pub fn same_key(&self, other: &Signer) -> bool {
         self.kid == other.kid

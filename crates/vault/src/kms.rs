@@ -221,7 +221,9 @@ impl KmsSigningKey {
     ///
     /// [`KeyError::EmptyKid`].
     pub fn signer(&self, kid: impl Into<String>) -> Result<Signer, KeyError> {
-        Signer::with_backend(kid, self.clone())
+        // Known by its public key: an alias moved to another key is another signer.
+        let public_key = self.inner.public_key_pem.clone();
+        Signer::with_backend_key(kid, self.clone(), public_key.as_bytes())
     }
 
     /// The ES512 signature of `input`, `r || s`.

@@ -77,7 +77,7 @@ struct Inner {
     /// that name both again, so its public key is asked for once. Locked while it is set up,
     /// so callers share that call.
     #[cfg(feature = "kms")]
-    kms_key: tokio::sync::Mutex<Option<(String, crate::KmsSigningKey)>>,
+    kms_key: tokio::sync::Mutex<KmsKeyState>,
 }
 
 #[derive(Clone)]
@@ -229,7 +229,7 @@ impl SecretsManagerCredentialsBuilder {
                 #[cfg(feature = "kms")]
                 kms_client: self.kms_client,
                 #[cfg(feature = "kms")]
-                kms_key: tokio::sync::Mutex::new(None),
+                kms_key: tokio::sync::Mutex::new(KmsKeyState::default()),
             }),
         })
     }
@@ -397,6 +397,22 @@ impl SecretsManagerCredentials {
     }
 }
 
+/// How long a failure to set up a KMS key is answered from memory, to the requests that
+/// queued behind the call that failed (each would otherwise make a call of its own, one
+/// after another, each up to the call's timeout).
+#[cfg(feature = "kms")]
+const KMS_FAILURE_HELD: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The KMS key a secret names, as last set up, and the last failure to set one up.
+#[cfg(feature = "kms")]
+#[derive(Default)]
+struct KmsKeyState {
+    /// The `kid` and the key.
+    held: Option<(String, crate::KmsSigningKey)>,
+    /// When, for which `kid` and KMS key id, and why.
+    failed: Option<(tokio::time::Instant, String, String, crate::KmsError)>,
+}
+
 impl SecretsManagerCredentials {
     /// The signer for `secret`'s signing key, built once per secret version: from its
     /// private key, or (feature `kms`) with the key in KMS it names.
@@ -445,14 +461,25 @@ impl SecretsManagerCredentials {
         kid: &str,
         kms_key_id: &str,
     ) -> Result<crate::KmsSigningKey, VaultError> {
-        let mut held = self.inner.kms_key.lock().await;
-        if let Some((held_kid, key)) = held.as_ref()
+        let mut state = self.inner.kms_key.lock().await;
+        if let Some((held_kid, key)) = state.held.as_ref()
             && held_kid == kid
             && key.key_id() == kms_key_id
         {
             return Ok(key.clone());
         }
         let secret_id = || self.inner.secret_id.clone();
+        // Requests queued on this lock while KMS failed get that failure, not a call each.
+        if let Some((at, failed_kid, failed_id, cause)) = &state.failed
+            && at.elapsed() < KMS_FAILURE_HELD
+            && failed_kid == kid
+            && failed_id == kms_key_id
+        {
+            return Err(VaultError::KmsKey {
+                secret_id: secret_id(),
+                cause: cause.clone(),
+            });
+        }
         let client = self
             .inner
             .kms_client
@@ -460,13 +487,23 @@ impl SecretsManagerCredentials {
             .ok_or_else(|| VaultError::NoKmsClient {
                 secret_id: secret_id(),
             })?;
-        let key = crate::KmsSigningKey::new(client, kms_key_id)
-            .await
-            .map_err(|cause| VaultError::KmsKey {
-                secret_id: secret_id(),
-                cause,
-            })?;
-        *held = Some((kid.to_owned(), key.clone()));
+        let key = match crate::KmsSigningKey::new(client, kms_key_id).await {
+            Ok(key) => key,
+            Err(cause) => {
+                state.failed = Some((
+                    tokio::time::Instant::now(),
+                    kid.to_owned(),
+                    kms_key_id.to_owned(),
+                    cause.clone(),
+                ));
+                return Err(VaultError::KmsKey {
+                    secret_id: secret_id(),
+                    cause,
+                });
+            }
+        };
+        state.failed = None;
+        state.held = Some((kid.to_owned(), key.clone()));
         Ok(key)
     }
 }
@@ -497,6 +534,12 @@ impl SignerSource for SecretsManagerCredentials {
     fn reload(&self, _request: &http::Extensions) -> SignerFuture<'_> {
         Box::pin(async move {
             let secret = self.reload_secret().await?;
+            // A rejected signature may mean the KMS alias moved: ask KMS again, not the cache.
+            #[cfg(feature = "kms")]
+            {
+                self.inner.kms_key.lock().await.held = None;
+                *self.signers() = None;
+            }
             Ok(self.signer_for(&secret).await?)
         })
     }

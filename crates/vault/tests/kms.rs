@@ -536,6 +536,66 @@ mod secret {
         assert_eq!(get_key.num_calls(), 2);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_after_a_rejection_asks_kms_again_and_an_alias_moved_to_another_key_is_a_new_key()
+     {
+        // The alias points at key A, then (moved, same kid) at key B.
+        let (a, b) = (LocalKey::new(), LocalKey::new());
+        let get_key = mock!(Client::get_public_key)
+            .sequence()
+            .output(move || a.public_key())
+            .output(move || b.public_key())
+            .build();
+        let (sm, _) = secrets_manager(naming(&format!(
+            r#""signing_key_id":"{KID}","signing_kms_key_id":"{ALIAS}""#
+        )));
+        let creds = SecretsManagerCredentials::builder(SECRET_ID)
+            .client(sm)
+            .kms_client(client(&[&get_key]))
+            .build()
+            .await
+            .unwrap();
+        let before = signer(&creds).await.unwrap();
+        // What the signing layer does after a 401: read again.
+        let after = SignerSource::reload(&creds, &http::Extensions::new())
+            .await
+            .unwrap();
+        assert_eq!(get_key.num_calls(), 2, "the alias was resolved again");
+        assert!(
+            !after.same_key(&before),
+            "another key under the same kid is a change, so the request is re-signed"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_queued_behind_a_failed_kms_key_set_up_get_that_failure_not_a_call_each() {
+        let get_key = mock!(Client::get_public_key)
+            .sequence()
+            .http_response(|| kms_error(400, "AccessDeniedException"))
+            .repeatedly()
+            .build();
+        let (sm, _) = secrets_manager(naming(&format!(
+            r#""signing_key_id":"{KID}","signing_kms_key_id":"{ALIAS}""#
+        )));
+        let creds = SecretsManagerCredentials::builder(SECRET_ID)
+            .client(sm)
+            .kms_client(client(&[&get_key]))
+            .build()
+            .await
+            .unwrap();
+        for _ in 0..10 {
+            assert!(matches!(
+                signer(&creds).await,
+                Err(VaultError::KmsKey { .. })
+            ));
+        }
+        assert_eq!(get_key.num_calls(), 1, "one call for ten requests");
+        // Later, KMS is asked again.
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(signer(&creds).await.is_err());
+        assert_eq!(get_key.num_calls(), 2);
+    }
+
     #[tokio::test]
     async fn a_secret_must_name_one_signing_key_and_its_kid() {
         for (fields, problem) in [
