@@ -534,10 +534,10 @@ fn bench_proxy() -> Result<(), String> {
     // tlauth proxy with the embedded emulator's credentials: without its access log, like the
     // nginx below (`access_log off`), and with it (written to /dev/null: the cost of making
     // the lines).
-    let start_proxy = |extra: &[&str]| -> Result<(Running, u16), String> {
+    let start_proxy = |binary: &Path, extra: &[&str]| -> Result<(Running, u16), String> {
         let port = free_port()?;
         let running = Running(
-            Command::new(&tlauth)
+            Command::new(binary)
                 .args(["proxy", "--listen", &format!("127.0.0.1:{port}")])
                 .args(["--upstream", &format!("http://127.0.0.1:{upstream_port}")])
                 .args(extra)
@@ -548,34 +548,17 @@ fn bench_proxy() -> Result<(), String> {
                 .stdin(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .map_err(|e| format!("starting tlauth proxy: {e}"))?,
+                .map_err(|e| format!("starting {}: {e}", binary.display()))?,
         );
         wait_for_port(port, "tlauth proxy")?;
         Ok((running, port))
     };
-    let (_proxy, proxy_port) = start_proxy(&["--access-log", "off"])?;
-    let (_logging, logging_port) = start_proxy(&[])?;
+    let (_proxy, proxy_port) = start_proxy(&tlauth, &["--access-log", "off"])?;
+    let (_logging, logging_port) = start_proxy(&tlauth, &[])?;
     // An older build to compare with, side by side in the same run (`BENCH_PROXY_BASELINE`:
     // the path of its `tlauth`), with its default settings.
     let baseline = match std::env::var_os("BENCH_PROXY_BASELINE") {
-        Some(path) => {
-            let port = free_port()?;
-            let running = Running(
-                Command::new(path)
-                    .args(["proxy", "--listen", &format!("127.0.0.1:{port}")])
-                    .args(["--upstream", &format!("http://127.0.0.1:{upstream_port}")])
-                    .env_remove("TRUELAYER_ENV")
-                    .env_remove("TRUELAYER_CLIENT_ID")
-                    .env_remove("TRUELAYER_CLIENT_SECRET")
-                    .env_remove("RUST_LOG")
-                    .stdin(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .map_err(|e| format!("starting the baseline tlauth proxy: {e}"))?,
-            );
-            wait_for_port(port, "the baseline tlauth proxy")?;
-            Some((running, port))
-        }
+        Some(path) => Some(start_proxy(Path::new(&path), &[])?),
         None => None,
     };
 
