@@ -422,7 +422,24 @@ impl SecretsManagerCredentials {
         }
         #[cfg(feature = "kms")]
         if let Some((kid, kms_key_id)) = secret.kms_signing_key().map_err(|p| self.malformed(p))? {
-            let key = self.kms_key(kid, kms_key_id).await?;
+            let key = match self.kms_key(kid, kms_key_id).await {
+                Ok(key) => key,
+                // KMS is throttled or slow while a new version is set up (a rotation): the
+                // key held before still signs (Console keeps it until the rotation ends), and
+                // the new one is asked for again by the next request.
+                Err(error) if error.is_retryable() => match self.signers().as_ref() {
+                    Some((_, held)) => {
+                        tracing::warn!(
+                            error = %truelayer_auth::error_chain(&error),
+                            kid = held.kid(),
+                            "the secret's new KMS key could not be set up yet; signing with the key held"
+                        );
+                        return Ok(held.clone());
+                    }
+                    None => return Err(error),
+                },
+                Err(error) => return Err(error),
+            };
             let signer = key
                 .signer(kid)
                 .map_err(|e| self.malformed(SecretProblem::SigningKey(e)))?;

@@ -596,6 +596,49 @@ mod secret {
         assert_eq!(get_key.num_calls(), 2);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn while_kms_is_throttled_at_a_rotation_the_key_held_before_still_signs() {
+        let local = LocalKey::new();
+        let old_key = public_key_rule(&local);
+        let new_key = mock!(Client::get_public_key)
+            .match_requests(|input| input.key_id() == Some("alias/new"))
+            .sequence()
+            .http_response(|| kms_error(400, "ThrottlingException"))
+            .repeatedly()
+            .build();
+        let get = mock!(aws_sdk_secretsmanager::Client::get_secret_value)
+            .sequence()
+            .output(|| {
+                GetSecretValueOutput::builder()
+                    .secret_string(naming(&format!(
+                        r#""signing_key_id":"kid-1","signing_kms_key_id":"{ALIAS}""#
+                    )))
+                    .build()
+            })
+            .output(|| {
+                GetSecretValueOutput::builder()
+                    .secret_string(naming(
+                        r#""signing_key_id":"kid-2","signing_kms_key_id":"alias/new""#,
+                    ))
+                    .build()
+            })
+            .build();
+        let sm = mock_client!(aws_sdk_secretsmanager, RuleMode::MatchAny, [&get], |c| c
+            .retry_config(RetryConfig::disabled()));
+        let creds = SecretsManagerCredentials::builder(SECRET_ID)
+            .client(sm)
+            .kms_client(client(&[&old_key, &new_key]))
+            .ttl(Duration::from_secs(60))
+            .build()
+            .await
+            .unwrap();
+        assert_eq!(signer(&creds).await.unwrap().kid(), "kid-1");
+        tokio::time::advance(Duration::from_secs(61)).await;
+        // The new version names a key KMS cannot set up just now: the held one signs.
+        assert_eq!(signer(&creds).await.unwrap().kid(), "kid-1");
+        assert!(new_key.num_calls() >= 1, "the new key was asked for");
+    }
+
     #[tokio::test]
     async fn a_secret_must_name_one_signing_key_and_its_kid() {
         for (fields, problem) in [
