@@ -189,7 +189,11 @@ impl KmsSigningKey {
             .ok()
             .and_then(|key| key.to_public_key_pem(LineEnding::LF).ok())
             .ok_or_else(|| malformed("a public key that is not a P-521 SubjectPublicKeyInfo"))?;
-        let key_arn = out.key_id().unwrap_or(&key_id).to_owned();
+        // The ARN, not the configured alias: a `Sign` on an alias would follow it if it moved.
+        let key_arn = out
+            .key_id()
+            .ok_or_else(|| malformed("no key ARN"))?
+            .to_owned();
         Ok(KmsSigningKey {
             inner: Arc::new(Inner {
                 client,

@@ -292,6 +292,24 @@ async fn a_public_key_that_is_not_p521_despite_the_key_spec_is_refused() {
 }
 
 #[tokio::test]
+async fn a_public_key_answer_without_the_keys_arn_is_refused_not_signed_by_alias() {
+    let local = LocalKey::new();
+    let get = mock!(Client::get_public_key).then_output(move || {
+        let mut answer = local.public_key();
+        answer.key_id = None;
+        answer
+    });
+    let error = KmsSigningKey::new(client(&[&get]), ALIAS)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, KmsError::MalformedAnswer { .. }),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains(ALIAS), "{error}");
+}
+
+#[tokio::test]
 async fn a_signature_that_is_not_der_is_a_clear_error() {
     let local = LocalKey::new();
     let get = public_key_rule(&local);
@@ -303,6 +321,12 @@ async fn a_signature_that_is_not_der_is_a_clear_error() {
             der.as_bytes()[..40].to_vec()
         }),
         ("empty", Vec::new()),
+        ("DER with a byte after it", {
+            let der: p521::ecdsa::DerSignature = local.signing.sign_prehash(&[7; 64]).unwrap();
+            let mut bytes = der.as_bytes().to_vec();
+            bytes.push(0);
+            bytes
+        }),
     ] {
         let sign = mock!(Client::sign).then_output(move || {
             SignOutput::builder()
