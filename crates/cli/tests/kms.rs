@@ -10,6 +10,8 @@ use truelayer_auth_signing::{Signable, Verifier};
 use truelayer_auth_testkit::moto;
 use truelayer_auth_vault::KmsSigningKey;
 
+mod support;
+
 const REGION: &str = "eu-west-3";
 
 /// A new P-521 signing key in moto's KMS: its id and public key (PEM).
@@ -29,19 +31,7 @@ async fn kms_key() -> (String, String) {
 
 /// `tlauth` with moto as AWS and no other settings inherited.
 fn tlauth(args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tlauth"));
-    cmd.args(args);
-    for name in [
-        "TRUELAYER_ENV",
-        "TRUELAYER_CLIENT_ID",
-        "TRUELAYER_CLIENT_SECRET",
-        "TRUELAYER_SECRET_ID",
-        "TRUELAYER_SIGNING_KEY_FILE",
-        "TRUELAYER_SIGNING_KEY_ID",
-        "TRUELAYER_SIGNING_KMS_KEY_ID",
-    ] {
-        cmd.env_remove(name);
-    }
+    let mut cmd = support::command(args);
     cmd.env("AWS_ENDPOINT_URL", moto::url())
         .env("AWS_REGION", REGION)
         .env("AWS_ACCESS_KEY_ID", "testing")

@@ -327,10 +327,32 @@ impl From<VaultError> for CredentialsError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::error::Error as _;
 
     use super::*;
+
+    /// `error`'s message and its causes', outermost first, after checking the rule every
+    /// error here keeps: each layer's `Display` says its own failure, none is empty, and none
+    /// repeats a cause's text (`source()` carries the cause).
+    pub(crate) fn layer_messages(error: &(dyn std::error::Error + 'static)) -> Vec<String> {
+        let mut messages = vec![error.to_string()];
+        let mut source = error.source();
+        while let Some(cause) = source {
+            messages.push(cause.to_string());
+            source = cause.source();
+        }
+        for (i, outer) in messages.iter().enumerate() {
+            assert!(!outer.trim().is_empty(), "{error:?}: an empty message");
+            for inner in &messages[i + 1..] {
+                assert!(
+                    !outer.contains(inner.as_str()),
+                    "{error:?}: `{inner}` is printed twice in {messages:#?}"
+                );
+            }
+        }
+        messages
+    }
 
     /// One error of every kind, with a cause where the kind has one.
     fn every_error() -> Vec<VaultError> {
@@ -400,21 +422,7 @@ mod tests {
     #[test]
     fn display_describes_this_layer_and_source_carries_the_cause_never_both() {
         for error in every_error() {
-            let mut messages = vec![error.to_string()];
-            let mut source = error.source();
-            while let Some(cause) = source {
-                messages.push(cause.to_string());
-                source = cause.source();
-            }
-            for (i, outer) in messages.iter().enumerate() {
-                assert!(!outer.trim().is_empty(), "{error:?}: an empty message");
-                for inner in &messages[i + 1..] {
-                    assert!(
-                        !outer.contains(inner.as_str()),
-                        "{error:?}: `{inner}` is printed twice in {messages:#?}"
-                    );
-                }
-            }
+            layer_messages(&error);
         }
     }
 

@@ -9,18 +9,7 @@ use std::process::{Command, Output, Stdio};
 /// Runs `tlauth args` with only `env` of tlauth's own settings (none inherited from the
 /// shell running the tests), feeding it `stdin`.
 pub(crate) fn tlauth(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tlauth"));
-    cmd.args(args);
-    for name in [
-        "TRUELAYER_ENV",
-        "TRUELAYER_CLIENT_ID",
-        "TRUELAYER_CLIENT_SECRET",
-        "TRUELAYER_SECRET_ID",
-        "TRUELAYER_SIGNING_KEY_FILE",
-        "TRUELAYER_SIGNING_KEY_ID",
-    ] {
-        cmd.env_remove(name);
-    }
+    let mut cmd = command(args);
     cmd.envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -32,6 +21,25 @@ pub(crate) fn tlauth(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -
     }
     drop(pipe);
     child.wait_with_output().unwrap()
+}
+
+/// `tlauth args`, with none of tlauth's own settings inherited from the shell running the
+/// tests.
+pub(crate) fn command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tlauth"));
+    cmd.args(args);
+    for name in [
+        "TRUELAYER_ENV",
+        "TRUELAYER_CLIENT_ID",
+        "TRUELAYER_CLIENT_SECRET",
+        "TRUELAYER_SECRET_ID",
+        "TRUELAYER_SIGNING_KEY_FILE",
+        "TRUELAYER_SIGNING_KEY_ID",
+        "TRUELAYER_SIGNING_KMS_KEY_ID",
+    ] {
+        cmd.env_remove(name);
+    }
+    cmd
 }
 
 /// Output bytes as text.

@@ -233,7 +233,6 @@ impl std::error::Error for KmsError {
 
 #[cfg(test)]
 mod tests {
-    use std::error::Error as _;
 
     use super::*;
 
@@ -286,21 +285,7 @@ mod tests {
     #[test]
     fn display_describes_this_layer_and_source_carries_the_cause_never_both() {
         for error in every_error() {
-            let mut messages = vec![error.to_string()];
-            let mut source = error.source();
-            while let Some(cause) = source {
-                messages.push(cause.to_string());
-                source = cause.source();
-            }
-            for (i, outer) in messages.iter().enumerate() {
-                assert!(!outer.trim().is_empty(), "{error:?}: an empty message");
-                for inner in &messages[i + 1..] {
-                    assert!(
-                        !outer.contains(inner.as_str()),
-                        "{error:?}: `{inner}` is printed twice in {messages:#?}"
-                    );
-                }
-            }
+            let messages = crate::error::tests::layer_messages(&error);
             if !matches!(
                 error,
                 KmsError::MissingRegion
