@@ -1,0 +1,13 @@
+//! TrueLayer Data API connections: a user's consent at a bank, its rotating tokens, a
+//! durable store, and a refresh that happens once across every process.
+//!
+//! (Crate documentation is completed with the manager.)
+
+#![forbid(unsafe_code)]
+
+mod store;
+
+pub use store::{
+    ConnectionId, ConnectionLock, ConnectionRecord, ConnectionStatus, ConnectionStore,
+    InvalidConnectionId, StoreError, StoreFuture,
+};
