@@ -4,11 +4,12 @@ use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
 use http::header::{ACCEPT, LOCATION, RETRY_AFTER};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info_span, warn};
 use url::Url;
 
+use crate::authorization::AuthorizationCode;
 use crate::credentials::ClientCredentials;
 use crate::environment::{Environment, check_transport};
 use crate::error::{ConfigError, Error, InvalidResponse, InvalidToken, TransportError};
@@ -213,15 +214,6 @@ impl TokenClient {
             scope = scopes.as_str(),
             environment = %environment,
         );
-        self.send(url, credentials, scopes).instrument(span).await
-    }
-
-    async fn send(
-        &self,
-        url: Url,
-        credentials: &ClientCredentials,
-        scopes: &Scopes,
-    ) -> Result<AccessToken, Error> {
         let secret = credentials.client_secret().expose_secret();
         let form = [
             ("grant_type", "client_credentials"),
@@ -229,13 +221,143 @@ impl TokenClient {
             ("client_secret", secret),
             ("scope", scopes.as_str()),
         ];
+        let (token, _) = self.send(url, &form, &[secret]).instrument(span).await?;
+        Ok(token)
+    }
+
+    /// Exchanges the code of a user's consent (the `authorization_code` grant) for their
+    /// access token and, with `offline_access`, a refresh token. Sent once: a code is single
+    /// use, so a lost answer cannot be asked for again.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OAuth`] with `invalid_grant` ([`Error::is_invalid_grant`]) for a code that is
+    /// expired, used, or issued for another redirect URI or PKCE verifier; a
+    /// [`ConfigError::InvalidSetting`] when `credentials` are not the client the code is for;
+    /// otherwise as [`request_token_once`](Self::request_token_once).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use truelayer_auth::{AuthLink, ClientCredentials, Environment, TokenClient};
+    ///
+    /// # async fn run(creds: ClientCredentials, callback_query: &str) -> Result<(), Box<dyn std::error::Error>> {
+    /// let link = AuthLink::builder(Environment::Sandbox, creds.client_id(), "https://acme.example/cb").build()?;
+    /// // ... the user consents in their browser and comes back to /cb?code=...&state=...
+    /// let code = link.pending().callback(callback_query)?;
+    /// let tokens = TokenClient::new()?.exchange_code(&Environment::Sandbox, &creds, &code).await?;
+    /// assert!(tokens.refresh_token().is_some()); // offline_access was asked for (the default)
+    /// # Ok(()) }
+    /// ```
+    pub async fn exchange_code(
+        &self,
+        environment: &Environment,
+        credentials: &ClientCredentials,
+        code: &AuthorizationCode,
+    ) -> Result<UserTokens, Error> {
+        if credentials.client_id() != code.client_id() {
+            return Err(Error::Config(ConfigError::InvalidSetting {
+                name: "client_id",
+                reason: "the credentials are not those of the client the auth link was for",
+            }));
+        }
+        let url = environment.token_url();
+        check_transport(&url)?;
+        let span = info_span!(
+            "token_request",
+            grant = "authorization_code",
+            client_id = credentials.client_id(),
+            environment = %environment,
+        );
+        let secret = credentials.client_secret().expose_secret();
+        let code_value = code.secret().expose_secret();
+        let mut form = vec![
+            ("grant_type", "authorization_code"),
+            ("client_id", credentials.client_id()),
+            ("client_secret", secret),
+            ("redirect_uri", code.redirect_uri()),
+            ("code", code_value),
+        ];
+        let verifier = code.code_verifier().map(|v| v.expose_secret());
+        if let Some(v) = verifier {
+            form.push(("code_verifier", v));
+        }
+        let secrets: Vec<&str> = [Some(secret), Some(code_value), verifier]
+            .into_iter()
+            .flatten()
+            .collect();
+        let (access_token, refresh_token) =
+            self.send(url, &form, &secrets).instrument(span).await?;
+        Ok(UserTokens {
+            access_token,
+            refresh_token,
+        })
+    }
+
+    /// Renews a user's tokens (the `refresh_token` grant). Sent once and never retried here:
+    /// TrueLayer spends a refresh token on first use, so the answer is the only copy of the
+    /// new one. Store it before anything else can fail; `truelayer-auth-connections` does.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OAuth`] with `invalid_grant` ([`Error::is_invalid_grant`]) for a refresh token
+    /// that is spent, revoked or past its consent; [`Error::InvalidResponse`] with
+    /// [`InvalidResponse::MissingField`]`("refresh_token")` for an answer without a new refresh
+    /// token (the old one is spent: the connection cannot be refreshed again); otherwise as
+    /// [`request_token_once`](Self::request_token_once).
+    pub async fn refresh_user_token(
+        &self,
+        environment: &Environment,
+        credentials: &ClientCredentials,
+        refresh_token: &SecretString,
+    ) -> Result<UserTokens, Error> {
+        let url = environment.token_url();
+        check_transport(&url)?;
+        let span = info_span!(
+            "token_request",
+            grant = "refresh_token",
+            client_id = credentials.client_id(),
+            environment = %environment,
+        );
+        let secret = credentials.client_secret().expose_secret();
+        let refresh = refresh_token.expose_secret();
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("client_id", credentials.client_id()),
+            ("client_secret", secret),
+            ("refresh_token", refresh),
+        ];
+        let (access_token, refresh_token) = self
+            .send(url, &form, &[secret, refresh])
+            .instrument(span)
+            .await?;
+        let Some(refresh_token) = refresh_token else {
+            return Err(Error::InvalidResponse {
+                status: StatusCode::OK,
+                problem: InvalidResponse::MissingField("refresh_token"),
+            });
+        };
+        Ok(UserTokens {
+            access_token,
+            refresh_token: Some(refresh_token),
+        })
+    }
+
+    /// Posts `form` to the token endpoint; `secrets` are every secret in the form, scrubbed
+    /// from anything the server echoes into an error.
+    async fn send(
+        &self,
+        url: Url,
+        form: &[(&str, &str)],
+        secrets: &[&str],
+    ) -> Result<(AccessToken, Option<SecretString>), Error> {
         let sent_at = Instant::now();
         let sent_at_wall = crate::clock::wall_now();
         let mut response = self
             .http
             .post(url)
             .header(ACCEPT, "application/json")
-            .form(&form)
+            .form(form)
             .send()
             .await
             .map_err(classify_send_error)?;
@@ -247,7 +369,7 @@ impl TokenClient {
                 .headers()
                 .get(LOCATION)
                 .and_then(|v| v.to_str().ok())
-                .map(|v| sanitize_location(&crate::response::scrub_decoded(v, secret)));
+                .map(|v| sanitize_location(&crate::response::scrub_decoded(v, secrets)));
             return Err(Error::RedirectRefused { status, location });
         }
         let retry_after = response
@@ -267,17 +389,17 @@ impl TokenClient {
 
         let body = self.read_body(&mut response, status).await?;
         if !status.is_success() {
-            return Err(match parse_oauth_error(status, &body, secret) {
+            return Err(match parse_oauth_error(status, &body, secrets) {
                 Some(oauth) => Error::OAuth(oauth),
                 None => Error::UnexpectedStatus { status },
             });
         }
         let invalid = |problem| Error::InvalidResponse { status, problem };
-        let parsed = match parse_token_response(&body, secret) {
+        let parsed = match parse_token_response(&body, secrets) {
             Ok(parsed) => parsed,
             // Some servers answer 200 with an OAuth2 error body.
             Err(problem) => {
-                return Err(match parse_oauth_error(status, &body, secret) {
+                return Err(match parse_oauth_error(status, &body, secrets) {
                     Some(oauth) => Error::OAuth(oauth),
                     None => invalid(problem),
                 });
@@ -301,7 +423,7 @@ impl TokenClient {
             granted_scope = token.granted_scope().unwrap_or(""),
             "token issued"
         );
-        Ok(token)
+        Ok((token, parsed.refresh_token))
     }
 
     async fn read_body(
@@ -339,6 +461,44 @@ impl TokenClient {
                 }
             }
         }
+    }
+}
+
+/// A user's Data API tokens, as the `authorization_code` and `refresh_token` grants answer
+/// them. `Debug` shows neither token.
+#[derive(Clone)]
+pub struct UserTokens {
+    access_token: AccessToken,
+    refresh_token: Option<SecretString>,
+}
+
+impl std::fmt::Debug for UserTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserTokens")
+            .field("access_token", &self.access_token)
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "[redacted]"),
+            )
+            .finish()
+    }
+}
+
+impl UserTokens {
+    /// The access token, for `Authorization: Bearer` on Data API calls.
+    pub fn access_token(&self) -> &AccessToken {
+        &self.access_token
+    }
+
+    /// The refresh token: present when consent included `offline_access` (and always on a
+    /// refresh's answer). The only copy of it: store it.
+    pub fn refresh_token(&self) -> Option<&SecretString> {
+        self.refresh_token.as_ref()
+    }
+
+    /// Both tokens.
+    pub fn into_parts(self) -> (AccessToken, Option<SecretString>) {
+        (self.access_token, self.refresh_token)
     }
 }
 

@@ -12,6 +12,8 @@ const SANDBOX_AUTH: &str = "https://auth.truelayer-sandbox.com";
 const PRODUCTION_AUTH: &str = "https://auth.truelayer.com";
 const SANDBOX_API: &str = "https://api.truelayer-sandbox.com";
 const PRODUCTION_API: &str = "https://api.truelayer.com";
+const SANDBOX_DATA_API: &str = "https://api.truelayer-sandbox.com/data/v1";
+const PRODUCTION_DATA_API: &str = "https://api.truelayer.com/data/v1";
 
 /// A TrueLayer environment: where tokens come from.
 ///
@@ -49,9 +51,26 @@ pub enum Environment {
 pub struct CustomEndpoint {
     base: Url,
     token_url: Url,
+    /// Where the auth dialog and the Data API are, when not where they usually are (boxed:
+    /// most environments have neither, and `Environment` is passed around by value).
+    moved: Option<Box<MovedUrls>>,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+struct MovedUrls {
+    dialog: Option<Url>,
+    data_api: Option<Url>,
 }
 
 impl CustomEndpoint {
+    fn moved(&self) -> &MovedUrls {
+        static NONE: MovedUrls = MovedUrls {
+            dialog: None,
+            data_api: None,
+        };
+        self.moved.as_deref().unwrap_or(&NONE)
+    }
+
     /// The base URL, as given (without a trailing slash).
     pub fn base_url(&self) -> &Url {
         &self.base
@@ -93,7 +112,11 @@ impl Environment {
         let trimmed = base.path().trim_end_matches('/').to_owned();
         base.set_path(&trimmed);
         let token_url = join(&base, "connect/token");
-        Ok(Environment::Custom(CustomEndpoint { base, token_url }))
+        Ok(Environment::Custom(CustomEndpoint {
+            base,
+            token_url,
+            moved: None,
+        }))
     }
 
     /// The base URL of the authorization server.
@@ -120,6 +143,86 @@ impl Environment {
             Environment::Sandbox => Some(parse_known(SANDBOX_API)),
             Environment::Production => Some(parse_known(PRODUCTION_API)),
             Environment::Custom(_) => None,
+        }
+    }
+
+    /// TrueLayer's auth dialog, where a Data API auth link sends the user: the auth host's
+    /// root, or what [`with_auth_dialog_url`](Self::with_auth_dialog_url) named.
+    pub fn auth_dialog_url(&self) -> Url {
+        match self {
+            Environment::Custom(c) if c.moved().dialog.is_some() => {
+                c.moved().dialog.clone().expect("checked above")
+            }
+            _ => {
+                let mut url = self.auth_url();
+                url.set_path(&format!("{}/", url.path().trim_end_matches('/')));
+                url
+            }
+        }
+    }
+
+    /// The Data API v1 base (`.../data/v1`): TrueLayer's API host for sandbox and
+    /// production; for a custom server, `{base_url}/data/v1` (where the emulator serves it)
+    /// unless [`with_data_api_url`](Self::with_data_api_url) named another.
+    ///
+    /// ```
+    /// use truelayer_auth::Environment;
+    ///
+    /// assert_eq!(Environment::Sandbox.data_api_url().as_str(), "https://api.truelayer-sandbox.com/data/v1");
+    /// let local = Environment::custom("http://127.0.0.1:8080")?;
+    /// assert_eq!(local.data_api_url().as_str(), "http://127.0.0.1:8080/data/v1");
+    /// let split = local.with_data_api_url("http://127.0.0.1:9090/data/v1")?;
+    /// assert_eq!(split.data_api_url().as_str(), "http://127.0.0.1:9090/data/v1");
+    /// # Ok::<(), truelayer_auth::ConfigError>(())
+    /// ```
+    pub fn data_api_url(&self) -> Url {
+        match self {
+            Environment::Sandbox => parse_known(SANDBOX_DATA_API),
+            Environment::Production => parse_known(PRODUCTION_DATA_API),
+            Environment::Custom(c) => c
+                .moved()
+                .data_api
+                .clone()
+                .unwrap_or_else(|| join(&c.base, "data/v1")),
+        }
+    }
+
+    /// This custom environment with its Data API somewhere other than `{base_url}/data/v1`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Environment::custom`] for the URL, and [`ConfigError::InvalidSetting`] for
+    /// sandbox and production, whose hosts are TrueLayer's.
+    pub fn with_data_api_url(self, url: &str) -> Result<Self, ConfigError> {
+        let url = checked_base(url)?;
+        match self {
+            Environment::Custom(mut c) => {
+                c.moved.get_or_insert_default().data_api = Some(url);
+                Ok(Environment::Custom(c))
+            }
+            _ => Err(ConfigError::InvalidSetting {
+                name: "data_api_url",
+                reason: "only a custom environment's Data API can be moved",
+            }),
+        }
+    }
+
+    /// This custom environment with its auth dialog somewhere other than the auth host's root.
+    ///
+    /// # Errors
+    ///
+    /// As [`with_data_api_url`](Self::with_data_api_url).
+    pub fn with_auth_dialog_url(self, url: &str) -> Result<Self, ConfigError> {
+        let url = checked_base(url)?;
+        match self {
+            Environment::Custom(mut c) => {
+                c.moved.get_or_insert_default().dialog = Some(url);
+                Ok(Environment::Custom(c))
+            }
+            _ => Err(ConfigError::InvalidSetting {
+                name: "auth_dialog_url",
+                reason: "only a custom environment's auth dialog can be moved",
+            }),
         }
     }
 
@@ -172,6 +275,15 @@ impl FromStr for Environment {
         } else {
             Err(ConfigError::UnknownEnvironment(s.to_owned()))
         }
+    }
+}
+
+/// A URL that may carry tokens: it parses, has a host, no credentials, query or fragment,
+/// and is `https` (or `http` to loopback). A trailing slash is trimmed from its path.
+fn checked_base(url: &str) -> Result<Url, ConfigError> {
+    match Environment::custom(url)? {
+        Environment::Custom(c) => Ok(c.base),
+        _ => unreachable!("Environment::custom makes a custom environment"),
     }
 }
 

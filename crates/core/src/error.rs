@@ -141,8 +141,13 @@ impl OAuthErrorCode {
             Self::InvalidScope => {
                 "check that every requested scope is enabled for this client in TrueLayer Console"
             }
-            Self::InvalidGrant | Self::UnauthorizedClient => {
-                "check that this client may use the client_credentials grant in TrueLayer Console"
+            Self::InvalidGrant => {
+                "the grant was refused: a user's code or refresh token that is expired, spent or \
+                 revoked (the user must connect again), or, for client_credentials, a client not \
+                 allowed that grant in TrueLayer Console"
+            }
+            Self::UnauthorizedClient => {
+                "check that this client may use this grant in TrueLayer Console"
             }
             Self::UnsupportedGrantType | Self::InvalidRequest => {
                 "the request was malformed; check that the URL points at a TrueLayer token endpoint"
@@ -373,6 +378,55 @@ impl std::error::Error for CredentialsError {
     }
 }
 
+/// The failure of a [`Refresh`](crate::Refresh) implementation outside this crate, carried
+/// through the engine to its callers ([`Error::Refresh`]).
+///
+/// ```
+/// use truelayer_auth::{Error, RefreshError};
+///
+/// let e = Error::Refresh(RefreshError::new(std::io::Error::other("disk full"), true));
+/// assert!(e.is_retryable());
+/// let Error::Refresh(inner) = &e else { unreachable!() };
+/// assert!(inner.get_ref().downcast_ref::<std::io::Error>().is_some());
+/// ```
+#[derive(Debug, Clone)]
+pub struct RefreshError {
+    source: std::sync::Arc<dyn std::error::Error + Send + Sync>,
+    retryable: bool,
+}
+
+impl RefreshError {
+    /// `source`, which a retry may or may not cure.
+    pub fn new(source: impl std::error::Error + Send + Sync + 'static, retryable: bool) -> Self {
+        RefreshError {
+            source: std::sync::Arc::new(source),
+            retryable,
+        }
+    }
+
+    /// The cause, to downcast to the implementation's own error type.
+    pub fn get_ref(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.source
+    }
+
+    /// Whether a retry may help.
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+}
+
+impl fmt::Display for RefreshError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the token's refresh failed")
+    }
+}
+
+impl std::error::Error for RefreshError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
 /// Why a token could not be had.
 ///
 /// Every variant says whether trying again may help ([`Error::is_retryable`]); the
@@ -461,6 +515,11 @@ pub enum Error {
         "the token refresh panicked (a bug in the Refresh implementation); retrying with backoff"
     )]
     RefreshPanicked,
+    /// A [`Refresh`](crate::Refresh) implementation of another crate failed in its own way
+    /// (a Data API connection's store, say); the cause is the source, and it says whether a
+    /// retry may help.
+    #[error(transparent)]
+    Refresh(RefreshError),
     /// Every handle of the cache that issued the token was dropped while a request waited on
     /// it (a 401's replay).
     #[error("the token cache was dropped while a request waited for a token from it")]
@@ -530,6 +589,7 @@ impl Error {
             | Error::UnknownCacheKey { .. } => false,
             Error::Credentials(e) => e.is_retryable(),
             Error::WaitTimedOut { .. } | Error::RefreshPanicked => true,
+            Error::Refresh(e) => e.retryable,
             Error::CacheDropped => false,
         }
     }
@@ -556,6 +616,12 @@ impl Error {
     /// have been rotated, so a credentials source is worth reloading.
     pub fn is_invalid_client(&self) -> bool {
         matches!(self.oauth(), Some(e) if e.code == OAuthErrorCode::InvalidClient)
+    }
+
+    /// Whether the server refused the grant itself (`invalid_grant`): for a user's code or
+    /// refresh token, it is expired, spent or revoked, and retrying cannot help.
+    pub fn is_invalid_grant(&self) -> bool {
+        matches!(self.oauth(), Some(e) if e.code == OAuthErrorCode::InvalidGrant)
     }
 
     /// The HTTP status of the response, if one arrived.
@@ -598,6 +664,7 @@ impl Error {
             Error::Credentials(_) => "credentials",
             Error::WaitTimedOut { .. } => "wait_timed_out",
             Error::RefreshPanicked => "refresh_panicked",
+            Error::Refresh(_) => "refresh",
             Error::CacheDropped => "cache_dropped",
             Error::MissingCacheKey => "missing_cache_key",
             Error::UnknownCacheKey { .. } => "unknown_cache_key",

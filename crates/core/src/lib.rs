@@ -29,10 +29,12 @@
 
 #![forbid(unsafe_code)]
 
+mod authorization;
 mod cache;
 mod client;
 mod clock;
 mod credentials;
+mod data_scope;
 mod environment;
 mod error;
 #[cfg(test)]
@@ -48,12 +50,16 @@ pub use cache::{
     CacheKey, CacheSettings, CacheStats, KeyedTokenCache, KeyedTokenCacheBuilder, Refresh,
     RefreshFuture, Refresher, TokenCache, TokenCacheBuilder,
 };
-pub use client::{TokenClient, TokenClientBuilder};
+pub use authorization::{
+    AuthLink, AuthLinkBuilder, AuthorizationCode, CallbackError, PendingAuthorization, ResponseMode,
+};
+pub use client::{TokenClient, TokenClientBuilder, UserTokens};
+pub use data_scope::{DataScope, DataScopes};
 pub use credentials::ClientCredentials;
 pub use environment::{CustomEndpoint, Environment};
 pub use error::{
     ConfigError, CredentialsError, Error, InvalidResponse, InvalidToken, OAuthError,
-    OAuthErrorCode, TransportError,
+    OAuthErrorCode, RefreshError, TransportError,
 };
 pub use retry::RetryPolicy;
 pub use scope::{CustomScope, Scope, Scopes};

@@ -24,6 +24,8 @@ pub(crate) struct TokenResponse {
     pub(crate) expires_in: Duration,
     /// `scope`, if the server sent one.
     pub(crate) scope: Option<String>,
+    /// `refresh_token`, if the server sent one (the user grants, with `offline_access`).
+    pub(crate) refresh_token: Option<SecretString>,
 }
 
 /// Parses a 2xx token endpoint body.
@@ -33,7 +35,7 @@ pub(crate) struct TokenResponse {
 /// The [`InvalidResponse`] that says what is wrong; it never quotes the body.
 pub(crate) fn parse_token_response(
     body: &[u8],
-    secret: &str,
+    secrets: &[&str],
 ) -> Result<TokenResponse, InvalidResponse> {
     let object = parse_object(body)?;
     let access_token = match object.get("access_token") {
@@ -52,7 +54,7 @@ pub(crate) fn parse_token_response(
         Some(Value::String(t)) if t.eq_ignore_ascii_case("bearer") => {}
         Some(Value::String(t)) => {
             return Err(InvalidResponse::NotBearer(truncate(
-                &scrub_decoded(t, secret),
+                &scrub_decoded(t, secrets),
                 40,
             )));
         }
@@ -83,10 +85,27 @@ pub(crate) fn parse_token_response(
             });
         }
     };
+    let refresh_token = match object.get("refresh_token") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.is_empty() => {
+            return Err(InvalidResponse::WrongFieldType {
+                field: "refresh_token",
+                expected: "a non-empty string",
+            });
+        }
+        Some(Value::String(s)) => Some(SecretString::from(s.as_str())),
+        Some(_) => {
+            return Err(InvalidResponse::WrongFieldType {
+                field: "refresh_token",
+                expected: "a string",
+            });
+        }
+    };
     Ok(TokenResponse {
         access_token,
         expires_in,
         scope,
+        refresh_token,
     })
 }
 
@@ -132,16 +151,16 @@ fn lifetime(n: &serde_json::Number) -> Result<Duration, InvalidResponse> {
 pub(crate) fn parse_oauth_error(
     status: StatusCode,
     body: &[u8],
-    secret: &str,
+    secrets: &[&str],
 ) -> Option<OAuthError> {
     let object = parse_object(body).ok()?;
     let code = object.get("error")?.as_str()?;
     let description = object
         .get("error_description")
         .and_then(Value::as_str)
-        .map(|d| truncate(&scrub(d, secret), 300));
+        .map(|d| truncate(&scrub(d, secrets), 300));
     Some(OAuthError {
-        code: OAuthErrorCode::from_code(&scrub(code, secret)),
+        code: OAuthErrorCode::from_code(&scrub(code, secrets)),
         description,
         status,
     })
@@ -150,7 +169,15 @@ pub(crate) fn parse_oauth_error(
 /// Replaces every form of `secret` a server could echo: as sent in the form body
 /// (`application/x-www-form-urlencoded`: `+` for space, `%XX` in upper case), the same with
 /// lower-case escapes or `%20`, and decoded.
-pub(crate) fn scrub(text: &str, secret: &str) -> String {
+pub(crate) fn scrub(text: &str, secrets: &[&str]) -> String {
+    let mut out = text.to_owned();
+    for secret in secrets {
+        out = scrub_one(&out, secret);
+    }
+    out
+}
+
+fn scrub_one(text: &str, secret: &str) -> String {
     if secret.len() < 4 {
         return text.to_owned();
     }
@@ -174,11 +201,11 @@ pub(crate) fn scrub(text: &str, secret: &str) -> String {
 /// [`scrub`] over `text` percent-decoded as well (a server may escape any byte), for server
 /// text that an error quotes outside an OAuth2 error body: an echoed `token_type`, a
 /// redirect's `Location`. The result is the decoded text when that is where a secret was found.
-pub(crate) fn scrub_decoded(text: &str, secret: &str) -> String {
+pub(crate) fn scrub_decoded(text: &str, secrets: &[&str]) -> String {
     let decoded = percent_encoding::percent_decode_str(text).decode_utf8_lossy();
-    let scrubbed = scrub(&decoded, secret);
+    let scrubbed = scrub(&decoded, secrets);
     if scrubbed == decoded {
-        scrub(text, secret)
+        scrub(text, secrets)
     } else {
         scrubbed
     }
@@ -275,11 +302,11 @@ mod tests {
     use super::*;
 
     fn ok(body: &str) -> TokenResponse {
-        parse_token_response(body.as_bytes(), "").unwrap()
+        parse_token_response(body.as_bytes(), &[]).unwrap()
     }
 
     fn err(body: &str) -> InvalidResponse {
-        parse_token_response(body.as_bytes(), "").unwrap_err()
+        parse_token_response(body.as_bytes(), &[]).unwrap_err()
     }
 
     #[test]
@@ -382,16 +409,16 @@ mod tests {
         let e = parse_oauth_error(
             StatusCode::UNAUTHORIZED,
             br#"{"error":"invalid_client","error_description":"bad secret s3cr3t-value"}"#,
-            "s3cr3t-value",
+            &["s3cr3t-value"],
         )
         .unwrap();
         assert_eq!(e.code, OAuthErrorCode::InvalidClient);
         assert_eq!(e.description.as_deref(), Some("bad secret [redacted]"));
         let other =
-            parse_oauth_error(StatusCode::BAD_REQUEST, br#"{"error":"weird_code"}"#, "x").unwrap();
+            parse_oauth_error(StatusCode::BAD_REQUEST, br#"{"error":"weird_code"}"#, &["x"]).unwrap();
         assert_eq!(other.code, OAuthErrorCode::Other("weird_code".into()));
-        assert!(parse_oauth_error(StatusCode::BAD_REQUEST, b"<html>", "x").is_none());
-        assert!(parse_oauth_error(StatusCode::BAD_REQUEST, br#"{"error":7}"#, "x").is_none());
+        assert!(parse_oauth_error(StatusCode::BAD_REQUEST, b"<html>", &["x"]).is_none());
+        assert!(parse_oauth_error(StatusCode::BAD_REQUEST, br#"{"error":7}"#, &["x"]).is_none());
     }
 
     #[test]
@@ -407,7 +434,7 @@ mod tests {
             let body = format!(
                 r#"{{"error":"invalid_request","error_description":"bad body client_id=x&client_secret={echoed}&scope=payments"}}"#
             );
-            let e = parse_oauth_error(StatusCode::BAD_REQUEST, body.as_bytes(), secret).unwrap();
+            let e = parse_oauth_error(StatusCode::BAD_REQUEST, body.as_bytes(), &[secret]).unwrap();
             let shown = format!("{e} {e:?}");
             assert!(
                 shown.contains("client_secret=[redacted]&scope"),
@@ -424,7 +451,7 @@ mod tests {
         let e = parse_oauth_error(
             StatusCode::UNAUTHORIZED,
             body.to_string().as_bytes(),
-            secret,
+            &[secret],
         )
         .unwrap();
         assert!(!e.to_string().contains("SECRET-VAL"), "{e}");

@@ -45,6 +45,10 @@ pub enum Scope {
 pub struct CustomScope(String);
 
 impl CustomScope {
+    pub(crate) fn new_unchecked(token: &str) -> Self {
+        CustomScope(token.to_owned())
+    }
+
     /// The scope token.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -93,7 +97,7 @@ impl Scope {
     }
 }
 
-fn validate_token(token: &str) -> Result<(), ConfigError> {
+pub(crate) fn validate_token(token: &str) -> Result<(), ConfigError> {
     if token.is_empty() {
         return Err(ConfigError::InvalidScope {
             scope: String::new(),
