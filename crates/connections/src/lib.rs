@@ -5,9 +5,13 @@
 
 #![forbid(unsafe_code)]
 
+mod crypto;
+mod sqlite;
 mod store;
 
 pub use store::{
     ConnectionId, ConnectionLock, ConnectionRecord, ConnectionStatus, ConnectionStore,
     InvalidConnectionId, StoreError, StoreFuture,
 };
+pub use crypto::{EncryptionKeys, KeyError, KeyOrigin};
+pub use sqlite::{SqliteStore, SqliteStoreBuilder};
