@@ -81,6 +81,7 @@
 mod admin;
 mod auth;
 mod clock;
+mod data;
 mod error;
 mod faults;
 mod payments;
@@ -101,7 +102,13 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+pub use auth::dialog::{CODE_LIFETIME, DIALOG_REQUEST_LIFETIME};
 pub use auth::{AUDIENCE, Claims, DEFAULT_LIFETIME, KEY_ID, KNOWN_SCOPES};
+pub use data::{
+    CONSENT_LIFETIME, ConnectionInfo, ConnectionStatus, DATA_AUDIENCE, DATA_SCOPES,
+    DEFAULT_DATA_TOKEN_LIFETIME, DataClaims, DataStats, ExtendAction, REFRESH_TOKEN_LIFETIME,
+    RevocationReason,
+};
 pub use error::{Cause, Error};
 pub use faults::Fault;
 pub use payments::PaymentStatus;
@@ -112,6 +119,7 @@ pub use webhooks::{
 };
 
 use auth::{Client, random_secret};
+use data::RefreshFault;
 use payments::Change;
 use state::State;
 
@@ -149,6 +157,20 @@ Admin routes (JSON bodies):
   POST   /emulator/payments/{id}/status        {\"status\": \"settled\"} or
                                                {\"status\": \"failed\", \"failure_reason\": \"expired\"}
   GET    /webhooks/jwks                        the webhook signing key (the jku)
+Data API (user grants):
+  POST   /emulator/clients/{id}/redirect-uris  {\"uri\": \"https://...\"} allow-list a redirect URI
+  POST   /emulator/loopback-redirects          {\"allow\": bool} also allow http loopback URIs (default true)
+  POST   /emulator/data-token-lifetime         {\"seconds\": N | null}
+  POST   /emulator/refresh-reuse-detection     {\"enabled\": bool} (default true)
+  GET    /emulator/connections                 {\"connections\": [...]}
+  POST   /emulator/connections/{id}/revoke     revoke a connection and its tokens
+  POST   /emulator/connections/{id}/expire-consent  end its 90-day consent now
+  POST   /emulator/refresh-delay               {\"millis\": N, \"count\": N | null} delay refresh answers
+  POST   /emulator/refresh-failures            {\"count\": N, \"status\": 503, \"error\": \"invalid_grant\" | null}
+  POST   /emulator/refresh-drops               {\"count\": N} rotate, then close the connection unanswered
+  DELETE /emulator/refresh-faults              clear refresh delays, failures and drops
+  POST   /emulator/extend-action               {\"action_needed\": \"no_action_needed\" | \"authentication_needed\"}
+  GET    /emulator/data-stats                  Data API counters
 ";
 
 /// A running emulator. Dropping it stops the server.
@@ -198,6 +220,7 @@ impl Emulator {
             Client {
                 secret: client_secret.clone(),
                 allowed_scopes: KNOWN_SCOPES.iter().map(|s| (*s).to_owned()).collect(),
+                redirect_uris: HashSet::new(),
             },
         );
         // The default client's request-signing key, registered as TrueLayer Console would.
@@ -308,6 +331,7 @@ impl Emulator {
                     .into_iter()
                     .map(Into::into)
                     .collect::<HashSet<_>>(),
+                redirect_uris: HashSet::new(),
             },
         );
     }
@@ -362,6 +386,118 @@ impl Emulator {
     /// Revokes one token; returns false when it is not a token this emulator could have issued.
     pub fn revoke_token(&self, token: &str) -> bool {
         self.state.auth.revoke(token)
+    }
+
+    /// The Data API v1 base URL, `{url}/data/v1`.
+    pub fn data_url(&self) -> String {
+        format!("{}/data/v1", self.url())
+    }
+
+    /// The auth dialog's URL, `{url}/` (the auth host's root): add the auth link's query
+    /// (`response_type=code&client_id=...&redirect_uri=...&scope=...`).
+    pub fn auth_dialog_url(&self) -> String {
+        format!("{}/", self.url())
+    }
+
+    /// Adds `uri` to `client_id`'s redirect-URI allow-list (exact match), as allow-listing
+    /// it in TrueLayer Console does. Returns false for an unknown client.
+    pub fn allow_redirect_uri(&self, client_id: &str, uri: &str) -> bool {
+        self.state.auth.allow_redirect_uri(client_id, uri)
+    }
+
+    /// Whether the dialog also accepts any `http://127.0.0.1:<port>/...`,
+    /// `http://localhost:<port>/...` or `http://[::1]:<port>/...` redirect URI for every
+    /// client, as RFC 8252 §7.3 allows for native apps (default `true`). With `false`, only
+    /// allow-listed URIs ([`Emulator::allow_redirect_uri`]) are accepted.
+    pub fn set_loopback_redirects(&self, allow: bool) {
+        self.state.dialog.set_loopback_redirects(allow);
+    }
+
+    /// Sets the `expires_in` of Data API access tokens issued from now on (default
+    /// [`DEFAULT_DATA_TOKEN_LIFETIME`], an hour).
+    pub fn set_data_token_lifetime(&self, lifetime: Duration) {
+        self.state
+            .data
+            .set_lifetime(Some(lifetime.as_secs() as i64));
+    }
+
+    /// Whether presenting a spent refresh token revokes its whole connection (on by
+    /// default): all its tokens stop working and later refreshes get `invalid_grant`. With
+    /// `false`, only that refresh is refused. TrueLayer does not document which it does.
+    pub fn set_refresh_reuse_detection(&self, on: bool) {
+        self.state.data.set_reuse_detection(on);
+    }
+
+    /// Every Data API connection made so far, oldest first, with its status, its refresh
+    /// token generation and its counters.
+    pub fn connections(&self) -> Vec<ConnectionInfo> {
+        self.state.data.list(self.state.clock.now_unix())
+    }
+
+    /// The connection with this id.
+    pub fn connection(&self, id: &str) -> Option<ConnectionInfo> {
+        self.connections().into_iter().find(|c| c.id == id)
+    }
+
+    /// Revokes a connection, as the user or the bank revoking their consent would: its
+    /// tokens stop working, refreshes get `invalid_grant`. False for an unknown (or already
+    /// revoked) connection.
+    pub fn revoke_connection(&self, id: &str) -> bool {
+        self.state.data.revoke(id, RevocationReason::Admin)
+    }
+
+    /// Ends a connection's consent now, as 90 days passing would: refreshes get
+    /// `invalid_grant` until it is extended. False for an unknown connection.
+    pub fn expire_consent(&self, id: &str) -> bool {
+        self.state
+            .data
+            .expire_consent(id, self.state.clock.now_unix())
+    }
+
+    /// Delays each refresh answer (`grant_type=refresh_token`) by `delay` on tokio's clock,
+    /// for the next `count` refreshes, or until [`Emulator::clear_refresh_faults`] with
+    /// `None`. The refresh happens after the delay.
+    pub fn delay_refreshes(&self, delay: Duration, count: Option<u32>) {
+        self.state.data.set_refresh_delay(delay, count);
+    }
+
+    /// Fails the next `count` refreshes with `status` and, if given, the OAuth2 `error` (an
+    /// empty body otherwise), without touching the tokens: the refresh token stays valid.
+    pub fn fail_next_refreshes(&self, count: u32, status: u16, error: Option<&str>) {
+        let fault = RefreshFault::Fail {
+            status,
+            error: error.map(str::to_owned),
+        };
+        self.state
+            .data
+            .queue_refresh_faults(std::iter::repeat_n(fault, count as usize));
+    }
+
+    /// Makes the next `count` refreshes lose their answer: the emulator rotates the tokens
+    /// (the refresh token sent is spent, and only the new access token is valid), then
+    /// closes the connection without answering, so the client sees a transport error and
+    /// never learns the new refresh token. Retrying with the old one is then a reuse.
+    pub fn drop_next_refresh_answers(&self, count: u32) {
+        self.state.data.queue_refresh_faults(std::iter::repeat_n(
+            RefreshFault::DropAfterRotating,
+            count as usize,
+        ));
+    }
+
+    /// Removes refresh delays, failures and drops.
+    pub fn clear_refresh_faults(&self) {
+        self.state.data.clear_refresh_faults();
+    }
+
+    /// Sets what `POST /data/v1/connections/extend` answers (default
+    /// [`ExtendAction::NoActionNeeded`]).
+    pub fn set_extend_action(&self, action: ExtendAction) {
+        self.state.data.set_extend_action(action);
+    }
+
+    /// Counters of the Data API side: codes, refreshes, reuse, extensions, API requests.
+    pub fn data_stats(&self) -> DataStats {
+        self.state.data.stats()
     }
 
     /// Moves the emulator's wall clock forward, for expiry checks of issued tokens.
@@ -510,6 +646,7 @@ fn router(state: Arc<State>) -> Router {
         .merge(payments::routes())
         .merge(webhooks::routes())
         .merge(stats::routes())
+        .merge(data::routes())
         .with_state(state)
 }
 
@@ -529,6 +666,7 @@ mod tests {
             Client {
                 secret: "s".to_owned(),
                 allowed_scopes: HashSet::new(),
+                redirect_uris: HashSet::new(),
             },
         );
         let app = router(state);
@@ -546,13 +684,20 @@ mod tests {
                 .uri(path.replace("{id}", "x"))
                 .body(Body::empty())
                 .unwrap();
-            let status = app.clone().oneshot(request).await.unwrap().status();
+            let response = app.clone().oneshot(request).await.unwrap();
+            let status = response.status();
+            // A handler's own 404 (an unknown connection) says so in its body; the router's
+            // has none.
+            let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+                .await
+                .unwrap();
             assert!(
-                status != StatusCode::NOT_FOUND && status != StatusCode::METHOD_NOT_ALLOWED,
+                (status != StatusCode::NOT_FOUND || !body.is_empty())
+                    && status != StatusCode::METHOD_NOT_ALLOWED,
                 "{line}: {status}"
             );
             seen += 1;
         }
-        assert_eq!(seen, 12);
+        assert_eq!(seen, 25);
     }
 }

@@ -6,9 +6,11 @@
 //! need through it. A new product is one more module with its own state struct: a field
 //! here, and its routes merged in the crate's router.
 //!
-//! Locks are never held across an `.await`. Only one path holds two: a payment's change
+//! Locks are never held across an `.await`. Only two paths hold two: a payment's change
 //! queues its webhooks under the payments lock (so they go out in the order of its
-//! statuses), taking the webhooks lock inside it; nothing takes them the other way round.
+//! statuses), taking the webhooks lock inside it; and a code exchange makes its connection
+//! (or revokes the one a reused code made) under the dialog lock, taking the data lock inside
+//! it. Nothing takes them the other way round.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -16,7 +18,9 @@ use tokio::runtime::Handle;
 use tokio::task::JoinSet;
 
 use crate::auth::Auth;
+use crate::auth::dialog::Dialog;
 use crate::clock::Clock;
+use crate::data::Data;
 use crate::faults::Faults;
 use crate::payments::Payments;
 use crate::signing_keys::SigningKeys;
@@ -30,6 +34,10 @@ pub(crate) struct State {
     pub(crate) stats: Counters,
     /// Clients, and the tokens issued to them.
     pub(crate) auth: Auth,
+    /// The Data API's auth dialog: pending authorizations, codes, redirect rules.
+    pub(crate) dialog: Dialog,
+    /// Data API connections, their user tokens, and refresh faults.
+    pub(crate) data: Data,
     /// What the token endpoint is told to do instead of answering.
     pub(crate) faults: Faults,
     /// Request-signing public keys, per client.
@@ -49,6 +57,8 @@ impl State {
             clock: Clock::default(),
             stats: Counters::default(),
             webhooks: Webhooks::new(&base_url),
+            dialog: Dialog::new(),
+            data: Data::new(base_url.clone()),
             auth: Auth::new(base_url),
             faults: Faults::default(),
             signing_keys: SigningKeys::default(),

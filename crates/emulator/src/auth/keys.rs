@@ -71,7 +71,8 @@ struct Header<'a> {
 }
 
 impl SigningKey {
-    pub(crate) fn sign(&self, claims: &Claims) -> String {
+    /// Signs `claims` (payments or Data API ones) as an RS256 `at+jwt`.
+    pub(crate) fn sign(&self, claims: &impl Serialize) -> String {
         let header = Header {
             alg: "RS256",
             kid: KEY_ID,

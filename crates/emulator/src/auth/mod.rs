@@ -1,9 +1,12 @@
 //! Clients and their tokens: `POST /connect/token`, the JWKS tokens verify against, token
 //! verification and revocation for the APIs, and the admin routes for lifetimes, secrets and
-//! revocation.
+//! revocation; the Data API's auth dialog and its codes (`dialog`), and the two user grants
+//! (`user_grants`).
 
+pub(crate) mod dialog;
 mod keys;
 mod token_endpoint;
+mod user_grants;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +45,9 @@ pub const KNOWN_SCOPES: [&str; 6] = [
 pub(crate) struct Client {
     pub(crate) secret: String,
     pub(crate) allowed_scopes: HashSet<String>,
+    /// The redirect URIs the auth dialog accepts for this client, as allow-listed in
+    /// Console (loopback ones may be allowed as well: see `Dialog`).
+    pub(crate) redirect_uris: HashSet<String>,
 }
 
 /// The outcome of a `client_credentials` grant.
@@ -92,6 +98,41 @@ impl Auth {
             }
             None => false,
         }
+    }
+
+    /// Whether `id` is a known client.
+    pub(crate) fn has_client(&self, id: &str) -> bool {
+        lock(&self.clients).contains_key(id)
+    }
+
+    /// Whether `secret` is client `id`'s secret.
+    pub(crate) fn authenticate(&self, id: &str, secret: &str) -> bool {
+        lock(&self.clients)
+            .get(id)
+            .is_some_and(|c| constant_time_eq(c.secret.as_bytes(), secret.as_bytes()))
+    }
+
+    /// Adds `uri` to client `id`'s redirect allow-list; false for an unknown client.
+    pub(crate) fn allow_redirect_uri(&self, id: &str, uri: &str) -> bool {
+        match lock(&self.clients).get_mut(id) {
+            Some(c) => {
+                c.redirect_uris.insert(uri.to_owned());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether `uri` is on client `id`'s redirect allow-list, exactly.
+    pub(crate) fn redirect_uri_listed(&self, id: &str, uri: &str) -> bool {
+        lock(&self.clients)
+            .get(id)
+            .is_some_and(|c| c.redirect_uris.contains(uri))
+    }
+
+    /// The issuer of every token, the emulator's base URL.
+    pub(crate) fn issuer(&self) -> &str {
+        &self.issuer
     }
 
     /// Checks a client's credentials and the scopes it asks for (space-separated).
@@ -234,6 +275,11 @@ pub(crate) fn routes() -> Router<Arc<State>> {
         .route("/emulator/token-lifetime", post(lifetime))
         .route("/emulator/clients/{id}/rotate", post(rotate))
         .route("/emulator/revoke", post(revoke))
+        .route(
+            "/emulator/clients/{id}/redirect-uris",
+            post(dialog::allow_redirect_uri_route),
+        )
+        .merge(dialog::routes())
 }
 
 #[derive(Deserialize)]

@@ -1,4 +1,5 @@
-//! `POST /connect/token`: the client_credentials grant, as TrueLayer documents it.
+//! `POST /connect/token`: the client_credentials grant, as TrueLayer documents it, and the
+//! Data API's user grants (`authorization_code`, `refresh_token`: see `user_grants`).
 
 use std::sync::Arc;
 
@@ -11,18 +12,23 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::Authorization;
+use super::{Authorization, user_grants};
 use crate::faults;
 use crate::server::KillSwitch;
 use crate::state::State;
 use crate::stats::Counter;
 
+/// A token request's fields, form-encoded or JSON. No `Debug`: it holds secrets.
 #[derive(Deserialize, Default)]
-struct TokenForm {
-    grant_type: Option<String>,
-    client_id: Option<String>,
-    client_secret: Option<String>,
-    scope: Option<String>,
+pub(super) struct TokenForm {
+    pub(super) grant_type: Option<String>,
+    pub(super) client_id: Option<String>,
+    pub(super) client_secret: Option<String>,
+    pub(super) scope: Option<String>,
+    pub(super) redirect_uri: Option<String>,
+    pub(super) code: Option<String>,
+    pub(super) code_verifier: Option<String>,
+    pub(super) refresh_token: Option<String>,
 }
 
 pub(crate) async fn token(
@@ -36,54 +42,62 @@ pub(crate) async fn token(
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
+    let kill_switch = kill.map(|k| k.0);
     if let Some(fault) = state.faults.next() {
         state.stats.count(Counter::FaultServed);
-        if let Some(response) = faults::serve(fault, kill.map(|k| k.0)).await {
+        if let Some(response) = faults::serve(fault, kill_switch.clone()).await {
             return response;
         }
     }
-    let response = grant(&state, &headers, &body);
+    let response = match parse_form(&headers, &body) {
+        Ok(form) => match form.grant_type.as_deref() {
+            Some("authorization_code") => user_grants::authorization_code(&state, &headers, form),
+            Some("refresh_token") => {
+                user_grants::refresh_token(&state, &headers, form, kill_switch).await
+            }
+            _ => grant(&state, &headers, form),
+        },
+        Err(response) => *response,
+    };
     if response.status() != StatusCode::OK {
         state.stats.count(Counter::TokenError);
     }
     response
 }
 
-fn grant(state: &State, headers: &HeaderMap, body: &[u8]) -> Response {
+/// The request's fields, or the error answer for a malformed body.
+fn parse_form(headers: &HeaderMap, body: &[u8]) -> Result<TokenForm, Box<Response>> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let form: TokenForm = if content_type.starts_with("application/json") {
-        match serde_json::from_slice(body) {
-            Ok(f) => f,
-            Err(_) => {
-                return oauth_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "the JSON body is malformed",
-                );
-            }
-        }
+    if content_type.starts_with("application/json") {
+        serde_json::from_slice(body).map_err(|_| {
+            Box::new(oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "the JSON body is malformed",
+            ))
+        })
     } else if content_type.starts_with("application/x-www-form-urlencoded") {
-        match serde_urlencoded::from_bytes(body) {
-            Ok(f) => f,
-            Err(_) => {
-                return oauth_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "the form body is malformed",
-                );
-            }
-        }
+        serde_urlencoded::from_bytes(body).map_err(|_| {
+            Box::new(oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "the form body is malformed",
+            ))
+        })
     } else {
-        return oauth_error(
+        Err(Box::new(oauth_error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "send application/x-www-form-urlencoded or application/json",
-        );
-    };
+        )))
+    }
+}
 
+/// The client_credentials grant (and the refusal of grants nobody supports).
+fn grant(state: &State, headers: &HeaderMap, form: TokenForm) -> Response {
     match form.grant_type.as_deref() {
         Some("client_credentials") => {}
         None => {
@@ -97,27 +111,13 @@ fn grant(state: &State, headers: &HeaderMap, body: &[u8]) -> Response {
             return oauth_error(
                 StatusCode::BAD_REQUEST,
                 "unsupported_grant_type",
-                "only client_credentials is supported for payments tokens",
+                "supported grants: client_credentials, authorization_code, refresh_token",
             );
         }
     }
-    let (client_id, secret) = match (form.client_id, form.client_secret, basic_auth(headers)) {
-        (Some(id), Some(secret), _) => (id, secret),
-        (_, _, Some(pair)) => pair,
-        (None, _, None) => {
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "client_id is required",
-            );
-        }
-        (Some(_), None, None) => {
-            return oauth_error(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                "client authentication failed",
-            );
-        }
+    let (client_id, secret) = match client_credentials(&form, headers) {
+        Ok(pair) => pair,
+        Err(response) => return *response,
     };
     let requested = form.scope.unwrap_or_default();
     if requested.trim().is_empty() {
@@ -161,6 +161,27 @@ fn grant(state: &State, headers: &HeaderMap, body: &[u8]) -> Response {
     }
 }
 
+/// The client's id and secret, from the body or HTTP Basic, or the error answer.
+pub(super) fn client_credentials(
+    form: &TokenForm,
+    headers: &HeaderMap,
+) -> Result<(String, String), Box<Response>> {
+    match (&form.client_id, &form.client_secret, basic_auth(headers)) {
+        (Some(id), Some(secret), _) => Ok((id.clone(), secret.clone())),
+        (_, _, Some(pair)) => Ok(pair),
+        (None, _, None) => Err(Box::new(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "client_id is required",
+        ))),
+        (Some(_), None, None) => Err(Box::new(oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "client authentication failed",
+        ))),
+    }
+}
+
 fn basic_auth(headers: &HeaderMap) -> Option<(String, String)> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let encoded = value
@@ -174,7 +195,8 @@ fn basic_auth(headers: &HeaderMap) -> Option<(String, String)> {
     Some((id.to_owned(), secret.to_owned()))
 }
 
-fn oauth_error(status: StatusCode, code: &str, description: &str) -> Response {
+/// An OAuth2 error answer: `{"error", "error_description"}`, not cached.
+pub(crate) fn oauth_error(status: StatusCode, code: &str, description: &str) -> Response {
     (
         status,
         [(header::CACHE_CONTROL, "no-store")],
