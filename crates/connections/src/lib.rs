@@ -6,12 +6,19 @@
 #![forbid(unsafe_code)]
 
 mod crypto;
+mod error;
+mod manager;
+mod refresh;
 mod sqlite;
 mod store;
 
+pub use crypto::{EncryptionKeys, KeyError, KeyOrigin};
+pub use error::ConnectionError;
+pub use manager::{
+    CONSENT_LIFETIME, Connection, ConnectionManager, ConnectionManagerBuilder, Extension,
+};
+pub use sqlite::{SqliteStore, SqliteStoreBuilder};
 pub use store::{
     ConnectionId, ConnectionLock, ConnectionRecord, ConnectionStatus, ConnectionStore,
     InvalidConnectionId, StoreError, StoreFuture,
 };
-pub use crypto::{EncryptionKeys, KeyError, KeyOrigin};
-pub use sqlite::{SqliteStore, SqliteStoreBuilder};

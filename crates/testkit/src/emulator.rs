@@ -96,3 +96,83 @@ pub fn register_new_signer(emulator: &Emulator, client_id: &str, kid: &str) -> S
         .expect("the client exists and the key is P-521");
     signer
 }
+
+/// What a user does in the emulator's auth dialog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    /// Chooses the provider and presses Allow.
+    Approve(&'static str),
+    /// Presses Deny.
+    Deny,
+}
+
+/// Plays the user in the emulator's auth dialog over plain HTTP (the browser test does it in
+/// Chromium): opens `link`, submits `choice`, and returns the callback's parameters, from
+/// the redirect's query or, for `form_post`, the auto-submitting form's fields, as a query
+/// string for `PendingAuthorization::callback`.
+///
+/// # Panics
+///
+/// When the dialog does not answer as a dialog should (a test failure).
+pub async fn consent(link: &url::Url, choice: Choice) -> String {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("a client builds");
+    let page = http
+        .get(link.clone())
+        .send()
+        .await
+        .expect("the dialog answers");
+    assert_eq!(page.status(), 200, "the dialog refused the link");
+    let page = page.text().await.expect("a page");
+    let request = field(&page, "name=\"request\" value=\"").expect("the dialog's request id");
+    let mut form = vec![("request", request)];
+    match choice {
+        Choice::Approve(provider) => {
+            form.push(("provider", provider.to_owned()));
+            form.push(("decision", "approve".to_owned()));
+        }
+        Choice::Deny => form.push(("decision", "deny".to_owned())),
+    }
+    let mut decision_url = link.clone();
+    decision_url.set_path("/dialog/decision");
+    decision_url.set_query(None);
+    let answer = http
+        .post(decision_url)
+        .form(&form)
+        .send()
+        .await
+        .expect("the decision is answered");
+    if answer.status().is_redirection() {
+        let location = answer.headers()[http::header::LOCATION]
+            .to_str()
+            .expect("a text Location")
+            .to_owned();
+        let url = url::Url::parse(&location).expect("an absolute Location");
+        return url.query().unwrap_or_default().to_owned();
+    }
+    // form_post: the page's hidden fields are what the browser would POST.
+    let page = answer.text().await.expect("a page");
+    let mut pairs = url::form_urlencoded::Serializer::new(String::new());
+    for name in ["code", "state", "error", "error_description"] {
+        if let Some(value) = field(&page, &format!("name=\"{name}\" value=\"")) {
+            pairs.append_pair(name, &value);
+        }
+    }
+    pairs.finish()
+}
+
+/// The HTML-escaped attribute value after `marker`, unescaped.
+fn field(page: &str, marker: &str) -> Option<String> {
+    let start = page.find(marker)? + marker.len();
+    let end = start + page[start..].find('"')?;
+    Some(
+        page[start..end]
+            .replace("&quot;", "\"")
+            .replace("&#39;", "'")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&amp;", "&"),
+    )
+}

@@ -1,0 +1,757 @@
+//! The manager: connects users, hands out their access tokens, extends and deletes.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::StatusCode;
+use quick_cache::sync::Cache;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use tracing::{info, warn};
+use truelayer_auth::{
+    AccessToken, AuthorizationCode, CacheSettings, ClientCredentials, CredentialsSource,
+    Environment, Error as TokenError, Refresher, TokenClient, TokenFuture, TokenSource, UserTokens,
+};
+
+use crate::error::ConnectionError;
+use crate::refresh::ConnectionRefresh;
+use crate::store::{ConnectionId, ConnectionRecord, ConnectionStatus, ConnectionStore};
+
+/// How long consent lasts from the moment the user gives it (TrueLayer: 90 days).
+pub const CONSENT_LIFETIME: Duration = Duration::from_secs(90 * 24 * 60 * 60);
+
+/// What every connection's refresher shares.
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn ConnectionStore>,
+    pub(crate) environment: Environment,
+    pub(crate) source: Arc<dyn CredentialsSource>,
+    pub(crate) client: TokenClient,
+    pub(crate) http: reqwest::Client,
+    pub(crate) lock_wait: Duration,
+    pub(crate) credentials_timeout: Duration,
+    pub(crate) client_timeout: Duration,
+}
+
+impl Shared {
+    async fn credentials(&self, reload: bool) -> Result<ClientCredentials, TokenError> {
+        let call = if reload {
+            self.source.reload()
+        } else {
+            self.source.credentials()
+        };
+        match tokio::time::timeout(self.credentials_timeout, call).await {
+            Ok(result) => result.map_err(TokenError::Credentials),
+            Err(_) => Err(TokenError::Credentials(
+                truelayer_auth::CredentialsError::retryable(format!(
+                    "the credentials source did not answer within {} ms",
+                    self.credentials_timeout.as_millis()
+                )),
+            )),
+        }
+    }
+
+    /// The `refresh_token` grant, with one reload of the credentials on `invalid_client`
+    /// (a rotated secret): TrueLayer spends a refresh token only when it accepts the client.
+    pub(crate) async fn refresh_grant(
+        &self,
+        refresh_token: &SecretString,
+    ) -> Result<UserTokens, TokenError> {
+        let creds = self.credentials(false).await?;
+        match self
+            .client
+            .refresh_user_token(&self.environment, &creds, refresh_token)
+            .await
+        {
+            Err(e) if e.is_invalid_client() => {
+                let fresh = self.credentials(true).await?;
+                if fresh.client_secret().expose_secret() == creds.client_secret().expose_secret() {
+                    return Err(e);
+                }
+                self.client
+                    .refresh_user_token(&self.environment, &fresh, refresh_token)
+                    .await
+            }
+            other => other,
+        }
+    }
+}
+
+/// A connection as callers see it: everything but its tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Connection {
+    /// The id.
+    pub id: ConnectionId,
+    /// The TrueLayer client it belongs to.
+    pub client_id: String,
+    /// The granted scopes, space separated.
+    pub scopes: String,
+    /// The bank (`provider_id` from `/data/v1/me`), when known.
+    pub provider_id: Option<String>,
+    /// TrueLayer's `credentials_id`, when known.
+    pub credentials_id: Option<String>,
+    /// Where it stands.
+    pub status: ConnectionStatus,
+    /// When the user consented (or the connection was last extended).
+    pub consented_at: SystemTime,
+    /// When consent lapses unless extended: 90 days after [`consented_at`](Self::consented_at).
+    pub consent_expires_at: SystemTime,
+    /// When the stored access token expires.
+    pub access_expires_at: SystemTime,
+    /// Whether it can be refreshed (consent included `offline_access`).
+    pub refreshable: bool,
+    /// The row's version: how many times it was written.
+    pub version: u64,
+}
+
+impl From<&ConnectionRecord> for Connection {
+    fn from(r: &ConnectionRecord) -> Self {
+        Connection {
+            id: r.id.clone(),
+            client_id: r.client_id.clone(),
+            scopes: r.scopes.clone(),
+            provider_id: r.provider_id.clone(),
+            credentials_id: r.credentials_id.clone(),
+            status: r.status,
+            consented_at: r.consented_at,
+            consent_expires_at: r.consented_at + CONSENT_LIFETIME,
+            access_expires_at: r.access_expires_at,
+            refreshable: r.refresh_token.is_some(),
+            version: r.version,
+        }
+    }
+}
+
+/// What [`ConnectionManager::extend`] brought.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Extension {
+    /// Extended: consent counts 90 days from now, and the new pair is stored.
+    Extended,
+    /// The bank needs the user: send them to this link; it ends in a new code, to be passed
+    /// to [`ConnectionManager::connect_as`] with this connection's id.
+    AuthenticationNeeded {
+        /// The link for the user.
+        user_input_link: String,
+    },
+}
+
+/// Connects users' bank accounts and keeps their Data API tokens fresh.
+///
+/// - [`connect`](Self::connect) exchanges a checked callback's code, stores the connection
+///   (both tokens in one row) **before** anything else can fail, reads `/data/v1/me` for its
+///   provider and `credentials_id`, and returns its id.
+/// - [`token`](Self::token) returns a usable access token: the payments cache's engine
+///   ([`Refresher`]) serves it lock-free while valid, refreshes ahead of expiry in the
+///   background, one refresh at a time per connection in the process; each refresh takes the
+///   store's lock for the connection, re-reads the row, uses a row another process already
+///   refreshed, and otherwise spends the refresh token and writes the new pair, fenced on the
+///   version it read, before returning. On `invalid_grant` it re-reads before marking the
+///   connection [`NeedsReconnect`](ConnectionStatus::NeedsReconnect).
+/// - It is a [`TokenSource`] for requests that carry a [`ConnectionId`] extension, so
+///   `truelayer-auth-tower`'s `BearerAuthLayer` authorizes per-user Data API calls, and a
+///   401 refreshes that connection once and replays the request.
+/// - Connections in use keep a refresher in a bounded map (least recently used go first);
+///   an idle one costs nothing but its entry, and no task.
+///
+/// Cheap to clone (clones share everything).
+///
+/// # Example
+///
+/// ```no_run
+/// use truelayer_auth::{AuthLink, EnvCredentials, Environment};
+/// use truelayer_auth_connections::{ConnectionManager, EncryptionKeys, SqliteStore};
+///
+/// # async fn run(callback_query: &str) -> Result<(), Box<dyn std::error::Error>> {
+/// let keys = EncryptionKeys::from_env()?.ok_or("set TRUELAYER_CONNECTIONS_KEY")?;
+/// let store = SqliteStore::open("connections.db", keys).await?;
+/// let manager = ConnectionManager::builder(Environment::Sandbox, EnvCredentials::new(), store).build()?;
+/// let link = AuthLink::builder(Environment::Sandbox, "sandbox-acme-1a2b3c", "https://acme.example/cb").build()?;
+/// // ... the user consents; the browser returns to /cb?code=...&state=...
+/// let id = manager.connect(&link.pending().callback(callback_query)?).await?;
+/// let token = manager.token(&id).await?; // refreshed when needed, once across processes
+/// # let _ = token; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ConnectionManager {
+    shared: Arc<Shared>,
+    settings: CacheSettings,
+    refreshers: Arc<Cache<ConnectionId, Refresher<ConnectionRefresh>>>,
+}
+
+impl fmt::Debug for ConnectionManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionManager")
+            .field("environment", &self.shared.environment)
+            .field("in_memory", &self.refreshers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`ConnectionManager`].
+pub struct ConnectionManagerBuilder {
+    environment: Environment,
+    source: Arc<dyn CredentialsSource>,
+    store: Arc<dyn ConnectionStore>,
+    client: Option<TokenClient>,
+    settings: CacheSettings,
+    max_in_memory: usize,
+    lock_wait: Duration,
+    credentials_timeout: Duration,
+}
+
+impl fmt::Debug for ConnectionManagerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionManagerBuilder")
+            .field("environment", &self.environment)
+            .field("max_in_memory", &self.max_in_memory)
+            .field("lock_wait", &self.lock_wait)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnectionManagerBuilder {
+    /// The refresh engine's settings (margins, waits, backoff): the payments cache's, with
+    /// its defaults.
+    #[must_use]
+    pub fn settings(mut self, settings: CacheSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// The token client (timeouts, limits). Default [`TokenClient::new`].
+    #[must_use]
+    pub fn client(mut self, client: TokenClient) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// How many connections keep a refresher in memory. Default 10,000.
+    #[must_use]
+    pub fn max_in_memory(mut self, n: usize) -> Self {
+        self.max_in_memory = n;
+        self
+    }
+
+    /// How long a refresh waits for another process's refresh of the same connection.
+    /// Default 15 s: longer than a refresh takes (a 10 s request).
+    #[must_use]
+    pub fn lock_wait(mut self, wait: Duration) -> Self {
+        self.lock_wait = wait;
+        self
+    }
+
+    /// Builds the manager.
+    ///
+    /// # Errors
+    ///
+    /// [`truelayer_auth::ConfigError`] for invalid settings or a client that cannot be built.
+    pub fn build(self) -> Result<ConnectionManager, truelayer_auth::ConfigError> {
+        let invalid = |reason| truelayer_auth::ConfigError::InvalidSetting {
+            name: "connection manager",
+            reason,
+        };
+        if self.max_in_memory == 0 || self.lock_wait.is_zero() {
+            return Err(invalid(
+                "max_in_memory and lock_wait must be greater than zero",
+            ));
+        }
+        // Checks the settings once, here.
+        Refresher::new(Noop, self.settings)?;
+        let client = match self.client {
+            Some(c) => c,
+            None => TokenClient::new()?,
+        };
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .user_agent(concat!(
+                "truelayer-auth-connections/",
+                env!("CARGO_PKG_VERSION")
+            ))
+            .build()
+            .map_err(|_| invalid("the HTTP client could not be built"))?;
+        Ok(ConnectionManager {
+            shared: Arc::new(Shared {
+                store: self.store,
+                environment: self.environment,
+                source: self.source,
+                client_timeout: Duration::from_secs(10),
+                client,
+                http,
+                lock_wait: self.lock_wait,
+                credentials_timeout: self.credentials_timeout,
+            }),
+            settings: self.settings,
+            refreshers: Arc::new(Cache::new(self.max_in_memory)),
+        })
+    }
+}
+
+/// A refresh that is never run: builds a refresher only to validate settings.
+struct Noop;
+
+impl truelayer_auth::Refresh for Noop {
+    fn refresh(&self) -> truelayer_auth::RefreshFuture<'_> {
+        Box::pin(async { Err(TokenError::CacheDropped) })
+    }
+    fn time_limit(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+}
+
+impl ConnectionManager {
+    /// A builder for connections of `environment`'s users, for the client `source` gives
+    /// credentials for, kept in `store`.
+    pub fn builder(
+        environment: Environment,
+        source: impl CredentialsSource,
+        store: impl ConnectionStore,
+    ) -> ConnectionManagerBuilder {
+        ConnectionManagerBuilder {
+            environment,
+            source: Arc::new(source),
+            store: Arc::new(store),
+            client: None,
+            settings: CacheSettings::default(),
+            max_in_memory: 10_000,
+            lock_wait: Duration::from_secs(15),
+            credentials_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Exchanges `code` and stores the new connection under a random id, which is returned.
+    ///
+    /// # Errors
+    ///
+    /// [`ConnectionError::Token`] when the exchange fails (an expired or used code is
+    /// `invalid_grant`), [`ConnectionError::Store`] when the row cannot be written.
+    pub async fn connect(&self, code: &AuthorizationCode) -> Result<ConnectionId, ConnectionError> {
+        let id = ConnectionId::random();
+        self.connect_as(&id, code).await?;
+        Ok(id)
+    }
+
+    /// Exchanges `code` and stores the connection under `id` (say, your user's id). An
+    /// existing connection with that id, in any state, is replaced: this is how a user
+    /// reconnects.
+    ///
+    /// The tokens are stored before anything else can fail; `/data/v1/me` is read after, and
+    /// a failure there only leaves the provider and `credentials_id` unknown.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect).
+    pub async fn connect_as(
+        &self,
+        id: &ConnectionId,
+        code: &AuthorizationCode,
+    ) -> Result<(), ConnectionError> {
+        let s = &self.shared;
+        let token_err = |source| ConnectionError::Token {
+            id: id.clone(),
+            source,
+        };
+        let creds = s.credentials(false).await.map_err(token_err)?;
+        let tokens = s
+            .client
+            .exchange_code(&s.environment, &creds, code)
+            .await
+            .map_err(token_err)?;
+        let (access, refresh) = tokens.into_parts();
+        let now = SystemTime::now();
+        let scopes = access
+            .granted_scope()
+            .map_or_else(|| code.scopes().as_str().to_owned(), str::to_owned);
+        let mut record = ConnectionRecord::new(
+            id.clone(),
+            creds.client_id(),
+            scopes,
+            access.secret().clone(),
+            now + access.remaining(),
+            refresh,
+            now,
+        );
+        self.write_new(&mut record).await?;
+        self.refreshers.remove(id);
+        info!(connection_id = %id, "connection stored");
+
+        match self.me(id, &access).await {
+            Ok((provider_id, credentials_id)) => {
+                record.provider_id = provider_id;
+                record.credentials_id = credentials_id;
+                record.updated_at = SystemTime::now();
+                if let Err(e) = s.store.update(&record).await {
+                    warn!(connection_id = %id, error = %truelayer_auth::error_chain(&e), "storing the connection's provider failed; its tokens are stored");
+                }
+            }
+            Err(e) => {
+                warn!(connection_id = %id, error = %truelayer_auth::error_chain(&e), "reading /data/v1/me failed; the connection is stored without its provider");
+            }
+        }
+        Ok(())
+    }
+
+    /// Inserts `record`, or replaces the row with its id under the connection's lock.
+    async fn write_new(&self, record: &mut ConnectionRecord) -> Result<(), ConnectionError> {
+        let s = &self.shared;
+        let id = record.id.clone();
+        let err = |e| ConnectionError::store(&id, e);
+        match s.store.insert(record).await {
+            Ok(()) => return Ok(()),
+            Err(crate::StoreError::AlreadyExists(_)) => {}
+            Err(e) => return Err(err(e)),
+        }
+        let lock = s.store.lock(&id, s.lock_wait).await.map_err(err)?;
+        let result = async {
+            let old = s
+                .store
+                .get(&id)
+                .await
+                .map_err(err)?
+                .ok_or_else(|| ConnectionError::NotFound(id.clone()))?;
+            record.version = old.version;
+            record.version = s.store.update(record).await.map_err(err)?;
+            Ok(())
+        }
+        .await;
+        let _ = lock.release().await;
+        result
+    }
+
+    /// A usable access token for connection `id`; see the type's docs.
+    ///
+    /// # Errors
+    ///
+    /// [`ConnectionError::NeedsReconnect`] (the user must consent again),
+    /// [`ConnectionError::Deleted`], [`ConnectionError::NotFound`],
+    /// [`ConnectionError::NoRefreshToken`], or the token endpoint's or store's failure once
+    /// the refresh engine's wait is over.
+    pub async fn token(&self, id: &ConnectionId) -> Result<AccessToken, ConnectionError> {
+        self.refresher(id)
+            .token()
+            .await
+            .map_err(|e| ConnectionError::from_token_error(id, e))
+    }
+
+    fn refresher(&self, id: &ConnectionId) -> Refresher<ConnectionRefresh> {
+        self.refreshers
+            .get_or_insert_with(id, || {
+                Ok::<_, std::convert::Infallible>(
+                    Refresher::new(
+                        ConnectionRefresh::new(id.clone(), self.shared.clone()),
+                        self.settings,
+                    )
+                    .expect("settings were checked by the builder"),
+                )
+            })
+            .unwrap_or_else(|never| match never {})
+    }
+
+    /// The connection, without its tokens.
+    ///
+    /// # Errors
+    ///
+    /// [`ConnectionError::NotFound`], or the store's failure.
+    pub async fn get(&self, id: &ConnectionId) -> Result<Connection, ConnectionError> {
+        self.shared
+            .store
+            .get(id)
+            .await
+            .map_err(|e| ConnectionError::store(id, e))?
+            .map(|r| Connection::from(&r))
+            .ok_or_else(|| ConnectionError::NotFound(id.clone()))
+    }
+
+    /// Every stored connection, deleted ones included, without tokens.
+    ///
+    /// # Errors
+    ///
+    /// The store's failure.
+    pub async fn list(&self) -> Result<Vec<Connection>, ConnectionError> {
+        let none = ConnectionId::random();
+        Ok(self
+            .shared
+            .store
+            .list()
+            .await
+            .map_err(|e| ConnectionError::store(&none, e))?
+            .iter()
+            .map(Connection::from)
+            .collect())
+    }
+
+    /// Extends the connection's consent (`POST {data api}/connections/extend`, UK), a writer
+    /// of the token pair under the connection's lock like a refresh.
+    ///
+    /// # Errors
+    ///
+    /// As [`token`](Self::token), and [`ConnectionError::Api`] when TrueLayer refuses.
+    pub async fn extend(&self, id: &ConnectionId) -> Result<Extension, ConnectionError> {
+        let s = &self.shared;
+        let err = |e| ConnectionError::store(id, e);
+        let lock = s.store.lock(id, s.lock_wait).await.map_err(err)?;
+        let result = self.extend_locked(id).await;
+        let _ = lock.release().await;
+        if matches!(result, Ok(Extension::Extended)) {
+            // The refresher held the old pair: the next read loads the new one.
+            self.refreshers.remove(id);
+        }
+        result
+    }
+
+    async fn extend_locked(&self, id: &ConnectionId) -> Result<Extension, ConnectionError> {
+        const CALL: &str = "connections/extend";
+        let s = &self.shared;
+        let row = self.active_row(id).await?;
+        let refresh = row
+            .refresh_token
+            .clone()
+            .ok_or_else(|| ConnectionError::NoRefreshToken(id.clone()))?;
+        let url = format!(
+            "{}/connections/extend",
+            s.environment.data_api_url().as_str().trim_end_matches('/')
+        );
+        let body = serde_json::json!({
+            "refresh_token": refresh.expose_secret(),
+            "user_has_reconfirmed_consent": true,
+        });
+        let (status, value) = self
+            .call(id, CALL, s.http.post(url).json(&body), &[&refresh])
+            .await?;
+        let api = |status: Option<StatusCode>, why: &str| ConnectionError::Api {
+            id: id.clone(),
+            call: CALL,
+            status,
+            source: Some(Arc::new(std::io::Error::other(why.to_owned()))),
+        };
+        match value.get("action_needed").and_then(Value::as_str) {
+            Some("no_action_needed") => {
+                let access = value.get("access_token").and_then(Value::as_str);
+                let new_refresh = value.get("refresh_token").and_then(Value::as_str);
+                let expires_in = value.get("expires_in").and_then(Value::as_u64);
+                let (Some(access), Some(new_refresh), Some(expires_in)) =
+                    (access, new_refresh, expires_in)
+                else {
+                    // The refresh token may be spent: nothing is written, and a refresh will
+                    // tell.
+                    return Err(api(
+                        Some(status),
+                        "the answer lacks access_token, refresh_token or expires_in",
+                    ));
+                };
+                let now = SystemTime::now();
+                let mut next = row;
+                next.access_token = SecretString::from(access);
+                next.refresh_token = Some(SecretString::from(new_refresh));
+                next.access_expires_at = now + Duration::from_secs(expires_in);
+                next.consented_at = now;
+                next.updated_at = now;
+                s.store
+                    .update(&next)
+                    .await
+                    .map_err(|e| ConnectionError::store(id, e))?;
+                Ok(Extension::Extended)
+            }
+            Some("authentication_needed") => {
+                let link = value
+                    .get("user_input_link")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| api(Some(status), "the answer lacks user_input_link"))?;
+                Ok(Extension::AuthenticationNeeded {
+                    user_input_link: link.to_owned(),
+                })
+            }
+            _ => Err(api(Some(status), "the answer has no known action_needed")),
+        }
+    }
+
+    /// Deletes the connection: revokes it at TrueLayer (`DELETE {auth}/api/delete`), then
+    /// marks it deleted, under its lock. A connection TrueLayer no longer accepts (it needs
+    /// reconnecting) is only marked.
+    ///
+    /// # Errors
+    ///
+    /// [`ConnectionError::NotFound`], [`ConnectionError::Api`] when TrueLayer refuses the
+    /// revocation (nothing is marked), or the store's failure.
+    pub async fn delete(&self, id: &ConnectionId) -> Result<(), ConnectionError> {
+        let s = &self.shared;
+        // A usable token first (it may refresh, which takes the lock itself).
+        let token = match self.token(id).await {
+            Ok(t) => Some(t),
+            Err(e) if e.needs_reconnect() => None,
+            Err(ConnectionError::Deleted(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let err = |e| ConnectionError::store(id, e);
+        let lock = s.store.lock(id, s.lock_wait).await.map_err(err)?;
+        let result = async {
+            let mut row = s
+                .store
+                .get(id)
+                .await
+                .map_err(err)?
+                .ok_or_else(|| ConnectionError::NotFound(id.clone()))?;
+            if row.status == ConnectionStatus::Deleted {
+                return Ok(());
+            }
+            if let Some(token) = token {
+                // The row's token is the newest; ours, if another process refreshed since.
+                let bearer = if row.access_expires_at > SystemTime::now() {
+                    row.access_token.clone()
+                } else {
+                    token.secret().clone()
+                };
+                let mut url = s.environment.auth_url();
+                url.set_path(&format!("{}/api/delete", url.path().trim_end_matches('/')));
+                let request = s.http.delete(url).bearer_auth(bearer.expose_secret());
+                self.call(id, "api/delete", request, &[&bearer]).await?;
+            }
+            row.status = ConnectionStatus::Deleted;
+            row.updated_at = SystemTime::now();
+            s.store.update(&row).await.map_err(err)?;
+            Ok(())
+        }
+        .await;
+        let _ = lock.release().await;
+        self.refreshers.remove(id);
+        result
+    }
+
+    async fn active_row(&self, id: &ConnectionId) -> Result<ConnectionRecord, ConnectionError> {
+        let row = self
+            .shared
+            .store
+            .get(id)
+            .await
+            .map_err(|e| ConnectionError::store(id, e))?
+            .ok_or_else(|| ConnectionError::NotFound(id.clone()))?;
+        match row.status {
+            ConnectionStatus::Active => Ok(row),
+            ConnectionStatus::NeedsReconnect => Err(ConnectionError::NeedsReconnect(id.clone())),
+            _ => Err(ConnectionError::Deleted(id.clone())),
+        }
+    }
+
+    /// `GET /data/v1/me`: the provider and `credentials_id`.
+    async fn me(
+        &self,
+        id: &ConnectionId,
+        access: &AccessToken,
+    ) -> Result<(Option<String>, Option<String>), ConnectionError> {
+        let s = &self.shared;
+        let url = format!(
+            "{}/me",
+            s.environment.data_api_url().as_str().trim_end_matches('/')
+        );
+        let request = s
+            .http
+            .get(url)
+            .header(http::header::AUTHORIZATION, access.authorization_header());
+        let (_, value) = self
+            .call(id, "/data/v1/me", request, &[access.secret()])
+            .await?;
+        let first = value
+            .get("results")
+            .and_then(Value::as_array)
+            .and_then(|r| r.first());
+        let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+        Ok((
+            text(first.and_then(|f| f.pointer("/provider/provider_id"))),
+            text(first.and_then(|f| f.get("credentials_id"))),
+        ))
+    }
+
+    /// Sends a Data API call and reads its JSON answer; any status but 2xx is an error whose
+    /// text (TrueLayer's `error`, scrubbed of `secrets`) is the source.
+    async fn call(
+        &self,
+        id: &ConnectionId,
+        call: &'static str,
+        request: reqwest::RequestBuilder,
+        secrets: &[&SecretString],
+    ) -> Result<(StatusCode, Value), ConnectionError> {
+        let api = |status, source: Option<Arc<dyn std::error::Error + Send + Sync>>| {
+            ConnectionError::Api {
+                id: id.clone(),
+                call,
+                status,
+                source,
+            }
+        };
+        let response = request
+            .header(http::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| api(None, Some(Arc::new(e.without_url()))))?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| api(Some(status), Some(Arc::new(e.without_url()))))?;
+        let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if !status.is_success() {
+            let mut text = value
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("no error body")
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(100)
+                .collect::<String>();
+            for secret in secrets {
+                let secret = secret.expose_secret();
+                if secret.len() >= 4 {
+                    text = text.replace(secret, "[redacted]");
+                }
+            }
+            return Err(api(
+                Some(status),
+                Some(Arc::new(std::io::Error::other(format!(
+                    "TrueLayer answered `{text}`"
+                )))),
+            ));
+        }
+        Ok((status, value))
+    }
+}
+
+impl TokenSource for ConnectionManager {
+    fn cached(&self, request: &http::Extensions) -> Result<Option<AccessToken>, TokenError> {
+        let id = request
+            .get::<ConnectionId>()
+            .ok_or_else(|| ConnectionError::MissingConnectionId.into_token_error())?;
+        Ok(self.refresher(id).cached())
+    }
+
+    fn token(&self, request: &http::Extensions) -> TokenFuture {
+        let Some(id) = request.get::<ConnectionId>() else {
+            return Box::pin(std::future::ready(Err(
+                ConnectionError::MissingConnectionId.into_token_error(),
+            )));
+        };
+        let refresher = self.refresher(id);
+        Box::pin(async move { refresher.token().await })
+    }
+
+    fn invalidate(&self, token: &AccessToken) -> bool {
+        truelayer_auth::invalidate_issued(token).unwrap_or(false)
+    }
+
+    fn replacement(&self, rejected: &AccessToken, request: &http::Extensions) -> TokenFuture {
+        truelayer_auth::replacement_issued(rejected)
+            .unwrap_or_else(|| TokenSource::token(self, request))
+    }
+
+    fn reports_through_tokens(&self) -> bool {
+        true
+    }
+}
+
+impl From<ConnectionError> for TokenError {
+    fn from(e: ConnectionError) -> Self {
+        e.into_token_error()
+    }
+}
