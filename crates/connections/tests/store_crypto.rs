@@ -114,6 +114,9 @@ fn altered_data_is_wrong_key_and_malformed_text_is_corrupt() {
         "tlc1.bad id.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
         "tlc1.k1.not base64!",
         "tlc1.k1.AAAA",
+        // Shorter than a nonce, and than a nonce and a tag.
+        "tlc1.k1.AAAAAAAAAAA",
+        "tlc1.k1.AAAAAAAAAAAAAAAAAAAAAAAAAAA",
     ] {
         let err = keys.decrypt(&id("c1"), "access_token", bad).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt(_)), "{bad:?}: {err:?}");
