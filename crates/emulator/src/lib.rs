@@ -48,6 +48,54 @@
 //! once the one before is delivered or abandoned. Without a URL, statuses change and nothing
 //! is sent. [`Emulator::sign_webhook`] signs webhooks tests craft themselves.
 //!
+//! # The Data API: the auth dialog, user grants and Data API v1
+//!
+//! The emulator is also TrueLayer's Data API auth server, as TrueLayer documents it. The auth
+//! link, `GET {url}/?response_type=code&client_id=...&redirect_uri=...&scope=...&state=...`
+//! ([`Emulator::auth_dialog_url`]; also `nonce`, `providers`, `provider_id`,
+//! `response_mode=query|form_post`, and PKCE's `code_challenge` with
+//! `code_challenge_method=S256`: `plain` is refused), renders a mock bank's consent page. Its
+//! elements have stable ids for browser automation: the form `consent` (POSTed to
+//! `/dialog/decision`), one radio `provider-<id>` per bank (`provider-mock` "Mock Bank",
+//! `provider-ob-mock-2` "Mock Bank 2"; `provider_id` preselects one) and the buttons
+//! `approve` and `deny`. The form carries only an opaque, single-use request id (valid
+//! [`DIALOG_REQUEST_LIFETIME`] on the emulator's clock); what the client asked for stays in
+//! the emulator. An unknown `client_id` or a `redirect_uri` not allowed for the client is a 400
+//! HTML page, never a redirect; the client's allow-list is set with
+//! [`Emulator::allow_redirect_uri`], and `http` loopback URIs (`127.0.0.1`, `localhost`,
+//! `[::1]`, any port) are allowed too unless [`Emulator::set_loopback_redirects`] says not
+//! (RFC 8252 §7.3). Later errors (`invalid_scope`, `invalid_request`,
+//! `unsupported_response_type`) and a denial (`access_denied`) go back to the client with its
+//! `state`, as an approval's `code` does: a 303 to the `redirect_uri`, or with `form_post` a
+//! page that POSTs them there.
+//!
+//! A code is single-use, valid [`CODE_LIFETIME`], and bound to the client, the redirect URI,
+//! the PKCE challenge, the scopes and the bank. `POST /connect/token` with
+//! `grant_type=authorization_code` exchanges it for a connection (one consent, listed by
+//! [`Emulator::connections`]) and its first tokens: an RS256 access token (audience
+//! [`DATA_AUDIENCE`], claims [`DataClaims`]) and, only with the `offline_access` scope, a
+//! refresh token. A code presented again is refused and revokes the connection it made
+//! (RFC 6749 §4.1.2). `grant_type=refresh_token` rotates both tokens: the refresh token sent
+//! is spent and only the newest access token is valid. Presenting a spent refresh token
+//! revokes the whole connection (reuse detection, which TrueLayer does not document either
+//! way; [`Emulator::set_refresh_reuse_detection`] turns it off). A consent lasts
+//! [`CONSENT_LIFETIME`] and a refresh token must be used within [`REFRESH_TOKEN_LIFETIME`];
+//! past them, as for revoked connections and other clients' tokens, the answer is
+//! `invalid_grant`. Tests make refreshes slow ([`Emulator::delay_refreshes`]), fail
+//! ([`Emulator::fail_next_refreshes`]), or lose their answer after rotating
+//! ([`Emulator::drop_next_refresh_answers`]), and count them ([`Emulator::data_stats`],
+//! [`ConnectionInfo`]).
+//!
+//! The Data API v1 is under [`Emulator::data_url`] (`{url}/data/v1`): `/me`, `/info`,
+//! `/accounts`, `/accounts/{id}` and its `balance`, `transactions?from=&to=`,
+//! `transactions/pending`, `direct_debits` and `standing_orders`, and the same under `/cards`,
+//! with fake data that is the same for the same connection. A missing, expired, superseded
+//! or revoked token is a 401 `unauthorized` with `WWW-Authenticate: Bearer`; a scope not
+//! granted a 403 `access_denied`. `POST /data/v1/connections/extend` with a refresh token
+//! renews the consent and rotates both tokens (`no_action_needed`), or answers
+//! `authentication_needed` with a link to the dialog ([`Emulator::set_extend_action`]); and
+//! `DELETE /api/delete` with an access token revokes its connection.
+//!
 //! Tests drive faults, statuses and webhooks through the [`Emulator`] handle; other tools use
 //! the admin routes under `/emulator/` ([`ADMIN_ROUTES`], also listed by
 //! `tlauth emulator --help`). A call the emulator refuses fails with an [`Error`].
@@ -158,18 +206,19 @@ Admin routes (JSON bodies):
                                                {\"status\": \"failed\", \"failure_reason\": \"expired\"}
   GET    /webhooks/jwks                        the webhook signing key (the jku)
 Data API (user grants):
-  POST   /emulator/clients/{id}/redirect-uris  {\"uri\": \"https://...\"} allow-list a redirect URI
-  POST   /emulator/loopback-redirects          {\"allow\": bool} also allow http loopback URIs (default true)
+  POST   /emulator/clients/{id}/redirect-uris  {\"uri\": \"https://...\"}: allow-list it
+  POST   /emulator/loopback-redirects          {\"allow\": bool}: http loopback URIs too (default)
   POST   /emulator/data-token-lifetime         {\"seconds\": N | null}
-  POST   /emulator/refresh-reuse-detection     {\"enabled\": bool} (default true)
+  POST   /emulator/refresh-reuse-detection     {\"enabled\": bool} (on by default)
   GET    /emulator/connections                 {\"connections\": [...]}
-  POST   /emulator/connections/{id}/revoke     revoke a connection and its tokens
-  POST   /emulator/connections/{id}/expire-consent  end its 90-day consent now
-  POST   /emulator/refresh-delay               {\"millis\": N, \"count\": N | null} delay refresh answers
-  POST   /emulator/refresh-failures            {\"count\": N, \"status\": 503, \"error\": \"invalid_grant\" | null}
-  POST   /emulator/refresh-drops               {\"count\": N} rotate, then close the connection unanswered
+  POST   /emulator/connections/{id}/revoke
+  POST   /emulator/connections/{id}/expire-consent
+  POST   /emulator/refresh-delay               {\"millis\": N, \"count\": N | null}
+  POST   /emulator/refresh-failures            {\"count\": N, \"status\": 400, \"error\": \"invalid_grant\"}
+  POST   /emulator/refresh-drops               {\"count\": N}: rotate, then close unanswered
   DELETE /emulator/refresh-faults              clear refresh delays, failures and drops
-  POST   /emulator/extend-action               {\"action_needed\": \"no_action_needed\" | \"authentication_needed\"}
+  POST   /emulator/extend-action               {\"action_needed\": \"no_action_needed\"} or
+                                               {\"action_needed\": \"authentication_needed\"}
   GET    /emulator/data-stats                  Data API counters
 ";
 
