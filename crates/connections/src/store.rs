@@ -312,6 +312,9 @@ pub enum StoreError {
 impl StoreError {
     /// Whether trying again later may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::LockTimeout { .. } | StoreError::Backend(_))
+        matches!(
+            self,
+            StoreError::LockTimeout { .. } | StoreError::Backend(_)
+        )
     }
 }

@@ -173,7 +173,10 @@ impl AuthLinkBuilder {
         }
         check_transport(&redirect)?;
         if self.providers.iter().any(|p| p.trim().is_empty())
-            || self.provider_id.as_deref().is_some_and(|p| p.trim().is_empty())
+            || self
+                .provider_id
+                .as_deref()
+                .is_some_and(|p| p.trim().is_empty())
         {
             return Err(ConfigError::InvalidSetting {
                 name: "providers",
@@ -487,7 +490,7 @@ mod tests {
     #[test]
     fn the_s256_challenge_matches_rfc_7636_appendix_b() {
         assert_eq!(
-            pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r0wsRyggOPEk"),
+            pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
             "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
         );
     }

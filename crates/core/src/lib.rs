@@ -46,16 +46,16 @@ mod source;
 mod token;
 mod token_source;
 
+pub use authorization::{
+    AuthLink, AuthLinkBuilder, AuthorizationCode, CallbackError, PendingAuthorization, ResponseMode,
+};
 pub use cache::{
     CacheKey, CacheSettings, CacheStats, KeyedTokenCache, KeyedTokenCacheBuilder, Refresh,
     RefreshFuture, Refresher, TokenCache, TokenCacheBuilder,
 };
-pub use authorization::{
-    AuthLink, AuthLinkBuilder, AuthorizationCode, CallbackError, PendingAuthorization, ResponseMode,
-};
 pub use client::{TokenClient, TokenClientBuilder, UserTokens};
-pub use data_scope::{DataScope, DataScopes};
 pub use credentials::ClientCredentials;
+pub use data_scope::{DataScope, DataScopes};
 pub use environment::{CustomEndpoint, Environment};
 pub use error::{
     ConfigError, CredentialsError, Error, InvalidResponse, InvalidToken, OAuthError,

@@ -414,8 +414,12 @@ mod tests {
         .unwrap();
         assert_eq!(e.code, OAuthErrorCode::InvalidClient);
         assert_eq!(e.description.as_deref(), Some("bad secret [redacted]"));
-        let other =
-            parse_oauth_error(StatusCode::BAD_REQUEST, br#"{"error":"weird_code"}"#, &["x"]).unwrap();
+        let other = parse_oauth_error(
+            StatusCode::BAD_REQUEST,
+            br#"{"error":"weird_code"}"#,
+            &["x"],
+        )
+        .unwrap();
         assert_eq!(other.code, OAuthErrorCode::Other("weird_code".into()));
         assert!(parse_oauth_error(StatusCode::BAD_REQUEST, b"<html>", &["x"]).is_none());
         assert!(parse_oauth_error(StatusCode::BAD_REQUEST, br#"{"error":7}"#, &["x"]).is_none());

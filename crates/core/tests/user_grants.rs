@@ -1,0 +1,284 @@
+//! The Data API's grants against the emulator: a code is single use, short lived and bound to
+//! its PKCE verifier; a refresh rotates; bad answers are typed errors; and neither the code
+//! nor the refresh token reaches Debug, Display, an error or a log line.
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use truelayer_auth::{
+    AuthLink, AuthorizationCode, DataScopes, Error, InvalidResponse, PendingAuthorization,
+    TokenClient,
+};
+use truelayer_auth_emulator::{Emulator, Fault};
+use truelayer_auth_testkit::emulator::{Choice, consent, credentials, environment};
+use truelayer_auth_testkit::logs::LogCapture;
+
+const CODE: &str = "MARKER-CODE-41c7";
+const REFRESH: &str = "MARKER-REFRESH-9b03";
+const VERIFIER: &str = "MARKER-VERIFIER-0000000000000000000000000000000000000000";
+
+/// Checks that none of the secrets a request carried is in `text` (as written or
+/// percent-decoded). A server can echo only what it was sent: an exchange carries the code and
+/// verifier, a refresh the refresh token.
+fn assert_clean_of(markers: &[&str], what: &str, text: &str) {
+    let decoded = percent_encoding::percent_decode_str(text).decode_utf8_lossy();
+    for text in [text, &decoded] {
+        for marker in markers {
+            assert!(!text.contains(marker), "{what} leaks {marker}: {text}");
+        }
+    }
+}
+
+fn assert_clean(what: &str, text: &str) {
+    assert_clean_of(&[CODE, REFRESH, VERIFIER], what, text);
+}
+
+fn chain(e: &Error) -> String {
+    let mut out = format!("{e} {e:?}");
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        out.push_str(&format!(" {s} {s:?}"));
+        source = s.source();
+    }
+    out
+}
+
+async fn code_for(emulator: &Emulator) -> (AuthorizationCode, PendingAuthorization) {
+    let link = AuthLink::builder(
+        environment(emulator),
+        emulator.client_id(),
+        "http://127.0.0.1:9/cb",
+    )
+    .build()
+    .unwrap();
+    let callback = consent(link.url(), Choice::Approve("mock")).await;
+    let pending = link.pending().clone();
+    (pending.callback(&callback).unwrap(), pending)
+}
+
+#[tokio::test]
+async fn a_code_is_exchanged_once_and_its_refresh_token_rotates() {
+    let emulator = Emulator::start().await.unwrap();
+    let (env, creds, client) = (
+        environment(&emulator),
+        credentials(&emulator),
+        TokenClient::new().unwrap(),
+    );
+    let (code, _) = code_for(&emulator).await;
+
+    let first = client.exchange_code(&env, &creds, &code).await.unwrap();
+    assert_eq!(
+        first.access_token().granted_scope(),
+        Some(DataScopes::default().as_str())
+    );
+    let refresh = first.refresh_token().unwrap().clone();
+
+    let second = client
+        .refresh_user_token(&env, &creds, &refresh)
+        .await
+        .unwrap();
+    let rotated = second.refresh_token().unwrap().clone();
+    assert_ne!(rotated.expose_secret(), refresh.expose_secret());
+    let third = client
+        .refresh_user_token(&env, &creds, &rotated)
+        .await
+        .unwrap();
+
+    // A replayed code is refused, and (RFC 6749 §4.1.2) revokes what it issued.
+    let again = client.exchange_code(&env, &creds, &code).await.unwrap_err();
+    assert!(again.is_invalid_grant() && !again.is_retryable(), "{again}");
+    let revoked = client
+        .refresh_user_token(&env, &creds, third.refresh_token().unwrap())
+        .await
+        .unwrap_err();
+    assert!(revoked.is_invalid_grant(), "{revoked}");
+}
+
+#[tokio::test]
+async fn a_spent_refresh_token_is_refused() {
+    let emulator = Emulator::start().await.unwrap();
+    let (env, creds, client) = (
+        environment(&emulator),
+        credentials(&emulator),
+        TokenClient::new().unwrap(),
+    );
+    let (code, _) = code_for(&emulator).await;
+    let first = client.exchange_code(&env, &creds, &code).await.unwrap();
+    let refresh = first.refresh_token().unwrap();
+    client
+        .refresh_user_token(&env, &creds, refresh)
+        .await
+        .unwrap();
+    let spent = client
+        .refresh_user_token(&env, &creds, refresh)
+        .await
+        .unwrap_err();
+    assert!(spent.is_invalid_grant() && !spent.is_retryable(), "{spent}");
+}
+
+#[tokio::test]
+async fn a_code_past_five_minutes_or_with_another_verifier_is_refused() {
+    let emulator = Emulator::start().await.unwrap();
+    let (env, creds, client) = (
+        environment(&emulator),
+        credentials(&emulator),
+        TokenClient::new().unwrap(),
+    );
+
+    let (code, _) = code_for(&emulator).await;
+    let forged = AuthorizationCode::new(
+        code.secret().clone(),
+        code.client_id(),
+        code.redirect_uri(),
+        code.scopes().clone(),
+        Some(SecretString::from(VERIFIER)),
+    );
+    let e = client
+        .exchange_code(&env, &creds, &forged)
+        .await
+        .unwrap_err();
+    assert!(e.is_invalid_grant(), "{e}");
+
+    let (late, _) = code_for(&emulator).await;
+    emulator.advance_clock(Duration::from_secs(5 * 60 + 1));
+    let e = client.exchange_code(&env, &creds, &late).await.unwrap_err();
+    assert!(e.is_invalid_grant(), "{e}");
+    assert!(e.to_string().contains("connect again"), "{e}");
+}
+
+#[tokio::test]
+async fn another_client_s_credentials_are_refused_before_anything_is_sent() {
+    let emulator = Emulator::start().await.unwrap();
+    let (code, _) = code_for(&emulator).await;
+    let other = truelayer_auth::ClientCredentials::new("someone-else", "x".into()).unwrap();
+    let e = TokenClient::new()
+        .unwrap()
+        .exchange_code(&environment(&emulator), &other, &code)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Config(_)), "{e}");
+    assert_eq!(emulator.data_stats().codes_refused, 0);
+}
+
+#[tokio::test]
+async fn a_refresh_answer_without_a_refresh_token_is_a_typed_error() {
+    let emulator = Emulator::start().await.unwrap();
+    emulator.fail_next([Fault::Body {
+        status: 200,
+        content_type: "application/json".into(),
+        body: r#"{"access_token":"a.b.c","expires_in":3600,"token_type":"Bearer"}"#.into(),
+    }]);
+    let e = TokenClient::new()
+        .unwrap()
+        .refresh_user_token(
+            &environment(&emulator),
+            &credentials(&emulator),
+            &SecretString::from(REFRESH),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            Error::InvalidResponse {
+                problem: InvalidResponse::MissingField("refresh_token"),
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn no_code_verifier_or_refresh_token_reaches_debug_display_errors_or_logs() {
+    let (capture, _guard) = LogCapture::trace();
+    let emulator = Emulator::start().await.unwrap();
+    let (env, creds, client) = (
+        environment(&emulator),
+        credentials(&emulator),
+        TokenClient::new().unwrap(),
+    );
+    let (real, pending) = code_for(&emulator).await;
+    let code = AuthorizationCode::new(
+        SecretString::from(CODE),
+        real.client_id(),
+        real.redirect_uri(),
+        real.scopes().clone(),
+        Some(SecretString::from(VERIFIER)),
+    );
+    assert_clean("AuthorizationCode Debug", &format!("{code:?}"));
+    assert_clean("PendingAuthorization Debug", &format!("{pending:?}"));
+
+    let echo = |status: u16, body: String| Fault::Body {
+        status,
+        content_type: "application/json".into(),
+        body,
+    };
+    let faults = || {
+        vec![
+            echo(
+                400,
+                format!(
+                    r#"{{"error":"invalid_grant","error_description":"code={CODE}&code_verifier={VERIFIER}&refresh_token={REFRESH}"}}"#
+                ),
+            ),
+            echo(
+                400,
+                format!(r#"{{"error":"{REFRESH}","error_description":"{CODE}"}}"#),
+            ),
+            echo(
+                200,
+                format!(
+                    r#"{{"access_token":"t","expires_in":9,"token_type":"Bearer","refresh_token":{{"v":"{REFRESH}"}}}}"#
+                ),
+            ),
+            echo(
+                200,
+                format!(r#"{{"access_token":"t","expires_in":9,"token_type":"{REFRESH}"}}"#),
+            ),
+            Fault::Redirect {
+                location: format!("https://evil.example/{CODE}/{REFRESH}?c={CODE}"),
+            },
+        ]
+    };
+    for fault in faults() {
+        emulator.fail_next([fault.clone()]);
+        let e = client.exchange_code(&env, &creds, &code).await.unwrap_err();
+        assert_clean_of(
+            &[CODE, VERIFIER],
+            &format!("exchange error for {fault:?}"),
+            &chain(&e),
+        );
+    }
+    for fault in faults() {
+        emulator.fail_next([fault.clone()]);
+        let e = client
+            .refresh_user_token(&env, &creds, &SecretString::from(REFRESH))
+            .await
+            .unwrap_err();
+        assert_clean_of(
+            &[REFRESH],
+            &format!("refresh error for {fault:?}"),
+            &chain(&e),
+        );
+    }
+    // A real exchange and refresh, logged at TRACE.
+    let tokens = client.exchange_code(&env, &creds, &real).await.unwrap();
+    assert_clean("UserTokens Debug", &format!("{tokens:?}"));
+    let refresh = tokens.refresh_token().unwrap().expose_secret().to_owned();
+    assert!(!format!("{tokens:?}").contains(&refresh));
+    let renewed = client
+        .refresh_user_token(&env, &creds, tokens.refresh_token().unwrap())
+        .await
+        .unwrap();
+    let logs = capture.text();
+    assert!(logs.contains("token endpoint answered"), "{logs}");
+    assert_clean("TRACE logs", &logs);
+    for secret in [
+        refresh.as_str(),
+        renewed.refresh_token().unwrap().expose_secret(),
+        real.secret().expose_secret(),
+    ] {
+        assert!(!logs.contains(secret), "a real secret is in the logs");
+    }
+}
