@@ -31,9 +31,13 @@ async fn store(path: &std::path::Path) -> SqliteStore {
 }
 
 async fn manager(emulator: &Emulator, path: &std::path::Path) -> ConnectionManager {
-    ConnectionManager::builder(environment(emulator), credentials(emulator), store(path).await)
-        .build()
-        .unwrap()
+    ConnectionManager::builder(
+        environment(emulator),
+        credentials(emulator),
+        store(path).await,
+    )
+    .build()
+    .unwrap()
 }
 
 async fn connect(emulator: &Emulator, manager: &ConnectionManager) -> ConnectionId {
@@ -97,6 +101,23 @@ fn warm_and_cold(c: &mut Criterion) {
     g.bench_function("baseline_store_get", |b| {
         b.to_async(&rt)
             .iter(|| async { black_box(reader.get(&id).await.unwrap()) })
+    });
+    // The window no client can close (killed after TrueLayer rotated, before the write) is
+    // this write: the fenced update of the row with the new pair, fsync included.
+    g.bench_function("window_fenced_write_of_a_refreshed_pair", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let mut row = reader.get(&id).await.unwrap().unwrap();
+                    row.updated_at = SystemTime::now();
+                    let start = Instant::now();
+                    black_box(reader.update(&row).await.unwrap());
+                    total += start.elapsed();
+                }
+                total
+            })
+        })
     });
     g.bench_function("fresh_manager_token", |b| {
         b.iter_custom(|iters| {
