@@ -14,9 +14,9 @@ use truelayer_auth_vault::SecretsManagerCredentials;
 
 use crate::{Failure, suggest};
 
-/// Environment, credentials and scopes, shared by `token` and `proxy`.
+/// Environment and credentials, shared by every command that talks to TrueLayer.
 #[derive(Debug, Args)]
-pub(crate) struct AuthArgs {
+pub(crate) struct ClientArgs {
     /// `sandbox`, `production`, or a base URL such as `http://127.0.0.1:8080` (a local
     /// emulator: `tlauth emulator` prints its TRUELAYER_ENV).
     #[arg(long = "env", env = "TRUELAYER_ENV", value_name = "ENV")]
@@ -33,6 +33,13 @@ pub(crate) struct AuthArgs {
     /// client_id and client_secret), using the AWS default configuration chain.
     #[arg(long, env = "TRUELAYER_SECRET_ID", value_name = "SECRET_ID", conflicts_with_all = ["client_id", "client_secret_stdin"])]
     secret_id: Option<String>,
+}
+
+/// Environment, credentials and scopes, shared by `token` and `proxy`.
+#[derive(Debug, Args)]
+pub(crate) struct AuthArgs {
+    #[command(flatten)]
+    client: ClientArgs,
     /// A scope to request; repeat for several. Default: payments.
     #[arg(long = "scope", value_name = "SCOPE")]
     scopes: Vec<String>,
@@ -51,6 +58,15 @@ pub(crate) struct Resolved {
     pub(crate) embedded: Option<Emulator>,
 }
 
+/// The environment and client the arguments resolved to.
+pub(crate) struct Client {
+    pub(crate) environment: Environment,
+    pub(crate) source: Arc<dyn CredentialsSource>,
+    pub(crate) kind: CredentialsKind,
+    /// The embedded emulator, when nothing was configured; dropping it stops it.
+    pub(crate) embedded: Option<Emulator>,
+}
+
 /// Where the credentials came from, for what else that source can give (a signing key).
 pub(crate) enum CredentialsKind {
     Given,
@@ -60,6 +76,28 @@ pub(crate) enum CredentialsKind {
 impl AuthArgs {
     pub(crate) async fn resolve(self) -> Result<Resolved, Failure> {
         let scopes = scopes(&self.scopes, self.without_payments)?;
+        let client = self.client.resolve(Fallback::EmbeddedEmulator).await?;
+        Ok(Resolved {
+            environment: client.environment,
+            source: client.source,
+            kind: client.kind,
+            scopes,
+            embedded: client.embedded,
+        })
+    }
+}
+
+/// What to do when nothing at all is configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fallback {
+    /// Start an embedded emulator and use its default client.
+    EmbeddedEmulator,
+    /// Refuse, with this explanation of why an embedded emulator would not do.
+    Refuse(&'static str),
+}
+
+impl ClientArgs {
+    pub(crate) async fn resolve(self, fallback: Fallback) -> Result<Client, Failure> {
         // A mistake in the environment is named even when something else is missing too.
         let environment = self.environment.as_deref().map(parse_env).transpose()?;
         if let Some(secret_id) = self.secret_id {
@@ -70,17 +108,22 @@ impl AuthArgs {
                 .build()
                 .await
                 .map_err(|e| Failure::usage(truelayer_auth::error_chain(&e)))?;
-            return Ok(Resolved {
+            return Ok(Client {
                 environment,
                 source: Arc::new(vault.clone()),
                 kind: CredentialsKind::Vault(vault),
-                scopes,
                 embedded: None,
             });
         }
         let secret = read_secret(self.client_secret_stdin)?;
         let (environment, credentials, embedded) = match (environment, self.client_id, secret) {
             (None, None, None) => {
+                if let Fallback::Refuse(why) = fallback {
+                    return Err(Failure::usage(format!(
+                        "no environment or credentials configured (TRUELAYER_ENV, TRUELAYER_CLIENT_ID, \
+                         TRUELAYER_CLIENT_SECRET); {why}"
+                    )));
+                }
                 let emulator = Emulator::start().await.map_err(|e| {
                     Failure::usage(format!("could not start the embedded emulator: {e}"))
                 })?;
@@ -111,11 +154,10 @@ impl AuthArgs {
             }
             (Some(env), Some(id), Some(secret)) => (env, credentials(&id, secret)?, None),
         };
-        Ok(Resolved {
+        Ok(Client {
             environment,
             source: Arc::new(credentials),
             kind: CredentialsKind::Given,
-            scopes,
             embedded,
         })
     }

@@ -1,9 +1,12 @@
-//! `tlauth`: TrueLayer payments access tokens from the command line, a local emulator, and
-//! an authenticating proxy.
+//! `tlauth`: TrueLayer payments access tokens from the command line, a local emulator, an
+//! authenticating proxy, and Data API connections (`connect`, `data`, `connections`).
 
 mod config;
+mod connect;
+mod data;
 mod proxy;
 mod sign;
+mod store;
 mod suggest;
 
 use std::io::{IsTerminal, Write};
@@ -77,9 +80,22 @@ enum Command {
     Sign(sign::SignArgs),
     /// Check a `Tl-Signature` value against a request: exit 0 when valid, 1 with the reason.
     Verify(sign::VerifyArgs),
+    /// Connect a user's bank account (Data API): print the auth link, receive the redirect
+    /// on a loopback listener, exchange the code, store the connection and print its id.
+    ///
+    /// With no credentials configured it uses an embedded emulator, whose connections end
+    /// with this command; run `tlauth emulator` in another terminal for ones that last.
+    Connect(Box<connect::ConnectArgs>),
+    /// Call the Data API with a stored connection's token (refreshed as needed) and print
+    /// the JSON answer.
+    Data(data::DataArgs),
+    /// List, show, delete or extend the stored connections.
+    #[command(subcommand)]
+    Connections(data::ConnectionsCommand),
 }
 
 /// A failure with its exit code: 2 for usage and configuration, 1 for the work itself.
+#[derive(Debug)]
 pub(crate) struct Failure {
     code: u8,
     message: String,
@@ -143,6 +159,9 @@ fn main() -> ExitCode {
             Command::Proxy(args) => proxy::run(args).await,
             Command::Sign(args) => sign::sign(args).await,
             Command::Verify(args) => sign::verify(args),
+            Command::Connect(args) => connect::run(*args).await,
+            Command::Data(args) => data::data(args).await,
+            Command::Connections(command) => data::connections(command).await,
         }
     });
     // The work is done: blocking threads left (a DNS lookup, a stdin read) are not waited
@@ -316,5 +335,14 @@ pub(crate) async fn shutdown_signal() -> Result<(), Failure> {
         tokio::signal::ctrl_c()
             .await
             .map_err(|e| Failure::failed(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        // Clap checks names, ids and conflicts only when asked to, or on first use.
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
     }
 }

@@ -6,6 +6,8 @@
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
+pub(crate) mod connect;
+
 /// Runs `tlauth args` with only `env` of tlauth's own settings (none inherited from the
 /// shell running the tests), feeding it `stdin`.
 pub(crate) fn tlauth(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Output {
@@ -36,6 +38,8 @@ pub(crate) fn command(args: &[&str]) -> Command {
         "TRUELAYER_SIGNING_KEY_FILE",
         "TRUELAYER_SIGNING_KEY_ID",
         "TRUELAYER_SIGNING_KMS_KEY_ID",
+        "TRUELAYER_CONNECTIONS_KEY",
+        "TLAUTH_STORE",
     ] {
         cmd.env_remove(name);
     }

@@ -1,0 +1,589 @@
+//! `tlauth connect`, `tlauth data` and `tlauth connections` as a user runs them (issue #17):
+//! the real binary against an in-process emulator, with the test playing the user in the
+//! auth dialog over HTTP and delivering the redirect to the CLI's loopback listener.
+
+mod support;
+
+use secrecy::ExposeSecret;
+use support::connect::{Finished, RunningConnect, StoreDir, emulator_env, mode, run};
+use truelayer_auth_connections::{ConnectionStore, EncryptionKeys, SqliteStore};
+use truelayer_auth_emulator::Emulator;
+
+/// What the user does in the dialog.
+#[derive(Clone, Copy)]
+enum Choice {
+    Approve,
+    Deny,
+}
+
+/// Plays the user: opens `link`, chooses, and delivers the dialog's answer to wherever it
+/// sends the browser (the CLI's listener), as a browser would: follows the redirect, or
+/// POSTs the auto-submitting form. Returns the CLI's page (status and HTML) and the
+/// callback's parameters.
+async fn consent(link: &url::Url, choice: Choice) -> (u16, String, String) {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let page = http.get(link.clone()).send().await.unwrap();
+    assert_eq!(page.status(), 200, "the dialog refused the link");
+    let page = page.text().await.unwrap();
+    assert!(page.contains("id=\"consent\""), "{page}");
+    let request = field(&page, "request").expect("the dialog's request id");
+    let mut form = vec![("request", request)];
+    match choice {
+        Choice::Approve => {
+            form.push(("provider", "mock".into()));
+            form.push(("decision", "approve".into()));
+        }
+        Choice::Deny => form.push(("decision", "deny".into())),
+    }
+    let mut decision = link.clone();
+    decision.set_path("/dialog/decision");
+    decision.set_query(None);
+    let answer = http.post(decision).form(&form).send().await.unwrap();
+    let delivered = if answer.status().is_redirection() {
+        let location = answer.headers()[reqwest::header::LOCATION]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let params = url::Url::parse(&location)
+            .unwrap()
+            .query()
+            .unwrap_or_default()
+            .to_owned();
+        (http.get(&location).send().await.unwrap(), params)
+    } else {
+        // form_post: the page's form, POSTed where it says.
+        let page = answer.text().await.unwrap();
+        let action = attribute(&page, "action").expect("the form's action");
+        let mut pairs = url::form_urlencoded::Serializer::new(String::new());
+        for name in ["code", "state", "error", "error_description", "scope"] {
+            if let Some(value) = field(&page, name) {
+                pairs.append_pair(name, &value);
+            }
+        }
+        let params = pairs.finish();
+        let sent = http
+            .post(&action)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(params.clone())
+            .send()
+            .await
+            .unwrap();
+        (sent, params)
+    };
+    let (response, params) = delivered;
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap(), params)
+}
+
+/// The value of the input named `name`.
+fn field(page: &str, name: &str) -> Option<String> {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = page.find(&marker)? + marker.len();
+    let end = start + page[start..].find('"')?;
+    Some(unescape(&page[start..end]))
+}
+
+/// The value of the first `name="..."` attribute.
+fn attribute(page: &str, name: &str) -> Option<String> {
+    let marker = format!("{name}=\"");
+    let start = page.find(&marker)? + marker.len();
+    let end = start + page[start..].find('"')?;
+    Some(unescape(&page[start..end]))
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+/// The `code` of callback parameters.
+fn code_of(params: &str) -> Option<String> {
+    url::form_urlencoded::parse(params.as_bytes())
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+}
+
+/// The stored tokens of every connection in `store`, to check no output shows one.
+async fn stored_secrets(store: &StoreDir) -> Vec<String> {
+    let keys = EncryptionKeys::from_file(store.key_path()).unwrap();
+    let sqlite = SqliteStore::open(&store.path, keys).await.unwrap();
+    let mut secrets = Vec::new();
+    for row in sqlite.list().await.unwrap() {
+        secrets.push(row.access_token.expose_secret().to_owned());
+        if let Some(r) = &row.refresh_token {
+            secrets.push(r.expose_secret().to_owned());
+        }
+    }
+    secrets
+}
+
+fn assert_no_secret(outputs: &[&Finished], secrets: &[String]) {
+    for out in outputs {
+        for secret in secrets {
+            assert!(
+                !out.stdout.contains(secret.as_str()) && !out.stderr.contains(secret.as_str()),
+                "a secret was printed: {out:?}"
+            );
+        }
+        assert!(
+            !out.stderr.contains("eyJ") && !out.stdout.contains("eyJ"),
+            "{out:?}"
+        );
+    }
+}
+
+/// Connects through the dialog in `mode`, returning the id and the run.
+async fn connect(
+    emulator: &Emulator,
+    store: &StoreDir,
+    extra: &[&str],
+) -> (String, Finished, String) {
+    let env = emulator_env(emulator);
+    let mut args = vec!["--store", store.arg()];
+    args.extend_from_slice(extra);
+    let cli = RunningConnect::start(&args, &env);
+    let link = cli.link();
+    assert!(
+        link.as_str().starts_with(&emulator.url()),
+        "the link goes to the emulator's dialog: {link}"
+    );
+    let (status, page, params) = consent(&link, Choice::Approve).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("id=\"connected\""), "{page}");
+    assert!(page.contains("Connected, you can close this tab"), "{page}");
+    let done = cli.finish();
+    assert!(done.status.success(), "{done:?}");
+    let id = done.stdout.trim().to_owned();
+    assert!(
+        !id.is_empty() && !id.contains(char::is_whitespace),
+        "{done:?}"
+    );
+    let code = code_of(&params).expect("the redirect carried a code");
+    assert!(
+        !done.stderr.contains(&code) && !done.stdout.contains(&code),
+        "the code was printed: {done:?}"
+    );
+    (id, done, code)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_then_data_then_list_show_and_delete() {
+    let emulator = Emulator::start().await.unwrap();
+    let store = StoreDir::new();
+    let env = emulator_env(&emulator);
+
+    let (id, connected, _) = connect(&emulator, &store, &[]).await;
+    assert!(
+        connected.stderr.contains("made a new encryption key"),
+        "the new key is announced: {connected:?}"
+    );
+    // Store, its key and its directory are this user's alone.
+    assert_eq!(mode(&store.path), 0o600);
+    assert_eq!(mode(&store.key_path()), 0o600);
+    assert_eq!(mode(store.path.parent().unwrap()), 0o700);
+    assert_eq!(emulator.connections().len(), 1);
+
+    let data = run(
+        &[
+            "data",
+            "GET",
+            "/data/v1/accounts",
+            "--connection",
+            &id,
+            "--store",
+            store.arg(),
+        ],
+        &env,
+    );
+    assert!(data.status.success(), "{data:?}");
+    let json: serde_json::Value = serde_json::from_str(&data.stdout).unwrap();
+    assert_eq!(json["status"], "Succeeded", "{json}");
+    let accounts = json["results"].as_array().unwrap();
+    assert!(!accounts.is_empty(), "{json}");
+    assert!(
+        data.stdout.contains("\n  "),
+        "pretty-printed: {}",
+        data.stdout
+    );
+    assert!(
+        !data.stderr.contains("made a new encryption key"),
+        "the key is announced only when made: {data:?}"
+    );
+    // Without the /data/v1 prefix, to an account's balance.
+    let account = accounts[0]["account_id"].as_str().unwrap();
+    let balance = run(
+        &[
+            "data",
+            "GET",
+            &format!("/accounts/{account}/balance"),
+            "--connection",
+            &id,
+            "--store",
+            store.arg(),
+        ],
+        &env,
+    );
+    assert!(balance.status.success(), "{balance:?}");
+    assert!(balance.stdout.contains("\"current\""), "{balance:?}");
+
+    let list = run(&["connections", "list", "--store", store.arg()], &env);
+    assert!(list.status.success(), "{list:?}");
+    let mut lines = list.stdout.lines();
+    assert!(lines.next().unwrap().starts_with("ID"), "{list:?}");
+    let row = lines.next().unwrap();
+    assert!(
+        row.starts_with(&id) && row.contains("active") && row.contains("mock"),
+        "{list:?}"
+    );
+    let listed = run(
+        &["connections", "list", "--json", "--store", store.arg()],
+        &env,
+    );
+    let listed: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+    assert_eq!(listed[0]["id"], id.as_str());
+    assert_eq!(listed[0]["refreshable"], true);
+
+    let show = run(&["connections", "show", &id, "--store", store.arg()], &env);
+    assert!(show.status.success(), "{show:?}");
+    for expected in [
+        "status:             active",
+        "provider:           mock",
+        "consent expires at:",
+        "refreshable:        yes",
+    ] {
+        assert!(show.stdout.contains(expected), "{expected}: {show:?}");
+    }
+
+    let secrets = stored_secrets(&store).await;
+    assert_eq!(secrets.len(), 2);
+    assert_no_secret(&[&connected, &data, &balance, &list, &show], &secrets);
+
+    let deleted = run(
+        &["connections", "delete", &id, "--store", store.arg()],
+        &env,
+    );
+    assert!(deleted.status.success(), "{deleted:?}");
+    assert!(
+        matches!(
+            emulator.connections()[0].status,
+            truelayer_auth_emulator::ConnectionStatus::Revoked(_)
+        ),
+        "revoked at the emulator"
+    );
+    let show = run(
+        &["connections", "show", &id, "--json", "--store", store.arg()],
+        &env,
+    );
+    let shown: serde_json::Value = serde_json::from_str(&show.stdout).unwrap();
+    assert_eq!(shown["status"], "deleted");
+    let after = run(
+        &[
+            "data",
+            "GET",
+            "/data/v1/accounts",
+            "--connection",
+            &id,
+            "--store",
+            store.arg(),
+        ],
+        &env,
+    );
+    assert_eq!(after.status.code(), Some(1), "{after:?}");
+    assert!(after.stderr.contains("was deleted"), "{after:?}");
+    assert_no_secret(&[&deleted, &show, &after], &secrets);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn form_post_callbacks_connect_too_and_other_paths_get_404_while_waiting() {
+    let emulator = Emulator::start().await.unwrap();
+    let store = StoreDir::new();
+    let env = emulator_env(&emulator);
+    let cli = RunningConnect::start(
+        &[
+            "--store",
+            store.arg(),
+            "--response-mode",
+            "form_post",
+            "--scopes",
+            "accounts,balance,offline_access",
+        ],
+        &env,
+    );
+    let link = cli.link();
+    let query: std::collections::HashMap<_, _> = link.query_pairs().into_owned().collect();
+    assert_eq!(query["response_mode"], "form_post");
+    assert_eq!(query["scope"], "accounts balance offline_access");
+    let redirect = url::Url::parse(&query["redirect_uri"]).unwrap();
+    assert_eq!(redirect.host_str(), Some("127.0.0.1"));
+    assert_eq!(redirect.path(), "/callback");
+
+    // A browser asks for a favicon, a forged callback arrives: the CLI keeps waiting.
+    let http = reqwest::Client::new();
+    let mut favicon = redirect.clone();
+    favicon.set_path("/favicon.ico");
+    assert_eq!(http.get(favicon).send().await.unwrap().status(), 404);
+    let mut forged = redirect.clone();
+    forged.set_query(Some("code=stolen&state=forged"));
+    let answer = http.get(forged).send().await.unwrap();
+    assert_eq!(answer.status(), 400);
+    let page = answer.text().await.unwrap();
+    assert!(
+        page.contains("id=\"error\"") && page.contains("state"),
+        "{page}"
+    );
+
+    let (status, page, _) = consent(&link, Choice::Approve).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("id=\"connected\""), "{page}");
+    let done = cli.finish();
+    assert!(done.status.success(), "{done:?}");
+    assert!(done.stderr.contains("still waiting"), "{done:?}");
+    let id = done.stdout.trim();
+    let info = &emulator.connections()[0];
+    assert_eq!(info.scopes, ["accounts", "balance", "offline_access"]);
+    let data = run(
+        &[
+            "data",
+            "GET",
+            "/data/v1/accounts",
+            "--connection",
+            id,
+            "--store",
+            store.arg(),
+        ],
+        &env,
+    );
+    assert!(data.status.success(), "{data:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn denying_exits_non_zero_with_a_clear_message_and_an_error_page() {
+    let emulator = Emulator::start().await.unwrap();
+    let store = StoreDir::new();
+    let cli = RunningConnect::start(&["--store", store.arg()], &emulator_env(&emulator));
+    let link = cli.link();
+    let (status, page, _) = consent(&link, Choice::Deny).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("id=\"error\""), "{page}");
+    assert!(page.contains("You declined"), "{page}");
+    let done = cli.finish();
+    assert_eq!(done.status.code(), Some(1), "{done:?}");
+    assert!(
+        done.stderr
+            .contains("tlauth: the user declined to connect a bank account (access_denied)"),
+        "{done:?}"
+    );
+    assert!(done.stdout.is_empty(), "{done:?}");
+    assert!(emulator.connections().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_code_from_a_redirect_page_finishes_by_hand() {
+    let emulator = Emulator::start().await.unwrap();
+    let redirect = "https://console.example/redirect-page";
+    assert!(emulator.allow_redirect_uri(emulator.client_id(), redirect));
+    let store = StoreDir::new();
+    let env = emulator_env(&emulator);
+
+    let started = run(
+        &[
+            "connect",
+            "--redirect-uri",
+            redirect,
+            "--store",
+            store.arg(),
+        ],
+        &env,
+    );
+    assert!(started.status.success(), "{started:?}");
+    let link = url::Url::parse(started.stdout.trim()).unwrap();
+    let pending = store.path.parent().unwrap().join("connect-pending.json");
+    assert_eq!(mode(&pending), 0o600);
+    assert!(started.stderr.contains("--code"), "{started:?}");
+
+    // The redirect page shows the code; the user copies it.
+    let params = truelayer_auth_testkit::emulator::consent(
+        &link,
+        truelayer_auth_testkit::emulator::Choice::Approve("ob-mock-2"),
+    )
+    .await;
+    let code = code_of(&params).unwrap();
+    let finished = run(&["connect", "--code", &code, "--store", store.arg()], &env);
+    assert!(finished.status.success(), "{finished:?}");
+    assert!(
+        !pending.exists(),
+        "the pending authorization is removed once used"
+    );
+    assert!(!finished.stderr.contains(&code), "{finished:?}");
+    let id = finished.stdout.trim();
+    let show = run(&["connections", "show", id, "--store", store.arg()], &env);
+    assert!(show.stdout.contains("ob-mock-2"), "{show:?}");
+
+    // Once more: nothing is pending.
+    let again = run(&["connect", "--code", &code, "--store", store.arg()], &env);
+    assert_eq!(again.status.code(), Some(2), "{again:?}");
+    assert!(
+        again.stderr.contains("no pending authorization"),
+        "{again:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_embedded_emulator_connects_offline_and_says_the_connection_ends_with_it() {
+    let store = StoreDir::new();
+    let cli = RunningConnect::start(&["--store", store.arg()], &[]);
+    let link = cli.link();
+    let (status, page, _) = consent(&link, Choice::Approve).await;
+    assert_eq!(status, 200, "{page}");
+    let done = cli.finish();
+    assert!(done.status.success(), "{done:?}");
+    assert!(done.stderr.contains("embedded emulator"), "{done:?}");
+    assert!(done.stderr.contains("tlauth emulator"), "{done:?}");
+
+    // Nothing configured: `data` does not pretend.
+    let id = done.stdout.trim();
+    let data = run(
+        &[
+            "data",
+            "GET",
+            "/data/v1/accounts",
+            "--connection",
+            id,
+            "--store",
+            store.arg(),
+        ],
+        &[],
+    );
+    assert_eq!(data.status.code(), Some(2), "{data:?}");
+    assert!(
+        data.stderr
+            .contains("run `tlauth emulator` in another terminal"),
+        "{data:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gone_emulator_is_named_as_the_likely_cause() {
+    let emulator = Emulator::start().await.unwrap();
+    let store = StoreDir::new();
+    let env = emulator_env(&emulator);
+    let (id, _, _) = connect(&emulator, &store, &[]).await;
+    drop(emulator);
+    let data = run(
+        &[
+            "data",
+            "GET",
+            "/data/v1/accounts",
+            "--connection",
+            &id,
+            "--store",
+            store.arg(),
+        ],
+        &env,
+    );
+    assert_eq!(data.status.code(), Some(1), "{data:?}");
+    assert!(
+        data.stderr.contains("is `tlauth emulator` still running?"),
+        "{data:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn data_refuses_other_methods_and_reports_api_errors() {
+    let emulator = Emulator::start().await.unwrap();
+    let store = StoreDir::new();
+    let env = emulator_env(&emulator);
+    let (id, _, _) = connect(
+        &emulator,
+        &store,
+        &["--scopes", "info accounts offline_access"],
+    )
+    .await;
+    let post = run(
+        &[
+            "data",
+            "POST",
+            "/data/v1/accounts",
+            "--connection",
+            &id,
+            "--store",
+            store.arg(),
+        ],
+        &env,
+    );
+    assert_eq!(post.status.code(), Some(2), "{post:?}");
+    assert!(post.stderr.contains("only GET"), "{post:?}");
+
+    let missing = run(
+        &[
+            "data",
+            "GET",
+            "/data/v1/accounts/nope",
+            "--connection",
+            &id,
+            "--store",
+            store.arg(),
+        ],
+        &env,
+    );
+    assert_eq!(missing.status.code(), Some(1), "{missing:?}");
+    assert!(
+        missing
+            .stderr
+            .contains("GET /data/v1/accounts/nope answered 404"),
+        "{missing:?}"
+    );
+    assert!(
+        missing.stderr.contains("TrueLayer's error `"),
+        "{missing:?}"
+    );
+
+    let unknown = run(
+        &[
+            "data",
+            "GET",
+            "/accounts",
+            "--connection",
+            "no-such",
+            "--store",
+            store.arg(),
+        ],
+        &env,
+    );
+    assert_eq!(unknown.status.code(), Some(1), "{unknown:?}");
+    assert!(
+        unknown.stderr.contains("no connection with id no-such"),
+        "{unknown:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_redirect_in_time_ends_the_wait() {
+    let emulator = Emulator::start().await.unwrap();
+    let store = StoreDir::new();
+    let cli = RunningConnect::start(
+        &["--store", store.arg(), "--timeout", "1s"],
+        &emulator_env(&emulator),
+    );
+    let _ = cli.link();
+    let done = cli.finish();
+    assert_eq!(done.status.code(), Some(1), "{done:?}");
+    assert!(done.stderr.contains("no redirect came back"), "{done:?}");
+}
+
+#[test]
+fn a_store_whose_key_is_gone_is_not_given_a_new_one() {
+    let store = StoreDir::new();
+    std::fs::create_dir_all(store.path.parent().unwrap()).unwrap();
+    std::fs::write(&store.path, b"").unwrap();
+    let list = run(&["connections", "list", "--store", store.arg()], &[]);
+    assert_eq!(list.status.code(), Some(2), "{list:?}");
+    assert!(list.stderr.contains("exists but its key"), "{list:?}");
+    assert!(!store.key_path().exists());
+}
