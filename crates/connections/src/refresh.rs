@@ -77,6 +77,14 @@ impl ConnectionRefresh {
     /// Steps 2 to 6 of the protocol, under the connection's lock.
     async fn refresh_under_lock(&self) -> Result<AccessToken, ConnectionError> {
         let store = &self.shared.store;
+        // A read that finds a usable token another process (or an earlier load) wrote never
+        // takes the lock: only a refresh does.
+        if self.unsaved.lock().expect("not poisoned").is_none() {
+            let row = self.read().await?;
+            if let Some(token) = self.newer_usable(&row) {
+                return Ok(token);
+            }
+        }
         let lock = store
             .lock(&self.id, self.shared.lock_wait)
             .await
@@ -111,12 +119,7 @@ impl ConnectionRefresh {
             }
         }
 
-        let seen = *self.seen.lock().expect("not poisoned");
-        if seen != Some(row.version)
-            && let Some(token) = usable(&row)
-        {
-            debug!(version = row.version, "using the stored token");
-            *self.seen.lock().expect("not poisoned") = Some(row.version);
+        if let Some(token) = self.newer_usable(&row) {
             return Ok(token);
         }
 
@@ -167,6 +170,19 @@ impl ConnectionRefresh {
                 source: e,
             }),
         }
+    }
+
+    /// The row's token, if the row is not the one this process last served and its token is
+    /// worth serving: another process refreshed (or this is the first load).
+    fn newer_usable(&self, row: &ConnectionRecord) -> Option<AccessToken> {
+        let mut seen = self.seen.lock().expect("not poisoned");
+        if *seen == Some(row.version) {
+            return None;
+        }
+        let token = usable(row)?;
+        debug!(version = row.version, "using the stored token");
+        *seen = Some(row.version);
+        Some(token)
     }
 
     async fn read(&self) -> Result<ConnectionRecord, ConnectionError> {

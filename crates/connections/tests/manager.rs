@@ -326,3 +326,26 @@ async fn a_used_code_is_refused_and_stores_nothing() {
     );
     assert_eq!(manager.list().await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_read_that_finds_a_usable_token_does_not_wait_for_a_lock_held_elsewhere() {
+    let world = World::new().await;
+    let id = world
+        .connect(&world.manager().await, DataScopes::default())
+        .await;
+    // Another process holds the connection's lock (a refresh in progress, or a stuck one).
+    let elsewhere = world.store().await;
+    let held = elsewhere.lock(&id, Duration::from_secs(1)).await.unwrap();
+
+    let cold = ConnectionManager::builder(
+        emu::environment(&world.emulator),
+        emu::credentials(&world.emulator),
+        world.store().await,
+    )
+    .lock_wait(Duration::from_millis(200))
+    .build()
+    .unwrap();
+    let token = cold.token(&id).await.unwrap();
+    assert_eq!(world.accounts(&token).await.status(), 200);
+    held.release().await.unwrap();
+}
