@@ -116,6 +116,12 @@ fn ci() -> Result<(), String> {
     build.args(["test", "--workspace", "--all-features", "--no-run"]);
     run("build the tests", build)?;
 
+    // The CLI's browser test (crates/cli/tests/browser.rs, ignored unless asked for)
+    // drives headless Chromium through chromedriver.
+    ensure_tools(&[
+        ("/usr/bin/chromium", "chromium"),
+        ("/usr/bin/chromedriver", "chromium-driver"),
+    ])?;
     let moto = Moto::start(&ensure_moto()?)?;
     let mut test = cargo();
     test.args([
@@ -424,7 +430,8 @@ fn wait_for_port(port: u16, what: &str) -> Result<(), String> {
 }
 
 /// Installs the Debian packages (`(command, package)`) of the commands that are missing, as
-/// root: the proxy bench's nginx and wrk, the README's curl, jq and openssl.
+/// root: the proxy bench's nginx and wrk, the README's curl, jq and openssl, the browser
+/// test's chromium and chromedriver (by path: the test runs those exact binaries).
 fn ensure_tools(tools: &[(&str, &str)]) -> Result<(), String> {
     let missing: Vec<&str> = tools
         .iter()
