@@ -9,6 +9,11 @@
 //! - `cargo xtask bench-proxy`: `tlauth proxy` against nginx with a hard-coded
 //!   `Authorization` header, same upstream, same load generator (wrk), side by side; installs
 //!   nginx and wrk from Debian's packages if missing.
+//! - `cargo xtask postgres`: installs (if needed) PostgreSQL and runs a throw-away cluster on
+//!   a free 127.0.0.1 port until interrupted, printing `DATABASE_URL=...` for `cargo test`
+//!   (see `postgres.rs`).
+
+mod postgres;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -27,11 +32,12 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("moto") => moto_foreground(),
+        Some("postgres") => postgres::foreground(),
         Some("bench-proxy") => bench_proxy(),
         Some("readme") => readme(),
         _ => {
             eprintln!(
-                "usage: cargo xtask ci | cargo xtask moto | cargo xtask bench-proxy | cargo xtask readme"
+                "usage: cargo xtask ci | cargo xtask moto | cargo xtask postgres | cargo xtask bench-proxy | cargo xtask readme"
             );
             return ExitCode::from(2);
         }
@@ -123,6 +129,8 @@ fn ci() -> Result<(), String> {
         ("/usr/bin/chromedriver", "chromium-driver"),
     ])?;
     let moto = Moto::start(&ensure_moto()?)?;
+    // The PostgreSQL store's tests: DATABASE_URL's server, or a cluster started here.
+    let postgres = postgres::Postgres::for_tests()?;
     let mut test = cargo();
     test.args([
         "test",
@@ -131,9 +139,11 @@ fn ci() -> Result<(), String> {
         "--",
         "--include-ignored",
     ])
-    .env("MOTO_URL", &moto.url);
+    .env("MOTO_URL", &moto.url)
+    .env("DATABASE_URL", &postgres.url);
     let tested = run("cargo test (all, moto-backed included)", test);
     drop(moto); // stopped by its PID, also when the tests failed
+    drop(postgres); // likewise (when started here)
     tested?;
 
     let mut benches = cargo();

@@ -11,9 +11,12 @@
 //! | [`recording`] | an HTTP server on loopback that records every request and answers as told |
 //! | [`logs`] | a `tracing` subscriber whose output is kept, to assert that nothing leaks into logs |
 //! | `moto` (feature `moto`) | the AWS SDK configuration for the moto server `cargo xtask ci` starts |
+//! | `postgres` (feature `postgres`) | a fresh PostgreSQL database per test on the server in `DATABASE_URL` (`cargo xtask ci` starts one) |
 
 pub mod emulator;
 pub mod logs;
 #[cfg(feature = "moto")]
 pub mod moto;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod recording;
