@@ -492,6 +492,18 @@ async fn a_gone_emulator_is_named_as_the_likely_cause() {
         data.stderr.contains("is `tlauth emulator` still running?"),
         "{data:?}"
     );
+    // Deleting needs TrueLayer (the emulator) too, to revoke.
+    let delete = run(
+        &["connections", "delete", &id, "--store", store.arg()],
+        &env,
+    );
+    assert_eq!(delete.status.code(), Some(1), "{delete:?}");
+    assert!(
+        delete
+            .stderr
+            .contains("is `tlauth emulator` still running?"),
+        "{delete:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -572,7 +584,13 @@ async fn no_redirect_in_time_ends_the_wait() {
         &emulator_env(&emulator),
     );
     let _ = cli.link();
+    let waited = std::time::Instant::now();
     let done = cli.finish();
+    assert!(
+        waited.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        waited.elapsed()
+    );
     assert_eq!(done.status.code(), Some(1), "{done:?}");
     assert!(done.stderr.contains("no redirect came back"), "{done:?}");
 }
