@@ -738,6 +738,19 @@ async fn finish_by_hand(args: ConnectArgs, code: SecretString) -> Result<(), Fai
             client.environment.name()
         )));
     }
+    let configured = client.source.credentials().await.map_err(|e| {
+        Failure::failed(format!(
+            "the client credentials could not be loaded: {}",
+            truelayer_auth::error_chain(&e)
+        ))
+    })?;
+    if configured.client_id() != saved.client_id {
+        return Err(Failure::usage(format!(
+            "the pending authorization is for the client {}, not {}: configure that one",
+            saved.client_id,
+            configured.client_id()
+        )));
+    }
     let scopes = saved
         .scopes
         .parse::<DataScopes>()

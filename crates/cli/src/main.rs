@@ -21,8 +21,9 @@ use truelayer_auth_emulator::{ADMIN_ROUTES, DEFAULT_ADDR, DEFAULT_PAYMENT_STEP, 
 
 use crate::config::AuthArgs;
 
-/// Get TrueLayer payments access tokens, run a local TrueLayer auth emulator, or run an
-/// authenticating proxy in front of the TrueLayer API.
+/// Get TrueLayer payments access tokens, run a local TrueLayer auth emulator, run an
+/// authenticating proxy in front of the TrueLayer API, or connect users' bank accounts and
+/// call the Data API with them.
 #[derive(Debug, Parser)]
 #[command(name = "tlauth", version)]
 struct Cli {
