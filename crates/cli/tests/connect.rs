@@ -605,3 +605,51 @@ fn a_store_whose_key_is_gone_is_not_given_a_new_one() {
     assert!(list.stderr.contains("exists but its key"), "{list:?}");
     assert!(!store.key_path().exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn extend_renews_consent_or_prints_the_link_the_bank_wants_and_reconnect_keeps_the_id() {
+    let emulator = Emulator::start().await.unwrap();
+    let store = StoreDir::new();
+    let env = emulator_env(&emulator);
+    let (id, _, _) = connect(&emulator, &store, &[]).await;
+
+    let extended = run(
+        &["connections", "extend", &id, "--store", store.arg()],
+        &env,
+    );
+    assert!(extended.status.success(), "{extended:?}");
+    assert_eq!(extended.stdout.trim(), "Extended");
+    assert_eq!(emulator.connections()[0].extensions_served, 1);
+
+    emulator.set_extend_action(truelayer_auth_emulator::ExtendAction::AuthenticationNeeded);
+    let needed = run(
+        &["connections", "extend", &id, "--store", store.arg()],
+        &env,
+    );
+    assert!(needed.status.success(), "{needed:?}");
+    assert!(needed.stdout.trim().starts_with("http"), "{needed:?}");
+    assert!(needed.stderr.contains("authenticate again"), "{needed:?}");
+
+    // Reconnecting under the same id replaces the connection.
+    let (again, _, _) = connect(&emulator, &store, &["--connection", &id]).await;
+    assert_eq!(again, id);
+    let listed = run(
+        &["connections", "list", "--json", "--store", store.arg()],
+        &env,
+    );
+    let listed: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    let data = run(
+        &[
+            "data",
+            "GET",
+            "/data/v1/me",
+            "--connection",
+            &id,
+            "--store",
+            store.arg(),
+        ],
+        &env,
+    );
+    assert!(data.status.success(), "{data:?}");
+}
