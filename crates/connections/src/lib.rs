@@ -66,6 +66,8 @@
 mod crypto;
 mod error;
 mod manager;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod refresh;
 mod sqlite;
 mod store;
@@ -75,6 +77,8 @@ pub use error::ConnectionError;
 pub use manager::{
     CONSENT_LIFETIME, Connection, ConnectionManager, ConnectionManagerBuilder, Extension,
 };
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresStore, PostgresStoreBuilder, TlsMode};
 pub use sqlite::{SqliteStore, SqliteStoreBuilder};
 pub use store::{
     ConnectionId, ConnectionLock, ConnectionRecord, ConnectionStatus, ConnectionStore,
