@@ -33,6 +33,23 @@ pub enum ConnectionError {
         "connection {0}'s access token expired and it has no refresh token (its consent lacked offline_access); the user must connect again"
     )]
     NoRefreshToken(ConnectionId),
+    /// A refreshed pair of this connection is being written, or the row changed while this
+    /// process refreshed it: try again in a moment (the engine does). Retryable.
+    #[error(
+        "connection {0} is being written (a refreshed pair, or another process's change); try again"
+    )]
+    Writing(ConnectionId),
+    /// The connection belongs to another TrueLayer client than the one configured: a
+    /// refresh would be refused and is not sent, and the connection is left as it is.
+    #[error(
+        "connection {id} belongs to client `{stored}`, not the one configured; nothing was sent (check the environment and credentials)"
+    )]
+    OtherClient {
+        /// The connection.
+        id: ConnectionId,
+        /// The client it was made for.
+        stored: String,
+    },
     /// The request carried no [`ConnectionId`] extension, so there is no connection to
     /// authorize it with.
     #[error(
@@ -42,8 +59,9 @@ pub enum ConnectionError {
     /// The callback brought no usable code.
     #[error("the auth dialog's callback was refused")]
     Callback(#[source] CallbackError),
-    /// The token endpoint failed (the code exchange, or a refresh).
-    #[error("the token endpoint failed for connection {id}")]
+    /// The code exchange or a refresh failed (the token endpoint's answer, or the refresh
+    /// engine's wait).
+    #[error("getting a token for connection {id} failed")]
     Token {
         /// The connection (for a code exchange: the id it would have had).
         id: ConnectionId,
@@ -52,7 +70,7 @@ pub enum ConnectionError {
         source: TokenError,
     },
     /// The store failed.
-    #[error("the connections store failed for connection {id}")]
+    #[error("reading or writing connection {id} failed")]
     Store {
         /// The connection.
         id: ConnectionId,
@@ -84,6 +102,7 @@ impl ConnectionError {
             ConnectionError::Api { status, .. } => {
                 status.is_none_or(|s| s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS)
             }
+            ConnectionError::Writing(_) => true,
             _ => false,
         }
     }

@@ -1,7 +1,9 @@
 //! The manager: connects users, hands out their access tokens, extends and deletes.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
@@ -15,7 +17,8 @@ use truelayer_auth::{
 };
 
 use crate::error::ConnectionError;
-use crate::refresh::ConnectionRefresh;
+use crate::refresh::{self, ConnectionRefresh, Unsaved, Written};
+use crate::store::ConnectionLock;
 use crate::store::{ConnectionId, ConnectionRecord, ConnectionStatus, ConnectionStore};
 
 /// How long consent lasts from the moment the user gives it (TrueLayer: 90 days).
@@ -30,11 +33,66 @@ pub(crate) struct Shared {
     pub(crate) http: reqwest::Client,
     pub(crate) lock_wait: Duration,
     pub(crate) credentials_timeout: Duration,
-    pub(crate) client_timeout: Duration,
+    /// Refreshed pairs not yet written, by connection: see `refresh::Unsaved`.
+    pub(crate) unsaved: Mutex<HashMap<ConnectionId, Unsaved>>,
 }
 
 impl Shared {
-    async fn credentials(&self, reload: bool) -> Result<ClientCredentials, TokenError> {
+    /// Whether a refreshed pair of `id` waits to be written: `Some(true)` while its writer
+    /// works on it, `Some(false)` when its writer is gone (another attempt takes over).
+    pub(crate) fn unsaved_state(&self, id: &ConnectionId) -> Option<bool> {
+        self.unsaved
+            .lock()
+            .expect("not poisoned")
+            .get(id)
+            .map(Unsaved::is_being_written)
+    }
+
+    pub(crate) fn unsaved_pair(
+        &self,
+        id: &ConnectionId,
+    ) -> Option<(ConnectionRecord, SecretString)> {
+        self.unsaved
+            .lock()
+            .expect("not poisoned")
+            .get(id)
+            .map(Unsaved::pair)
+    }
+
+    pub(crate) fn set_unsaved_version(&self, id: &ConnectionId, version: u64) {
+        if let Some(u) = self.unsaved.lock().expect("not poisoned").get_mut(id) {
+            u.set_version(version);
+        }
+    }
+
+    pub(crate) fn forget_unsaved(&self, id: &ConnectionId) {
+        self.unsaved.lock().expect("not poisoned").remove(id);
+    }
+
+    /// Starts the task that writes `id`'s refreshed pair (`pair`, or the one already kept)
+    /// under `lock` until it is written. It runs on its own, so a caller or an engine that
+    /// stops waiting cannot cancel the write.
+    pub(crate) fn spawn_writer(
+        self: &Arc<Self>,
+        id: &ConnectionId,
+        lock: Box<dyn ConnectionLock>,
+        pair: Option<(ConnectionRecord, SecretString)>,
+    ) -> tokio::task::JoinHandle<Result<Written, ConnectionError>> {
+        let writing = {
+            let mut unsaved = self.unsaved.lock().expect("not poisoned");
+            if let Some((next, spent)) = pair {
+                unsaved.insert(id.clone(), Unsaved::new(next, spent));
+            }
+            unsaved.get(id).map(Unsaved::start_writing)
+        };
+        let (shared, id) = (Arc::clone(self), id.clone());
+        tokio::spawn(async move {
+            let _done = writing.map(WritingFlag);
+            refresh::write_until_done(shared, id, lock).await
+        })
+    }
+
+    pub(crate) async fn credentials(&self, reload: bool) -> Result<ClientCredentials, TokenError> {
         let call = if reload {
             self.source.reload()
         } else {
@@ -55,9 +113,9 @@ impl Shared {
     /// (a rotated secret): TrueLayer spends a refresh token only when it accepts the client.
     pub(crate) async fn refresh_grant(
         &self,
+        creds: ClientCredentials,
         refresh_token: &SecretString,
     ) -> Result<UserTokens, TokenError> {
-        let creds = self.credentials(false).await?;
         match self
             .client
             .refresh_user_token(&self.environment, &creds, refresh_token)
@@ -152,7 +210,7 @@ pub enum Extension {
 /// - It is a [`TokenSource`] for requests that carry a [`ConnectionId`] extension, so
 ///   `truelayer-auth-tower`'s `BearerAuthLayer` authorizes per-user Data API calls, and a
 ///   401 refreshes that connection once and replays the request.
-/// - Connections in use keep a refresher in a bounded map (least recently used go first);
+/// - Connections in use keep a refresher in a bounded map (S3-FIFO: entries read once go first);
 ///   an idle one costs nothing but its entry, and no task.
 ///
 /// Cheap to clone (clones share everything).
@@ -278,7 +336,7 @@ impl ConnectionManagerBuilder {
                 store: self.store,
                 environment: self.environment,
                 source: self.source,
-                client_timeout: Duration::from_secs(10),
+                unsaved: Mutex::new(HashMap::new()),
                 client,
                 http,
                 lock_wait: self.lock_wait,
@@ -287,6 +345,15 @@ impl ConnectionManagerBuilder {
             settings: self.settings,
             refreshers: Arc::new(Cache::new(self.max_in_memory)),
         })
+    }
+}
+
+/// Clears a writer's flag when its task ends, however it ends (its runtime may drop it).
+struct WritingFlag(Arc<AtomicBool>);
+
+impl Drop for WritingFlag {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
     }
 }
 
@@ -349,28 +416,60 @@ impl ConnectionManager {
         id: &ConnectionId,
         code: &AuthorizationCode,
     ) -> Result<(), ConnectionError> {
+        // In a task of its own: a caller that stops waiting (a browser that disconnects from
+        // the callback) must not drop the consent between the exchange and the write.
+        let (this, task_id, code) = (self.clone(), id.clone(), code.clone());
+        tokio::spawn(async move { this.connect_now(&task_id, &code).await })
+            .await
+            .map_err(|_| ConnectionError::Writing(id.clone()))?
+    }
+
+    async fn connect_now(
+        &self,
+        id: &ConnectionId,
+        code: &AuthorizationCode,
+    ) -> Result<(), ConnectionError> {
         let s = &self.shared;
         let token_err = |source| ConnectionError::Token {
             id: id.clone(),
             source,
         };
         let creds = s.credentials(false).await.map_err(token_err)?;
-        let tokens = s
+        let now = SystemTime::now();
+        let (access, access_expires_at, refresh, scopes) = match s
             .client
             .exchange_code(&s.environment, &creds, code)
             .await
-            .map_err(token_err)?;
-        let (access, refresh) = tokens.into_parts();
-        let now = SystemTime::now();
-        let scopes = access
-            .granted_scope()
-            .map_or_else(|| code.scopes().as_str().to_owned(), str::to_owned);
+        {
+            Ok(tokens) => {
+                let (access, refresh) = tokens.into_parts();
+                let scopes = access
+                    .granted_scope()
+                    .map_or_else(|| code.scopes().as_str().to_owned(), str::to_owned);
+                let expires = now + access.remaining();
+                (Some(access), expires, refresh, scopes)
+            }
+            // A refresh token without a usable access token: stored, so the first `token()`
+            // refreshes with it.
+            Err(e) if e.salvaged_refresh_token().is_some() => {
+                warn!(connection_id = %id, "the code exchange's access token was unusable; its refresh token is kept");
+                (
+                    None,
+                    SystemTime::UNIX_EPOCH,
+                    e.salvaged_refresh_token().cloned(),
+                    code.scopes().as_str().to_owned(),
+                )
+            }
+            Err(e) => return Err(token_err(e)),
+        };
         let mut record = ConnectionRecord::new(
             id.clone(),
             creds.client_id(),
             scopes,
-            access.secret().clone(),
-            now + access.remaining(),
+            access
+                .as_ref()
+                .map_or_else(|| SecretString::from(""), |a| a.secret().clone()),
+            access_expires_at,
             refresh,
             now,
         );
@@ -378,6 +477,9 @@ impl ConnectionManager {
         self.refreshers.remove(id);
         info!(connection_id = %id, "connection stored");
 
+        let Some(access) = access else {
+            return Ok(());
+        };
         match self.me(id, &access).await {
             Ok((provider_id, credentials_id)) => {
                 record.provider_id = provider_id;
@@ -394,7 +496,10 @@ impl ConnectionManager {
         Ok(())
     }
 
-    /// Inserts `record`, or replaces the row with its id under the connection's lock.
+    /// Inserts `record`, or replaces the row with its id (a reconnect), fenced on the
+    /// version read and tried again when another writer got there first. No lock: the new
+    /// consent's pair replaces whatever the row holds, and a refresh of the old consent
+    /// under way finds its spent token gone and keeps this row.
     async fn write_new(&self, record: &mut ConnectionRecord) -> Result<(), ConnectionError> {
         let s = &self.shared;
         let id = record.id.clone();
@@ -404,8 +509,8 @@ impl ConnectionManager {
             Err(crate::StoreError::AlreadyExists(_)) => {}
             Err(e) => return Err(err(e)),
         }
-        let lock = s.store.lock(&id, s.lock_wait).await.map_err(err)?;
-        let result = async {
+        let mut tries = 0;
+        loop {
             let old = s
                 .store
                 .get(&id)
@@ -413,12 +518,15 @@ impl ConnectionManager {
                 .map_err(err)?
                 .ok_or_else(|| ConnectionError::NotFound(id.clone()))?;
             record.version = old.version;
-            record.version = s.store.update(record).await.map_err(err)?;
-            Ok(())
+            match s.store.update(record).await {
+                Ok(version) => {
+                    record.version = version;
+                    return Ok(());
+                }
+                Err(crate::StoreError::VersionConflict { .. }) if tries < 10 => tries += 1,
+                Err(e) => return Err(err(e)),
+            }
         }
-        .await;
-        let _ = lock.release().await;
-        result
     }
 
     /// A usable access token for connection `id`; see the type's docs.
@@ -484,87 +592,114 @@ impl ConnectionManager {
     }
 
     /// Extends the connection's consent (`POST {data api}/connections/extend`, UK), a writer
-    /// of the token pair under the connection's lock like a refresh.
+    /// of the token pair under the connection's lock like a refresh: a new pair is written
+    /// as a refreshed one is, by a task that holds the lock until the write succeeds.
     ///
     /// # Errors
     ///
     /// As [`token`](Self::token), and [`ConnectionError::Api`] when TrueLayer refuses.
     pub async fn extend(&self, id: &ConnectionId) -> Result<Extension, ConnectionError> {
-        let s = &self.shared;
-        let err = |e| ConnectionError::store(id, e);
-        let lock = s.store.lock(id, s.lock_wait).await.map_err(err)?;
-        let result = self.extend_locked(id).await;
-        let _ = lock.release().await;
-        if matches!(result, Ok(Extension::Extended)) {
-            // The refresher held the old pair: the next read loads the new one.
-            self.refreshers.remove(id);
-        }
-        result
-    }
-
-    async fn extend_locked(&self, id: &ConnectionId) -> Result<Extension, ConnectionError> {
         const CALL: &str = "connections/extend";
         let s = &self.shared;
-        let row = self.active_row(id).await?;
-        let refresh = row
-            .refresh_token
-            .clone()
-            .ok_or_else(|| ConnectionError::NoRefreshToken(id.clone()))?;
-        let url = format!(
-            "{}/connections/extend",
-            s.environment.data_api_url().as_str().trim_end_matches('/')
-        );
-        let body = serde_json::json!({
-            "refresh_token": refresh.expose_secret(),
-            "user_has_reconfirmed_consent": true,
-        });
-        let (status, value) = self
-            .call(id, CALL, s.http.post(url).json(&body), &[&refresh])
-            .await?;
-        let api = |status: Option<StatusCode>, why: &str| ConnectionError::Api {
+        if s.unsaved_state(id).is_some() {
+            return Err(ConnectionError::Writing(id.clone()));
+        }
+        let lock = s
+            .store
+            .lock(id, s.lock_wait)
+            .await
+            .map_err(|e| ConnectionError::store(id, e))?;
+        let answer = async {
+            let row = self.active_row(id).await?;
+            let refresh = row
+                .refresh_token
+                .clone()
+                .ok_or_else(|| ConnectionError::NoRefreshToken(id.clone()))?;
+            let url = format!(
+                "{}/connections/extend",
+                s.environment.data_api_url().as_str().trim_end_matches('/')
+            );
+            let body = serde_json::json!({
+                "refresh_token": refresh.expose_secret(),
+                "user_has_reconfirmed_consent": true,
+            });
+            let (status, value) = self
+                .call(id, CALL, s.http.post(url).json(&body), &[&refresh])
+                .await?;
+            Ok::<_, ConnectionError>((row, refresh, status, value))
+        }
+        .await;
+        let (row, spent, status, value) = match answer {
+            Ok(answer) => answer,
+            Err(e) => {
+                let _ = lock.release().await;
+                return Err(e);
+            }
+        };
+        let api = |why: &str| ConnectionError::Api {
             id: id.clone(),
             call: CALL,
-            status,
+            status: Some(status),
             source: Some(Arc::new(std::io::Error::other(why.to_owned()))),
+        };
+        let text = |name: &str| {
+            value
+                .get(name)
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())
+                .map(SecretString::from)
         };
         match value.get("action_needed").and_then(Value::as_str) {
             Some("no_action_needed") => {
-                let access = value.get("access_token").and_then(Value::as_str);
-                let new_refresh = value.get("refresh_token").and_then(Value::as_str);
-                let expires_in = value.get("expires_in").and_then(Value::as_u64);
-                let (Some(access), Some(new_refresh), Some(expires_in)) =
-                    (access, new_refresh, expires_in)
-                else {
-                    // The refresh token may be spent: nothing is written, and a refresh will
-                    // tell.
-                    return Err(api(
-                        Some(status),
-                        "the answer lacks access_token, refresh_token or expires_in",
-                    ));
+                let Some(new_refresh) = text("refresh_token") else {
+                    // Nothing to write; whether the old token was spent, a refresh will tell.
+                    let _ = lock.release().await;
+                    return Err(api("the answer lacks a refresh_token"));
                 };
                 let now = SystemTime::now();
                 let mut next = row;
-                next.access_token = SecretString::from(access);
-                next.refresh_token = Some(SecretString::from(new_refresh));
-                next.access_expires_at = now + Duration::from_secs(expires_in);
+                next.refresh_token = Some(new_refresh);
                 next.consented_at = now;
                 next.updated_at = now;
-                s.store
-                    .update(&next)
+                // A usable access token with a sane lifetime, or none: the new refresh token
+                // is the only copy of it either way, and is kept.
+                let lifetime = value
+                    .get("expires_in")
+                    .and_then(Value::as_u64)
+                    .filter(|&s| s > 0 && s <= 24 * 60 * 60)
+                    .map(Duration::from_secs);
+                match (text("access_token"), lifetime) {
+                    (Some(access), Some(lifetime)) => {
+                        next.access_token = access;
+                        next.access_expires_at = now + lifetime;
+                    }
+                    _ => next.access_expires_at = SystemTime::UNIX_EPOCH,
+                }
+                let writer = s.spawn_writer(id, lock, Some((next, spent)));
+                let written = writer
                     .await
-                    .map_err(|e| ConnectionError::store(id, e))?;
-                Ok(Extension::Extended)
+                    .map_err(|_| ConnectionError::Writing(id.clone()))??;
+                // The refresher held the old pair: the next read loads the new one.
+                self.refreshers.remove(id);
+                match written {
+                    Written::Ours => Ok(Extension::Extended),
+                    Written::Theirs => Err(ConnectionError::Writing(id.clone())),
+                }
             }
             Some("authentication_needed") => {
+                let _ = lock.release().await;
                 let link = value
                     .get("user_input_link")
                     .and_then(Value::as_str)
-                    .ok_or_else(|| api(Some(status), "the answer lacks user_input_link"))?;
+                    .ok_or_else(|| api("the answer lacks user_input_link"))?;
                 Ok(Extension::AuthenticationNeeded {
                     user_input_link: link.to_owned(),
                 })
             }
-            _ => Err(api(Some(status), "the answer has no known action_needed")),
+            _ => {
+                let _ = lock.release().await;
+                Err(api("the answer has no known action_needed"))
+            }
         }
     }
 
@@ -693,20 +828,23 @@ impl ConnectionManager {
             .map_err(|e| api(Some(status), Some(Arc::new(e.without_url()))))?;
         let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         if !status.is_success() {
+            // Scrubbed before it is shortened, so a secret on the cut is never half kept.
             let mut text = value
                 .get("error")
                 .and_then(Value::as_str)
                 .unwrap_or("no error body")
-                .chars()
-                .filter(|c| !c.is_control())
-                .take(100)
-                .collect::<String>();
+                .to_owned();
             for secret in secrets {
                 let secret = secret.expose_secret();
                 if secret.len() >= 4 {
                     text = text.replace(secret, "[redacted]");
                 }
             }
+            let text = text
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(100)
+                .collect::<String>();
             return Err(api(
                 Some(status),
                 Some(Arc::new(std::io::Error::other(format!(

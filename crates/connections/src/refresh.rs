@@ -1,29 +1,40 @@
 //! The refresh protocol of one connection: what the engine (`truelayer_auth::Refresher`)
 //! calls when the connection's access token needs renewing. See `docs/architecture.md`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 use truelayer_auth::{AccessToken, Refresh, RefreshFuture};
 
 use crate::error::ConnectionError;
 use crate::manager::Shared;
-use crate::store::{ConnectionId, ConnectionRecord, ConnectionStatus, StoreError};
+use crate::store::{ConnectionId, ConnectionLock, ConnectionRecord, ConnectionStatus, StoreError};
 
 /// Refreshes one connection, at most one attempt at a time in this process (the engine's
 /// single flight) and, through the store's lock, across processes.
 pub(crate) struct ConnectionRefresh {
     pub(crate) id: ConnectionId,
     pub(crate) shared: Arc<Shared>,
-    /// The row version whose access token this process last served: a row at another
-    /// version was written by someone else, whose tokens are used rather than refreshed.
-    seen: Mutex<Option<u64>>,
-    /// A refreshed row whose write failed: the only copy of the new refresh token. The next
-    /// attempt writes it before anything else.
-    unsaved: Mutex<Option<ConnectionRecord>>,
+    /// The access token this refresher last served: a row with another one was written by
+    /// someone else, whose tokens are used rather than refreshed. (A token, not a version:
+    /// writes that change no token, such as `/me`'s, do not make a rejected token new.)
+    seen: Mutex<Option<SecretString>>,
+}
+
+/// A refreshed pair not yet written: the only copy of the connection's refresh token.
+/// Kept by the manager (not a refresher, which eviction may drop) until written.
+pub(crate) struct Unsaved {
+    next: ConnectionRecord,
+    /// The refresh token spent to get it: the row may be overwritten only while it still
+    /// holds this one.
+    spent: SecretString,
+    /// Whether a writer task is working on it; false once the task ended (written, or its
+    /// runtime dropped it), so another attempt takes over.
+    writing: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for ConnectionRefresh {
@@ -37,19 +48,17 @@ impl std::fmt::Debug for ConnectionRefresh {
 impl Refresh for ConnectionRefresh {
     fn refresh(&self) -> RefreshFuture<'_> {
         Box::pin(async move {
-            self.refresh_under_lock()
+            self.attempt()
                 .await
                 .map_err(ConnectionError::into_token_error)
         })
     }
 
     /// The lock wait, a credentials load and a request (twice on `invalid_client`), and
-    /// room for the store's reads and writes.
+    /// room for the store's reads. A write that outlives it goes on in its own task.
     fn time_limit(&self) -> Duration {
         let s = &self.shared;
-        s.lock_wait
-            + (s.credentials_timeout + s.client_timeout) * 2
-            + WRITE_ATTEMPTS * Duration::from_secs(2)
+        s.lock_wait + (s.credentials_timeout + s.client.timeout()) * 2 + Duration::from_secs(10)
     }
 
     fn span(&self) -> tracing::Span {
@@ -57,8 +66,40 @@ impl Refresh for ConnectionRefresh {
     }
 }
 
-/// Writes of a refreshed pair are tried this many times before the pair is kept in memory.
-const WRITE_ATTEMPTS: u32 = 3;
+impl Unsaved {
+    pub(crate) fn new(next: ConnectionRecord, spent: SecretString) -> Self {
+        Unsaved {
+            next,
+            spent,
+            writing: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub(crate) fn is_being_written(&self) -> bool {
+        self.writing.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn start_writing(&self) -> Arc<AtomicBool> {
+        self.writing.store(true, Ordering::SeqCst);
+        Arc::clone(&self.writing)
+    }
+
+    pub(crate) fn pair(&self) -> (ConnectionRecord, SecretString) {
+        (self.next.clone(), self.spent.clone())
+    }
+
+    pub(crate) fn set_version(&mut self, version: u64) {
+        self.next.version = version;
+    }
+}
+
+/// What a writer task did with a refreshed pair.
+pub(crate) enum Written {
+    /// Stored.
+    Ours,
+    /// The row holds another refresh token (the user reconnected): theirs stands.
+    Theirs,
+}
 
 impl ConnectionRefresh {
     pub(crate) fn new(id: ConnectionId, shared: Arc<Shared>) -> Self {
@@ -66,7 +107,6 @@ impl ConnectionRefresh {
             id,
             shared,
             seen: Mutex::new(None),
-            unsaved: Mutex::new(None),
         }
     }
 
@@ -74,12 +114,18 @@ impl ConnectionRefresh {
         ConnectionError::store(&self.id, e)
     }
 
-    /// Steps 2 to 6 of the protocol, under the connection's lock.
-    async fn refresh_under_lock(&self) -> Result<AccessToken, ConnectionError> {
+    /// One attempt: the protocol's steps, see `docs/architecture.md`.
+    async fn attempt(&self) -> Result<AccessToken, ConnectionError> {
         let store = &self.shared.store;
+        // A pair refreshed and not yet written: wait for its writer, or take over.
+        let orphaned = match self.shared.unsaved_state(&self.id) {
+            Some(true) => return Err(ConnectionError::Writing(self.id.clone())),
+            Some(false) => true,
+            None => false,
+        };
         // A read that finds a usable token another process (or an earlier load) wrote never
         // takes the lock: only a refresh does.
-        if self.unsaved.lock().expect("not poisoned").is_none() {
+        if !orphaned {
             let row = self.read().await?;
             if let Some(token) = self.newer_usable(&row) {
                 return Ok(token);
@@ -89,99 +135,169 @@ impl ConnectionRefresh {
             .lock(&self.id, self.shared.lock_wait)
             .await
             .map_err(|e| self.store_err(e))?;
-        let result = self.refresh_locked().await;
-        if let Err(e) = lock.release().await {
-            // The lease lapses by itself; the write was fenced either way.
-            warn!(error = %truelayer_auth::error_chain(&e), "releasing the connection's lock failed");
+        if orphaned {
+            // Written under the lock by a task of our own, then read back like any row.
+            let writer = self.shared.spawn_writer(&self.id, lock, None);
+            return match writer.await {
+                Ok(Ok(_)) => Err(ConnectionError::Writing(self.id.clone())),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(ConnectionError::Writing(self.id.clone())),
+            };
         }
-        result
-    }
-
-    async fn refresh_locked(&self) -> Result<AccessToken, ConnectionError> {
-        let store = &self.shared.store;
-        let mut row = self.read().await?;
-
-        // A pair refreshed earlier whose write failed goes first: it holds the only valid
-        // refresh token.
-        let unsaved = self.unsaved.lock().expect("not poisoned").take();
-        if let Some(mut pending) = unsaved {
-            pending.version = row.version;
-            match store.update(&pending).await {
-                Ok(version) => {
-                    info!("a refreshed pair whose earlier write failed is now stored");
-                    pending.version = version;
-                    row = pending;
+        match self.locked(lock).await {
+            Step::Done(result) => result,
+            Step::Release(lock, result) => {
+                if let Err(e) = lock.release().await {
+                    // The lease lapses by itself; writes are fenced either way.
+                    warn!(error = %truelayer_auth::error_chain(&e), "releasing the connection's lock failed");
                 }
-                Err(e) => {
-                    *self.unsaved.lock().expect("not poisoned") = Some(pending);
-                    return Err(self.store_err(e));
-                }
+                result
             }
         }
+    }
 
-        if let Some(token) = self.newer_usable(&row) {
-            return Ok(token);
-        }
-
-        let Some(refresh_token) = row.refresh_token.clone() else {
-            return Err(ConnectionError::NoRefreshToken(self.id.clone()));
+    async fn locked(&self, lock: Box<dyn ConnectionLock>) -> Step {
+        let row = match self.read().await {
+            Ok(row) => row,
+            Err(e) => return Step::Release(lock, Err(e)),
         };
-        let answer = self.shared.refresh_grant(&refresh_token).await;
-        match answer {
+        if let Some(token) = self.newer_usable(&row) {
+            return Step::Release(lock, Ok(token));
+        }
+        let Some(spent) = row.refresh_token.clone() else {
+            return Step::Release(lock, Err(ConnectionError::NoRefreshToken(self.id.clone())));
+        };
+        let creds = match self.shared.credentials(false).await {
+            Ok(c) => c,
+            Err(e) => return Step::Release(lock, Err(self.token_err(e))),
+        };
+        if creds.client_id() != row.client_id {
+            // Another client's refresh would be refused (`invalid_grant`) and mark a healthy
+            // connection dead: a configuration mistake, not the connection's fault.
+            return Step::Release(
+                lock,
+                Err(ConnectionError::OtherClient {
+                    id: self.id.clone(),
+                    stored: row.client_id.clone(),
+                }),
+            );
+        }
+        // A lapsed lease means another holder may be reading this same refresh token now.
+        if lock.is_lost() {
+            return Step::Release(lock, Err(ConnectionError::Writing(self.id.clone())));
+        }
+        match self.shared.refresh_grant(creds, &spent).await {
             Ok(tokens) => {
                 let (access, refresh) = tokens.into_parts();
                 let now = SystemTime::now();
-                let mut next = row.clone();
+                let mut next = row;
                 next.access_token = access.secret().clone();
                 next.access_expires_at = now + access.remaining();
                 next.refresh_token = refresh;
                 next.updated_at = now;
-                self.persist(next, &refresh_token).await?;
-                Ok(access)
-            }
-            Err(e) if e.is_invalid_grant() => {
-                // Another process may have refreshed a moment ago: only a row that still holds
-                // the refresh token just refused is marked.
-                let again = self.read().await?;
-                if again.refresh_token.as_ref().map(|t| t.expose_secret())
-                    != Some(refresh_token.expose_secret())
-                {
-                    info!("invalid_grant, but the row was refreshed meanwhile: using its tokens");
-                    if let Some(token) = usable(&again) {
-                        *self.seen.lock().expect("not poisoned") = Some(again.version);
-                        return Ok(token);
+                next.status = ConnectionStatus::Active;
+                Step::Done(match self.write(next, spent, lock).await {
+                    Ok(Written::Ours) => {
+                        *self.seen.lock().expect("not poisoned") = Some(access.secret().clone());
+                        Ok(access)
                     }
-                    return Err(ConnectionError::Token {
-                        id: self.id.clone(),
-                        source: e,
-                    });
-                }
-                warn!(
-                    "TrueLayer refused the refresh token (invalid_grant): the connection needs the user to connect again"
-                );
-                let mut dead = again;
-                dead.status = ConnectionStatus::NeedsReconnect;
-                dead.updated_at = SystemTime::now();
-                store.update(&dead).await.map_err(|e| self.store_err(e))?;
-                Err(ConnectionError::NeedsReconnect(self.id.clone()))
+                    Ok(Written::Theirs) => Err(ConnectionError::Writing(self.id.clone())),
+                    Err(e) => Err(e),
+                })
             }
-            Err(e) => Err(ConnectionError::Token {
-                id: self.id.clone(),
-                source: e,
-            }),
+            Err(e) if e.salvaged_refresh_token().is_some() => {
+                // A new refresh token without a usable access token: store it with the access
+                // token marked expired, so the next attempt refreshes with it.
+                warn!("the refresh answer's access token was unusable; its refresh token is kept");
+                let mut next = row;
+                next.refresh_token = e.salvaged_refresh_token().cloned();
+                next.access_expires_at = SystemTime::UNIX_EPOCH;
+                next.updated_at = SystemTime::now();
+                Step::Done(match self.write(next, spent, lock).await {
+                    Ok(_) => Err(self.token_err(e)),
+                    Err(w) => Err(w),
+                })
+            }
+            Err(e) if e.is_invalid_grant() => Step::Release(lock, self.refused(&spent, e).await),
+            Err(e) => Step::Release(lock, Err(self.token_err(e))),
         }
     }
 
-    /// The row's token, if the row is not the one this process last served and its token is
-    /// worth serving: another process refreshed (or this is the first load).
+    /// `invalid_grant`: another process may have refreshed a moment ago, so only a row that
+    /// still holds the refused refresh token is marked.
+    async fn refused(
+        &self,
+        spent: &SecretString,
+        e: truelayer_auth::Error,
+    ) -> Result<AccessToken, ConnectionError> {
+        let store = &self.shared.store;
+        let again = store
+            .get(&self.id)
+            .await
+            .map_err(|e| self.store_err(e))?
+            .ok_or_else(|| ConnectionError::NotFound(self.id.clone()))?;
+        if !same(again.refresh_token.as_ref(), spent) {
+            info!("invalid_grant, but the row was written meanwhile: using it");
+            if again.status == ConnectionStatus::Active
+                && let Some(token) = self.newer_usable(&again)
+            {
+                return Ok(token);
+            }
+            return Err(ConnectionError::Writing(self.id.clone()));
+        }
+        warn!(
+            "TrueLayer refused the refresh token (invalid_grant): the connection needs the user to connect again"
+        );
+        let mut dead = again;
+        dead.status = ConnectionStatus::NeedsReconnect;
+        dead.updated_at = SystemTime::now();
+        match store.update(&dead).await {
+            Ok(_) => Err(ConnectionError::NeedsReconnect(self.id.clone())),
+            // Written meanwhile: the next attempt reads what was written.
+            Err(conflict @ StoreError::VersionConflict { .. }) => Err(self.store_err(conflict)),
+            // Not marked: the next attempt is refused again and marks it then.
+            Err(_) => Err(self.token_err(e)),
+        }
+    }
+
+    fn token_err(&self, source: truelayer_auth::Error) -> ConnectionError {
+        ConnectionError::Token {
+            id: self.id.clone(),
+            source,
+        }
+    }
+
+    /// Hands `next` to the manager's writer task, which holds `lock` until it is written,
+    /// and waits for it. The task outlives this attempt if the engine gives up on it.
+    async fn write(
+        &self,
+        next: ConnectionRecord,
+        spent: SecretString,
+        lock: Box<dyn ConnectionLock>,
+    ) -> Result<Written, ConnectionError> {
+        let writer = self
+            .shared
+            .spawn_writer(&self.id, lock, Some((next, spent)));
+        match writer.await {
+            Ok(result) => result,
+            // The runtime is shutting down: the pair stays with the manager, unwritten.
+            Err(_) => Err(ConnectionError::Writing(self.id.clone())),
+        }
+    }
+
+    /// The row's token, if it is not the one this refresher last served and is worth
+    /// serving: another process refreshed, or this is the first load.
     fn newer_usable(&self, row: &ConnectionRecord) -> Option<AccessToken> {
         let mut seen = self.seen.lock().expect("not poisoned");
-        if *seen == Some(row.version) {
+        if seen
+            .as_ref()
+            .is_some_and(|s| s.expose_secret() == row.access_token.expose_secret())
+        {
             return None;
         }
         let token = usable(row)?;
         debug!(version = row.version, "using the stored token");
-        *seen = Some(row.version);
+        *seen = Some(row.access_token.clone());
         Some(token)
     }
 
@@ -201,52 +317,67 @@ impl ConnectionRefresh {
             _ => Err(ConnectionError::Deleted(self.id.clone())),
         }
     }
+}
 
-    /// Writes the refreshed row, fenced on the version read. A conflict means someone wrote
-    /// while this process held the lock (its lease lapsed): their row wins unless it still
-    /// holds the refresh token this process just spent, in which case ours is the only valid
-    /// one and is written over it. A failing store is tried again; after that the pair is
-    /// kept in memory for the next attempt.
-    async fn persist(
-        &self,
-        mut next: ConnectionRecord,
-        spent: &secrecy::SecretString,
-    ) -> Result<(), ConnectionError> {
-        let store = &self.shared.store;
-        let mut last = None;
-        for attempt in 0..WRITE_ATTEMPTS {
-            match store.update(&next).await {
-                Ok(version) => {
-                    *self.seen.lock().expect("not poisoned") = Some(version);
-                    return Ok(());
+/// What an attempt under the lock did with the lock.
+enum Step {
+    /// The lock went to a writer task (which releases it).
+    Done(Result<AccessToken, ConnectionError>),
+    /// The lock is to be released.
+    Release(
+        Box<dyn ConnectionLock>,
+        Result<AccessToken, ConnectionError>,
+    ),
+}
+
+fn same(token: Option<&SecretString>, other: &SecretString) -> bool {
+    token.is_some_and(|t| t.expose_secret() == other.expose_secret())
+}
+
+/// Writes the manager's unsaved pair for `id` under `lock`, fenced, until it is written or
+/// the row holds another refresh token; a failing store is tried again, with backoff, for as
+/// long as the process lives (the lock, renewed meanwhile, keeps other processes from
+/// spending the refresh token the pair replaced).
+pub(crate) async fn write_until_done(
+    shared: Arc<Shared>,
+    id: ConnectionId,
+    lock: Box<dyn ConnectionLock>,
+) -> Result<Written, ConnectionError> {
+    let store = &shared.store;
+    let mut pause = Duration::from_millis(100);
+    let outcome = loop {
+        let Some((mut next, spent)) = shared.unsaved_pair(&id) else {
+            break Ok(Written::Theirs);
+        };
+        let failure = match store.update(&next).await {
+            Ok(_) => break Ok(Written::Ours),
+            Err(StoreError::VersionConflict { .. }) => match store.get(&id).await {
+                // Someone wrote while we held the lock (a lapsed lease, a metadata write): if
+                // the row still holds the spent token, ours is the only valid pair.
+                Ok(Some(row)) if same(row.refresh_token.as_ref(), &spent) => {
+                    next.version = row.version;
+                    shared.set_unsaved_version(&id, row.version);
+                    continue;
                 }
-                Err(StoreError::VersionConflict { found, .. }) => {
-                    let theirs = self.read().await?;
-                    if theirs.refresh_token.as_ref().map(|t| t.expose_secret())
-                        == Some(spent.expose_secret())
-                    {
-                        next.version = found;
-                        continue;
-                    }
+                Ok(_) => {
                     error!(
-                        "another writer stored a refreshed pair while this process refreshed the same connection (a lapsed lease?); keeping theirs"
+                        "the row holds another refresh token than the one this refresh spent (the user reconnected?); keeping it"
                     );
-                    *self.seen.lock().expect("not poisoned") = None;
-                    return Ok(());
+                    break Ok(Written::Theirs);
                 }
-                Err(e) => {
-                    warn!(attempt, error = %truelayer_auth::error_chain(&e), "storing the refreshed pair failed");
-                    last = Some(e);
-                    tokio::time::sleep(Duration::from_millis(100) * 4u32.pow(attempt)).await;
-                }
-            }
-        }
-        error!(
-            "the refreshed pair could not be stored; it is kept in memory and written before the next refresh"
-        );
-        *self.unsaved.lock().expect("not poisoned") = Some(next);
-        Err(self.store_err(last.expect("a write was attempted")))
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        error!(error = %truelayer_auth::error_chain(&failure), "storing a refreshed pair failed; retrying");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    };
+    shared.forget_unsaved(&id);
+    if let Err(e) = lock.release().await {
+        warn!(error = %truelayer_auth::error_chain(&e), "releasing the connection's lock failed");
     }
+    outcome
 }
 
 /// The row's access token if it is worth serving rather than refreshing: more than a
@@ -263,9 +394,12 @@ fn usable(row: &ConnectionRecord) -> Option<AccessToken> {
     if remaining * 4 <= lifetime {
         return None;
     }
-    let issued_at = Instant::now()
-        .checked_sub(lifetime - remaining)
-        .unwrap_or_else(Instant::now);
+    // The monotonic clock may not reach back to the token's issue (a machine up for less
+    // time than the token's age): then count its lifetime as what remains.
+    let (lifetime, issued_at) = match Instant::now().checked_sub(lifetime - remaining) {
+        Some(issued_at) => (lifetime, issued_at),
+        None => (remaining, Instant::now()),
+    };
     AccessToken::new(
         row.access_token.clone(),
         lifetime,

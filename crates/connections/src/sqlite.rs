@@ -650,6 +650,12 @@ impl ConnectionStore for SqliteStore {
         let id = id.clone();
         Box::pin(async move {
             let holder = new_holder()?;
+            // If this future is dropped while an attempt runs on the blocking pool, the
+            // attempt may still commit the lease row with no guard to renew or release it:
+            // this releases `holder`'s row (if any) in the background instead.
+            let mut orphan = OrphanRelease {
+                inner: Some((Arc::clone(&self.inner), id.clone(), holder.clone())),
+            };
             let started = Instant::now();
             let mut pause = Duration::from_millis(5);
             loop {
@@ -659,6 +665,7 @@ impl ConnectionStore for SqliteStore {
                         .await?
                 };
                 if let Some(expires_at) = expires {
+                    orphan.inner = None;
                     return Ok(Box::new(SqliteLock::start(
                         Arc::clone(&self.inner),
                         id,
@@ -830,27 +837,42 @@ impl ConnectionLock for SqliteLock {
     }
 }
 
+/// Releases a lock attempt's lease row when the attempt is abandoned (see `lock`).
+struct OrphanRelease {
+    inner: Option<(Arc<Inner>, ConnectionId, String)>,
+}
+
+impl Drop for OrphanRelease {
+    fn drop(&mut self) {
+        if let Some((inner, id, holder)) = self.inner.take() {
+            release_in_background(inner, id, holder);
+        }
+    }
+}
+
+fn release_in_background(inner: Arc<Inner>, id: ConnectionId, holder: String) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn_blocking(move || {
+            let conn = inner.conn.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Err(error) = delete_lease(&conn, &id, &holder) {
+                tracing::debug!(
+                    error = &error as &dyn std::error::Error,
+                    "a dropped connection lock was not released; its lease will lapse"
+                );
+            }
+        });
+    }
+}
+
 impl Drop for SqliteLock {
     fn drop(&mut self) {
         self.renewal.abort();
-        if self.released {
-            return;
-        }
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let (inner, id, holder) = (
+        if !self.released {
+            release_in_background(
                 Arc::clone(&self.inner),
                 self.id.clone(),
                 self.holder.clone(),
             );
-            runtime.spawn_blocking(move || {
-                let conn = inner.conn.lock().unwrap_or_else(PoisonError::into_inner);
-                if let Err(error) = delete_lease(&conn, &id, &holder) {
-                    tracing::debug!(
-                        error = &error as &dyn std::error::Error,
-                        "a dropped connection lock was not released; its lease will lapse"
-                    );
-                }
-            });
         }
     }
 }

@@ -1,14 +1,17 @@
 //! The manager against the emulator: connect, refresh once however many ask, across two
 //! managers on one store, invalid_grant, a lost answer, extend, delete.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use secrecy::ExposeSecret;
 use tower::{ServiceBuilder, ServiceExt};
 use truelayer_auth::{AuthLink, DataScope, DataScopes};
 use truelayer_auth_connections::{
-    ConnectionError, ConnectionId, ConnectionManager, ConnectionStatus, ConnectionStore,
-    EncryptionKeys, Extension, SqliteStore,
+    ConnectionError, ConnectionId, ConnectionLock, ConnectionManager, ConnectionRecord,
+    ConnectionStatus, ConnectionStore, EncryptionKeys, Extension, SqliteStore, StoreError,
+    StoreFuture,
 };
 use truelayer_auth_emulator::{Emulator, ExtendAction};
 use truelayer_auth_testkit::emulator::{self as emu, Choice};
@@ -348,4 +351,130 @@ async fn a_read_that_finds_a_usable_token_does_not_wait_for_a_lock_held_elsewher
     let token = cold.token(&id).await.unwrap();
     assert_eq!(world.accounts(&token).await.status(), 200);
     held.release().await.unwrap();
+}
+
+/// A store whose writes fail while `failing` is above zero (each failure counts down).
+struct FlakyStore {
+    inner: SqliteStore,
+    failing: Arc<AtomicU32>,
+}
+
+impl ConnectionStore for FlakyStore {
+    fn insert(&self, record: &ConnectionRecord) -> StoreFuture<'_, ()> {
+        self.inner.insert(record)
+    }
+    fn get(&self, id: &ConnectionId) -> StoreFuture<'_, Option<ConnectionRecord>> {
+        self.inner.get(id)
+    }
+    fn list(&self) -> StoreFuture<'_, Vec<ConnectionRecord>> {
+        self.inner.list()
+    }
+    fn update(&self, record: &ConnectionRecord) -> StoreFuture<'_, u64> {
+        let fail = self
+            .failing
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if fail {
+            return Box::pin(async {
+                Err(StoreError::Backend(Box::new(std::io::Error::other(
+                    "disk full",
+                ))))
+            });
+        }
+        self.inner.update(record)
+    }
+    fn lock(&self, id: &ConnectionId, wait: Duration) -> StoreFuture<'_, Box<dyn ConnectionLock>> {
+        self.inner.lock(id, wait)
+    }
+    fn lease(&self) -> Duration {
+        self.inner.lease()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refreshed_pair_the_store_will_not_take_is_kept_locked_and_written_when_it_can_be() {
+    let world = World::new().await;
+    let id = world
+        .connect(&world.manager().await, DataScopes::default())
+        .await;
+    world.expire_stored_token(&id).await;
+
+    // This process's store fails its next 5 writes (about 3 s of retries).
+    let failing = Arc::new(AtomicU32::new(5));
+    let flaky = ConnectionManager::builder(
+        emu::environment(&world.emulator),
+        emu::credentials(&world.emulator),
+        FlakyStore {
+            inner: world.store().await,
+            failing: failing.clone(),
+        },
+    )
+    .build()
+    .unwrap();
+    let first = {
+        let (flaky, id) = (flaky.clone(), id.clone());
+        tokio::spawn(async move { flaky.token(&id).await })
+    };
+    // Wait until TrueLayer has rotated: the new pair exists only in that process's memory.
+    while world.emulator.data_stats().refreshes_served == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Another process wants the connection meanwhile: it must not spend the old refresh
+    // token (the row still holds it). Its lock waits time out and its engine retries until
+    // the pair is written, then it reads the new pair.
+    let other = ConnectionManager::builder(
+        emu::environment(&world.emulator),
+        emu::credentials(&world.emulator),
+        world.store().await,
+    )
+    .lock_wait(Duration::from_millis(300))
+    .build()
+    .unwrap();
+    let seen_by_other = other.token(&id).await.unwrap();
+
+    let token = first.await.unwrap().unwrap();
+    assert_eq!(
+        seen_by_other.secret().expose_secret(),
+        token.secret().expose_secret()
+    );
+    assert_eq!(failing.load(Ordering::SeqCst), 0);
+    let stored = world.store().await.get(&id).await.unwrap().unwrap();
+    assert_eq!(
+        stored.access_token.expose_secret(),
+        token.secret().expose_secret()
+    );
+    let stats = world.emulator.data_stats();
+    assert_eq!((stats.refreshes_served, stats.refreshes_refused), (1, 0));
+    assert_eq!(world.accounts(&token).await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_connection_of_another_client_is_not_refreshed_nor_marked() {
+    let world = World::new().await;
+    let id = world
+        .connect(&world.manager().await, DataScopes::default())
+        .await;
+    world.expire_stored_token(&id).await;
+    world
+        .emulator
+        .add_client("other-client", "other-secret", ["payments"]);
+    let other = ConnectionManager::builder(
+        emu::environment(&world.emulator),
+        truelayer_auth::ClientCredentials::new("other-client", "other-secret".into()).unwrap(),
+        world.store().await,
+    )
+    .build()
+    .unwrap();
+
+    let error = other.token(&id).await.unwrap_err();
+    assert!(
+        matches!(&error, ConnectionError::OtherClient { stored, .. } if stored == world.emulator.client_id()),
+        "{error:?}"
+    );
+    assert_eq!(
+        other.get(&id).await.unwrap().status,
+        ConnectionStatus::Active
+    );
+    assert_eq!(world.emulator.data_stats().refreshes_served, 0);
+    assert_eq!(world.emulator.data_stats().refreshes_refused, 0);
 }

@@ -59,11 +59,23 @@ pub struct AuthLinkBuilder {
     pkce: bool,
 }
 
-/// An auth link and what its callback must be checked against.
-#[derive(Debug, Clone)]
+/// An auth link and what its callback must be checked against. `Debug` leaves out the
+/// link's query (its `state` and `nonce`).
+#[derive(Clone)]
 pub struct AuthLink {
     url: Url,
     pending: PendingAuthorization,
+}
+
+impl fmt::Debug for AuthLink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut shown = self.url.clone();
+        shown.set_query(None);
+        f.debug_struct("AuthLink")
+            .field("url", &shown.as_str())
+            .field("pending", &self.pending)
+            .finish()
+    }
 }
 
 impl AuthLink {
@@ -272,6 +284,13 @@ impl PendingAuthorization {
     /// The scopes consent was asked for.
     pub fn scopes(&self) -> &DataScopes {
         &self.scopes
+    }
+
+    /// The PKCE verifier, if the link used PKCE: for an application that must keep a pending
+    /// authorization outside memory (say, encrypted, until a code typed by hand arrives) and
+    /// rebuild the code with [`AuthorizationCode::new`].
+    pub fn code_verifier(&self) -> Option<&SecretString> {
+        self.code_verifier.as_ref()
     }
 
     /// Checks a callback, given the redirect's query string or the POSTed form body

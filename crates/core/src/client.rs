@@ -129,8 +129,9 @@ impl TokenClientBuilder {
 }
 
 impl TokenClient {
-    /// The total timeout of one request: a fetch's time limit is built from it.
-    pub(crate) fn timeout(&self) -> Duration {
+    /// The total timeout of one request ([`TokenClientBuilder::timeout`]): a fetch's time
+    /// limit is built from it.
+    pub fn timeout(&self) -> Duration {
         self.timeout
     }
 
@@ -395,29 +396,41 @@ impl TokenClient {
             });
         }
         let invalid = |problem| Error::InvalidResponse { status, problem };
+        // A user grant's new refresh token is kept even when the rest of the answer is
+        // unusable: the old one is spent, so it is the only copy.
+        let salvage = |problem| match crate::response::salvage_refresh_token(&body) {
+            Some(refresh_token) => Error::RefreshTokenOnly {
+                status,
+                problem,
+                refresh_token,
+            },
+            None => invalid(problem),
+        };
         let parsed = match parse_token_response(&body, secrets) {
             Ok(parsed) => parsed,
             // Some servers answer 200 with an OAuth2 error body.
             Err(problem) => {
                 return Err(match parse_oauth_error(status, &body, secrets) {
                     Some(oauth) => Error::OAuth(oauth),
-                    None => invalid(problem),
+                    None => salvage(problem),
                 });
             }
         };
-        let token = AccessToken::issued(
+        let token = match AccessToken::issued(
             parsed.access_token,
             parsed.expires_in,
             sent_at,
             sent_at_wall,
             parsed.scope,
-        )
-        .map_err(|e| {
-            invalid(match e {
-                InvalidToken::Empty => InvalidResponse::EmptyAccessToken,
-                _ => InvalidResponse::AccessTokenCharacters,
-            })
-        })?;
+        ) {
+            Ok(token) => token,
+            Err(e) => {
+                return Err(salvage(match e {
+                    InvalidToken::Empty => InvalidResponse::EmptyAccessToken,
+                    _ => InvalidResponse::AccessTokenCharacters,
+                }));
+            }
+        };
         debug!(
             lifetime_s = parsed.expires_in.as_secs(),
             granted_scope = token.granted_scope().unwrap_or(""),

@@ -490,6 +490,22 @@ pub enum Error {
         #[source]
         problem: InvalidResponse,
     },
+    /// A user grant's 2xx answer held a usable new refresh token but no usable access token
+    /// (a missing `token_type`, an `expires_in` out of range, ...). TrueLayer spent the old
+    /// refresh token when it answered, so this one is the only copy: store it
+    /// ([`Error::salvaged_refresh_token`]) and refresh again with it. Retryable.
+    #[error(
+        "the token endpoint answered {status} with a new refresh token but an unusable access token"
+    )]
+    RefreshTokenOnly {
+        /// The status the answer came with.
+        status: StatusCode,
+        /// What was wrong with the rest of the answer.
+        #[source]
+        problem: InvalidResponse,
+        /// The new refresh token.
+        refresh_token: secrecy::SecretString,
+    },
     /// The token arrived so late that less than the hard margin of its lifetime was left:
     /// it would have been unusable on arrival. Retryable.
     #[error(
@@ -581,7 +597,7 @@ impl Error {
             | Error::SlowFetch { .. } => true,
             // A malformed answer from a token endpoint is a server fault (an error page from a
             // load balancer, a bad deploy): worth another try, later.
-            Error::InvalidResponse { .. } => true,
+            Error::InvalidResponse { .. } | Error::RefreshTokenOnly { .. } => true,
             Error::UnexpectedStatus { status } => *status == StatusCode::REQUEST_TIMEOUT,
             Error::RedirectRefused { .. }
             | Error::Config(_)
@@ -618,6 +634,15 @@ impl Error {
         matches!(self.oauth(), Some(e) if e.code == OAuthErrorCode::InvalidClient)
     }
 
+    /// The new refresh token of an answer whose access token was unusable
+    /// ([`Error::RefreshTokenOnly`]): the only copy of it, to be stored.
+    pub fn salvaged_refresh_token(&self) -> Option<&secrecy::SecretString> {
+        match self {
+            Error::RefreshTokenOnly { refresh_token, .. } => Some(refresh_token),
+            _ => None,
+        }
+    }
+
     /// Whether the server refused the grant itself (`invalid_grant`): for a user's code or
     /// refresh token, it is expired, spent or revoked, and retrying cannot help.
     pub fn is_invalid_grant(&self) -> bool {
@@ -632,7 +657,8 @@ impl Error {
             Error::ServerError { status, .. }
             | Error::UnexpectedStatus { status }
             | Error::RedirectRefused { status, .. }
-            | Error::InvalidResponse { status, .. } => Some(*status),
+            | Error::InvalidResponse { status, .. }
+            | Error::RefreshTokenOnly { status, .. } => Some(*status),
             _ => None,
         }
     }
@@ -659,6 +685,7 @@ impl Error {
             Error::Connect(_) => "connect",
             Error::Transport(_) => "transport",
             Error::InvalidResponse { .. } => "invalid_response",
+            Error::RefreshTokenOnly { .. } => "refresh_token_only",
             Error::SlowFetch { .. } => "slow_fetch",
             Error::Config(_) => "config",
             Error::Credentials(_) => "credentials",

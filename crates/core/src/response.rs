@@ -109,6 +109,15 @@ pub(crate) fn parse_token_response(
     })
 }
 
+/// The `refresh_token` of a 2xx body whose other fields may be unusable: a non-empty string
+/// in a JSON object with no other `refresh_token`.
+pub(crate) fn salvage_refresh_token(body: &[u8]) -> Option<SecretString> {
+    match parse_object(body).ok()?.get("refresh_token")? {
+        Value::String(s) if !s.is_empty() => Some(SecretString::from(s.as_str())),
+        _ => None,
+    }
+}
+
 fn lifetime(n: &serde_json::Number) -> Result<Duration, InvalidResponse> {
     let max = MAX_LIFETIME.as_secs();
     if let Some(secs) = n.as_u64() {
