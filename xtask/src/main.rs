@@ -84,12 +84,13 @@ fn run(name: &str, mut cmd: Command) -> Result<(), String> {
 }
 
 /// `<package> --example <name>` for every example CI runs.
-const EXAMPLES: [&str; 5] = [
+const EXAMPLES: [&str; 6] = [
     "truelayer-auth-tower --example hyper_client",
     "truelayer-auth-tower --example multi_merchant",
     "truelayer-auth-tower --example axum_service",
     "truelayer-auth-tower --example reqwest_client",
     "truelayer-auth-webhooks --example webhook_server",
+    "truelayer-auth-connections --example data_api",
 ];
 
 fn ci() -> Result<(), String> {

@@ -320,7 +320,7 @@ async fn the_emulators_admin_routes_are_not_forwarded_when_the_proxy_chose_the_e
         // The webhook JWKS is public: receivers fetch it.
         .filter(|(_, path)| path != "/webhooks/jwks")
         .collect();
-    assert_eq!(routes.len(), 11, "{routes:?}");
+    assert_eq!(routes.len(), 24, "{routes:?}");
     routes.push(("POST".to_owned(), "/emulator".to_owned()));
     for (method, path) in routes {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
