@@ -20,7 +20,8 @@
 //!   together, fenced writes, and a cross-process lease. [`SqliteStore`] is the embedded
 //!   default: one file, WAL, `synchronous=FULL`, versioned migrations, both tokens encrypted
 //!   at rest with AES-256-GCM ([`EncryptionKeys`]: a key id in each ciphertext, so keys
-//!   rotate).
+//!   rotate). `PostgresStore` (feature `postgres`) is the same store for a fleet: the lock is
+//!   a transaction-scoped advisory lock, released when its holder's connection dies.
 //! - [`ConnectionManager`] is a [`truelayer_auth::TokenSource`] for requests that carry a
 //!   [`ConnectionId`] extension, so `truelayer-auth-tower`'s `BearerAuthLayer` authorizes
 //!   each user's Data API calls; a 401 refreshes that connection once and replays.
