@@ -7,12 +7,12 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use truelayer_auth::AuthLink;
+use truelayer_auth::DataScopes;
 use truelayer_auth_connections::{
     ConnectionId, ConnectionManager, ConnectionStore, EncryptionKeys, SqliteStore,
 };
 use truelayer_auth_emulator::Emulator;
-use truelayer_auth_testkit::emulator::{Choice, consent, credentials, environment, token_cache};
+use truelayer_auth_testkit::emulator::{authorization_code, credentials, environment, token_cache};
 
 const KEY: [u8; 32] = [3; 32];
 
@@ -41,18 +41,8 @@ async fn manager(emulator: &Emulator, path: &std::path::Path) -> ConnectionManag
 }
 
 async fn connect(emulator: &Emulator, manager: &ConnectionManager) -> ConnectionId {
-    let link = AuthLink::builder(
-        environment(emulator),
-        emulator.client_id(),
-        "http://127.0.0.1:9/cb",
-    )
-    .build()
-    .unwrap();
-    let callback = consent(link.url(), Choice::Approve("mock")).await;
-    manager
-        .connect(&link.pending().callback(&callback).unwrap())
-        .await
-        .unwrap()
+    let (code, _) = authorization_code(emulator, DataScopes::default()).await;
+    manager.connect(&code).await.unwrap()
 }
 
 /// Marks every connection's access token expired, so the next `token()` refreshes it.

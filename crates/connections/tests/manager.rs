@@ -55,17 +55,7 @@ impl World {
 
     /// A user who consents through the dialog; the connection's id.
     async fn connect(&self, manager: &ConnectionManager, scopes: DataScopes) -> ConnectionId {
-        let link = AuthLink::builder(
-            emu::environment(&self.emulator),
-            self.emulator.client_id(),
-            "http://127.0.0.1:9/callback",
-        )
-        .scopes(scopes)
-        .providers(["mock", "ob-mock-2"])
-        .build()
-        .unwrap();
-        let callback = emu::consent(link.url(), Choice::Approve("mock")).await;
-        let code = link.pending().callback(&callback).unwrap();
+        let (code, _) = emu::authorization_code(&self.emulator, scopes).await;
         manager.connect(&code).await.unwrap()
     }
 

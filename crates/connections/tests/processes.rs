@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use secrecy::ExposeSecret;
 use tower::{ServiceBuilder, ServiceExt};
-use truelayer_auth::{AuthLink, ClientCredentials, Environment};
+use truelayer_auth::{ClientCredentials, DataScopes, Environment};
 use truelayer_auth_connections::{ConnectionId, ConnectionManager, EncryptionKeys, SqliteStore};
 use truelayer_auth_emulator::Emulator;
-use truelayer_auth_testkit::emulator::{self as emu, Choice};
+use truelayer_auth_testkit::emulator as emu;
 use truelayer_auth_tower::{BearerAuthLayer, CloneBodies, ReqwestService};
 
 const CALLERS: usize = 100;
@@ -51,18 +51,8 @@ async fn two_processes_refresh_each_expiry_once_and_lose_nothing() {
         )
         .build()
         .unwrap();
-        let link = AuthLink::builder(
-            emu::environment(&emulator),
-            emulator.client_id(),
-            "http://127.0.0.1:9/callback",
-        )
-        .build()
-        .unwrap();
-        let callback = emu::consent(link.url(), Choice::Approve("mock")).await;
-        manager
-            .connect(&link.pending().callback(&callback).unwrap())
-            .await
-            .unwrap()
+        let (code, _) = emu::authorization_code(&emulator, DataScopes::default()).await;
+        manager.connect(&code).await.unwrap()
     };
 
     let run = run_for();

@@ -6,11 +6,10 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use truelayer_auth::{
-    AuthLink, AuthorizationCode, DataScopes, Error, InvalidResponse, PendingAuthorization,
-    TokenClient,
+    AuthorizationCode, DataScopes, Error, InvalidResponse, PendingAuthorization, TokenClient,
 };
 use truelayer_auth_emulator::{Emulator, Fault};
-use truelayer_auth_testkit::emulator::{Choice, consent, credentials, environment};
+use truelayer_auth_testkit::emulator::{authorization_code, credentials, environment};
 
 const CODE: &str = "MARKER-CODE-41c7";
 const REFRESH: &str = "MARKER-REFRESH-9b03";
@@ -43,16 +42,7 @@ fn chain(e: &Error) -> String {
 }
 
 async fn code_for(emulator: &Emulator) -> (AuthorizationCode, PendingAuthorization) {
-    let link = AuthLink::builder(
-        environment(emulator),
-        emulator.client_id(),
-        "http://127.0.0.1:9/cb",
-    )
-    .build()
-    .unwrap();
-    let callback = consent(link.url(), Choice::Approve("mock")).await;
-    let pending = link.pending().clone();
-    (pending.callback(&callback).unwrap(), pending)
+    authorization_code(emulator, DataScopes::default()).await
 }
 
 #[tokio::test]

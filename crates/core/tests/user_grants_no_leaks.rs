@@ -3,9 +3,9 @@
 //! tests running beside it on other threads could register `tracing`'s call sites first.
 
 use secrecy::{ExposeSecret, SecretString};
-use truelayer_auth::{AuthLink, AuthorizationCode, Error, PendingAuthorization, TokenClient};
+use truelayer_auth::{AuthorizationCode, DataScopes, Error, PendingAuthorization, TokenClient};
 use truelayer_auth_emulator::{Emulator, Fault};
-use truelayer_auth_testkit::emulator::{Choice, consent, credentials, environment};
+use truelayer_auth_testkit::emulator::{authorization_code, credentials, environment};
 use truelayer_auth_testkit::logs::LogCapture;
 
 const CODE: &str = "MARKER-CODE-41c7";
@@ -39,16 +39,7 @@ fn chain(e: &Error) -> String {
 }
 
 async fn code_for(emulator: &Emulator) -> (AuthorizationCode, PendingAuthorization) {
-    let link = AuthLink::builder(
-        environment(emulator),
-        emulator.client_id(),
-        "http://127.0.0.1:9/cb",
-    )
-    .build()
-    .unwrap();
-    let callback = consent(link.url(), Choice::Approve("mock")).await;
-    let pending = link.pending().clone();
-    (pending.callback(&callback).unwrap(), pending)
+    authorization_code(emulator, DataScopes::default()).await
 }
 
 #[tokio::test]

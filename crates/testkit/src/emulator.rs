@@ -176,3 +176,29 @@ fn field(page: &str, marker: &str) -> Option<String> {
             .replace("&amp;", "&"),
     )
 }
+
+/// A user's consent in the emulator's dialog, for its default client, a loopback redirect
+/// URI and `scopes`: the checked code, and what the link handed back.
+pub async fn authorization_code(
+    emulator: &Emulator,
+    scopes: truelayer_auth::DataScopes,
+) -> (
+    truelayer_auth::AuthorizationCode,
+    truelayer_auth::PendingAuthorization,
+) {
+    let link = truelayer_auth::AuthLink::builder(
+        environment(emulator),
+        emulator.client_id(),
+        "http://127.0.0.1:9/callback",
+    )
+    .scopes(scopes)
+    .providers(["mock", "ob-mock-2"])
+    .build()
+    .expect("a valid link");
+    let callback = consent(link.url(), Choice::Approve("mock")).await;
+    let pending = link.pending().clone();
+    let code = pending
+        .callback(&callback)
+        .expect("the dialog's callback checks");
+    (code, pending)
+}
