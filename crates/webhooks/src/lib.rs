@@ -17,6 +17,11 @@
 //!   minutes by default, both directions), and an [`EventLedger`] hands each `event_id` to the
 //!   handler until it succeeds once (TrueLayer retries until it gets a 2xx).
 //!
+//! [`InMemoryLedger`] covers one process. TrueLayer's retries of one event may reach
+//! different replicas; with the `postgres` feature, `PostgresLedger` keeps the ledger in
+//! PostgreSQL (one row per event, claimed atomically, leases on the database's clock), so a
+//! fleet hands each event to one handler run at a time and to none once one succeeded.
+//!
 //! [`VerifyWebhooksLayer`] does all of it in front of any tower service; with the `axum` feature
 //! (on by default), a handler takes a typed [`Webhook`] as an extractor.
 //!
@@ -64,6 +69,8 @@ mod event;
 mod jwks;
 mod layer;
 mod ledger;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod verifier;
 
 #[cfg(feature = "axum")]
@@ -82,6 +89,8 @@ pub use layer::{DEFAULT_MAX_BODY, ResponseFuture, VerifyWebhooks, VerifyWebhooks
 )]
 pub type WebhookLayer = VerifyWebhooksLayer;
 pub use ledger::{Begin, EventLedger, InMemoryLedger, LedgerError, LedgerFuture};
+#[cfg(feature = "postgres")]
+pub use postgres::{MAX_EVENT_ID_BYTES, PostgresLedger, PostgresLedgerBuilder, TlsMode};
 /// The header names, shared with the other `truelayer-auth` crates.
 pub use truelayer_auth_http::{TL_SIGNATURE, X_TL_WEBHOOK_TIMESTAMP};
 pub use verifier::{

@@ -1,0 +1,840 @@
+//! [`PostgresLedger`]: the webhook event ledger in PostgreSQL, shared by a fleet.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::Notify;
+use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::ledger::{Begin, EventLedger, LedgerError, LedgerFuture};
+
+/// The schema migrations, in order: migration `n` (from 0) takes the schema from version `n`
+/// to `n + 1`. A released migration is never edited; a change is a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: one row per event; claim numbers from a sequence, so none repeats.
+    "CREATE SEQUENCE tlauth_webhook_claims AS bigint MINVALUE 1;
+     CREATE TABLE tlauth_webhook_events (
+        event_id text PRIMARY KEY CHECK (octet_length(event_id) <= 256),
+        status text NOT NULL CHECK (status IN ('claimed', 'done')),
+        claim bigint NOT NULL CHECK (claim >= 1),
+        claimed_at timestamptz NOT NULL,
+        lease_expires timestamptz NOT NULL,
+        completed_at timestamptz,
+        CHECK ((status = 'done') = (completed_at IS NOT NULL))
+     );
+     CREATE INDEX tlauth_webhook_events_forget
+        ON tlauth_webhook_events ((coalesce(completed_at, lease_expires)));",
+];
+
+/// The schema version this library writes and reads.
+const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// The advisory lock (one bigint key) that serialises migrations: "TLW1" then "MIGR".
+const MIGRATION_LOCK: i64 = 0x544C_5731_4D49_4752;
+
+/// The longest `event_id` kept (TrueLayer's are UUIDs, 36 bytes); a longer one is a
+/// [`LedgerError`] from [`PostgresLedger`]'s `begin`.
+///
+/// ```
+/// assert!("b0f2b4a2-8f7e-4a7c-9c4e-1d2f3a4b5c6d".len() <= truelayer_auth_webhooks::MAX_EVENT_ID_BYTES);
+/// ```
+pub const MAX_EVENT_ID_BYTES: usize = 256;
+
+const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+const DEFAULT_POOL_SIZE: usize = 8;
+const DEFAULT_PRUNE_EVERY: u64 = 1000;
+const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Rows one pruning statement deletes at most, so none holds locks for long.
+const PRUNE_BATCH: i64 = 10_000;
+
+const BEGIN: &str = "INSERT INTO tlauth_webhook_events AS e \
+        (event_id, status, claim, claimed_at, lease_expires) \
+     VALUES ($1, 'claimed', nextval('tlauth_webhook_claims'), now(), \
+        now() + $2::bigint * interval '1 millisecond') \
+     ON CONFLICT (event_id) DO UPDATE \
+        SET claim = excluded.claim, claimed_at = excluded.claimed_at, \
+            lease_expires = excluded.lease_expires \
+        WHERE e.status = 'claimed' AND e.lease_expires <= now() \
+     RETURNING claim";
+
+const STATUS: &str = "SELECT status = 'done' FROM tlauth_webhook_events WHERE event_id = $1";
+
+const COMPLETE: &str = "UPDATE tlauth_webhook_events \
+     SET status = 'done', completed_at = now() \
+     WHERE event_id = $1 AND claim = $2 AND status = 'claimed'";
+
+const RELEASE: &str = "DELETE FROM tlauth_webhook_events \
+     WHERE event_id = $1 AND claim = $2 AND status = 'claimed'";
+
+/// The outer condition is checked again on a row changed meanwhile (a claim taken over).
+const PRUNE: &str = "DELETE FROM tlauth_webhook_events \
+     WHERE coalesce(completed_at, lease_expires) < now() - $1::bigint * interval '1 millisecond' \
+       AND event_id IN (SELECT event_id FROM tlauth_webhook_events \
+         WHERE coalesce(completed_at, lease_expires) < now() - $1::bigint * interval '1 millisecond' \
+         LIMIT $2)";
+
+/// Whether the ledger's database connections use TLS: the `sslmode` of a connection string.
+///
+/// The certificate is always verified, host name included (libpq's `verify-full`), against
+/// the system's trust store or the roots of [`PostgresLedgerBuilder::tls_config`].
+///
+/// ```
+/// use truelayer_auth_webhooks::{PostgresLedger, TlsMode};
+///
+/// // `?sslmode=require` in the URL does the same.
+/// let builder = PostgresLedger::builder("postgres://app@db.internal/app").tls_mode(TlsMode::Require);
+/// # let _ = builder;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TlsMode {
+    /// Plain TCP. The default for a server on loopback (or a Unix socket).
+    Disable,
+    /// TLS if the server offers it, plain otherwise.
+    Prefer,
+    /// TLS or no connection. The default for any other server.
+    Require,
+}
+
+/// An [`EventLedger`] in PostgreSQL, for a fleet: every replica connected to the same
+/// database hands each `event_id` to one handler run at a time, and to none once one run
+/// succeeded, whichever replica TrueLayer's retries reach.
+///
+/// The semantics are [`InMemoryLedger`](crate::InMemoryLedger)'s, with the database's clock
+/// and a retention period instead of a capacity:
+///
+/// - [`begin`](EventLedger::begin) claims with one statement (`INSERT ... ON CONFLICT
+///   (event_id) DO UPDATE ... WHERE status = 'claimed' AND lease_expires <= now()
+///   RETURNING claim`): [`Begin::New`] with a claim number from a sequence (never repeated)
+///   for an event not seen, released, or whose claim's lease ran out; else [`Begin::Done`]
+///   or [`Begin::InProgress`]. Leases are timed by the server's `now()`, so replicas'
+///   clocks do not matter.
+/// - [`complete`](EventLedger::complete) marks the event done only if `claim` still holds it
+///   (even past its lease, if no one took it over), as the in-memory ledger does.
+/// - [`release`](EventLedger::release) deletes the claim (only `claim`'s) in a task spawned
+///   on the current tokio runtime, so it never blocks; outside a runtime it is left to the
+///   lease. [`flush`](Self::flush) waits for those tasks.
+/// - **Retention**: a handled event is remembered for the retention period (7 days unless
+///   set; TrueLayer retries for up to 72 hours), then pruned; so is a claim abandoned that
+///   long after its lease. Every [`prune_every`](PostgresLedgerBuilder::prune_every) begins
+///   a replica prunes a batch in the background; [`prune`](Self::prune) prunes all.
+/// - **Versioned schema**: `tlauth_webhook_schema_migrations` lists the migrations applied
+///   to `tlauth_webhook_events` (and the sequence `tlauth_webhook_claims`);
+///   [`connect`](PostgresLedgerBuilder::connect) applies the missing ones in one
+///   transaction under an advisory lock, and refuses a database migrated by a newer library.
+/// - An `event_id` longer than [`MAX_EVENT_ID_BYTES`] is refused with a [`LedgerError`]
+///   (the layer answers 503); TrueLayer's are UUIDs.
+///
+/// TLS as the connections store does it: rustls with aws-lc-rs, required off loopback
+/// unless the URL's `sslmode` or [`tls_mode`](PostgresLedgerBuilder::tls_mode) says
+/// otherwise, the certificate and host name verified. `Debug` shows the hosts and the
+/// database name only, never a password.
+///
+/// # Example
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use truelayer_auth_webhooks::{PostgresLedger, VerifyWebhooksLayer, WebhookVerifier};
+///
+/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+/// let ledger = PostgresLedger::builder("postgres://tlauth_webhooks@db.internal/app")
+///     .lease(Duration::from_secs(30))
+///     .retention(Duration::from_secs(7 * 24 * 3600))
+///     .pool_size(8)
+///     .connect()
+///     .await?;
+/// let layer = VerifyWebhooksLayer::new(WebhookVerifier::builder().build()?).ledger(ledger);
+/// # let _ = layer;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PostgresLedger {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    lease: Duration,
+    retention: Duration,
+    prune_every: u64,
+    target: String,
+    begins: AtomicU64,
+    pruning: AtomicBool,
+    /// Background tasks (releases, prunes) not finished yet.
+    pending: AtomicUsize,
+    idle: Notify,
+}
+
+impl fmt::Debug for PostgresLedger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresLedger")
+            .field("target", &self.inner.target)
+            .field("lease", &self.inner.lease)
+            .field("retention", &self.inner.retention)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Connects a [`PostgresLedger`] with settings: from [`PostgresLedger::builder`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use truelayer_auth_webhooks::PostgresLedger;
+///
+/// # async fn f() -> Result<(), truelayer_auth_webhooks::LedgerError> {
+/// let ledger = PostgresLedger::builder("postgres://app@db.internal/app")
+///     .lease(Duration::from_secs(30))
+///     .retention(Duration::from_secs(7 * 24 * 3600))
+///     .pool_size(8)
+///     .prune_every(1000)
+///     .connect()
+///     .await?;
+/// # let _ = ledger;
+/// # Ok(()) }
+/// ```
+pub struct PostgresLedgerBuilder {
+    url: SecretString,
+    lease: Duration,
+    retention: Duration,
+    pool_size: usize,
+    prune_every: u64,
+    statement_timeout: Duration,
+    tls_mode: Option<TlsMode>,
+    tls_config: Option<rustls::ClientConfig>,
+}
+
+impl fmt::Debug for PostgresLedgerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresLedgerBuilder")
+            .field("lease", &self.lease)
+            .field("retention", &self.retention)
+            .field("pool_size", &self.pool_size)
+            .field("prune_every", &self.prune_every)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("tls_mode", &self.tls_mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresLedgerBuilder {
+    /// How long a claim holds before another delivery may take the event (a minute unless
+    /// set; at least 1 ms): longer than the slowest handler, or a slow run and a retry's
+    /// run overlap. A replica that dies holding claims delays those events by up to this.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use truelayer_auth_webhooks::{PostgresLedger, TlsMode};
+    /// let builder = PostgresLedger::builder("postgres://app@db.internal/app").lease(Duration::from_secs(30));
+    /// # let _ = builder;
+    /// ```
+    #[must_use]
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long a handled event is remembered (7 days unless set): a delivery after that
+    /// reaches the handler again. Keep it above TrueLayer's 72 hours of retries.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use truelayer_auth_webhooks::{PostgresLedger, TlsMode};
+    /// let builder = PostgresLedger::builder("postgres://app@db.internal/app").retention(Duration::from_secs(4 * 24 * 3600));
+    /// # let _ = builder;
+    /// ```
+    #[must_use]
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// How many database connections the ledger keeps at most (8 unless set; at least 1).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use truelayer_auth_webhooks::{PostgresLedger, TlsMode};
+    /// let builder = PostgresLedger::builder("postgres://app@db.internal/app").pool_size(4);
+    /// # let _ = builder;
+    /// ```
+    #[must_use]
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size.max(1);
+        self
+    }
+
+    /// Prunes a batch of expired rows in the background every `n` begins on this ledger
+    /// (1000 unless set); 0 never does, for a fleet that calls [`PostgresLedger::prune`]
+    /// from a job of its own.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use truelayer_auth_webhooks::{PostgresLedger, TlsMode};
+    /// let builder = PostgresLedger::builder("postgres://app@db.internal/app").prune_every(0);
+    /// # let _ = builder;
+    /// ```
+    #[must_use]
+    pub fn prune_every(mut self, n: u64) -> Self {
+        self.prune_every = n;
+        self
+    }
+
+    /// `statement_timeout` of the ledger's sessions, and how long `begin` waits for a free
+    /// database connection (10 s unless set; at least 100 ms).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use truelayer_auth_webhooks::{PostgresLedger, TlsMode};
+    /// let builder = PostgresLedger::builder("postgres://app@db.internal/app").statement_timeout(Duration::from_secs(5));
+    /// # let _ = builder;
+    /// ```
+    #[must_use]
+    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
+        self.statement_timeout = timeout.max(Duration::from_millis(100));
+        self
+    }
+
+    /// Plain or TLS ([`TlsMode`]). Unless set: the URL's `sslmode` when it has one, else
+    /// [`TlsMode::Disable`] for a server on loopback or a Unix socket and
+    /// [`TlsMode::Require`] for any other.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use truelayer_auth_webhooks::{PostgresLedger, TlsMode};
+    /// let builder = PostgresLedger::builder("postgres://app@db.internal/app").tls_mode(TlsMode::Require);
+    /// # let _ = builder;
+    /// ```
+    #[must_use]
+    pub fn tls_mode(mut self, mode: TlsMode) -> Self {
+        self.tls_mode = Some(mode);
+        self
+    }
+
+    /// The TLS client settings (roots, client certificates). Unless set: the system's
+    /// trust store (`rustls-platform-verifier`) with aws-lc-rs.
+    ///
+    /// ```no_run
+    /// # fn f(roots: rustls::RootCertStore) {
+    /// // The database's own CA, with aws-lc-rs.
+    /// let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    /// let tls = rustls::ClientConfig::builder_with_provider(provider)
+    ///     .with_safe_default_protocol_versions()
+    ///     .unwrap()
+    ///     .with_root_certificates(roots)
+    ///     .with_no_client_auth();
+    /// let builder = truelayer_auth_webhooks::PostgresLedger::builder("postgres://app@db.internal/app")
+    ///     .tls_config(tls);
+    /// # let _ = builder;
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn tls_config(mut self, config: rustls::ClientConfig) -> Self {
+        self.tls_config = Some(config);
+        self
+    }
+
+    /// Connects, and migrates the schema if it is older than this library's (creating it
+    /// in an empty database).
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), truelayer_auth_webhooks::LedgerError> {
+    /// let url = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    /// let ledger = truelayer_auth_webhooks::PostgresLedger::builder(&url)
+    ///     .connect()
+    ///     .await?;
+    /// # let _ = ledger;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A [`LedgerError`]: a bad URL, the server unreachable or refusing, TLS, a database
+    /// migrated by a newer library, or a `tlauth_webhook_events` table that is not ours.
+    pub async fn connect(self) -> Result<PostgresLedger, LedgerError> {
+        let url = self.url.expose_secret();
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|_| problem("the PostgreSQL URL could not be parsed"))?;
+        let explicit_ssl = url.to_ascii_lowercase().contains("sslmode=");
+        let target = describe(&config);
+        let mode = match self.tls_mode {
+            Some(mode) => mode,
+            None if explicit_ssl => match config.get_ssl_mode() {
+                SslMode::Disable => TlsMode::Disable,
+                SslMode::Require => TlsMode::Require,
+                _ => TlsMode::Prefer,
+            },
+            None if is_local(&config) => TlsMode::Disable,
+            None => TlsMode::Require,
+        };
+        config.ssl_mode(match mode {
+            TlsMode::Disable => SslMode::Disable,
+            TlsMode::Prefer => SslMode::Prefer,
+            TlsMode::Require => SslMode::Require,
+        });
+        let tls = match (self.tls_config, mode) {
+            (Some(config), _) => config,
+            (None, TlsMode::Disable) => no_roots()?,
+            (None, _) => platform_roots()?,
+        };
+        config
+            .connect_timeout(CONNECT_TIMEOUT)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3);
+        if config.get_application_name().is_none() {
+            config.application_name("truelayer-auth-webhooks");
+        }
+        let options = format!(
+            "{} -c statement_timeout={}",
+            config.get_options().unwrap_or_default(),
+            self.statement_timeout.as_millis().max(1),
+        );
+        config.options(options.trim_start());
+        let manager = Manager::from_config(
+            config,
+            MakeRustlsConnect::new(tls),
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(self.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(self.statement_timeout))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(LedgerError::new)?;
+        let mut client = pool.get().await.map_err(LedgerError::new)?;
+        migrate(&mut client).await?;
+        drop(client);
+        Ok(PostgresLedger {
+            inner: Arc::new(Inner {
+                pool,
+                lease: self.lease,
+                retention: self.retention,
+                prune_every: self.prune_every,
+                target,
+                begins: AtomicU64::new(0),
+                pruning: AtomicBool::new(false),
+                pending: AtomicUsize::new(0),
+                idle: Notify::new(),
+            }),
+        })
+    }
+}
+
+impl PostgresLedger {
+    /// Connects to the database at `url` (`postgres://user:password@host:port/db?...`, or
+    /// libpq's `key=value` form) with the defaults; see [`PostgresLedgerBuilder::connect`].
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), truelayer_auth_webhooks::LedgerError> {
+    /// let ledger = truelayer_auth_webhooks::PostgresLedger::connect(
+    ///     "postgres://tlauth_webhooks@db.internal/app",
+    /// )
+    /// .await?;
+    /// # let _ = ledger;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`PostgresLedgerBuilder::connect`].
+    pub async fn connect(url: &str) -> Result<Self, LedgerError> {
+        Self::builder(url).connect().await
+    }
+
+    /// A builder for the ledger in the database at `url`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let builder = truelayer_auth_webhooks::PostgresLedger::builder(
+    ///     "postgres://tlauth_webhooks:secret@db.internal/app",
+    /// )
+    /// .lease(Duration::from_secs(30));
+    /// assert!(!format!("{builder:?}").contains("secret"));
+    /// ```
+    pub fn builder(url: &str) -> PostgresLedgerBuilder {
+        PostgresLedgerBuilder {
+            url: SecretString::from(url.to_owned()),
+            lease: DEFAULT_LEASE,
+            retention: DEFAULT_RETENTION,
+            pool_size: DEFAULT_POOL_SIZE,
+            prune_every: DEFAULT_PRUNE_EVERY,
+            statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
+            tls_mode: None,
+            tls_config: None,
+        }
+    }
+
+    /// Deletes the events handled longer ago than the retention period, and the claims
+    /// abandoned that long after their lease ran out; returns how many rows went. A
+    /// delivery of a pruned event reaches the handler again.
+    ///
+    /// ```no_run
+    /// # async fn f(ledger: truelayer_auth_webhooks::PostgresLedger) -> Result<(), truelayer_auth_webhooks::LedgerError> {
+    /// let pruned = ledger.prune().await?;
+    /// println!("{pruned} webhook events forgotten");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A [`LedgerError`] when the database fails.
+    pub async fn prune(&self) -> Result<u64, LedgerError> {
+        let mut total = 0;
+        loop {
+            let deleted = self.inner.prune_batch().await?;
+            total += deleted;
+            if deleted < PRUNE_BATCH as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Waits until the releases and prunes this ledger started in the background have
+    /// finished (or failed). Call it at shutdown, so TrueLayer's retries of the events
+    /// released last need not wait for their leases.
+    ///
+    /// ```no_run
+    /// # async fn f(ledger: truelayer_auth_webhooks::PostgresLedger) {
+    /// // ... the server has stopped taking requests ...
+    /// ledger.flush().await;
+    /// # }
+    /// ```
+    pub async fn flush(&self) {
+        loop {
+            let mut idle = pin!(self.inner.idle.notified());
+            idle.as_mut().enable();
+            if self.inner.pending.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+
+    /// Runs `task` in the background on the current runtime, counted for [`flush`](Self::flush);
+    /// false (and nothing run) outside a tokio runtime.
+    fn spawn<F>(&self, task: impl FnOnce(Arc<Inner>) -> F) -> bool
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        let inner = Arc::clone(&self.inner);
+        inner.pending.fetch_add(1, Ordering::SeqCst);
+        let task = task(Arc::clone(&inner));
+        runtime.spawn(async move {
+            task.await;
+            if inner.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
+                inner.idle.notify_waiters();
+            }
+        });
+        true
+    }
+
+    fn maybe_prune(&self) {
+        let every = self.inner.prune_every;
+        if every == 0
+            || !(self.inner.begins.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(every)
+        {
+            return;
+        }
+        if self.inner.pruning.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let spawned = self.spawn(|inner| async move {
+            match inner.prune_batch().await {
+                Ok(n) => tracing::debug!(pruned = n, "webhook ledger pruned"),
+                Err(error) => tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    "webhook ledger pruning failed"
+                ),
+            }
+            inner.pruning.store(false, Ordering::SeqCst);
+        });
+        if !spawned {
+            self.inner.pruning.store(false, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Inner {
+    async fn client(&self) -> Result<Object, LedgerError> {
+        self.pool.get().await.map_err(LedgerError::new)
+    }
+
+    async fn prune_batch(&self) -> Result<u64, LedgerError> {
+        let client = self.client().await?;
+        client
+            .execute(PRUNE, &[&millis(self.retention), &PRUNE_BATCH])
+            .await
+            .map_err(LedgerError::new)
+    }
+
+    async fn begin(&self, event_id: &str) -> Result<Begin, LedgerError> {
+        if event_id.len() > MAX_EVENT_ID_BYTES {
+            return Err(problem(format!(
+                "an event_id of {} bytes (at most {MAX_EVENT_ID_BYTES} are kept)",
+                event_id.len()
+            )));
+        }
+        let client = self.client().await?;
+        let begin = client
+            .prepare_cached(BEGIN)
+            .await
+            .map_err(LedgerError::new)?;
+        let status = client
+            .prepare_cached(STATUS)
+            .await
+            .map_err(LedgerError::new)?;
+        // A row released between the claim attempt and the look is claimed on the next turn.
+        for _ in 0..3 {
+            let claimed = client
+                .query_opt(&begin, &[&event_id, &millis(self.lease)])
+                .await
+                .map_err(LedgerError::new)?;
+            if let Some(row) = claimed {
+                let claim: i64 = row.get(0);
+                return u64::try_from(claim)
+                    .map(Begin::New)
+                    .map_err(|_| problem(format!("claim number {claim}")));
+            }
+            let done: Option<bool> = client
+                .query_opt(&status, &[&event_id])
+                .await
+                .map_err(LedgerError::new)?
+                .map(|row| row.get(0));
+            match done {
+                Some(true) => return Ok(Begin::Done),
+                Some(false) => return Ok(Begin::InProgress),
+                None => continue,
+            }
+        }
+        Ok(Begin::InProgress)
+    }
+
+    async fn complete(&self, event_id: &str, claim: u64) -> Result<(), LedgerError> {
+        let Ok(claim) = i64::try_from(claim) else {
+            return Ok(()); // never one of ours
+        };
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(COMPLETE)
+            .await
+            .map_err(LedgerError::new)?;
+        client
+            .execute(&statement, &[&event_id, &claim])
+            .await
+            .map_err(LedgerError::new)?;
+        Ok(())
+    }
+
+    async fn release(&self, event_id: &str, claim: i64) -> Result<(), LedgerError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(RELEASE)
+            .await
+            .map_err(LedgerError::new)?;
+        client
+            .execute(&statement, &[&event_id, &claim])
+            .await
+            .map_err(LedgerError::new)?;
+        Ok(())
+    }
+}
+
+impl EventLedger for PostgresLedger {
+    fn begin<'a>(&'a self, event_id: &'a str) -> LedgerFuture<'a, Begin> {
+        Box::pin(async move {
+            let begin = self.inner.begin(event_id).await;
+            self.maybe_prune();
+            begin
+        })
+    }
+
+    fn complete<'a>(&'a self, event_id: &'a str, claim: u64) -> LedgerFuture<'a, ()> {
+        Box::pin(self.inner.complete(event_id, claim))
+    }
+
+    /// Deletes the claim in a task on the current tokio runtime (outside one, the claim is
+    /// left to its lease); [`flush`](PostgresLedger::flush) waits for it.
+    fn release(&self, event_id: &str, claim: u64) {
+        let Ok(claim) = i64::try_from(claim) else {
+            return;
+        };
+        let event_id = event_id.to_owned();
+        self.spawn(|inner| async move {
+            if let Err(error) = inner.release(&event_id, claim).await {
+                tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    "a webhook claim was not released; a retry waits for its lease"
+                );
+            }
+        });
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The schema version of the database: 0 when it has no ledger.
+async fn schema_version(
+    client: &impl deadpool_postgres::GenericClient,
+) -> Result<u32, LedgerError> {
+    let row = client
+        .query_one(
+            "SELECT to_regclass('tlauth_webhook_schema_migrations') IS NOT NULL, \
+                    to_regclass('tlauth_webhook_events') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(LedgerError::new)?;
+    let (migrations, events): (bool, bool) = (row.get(0), row.get(1));
+    if !migrations {
+        if events {
+            return Err(problem(
+                "the table tlauth_webhook_events exists without tlauth_webhook_schema_migrations: not a webhook ledger",
+            ));
+        }
+        return Ok(0);
+    }
+    let version: Option<i32> = client
+        .query_one(
+            "SELECT max(version) FROM tlauth_webhook_schema_migrations",
+            &[],
+        )
+        .await
+        .map_err(LedgerError::new)?
+        .get(0);
+    let version =
+        u32::try_from(version.unwrap_or(0)).map_err(|_| problem("a negative schema version"))?;
+    if version > SCHEMA_VERSION {
+        return Err(problem(format!(
+            "the webhook ledger's schema is version {version}, newer than this library's {SCHEMA_VERSION}: upgrade the library"
+        )));
+    }
+    if version >= 1 && !events {
+        return Err(problem("the webhook ledger's table is missing"));
+    }
+    Ok(version)
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`] in one transaction under the migration lock,
+/// reading the version under it (another replica may have migrated meanwhile).
+async fn migrate(client: &mut Object) -> Result<(), LedgerError> {
+    let tx = client.transaction().await.map_err(LedgerError::new)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(LedgerError::new)?;
+    let from = schema_version(&tx).await?;
+    if from == SCHEMA_VERSION {
+        return tx.rollback().await.map_err(LedgerError::new);
+    }
+    if from == 0 {
+        tx.batch_execute(
+            "CREATE TABLE tlauth_webhook_schema_migrations (
+                version integer PRIMARY KEY,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )",
+        )
+        .await
+        .map_err(LedgerError::new)?;
+    }
+    for (n, migration) in MIGRATIONS.iter().enumerate().skip(from as usize) {
+        tx.batch_execute(migration)
+            .await
+            .map_err(LedgerError::new)?;
+        let version = i32::try_from(n + 1).unwrap_or(i32::MAX);
+        tx.execute(
+            "INSERT INTO tlauth_webhook_schema_migrations (version) VALUES ($1)",
+            &[&version],
+        )
+        .await
+        .map_err(LedgerError::new)?;
+    }
+    tx.commit().await.map_err(LedgerError::new)
+}
+
+/// "host:port/dbname" of each host, for `Debug` and messages: never the user or password.
+fn describe(config: &tokio_postgres::Config) -> String {
+    let ports = config.get_ports();
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            match host {
+                Host::Tcp(name) => format!("{name}:{port}"),
+                #[cfg(unix)]
+                Host::Unix(path) => format!("{}:{port}", path.display()),
+            }
+        })
+        .collect();
+    format!(
+        "{}/{}",
+        hosts.join(","),
+        config.get_dbname().unwrap_or("(default)")
+    )
+}
+
+/// Whether every host is on this machine: loopback or a Unix socket.
+fn is_local(config: &tokio_postgres::Config) -> bool {
+    let addrs_local = config.get_hostaddrs().iter().all(IpAddr::is_loopback);
+    let hosts_local = config.get_hosts().iter().all(|host| match host {
+        Host::Tcp(name) => {
+            name == "localhost"
+                || name
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        #[cfg(unix)]
+        Host::Unix(_) => true,
+    });
+    addrs_local && hosts_local
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+fn platform_roots() -> Result<rustls::ClientConfig, LedgerError> {
+    use rustls_platform_verifier::BuilderVerifierExt;
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(LedgerError::new)?
+        .with_platform_verifier()
+        .map_err(LedgerError::new)?
+        .with_no_client_auth())
+}
+
+/// TLS settings that are never used (plain TCP), but the pool wants one connector type.
+fn no_roots() -> Result<rustls::ClientConfig, LedgerError> {
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(LedgerError::new)?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth())
+}
+
+fn problem(what: impl Into<String>) -> LedgerError {
+    LedgerError::new(what.into())
+}
