@@ -187,8 +187,10 @@ impl From<&ConnectionRecord> for Connection {
 pub enum Extension {
     /// Extended: consent counts 90 days from now, and the new pair is stored.
     Extended,
-    /// The bank needs the user: send them to this link; it ends in a new code, to be passed
-    /// to [`ConnectionManager::connect_as`] with this connection's id.
+    /// The bank needs the user: send them to this link. It ends in a new code at the
+    /// redirect URI given to [`ConnectionManager::extend_with_redirect_uri`] (else the
+    /// connection's own); pass it to [`ConnectionManager::connect_as`] with this
+    /// connection's id.
     AuthenticationNeeded {
         /// The link for the user.
         user_input_link: String,
@@ -595,10 +597,37 @@ impl ConnectionManager {
     /// of the token pair under the connection's lock like a refresh: a new pair is written
     /// as a refreshed one is, by a task that holds the lock until the write succeeds.
     ///
+    /// A connection that needs reconnecting because its consent ended can be extended too:
+    /// the bank then usually wants the user ([`Extension::AuthenticationNeeded`]).
+    ///
     /// # Errors
     ///
     /// As [`token`](Self::token), and [`ConnectionError::Api`] when TrueLayer refuses.
     pub async fn extend(&self, id: &ConnectionId) -> Result<Extension, ConnectionError> {
+        self.extend_with(id, None).await
+    }
+
+    /// [`extend`](Self::extend), asking TrueLayer to send the user's new code (when the bank
+    /// wants the user) to `redirect_uri`, which must be allow-listed for the client. Finish
+    /// with [`connect_as`](Self::connect_as) this connection's id and
+    /// [`AuthorizationCode::new`] of that code, this redirect URI and no PKCE verifier.
+    ///
+    /// # Errors
+    ///
+    /// As [`extend`](Self::extend).
+    pub async fn extend_with_redirect_uri(
+        &self,
+        id: &ConnectionId,
+        redirect_uri: &str,
+    ) -> Result<Extension, ConnectionError> {
+        self.extend_with(id, Some(redirect_uri)).await
+    }
+
+    async fn extend_with(
+        &self,
+        id: &ConnectionId,
+        redirect_uri: Option<&str>,
+    ) -> Result<Extension, ConnectionError> {
         const CALL: &str = "connections/extend";
         let s = &self.shared;
         if s.unsaved_state(id).is_some() {
@@ -610,21 +639,52 @@ impl ConnectionManager {
             .await
             .map_err(|e| ConnectionError::store(id, e))?;
         let answer = async {
-            let row = self.active_row(id).await?;
+            let row = s
+                .store
+                .get(id)
+                .await
+                .map_err(|e| ConnectionError::store(id, e))?
+                .ok_or_else(|| ConnectionError::NotFound(id.clone()))?;
+            if row.status == ConnectionStatus::Deleted {
+                return Err(ConnectionError::Deleted(id.clone()));
+            }
             let refresh = row
                 .refresh_token
                 .clone()
                 .ok_or_else(|| ConnectionError::NoRefreshToken(id.clone()))?;
+            let creds = s
+                .credentials(false)
+                .await
+                .map_err(|e| ConnectionError::Token {
+                    id: id.clone(),
+                    source: e,
+                })?;
+            if creds.client_id() != row.client_id {
+                return Err(ConnectionError::OtherClient {
+                    id: id.clone(),
+                    stored: row.client_id.clone(),
+                });
+            }
             let url = format!(
                 "{}/connections/extend",
                 s.environment.data_api_url().as_str().trim_end_matches('/')
             );
-            let body = serde_json::json!({
+            let mut body = serde_json::json!({
+                "client_id": creds.client_id(),
+                "client_secret": creds.client_secret().expose_secret(),
                 "refresh_token": refresh.expose_secret(),
                 "user_has_reconfirmed_consent": true,
             });
+            if let Some(uri) = redirect_uri {
+                body["redirect_uri"] = serde_json::Value::from(uri);
+            }
             let (status, value) = self
-                .call(id, CALL, s.http.post(url).json(&body), &[&refresh])
+                .call(
+                    id,
+                    CALL,
+                    s.http.post(url).json(&body),
+                    &[&refresh, creds.client_secret()],
+                )
                 .await?;
             Ok::<_, ConnectionError>((row, refresh, status, value))
         }
@@ -659,6 +719,7 @@ impl ConnectionManager {
                 let now = SystemTime::now();
                 let mut next = row;
                 next.refresh_token = Some(new_refresh);
+                next.status = ConnectionStatus::Active;
                 next.consented_at = now;
                 next.updated_at = now;
                 // A usable access token with a sane lifetime, or none: the new refresh token
@@ -753,21 +814,6 @@ impl ConnectionManager {
         let _ = lock.release().await;
         self.refreshers.remove(id);
         result
-    }
-
-    async fn active_row(&self, id: &ConnectionId) -> Result<ConnectionRecord, ConnectionError> {
-        let row = self
-            .shared
-            .store
-            .get(id)
-            .await
-            .map_err(|e| ConnectionError::store(id, e))?
-            .ok_or_else(|| ConnectionError::NotFound(id.clone()))?;
-        match row.status {
-            ConnectionStatus::Active => Ok(row),
-            ConnectionStatus::NeedsReconnect => Err(ConnectionError::NeedsReconnect(id.clone())),
-            _ => Err(ConnectionError::Deleted(id.clone())),
-        }
     }
 
     /// `GET /data/v1/me`: the provider and `credentials_id`.

@@ -297,9 +297,10 @@ impl PendingAuthorization {
     /// (`application/x-www-form-urlencoded`, with or without a leading `?`), and returns the
     /// code to exchange.
     ///
-    /// `state` is compared in constant time. A callback with an `error` is that error, even
-    /// when its `state` is wrong, so a user who pressed Deny is told so; such a callback
-    /// carries no code, so nothing is trusted from it.
+    /// `state` is compared in constant time, and checked first, for an `error` callback as
+    /// for a code: TrueLayer returns the `state` with an error, and an error with a missing
+    /// or foreign `state` is a forged or crossed callback (a page that loads the redirect URI
+    /// with `error=access_denied` must not end a wait for the real redirect).
     ///
     /// # Errors
     ///
@@ -346,12 +347,8 @@ impl PendingAuthorization {
             }
             *slot = Some(value.into_owned());
         }
-        if let Some(error) = error {
-            return Err(CallbackError::Refused {
-                error: clean(&error, 64),
-                description: description.map(|d| clean(&d, 300)),
-            });
-        }
+        // `state` first, for an error as for a code: a forged `error=access_denied` from
+        // another page must not end a wait for the real redirect.
         let state = state.ok_or(CallbackError::MissingState)?;
         if aws_lc_rs::constant_time::verify_slices_are_equal(
             state.as_bytes(),
@@ -360,6 +357,12 @@ impl PendingAuthorization {
         .is_err()
         {
             return Err(CallbackError::StateMismatch);
+        }
+        if let Some(error) = error {
+            return Err(CallbackError::Refused {
+                error: clean(&error, 64),
+                description: description.map(|d| clean(&d, 300)),
+            });
         }
         let code = match code {
             Some(c) if !c.is_empty() => SecretString::from(c),
@@ -568,8 +571,18 @@ mod tests {
                 .unwrap_err(),
             CallbackError::DuplicateParameter("state")
         );
+        assert_eq!(
+            p.callback("error=access_denied&state=forged").unwrap_err(),
+            CallbackError::StateMismatch
+        );
+        assert_eq!(
+            p.callback("error=access_denied").unwrap_err(),
+            CallbackError::MissingState
+        );
         let refused = p
-            .callback("error=provider_error&error_description=bank%0Adown&state=x")
+            .callback(&format!(
+                "error=provider_error&error_description=bank%0Adown&state={s}"
+            ))
             .unwrap_err();
         assert!(!refused.is_access_denied());
         assert_eq!(
