@@ -280,6 +280,63 @@ async fn replicas_starting_at_once_migrate_once_and_a_newer_schema_is_refused() 
     assert!(PostgresLedger::connect(&other).await.is_err());
 }
 
+#[tokio::test]
+async fn a_runtime_role_with_the_documented_grants_is_enough() {
+    let Some(url) = database().await else { return };
+    // Roles are the server's, not the database's: names of this test's own.
+    let suffix = format!("{:08x}", fastrand::u32(..));
+    let (migrate, runtime) = (format!("tlw_migrate_{suffix}"), format!("tlw_app_{suffix}"));
+    let db = raw(&url).await;
+    let name = url::Url::parse(&url)
+        .unwrap()
+        .path()
+        .trim_start_matches('/')
+        .to_owned();
+    db.batch_execute(&format!(
+        "CREATE ROLE {migrate} LOGIN; CREATE ROLE {runtime} LOGIN;
+         GRANT CREATE, USAGE ON SCHEMA public TO {migrate};
+         GRANT USAGE ON SCHEMA public TO {runtime};
+         GRANT CONNECT ON DATABASE {name} TO {migrate}, {runtime};"
+    ))
+    .await
+    .unwrap();
+    let as_role = |role: &str| {
+        let mut u = url::Url::parse(&url).unwrap();
+        u.set_username(role).unwrap();
+        u.to_string()
+    };
+    // The release step migrates as the migration role, then grants (docs/operations.md).
+    PostgresLedger::connect(&as_role(&migrate)).await.unwrap();
+    raw(&as_role(&migrate))
+        .await
+        .batch_execute(&format!(
+            "GRANT SELECT ON tlauth_webhook_schema_migrations TO {runtime};
+             GRANT SELECT, INSERT, UPDATE, DELETE ON tlauth_webhook_events TO {runtime};
+             GRANT USAGE ON SEQUENCE tlauth_webhook_claims TO {runtime};"
+        ))
+        .await
+        .unwrap();
+    let ledger = PostgresLedger::builder(&as_role(&runtime))
+        .retention(Duration::ZERO)
+        .prune_every(0)
+        .connect()
+        .await
+        .unwrap();
+    let a = claim(ledger.begin("a").await.unwrap());
+    let b = claim(ledger.begin("b").await.unwrap());
+    ledger.complete("a", a).await.unwrap();
+    ledger.release("b", b);
+    ledger.flush().await;
+    assert_eq!(ledger.prune().await.unwrap(), 1);
+    assert!(matches!(ledger.begin("b").await.unwrap(), Begin::New(_)));
+    // And it cannot change the schema.
+    let denied = raw(&as_role(&runtime))
+        .await
+        .batch_execute("DROP TABLE tlauth_webhook_events")
+        .await;
+    assert!(denied.is_err());
+}
+
 // ---- Several OS processes -------------------------------------------------------------
 
 fn unix_ms() -> u64 {
