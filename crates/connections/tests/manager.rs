@@ -3,84 +3,39 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use secrecy::ExposeSecret;
-use tower::{ServiceBuilder, ServiceExt};
 use truelayer_auth::{AuthLink, DataScope, DataScopes};
 use truelayer_auth_connections::{
     ConnectionError, ConnectionId, ConnectionLock, ConnectionManager, ConnectionRecord,
     ConnectionStatus, ConnectionStore, EncryptionKeys, Extension, SqliteStore, StoreError,
     StoreFuture,
 };
-use truelayer_auth_emulator::{Emulator, ExtendAction};
+use truelayer_auth_emulator::ExtendAction;
 use truelayer_auth_testkit::emulator::{self as emu, Choice};
-use truelayer_auth_tower::{BearerAuthLayer, CloneBodies, ReqwestService};
 
-struct World {
-    emulator: Emulator,
-    _dir: tempfile::TempDir,
-    path: std::path::PathBuf,
-}
+mod support;
 
-impl World {
-    async fn new() -> Self {
-        let emulator = Emulator::start().await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
+use support::world::World;
+
+/// The manager on a SQLite file of its own, in a directory that lives as long as the world.
+async fn world() -> World<SqliteStore> {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    World::new(Box::new(move || {
         let path = dir.path().join("connections.db");
-        World {
-            emulator,
-            _dir: dir,
-            path,
-        }
-    }
-
-    async fn store(&self) -> SqliteStore {
-        SqliteStore::open(&self.path, EncryptionKeys::new("k1", [7; 32]).unwrap())
-            .await
-            .unwrap()
-    }
-
-    /// A manager of its own: another process, as far as the protocol can tell (its own
-    /// store handle, its own refreshers).
-    async fn manager(&self) -> ConnectionManager {
-        ConnectionManager::builder(
-            emu::environment(&self.emulator),
-            emu::credentials(&self.emulator),
-            self.store().await,
-        )
-        .build()
-        .unwrap()
-    }
-
-    /// A user who consents through the dialog; the connection's id.
-    async fn connect(&self, manager: &ConnectionManager, scopes: DataScopes) -> ConnectionId {
-        let (code, _) = emu::authorization_code(&self.emulator, scopes).await;
-        manager.connect(&code).await.unwrap()
-    }
-
-    /// Makes the stored access token expired, as if an hour had passed.
-    async fn expire_stored_token(&self, id: &ConnectionId) {
-        let store = self.store().await;
-        let mut row = store.get(id).await.unwrap().unwrap();
-        row.access_expires_at = SystemTime::now() - Duration::from_secs(1);
-        row.updated_at = SystemTime::now() - Duration::from_secs(3600);
-        store.update(&row).await.unwrap();
-    }
-
-    async fn accounts(&self, token: &truelayer_auth::AccessToken) -> reqwest::Response {
-        reqwest::Client::new()
-            .get(format!("{}/accounts", self.emulator.data_url()))
-            .header("authorization", token.authorization_header())
-            .send()
-            .await
-            .unwrap()
-    }
+        Box::pin(async move {
+            SqliteStore::open(path, EncryptionKeys::new("k1", [7; 32]).unwrap())
+                .await
+                .unwrap()
+        })
+    }))
+    .await
 }
 
 #[tokio::test]
 async fn a_connected_user_s_token_reads_their_accounts_and_the_connection_knows_its_bank() {
-    let world = World::new().await;
+    let world = world().await;
     let manager = world.manager().await;
     let id = world.connect(&manager, DataScopes::default()).await;
 
@@ -105,82 +60,28 @@ async fn a_connected_user_s_token_reads_their_accounts_and_the_connection_knows_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_callers_of_an_expired_connection_cause_one_refresh_and_keep_it() {
-    let world = World::new().await;
-    let id = world
-        .connect(&world.manager().await, DataScopes::default())
-        .await;
-    world.expire_stored_token(&id).await;
-
-    let manager = world.manager().await;
-    let calls = (0..200).map(|_| {
-        let (manager, id) = (manager.clone(), id.clone());
-        tokio::spawn(async move { manager.token(&id).await })
-    });
-    let tokens: Vec<_> = futures_util::future::join_all(calls)
+    world()
         .await
-        .into_iter()
-        .map(|r| r.unwrap().unwrap())
-        .collect();
-
-    let stats = world.emulator.data_stats();
-    assert_eq!(stats.refreshes_served, 1, "{stats:?}");
-    assert_eq!(stats.refreshes_refused, 0, "{stats:?}");
-    assert!(tokens.iter().all(|t| t.id() == tokens[0].id()));
-    assert_eq!(world.accounts(&tokens[0]).await.status(), 200);
-    let connection = world.emulator.connection(&emulator_id(&world)).unwrap();
-    assert_eq!(connection.refresh_generation, 1);
-    assert_eq!(
-        manager.get(&id).await.unwrap().status,
-        ConnectionStatus::Active
-    );
-}
-
-fn emulator_id(world: &World) -> String {
-    world.emulator.connections()[0].id.clone()
+        .many_callers_of_an_expired_connection_cause_one_refresh(1)
+        .await;
 }
 
 #[tokio::test]
 async fn a_401_for_a_token_another_manager_superseded_replays_with_the_stored_pair_not_a_second_refresh()
  {
-    let world = World::new().await;
-    let (a, b) = (world.manager().await, world.manager().await);
-    let id = world.connect(&a, DataScopes::default()).await;
-    let held_by_b = b.token(&id).await.unwrap();
-
-    world.expire_stored_token(&id).await;
-    // `a` refreshes (cold: it reads the expired row and spends the refresh token)...
-    let new = world.manager().await.token(&id).await.unwrap();
-    assert_eq!(world.emulator.data_stats().refreshes_served, 1);
-    // ...so `b`'s token is superseded: TrueLayer answers 401. `b`'s bearer layer reports
-    // it, `b` re-reads the row instead of spending the spent token, and replays.
-    assert_eq!(world.accounts(&held_by_b).await.status(), 401);
-    let client = ServiceBuilder::new()
-        .layer(BearerAuthLayer::new(b.clone()).replay_policy(CloneBodies))
-        .service(ReqwestService::new(reqwest::Client::new()));
-    let mut request = http::Request::get(format!("{}/accounts", world.emulator.data_url()))
-        .body(bytes::Bytes::new())
-        .unwrap();
-    request.extensions_mut().insert(id.clone());
-    let answer = client.oneshot(request).await.unwrap();
-    assert_eq!(answer.status(), 200);
-    let replacement = b.token(&id).await.unwrap();
-
-    assert_eq!(
-        replacement.secret().expose_secret(),
-        new.secret().expose_secret()
-    );
-    assert_eq!(world.emulator.data_stats().refreshes_served, 1);
-    assert_eq!(world.emulator.data_stats().refreshes_refused, 0);
-    assert_eq!(world.accounts(&replacement).await.status(), 200);
+    world()
+        .await
+        .a_superseded_401_replays_with_the_stored_pair()
+        .await;
 }
 
 #[tokio::test]
 async fn a_revoked_connection_is_marked_for_reconnect_and_its_pair_is_kept() {
-    let world = World::new().await;
+    let world = world().await;
     let manager = world.manager().await;
     let id = world.connect(&manager, DataScopes::default()).await;
     let before = world.store().await.get(&id).await.unwrap().unwrap();
-    assert!(world.emulator.revoke_connection(&emulator_id(&world)));
+    assert!(world.emulator.revoke_connection(&world.emulator_id()));
     world.expire_stored_token(&id).await;
 
     let error = world.manager().await.token(&id).await.unwrap_err();
@@ -203,7 +104,7 @@ async fn a_revoked_connection_is_marked_for_reconnect_and_its_pair_is_kept() {
 
 #[tokio::test]
 async fn without_offline_access_an_expired_connection_says_so_and_asks_nothing() {
-    let world = World::new().await;
+    let world = world().await;
     let manager = world.manager().await;
     let scopes = DataScopes::new([DataScope::Accounts]).unwrap();
     let id = world.connect(&manager, scopes).await;
@@ -222,7 +123,7 @@ async fn without_offline_access_an_expired_connection_says_so_and_asks_nothing()
 /// The next refresh presents the spent token; with reuse detection the connection is lost.
 #[tokio::test]
 async fn a_refresh_answer_lost_after_rotation_loses_the_connection_as_documented() {
-    let world = World::new().await;
+    let world = world().await;
     let manager = world.manager().await;
     let id = world.connect(&manager, DataScopes::default()).await;
     world.expire_stored_token(&id).await;
@@ -230,13 +131,13 @@ async fn a_refresh_answer_lost_after_rotation_loses_the_connection_as_documented
 
     let error = world.manager().await.token(&id).await.unwrap_err();
     assert!(error.needs_reconnect(), "{error:?}");
-    let at_emulator = world.emulator.connection(&emulator_id(&world)).unwrap();
+    let at_emulator = world.emulator.connection(&world.emulator_id()).unwrap();
     assert_eq!(at_emulator.refreshes_refused_as_reuse, 1);
 }
 
 #[tokio::test]
 async fn extend_stores_the_new_pair_or_hands_back_the_user_s_link() {
-    let world = World::new().await;
+    let world = world().await;
     let manager = world.manager().await;
     let id = world.connect(&manager, DataScopes::default()).await;
     let old = manager.token(&id).await.unwrap();
@@ -264,7 +165,7 @@ async fn extend_stores_the_new_pair_or_hands_back_the_user_s_link() {
 
 #[tokio::test]
 async fn delete_revokes_at_truelayer_then_marks_the_connection() {
-    let world = World::new().await;
+    let world = world().await;
     let manager = world.manager().await;
     let id = world.connect(&manager, DataScopes::default()).await;
     let token = manager.token(&id).await.unwrap();
@@ -285,7 +186,7 @@ async fn delete_revokes_at_truelayer_then_marks_the_connection() {
 
 #[tokio::test]
 async fn an_unknown_connection_is_not_found() {
-    let world = World::new().await;
+    let world = world().await;
     let manager = world.manager().await;
     let id: ConnectionId = "nobody".parse().unwrap();
     assert!(matches!(
@@ -300,7 +201,7 @@ async fn an_unknown_connection_is_not_found() {
 
 #[tokio::test]
 async fn a_used_code_is_refused_and_stores_nothing() {
-    let world = World::new().await;
+    let world = world().await;
     let manager = world.manager().await;
     let link = AuthLink::builder(
         emu::environment(&world.emulator),
@@ -322,7 +223,7 @@ async fn a_used_code_is_refused_and_stores_nothing() {
 
 #[tokio::test]
 async fn a_read_that_finds_a_usable_token_does_not_wait_for_a_lock_held_elsewhere() {
-    let world = World::new().await;
+    let world = world().await;
     let id = world
         .connect(&world.manager().await, DataScopes::default())
         .await;
@@ -383,7 +284,7 @@ impl ConnectionStore for FlakyStore {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refreshed_pair_the_store_will_not_take_is_kept_locked_and_written_when_it_can_be() {
-    let world = World::new().await;
+    let world = world().await;
     let id = world
         .connect(&world.manager().await, DataScopes::default())
         .await;
@@ -440,7 +341,7 @@ async fn a_refreshed_pair_the_store_will_not_take_is_kept_locked_and_written_whe
 
 #[tokio::test]
 async fn a_connection_of_another_client_is_not_refreshed_nor_marked() {
-    let world = World::new().await;
+    let world = world().await;
     let id = world
         .connect(&world.manager().await, DataScopes::default())
         .await;
