@@ -224,7 +224,7 @@ pub(crate) async fn run(args: ConnectArgs) -> Result<(), Failure> {
         .open(true)
         .await?
         .expect("open(true) makes the store");
-    let store_path = sqlite.path().to_owned();
+    let store_path = sqlite.describe();
     let manager = store::manager(&client, sqlite)?;
     eprintln!("tlauth: open this link in a browser and connect a bank account:");
     eprintln!("{url}");
@@ -244,10 +244,7 @@ pub(crate) async fn run(args: ConnectArgs) -> Result<(), Failure> {
         args.timeout,
     )
     .await?;
-    eprintln!(
-        "tlauth: connected; the connection is stored in {} as:",
-        store_path.display()
-    );
+    eprintln!("tlauth: connected; the connection is stored in {store_path} as:");
     println!("{id}");
     if embedded {
         eprintln!(
@@ -607,12 +604,7 @@ struct PendingFile {
 }
 
 fn pending_path(store: &StoreArgs) -> Result<PathBuf, Failure> {
-    let path = store.path()?;
-    let dir = path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    Ok(dir.join(PENDING_FILE))
+    Ok(store.dir()?.join(PENDING_FILE))
 }
 
 fn unix_now() -> u64 {
@@ -768,7 +760,7 @@ async fn finish_by_hand(args: ConnectArgs, code: SecretString) -> Result<(), Fai
         .open(true)
         .await?
         .expect("open(true) makes the store");
-    let store_path = sqlite.path().to_owned();
+    let store_path = sqlite.describe();
     let manager = store::manager(&client, sqlite)?;
     let result = match &args.connection {
         Some(id) => manager
@@ -780,10 +772,7 @@ async fn finish_by_hand(args: ConnectArgs, code: SecretString) -> Result<(), Fai
     match result {
         Ok(id) => {
             let _ = std::fs::remove_file(&path);
-            eprintln!(
-                "tlauth: connected; the connection is stored in {} as:",
-                store_path.display()
-            );
+            eprintln!("tlauth: connected; the connection is stored in {store_path} as:");
             println!("{id}");
             Ok(())
         }

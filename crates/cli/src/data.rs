@@ -91,10 +91,7 @@ async fn manager(
 }
 
 fn no_store(store: &StoreArgs) -> Failure {
-    let path = store
-        .path()
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
+    let path = store.describe();
     Failure::failed(format!(
         "no connections store at {path}: connect a bank account first with `tlauth connect` (or choose the store with --store)"
     ))
@@ -336,10 +333,7 @@ pub(crate) async fn connections(command: ConnectionsCommand) -> Result<(), Failu
                 if json {
                     println!("[]");
                 } else {
-                    eprintln!(
-                        "tlauth: no connections (no store at {})",
-                        store.path()?.display()
-                    );
+                    eprintln!("tlauth: no connections (no store at {})", store.describe());
                 }
                 return Ok(());
             };
@@ -355,7 +349,7 @@ pub(crate) async fn connections(command: ConnectionsCommand) -> Result<(), Failu
                 let list: Vec<_> = rows.iter().map(to_json).collect();
                 println!("{:#}", serde_json::Value::Array(list));
             } else if rows.is_empty() {
-                eprintln!("tlauth: no connections in {}", sqlite.path().display());
+                eprintln!("tlauth: no connections in {}", sqlite.describe());
             } else {
                 print!("{}", table(&rows));
             }
@@ -372,7 +366,7 @@ pub(crate) async fn connections(command: ConnectionsCommand) -> Result<(), Failu
                 .ok_or_else(|| {
                     Failure::failed(format!(
                         "no connection {id} in {} (`tlauth connections list` shows those it holds)",
-                        sqlite.path().display()
+                        sqlite.describe()
                     ))
                 })?;
             let connection = Connection::from(&row);

@@ -653,3 +653,96 @@ async fn extend_renews_consent_or_prints_the_link_the_bank_wants_and_reconnect_k
     );
     assert!(data.status.success(), "{data:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgres_store_needs_a_key_and_is_shared_by_connect_data_and_connections() {
+    let Some(url) = truelayer_auth_testkit::postgres::database().await else {
+        return;
+    };
+    // A password in the URL (the test server trusts loopback): no output may show it.
+    let mut url = url::Url::parse(&url).unwrap();
+    url.set_password(Some("hunter2-PASSWORD")).unwrap();
+    let url = url.to_string();
+    let emulator = Emulator::start().await.unwrap();
+    emulator.set_loopback_redirects(true);
+    emulator.set_loopback_redirects(true);
+    let env = emulator_env(&emulator);
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("fleet.key");
+    let key_arg = key.to_str().unwrap();
+
+    // No key: there is no file beside a database to keep one in; it says what to give.
+    let keyless = run(&["connections", "list", "--store", &url], &env);
+    assert!(!keyless.status.success(), "{keyless:?}");
+    assert!(
+        keyless.stderr.contains("TRUELAYER_CONNECTIONS_KEY")
+            && keyless.stderr.contains("--key-file")
+            && keyless.stderr.contains("PostgreSQL"),
+        "{keyless:?}"
+    );
+
+    // connect --store postgres://... --key-file: a new key for a new store, the row in
+    // PostgreSQL.
+    let cli = RunningConnect::start(&["--store", &url, "--key-file", key_arg], &env);
+    let (status, page, _) = consent(&cli.link(), Choice::Approve).await;
+    assert_eq!(status, 200, "{page}");
+    let connected = cli.finish();
+    assert!(connected.status.success(), "{connected:?}");
+    assert!(
+        connected.stderr.contains("made a new encryption key"),
+        "{connected:?}"
+    );
+    assert!(connected.stderr.contains("PostgreSQL"), "{connected:?}");
+    let id = connected.stdout.trim().to_owned();
+    assert_eq!(mode(&key), 0o600);
+    let keys = EncryptionKeys::from_file(&key).unwrap();
+    let rows = truelayer_auth_connections::PostgresStore::connect(&url, keys)
+        .await
+        .unwrap()
+        .list()
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].id.as_str(), id);
+
+    // Another process, by TLAUTH_STORE and TRUELAYER_CONNECTIONS_KEY, uses it.
+    let mut shared = env.clone();
+    shared.push(("TLAUTH_STORE".into(), url.clone()));
+    shared.push((
+        "TRUELAYER_CONNECTIONS_KEY".into(),
+        std::fs::read_to_string(&key).unwrap().trim().to_owned(),
+    ));
+    let data = run(
+        &["data", "GET", "/data/v1/accounts", "--connection", &id],
+        &shared,
+    );
+    assert!(data.status.success(), "{data:?}");
+    assert!(data.stdout.contains("\"results\""), "{data:?}");
+    let list = run(&["connections", "list"], &shared);
+    assert!(list.status.success(), "{list:?}");
+    assert!(list.stdout.contains(&id), "{list:?}");
+
+    // A new key file for a store that holds connections is refused, and not left behind.
+    let other = dir.path().join("other.key");
+    let wrong = run(
+        &[
+            "connections",
+            "list",
+            "--store",
+            &url,
+            "--key-file",
+            other.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert!(!wrong.status.success(), "{wrong:?}");
+    assert!(wrong.stderr.contains("already holds"), "{wrong:?}");
+    assert!(!other.exists());
+
+    for out in [&keyless, &connected, &data, &list, &wrong] {
+        assert!(
+            !out.stdout.contains("hunter2") && !out.stderr.contains("hunter2"),
+            "the password was printed: {out:?}"
+        );
+    }
+}
