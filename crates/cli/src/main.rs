@@ -120,6 +120,9 @@ impl Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `tlauth emulator` and the embedded emulator are for development: `tlauth connect`'s
+    // redirect URI is a free loopback port, which no Console allow-list could name.
+    Emulator::set_loopback_redirects_by_default(true);
     // Without RUST_LOG: warnings, and the proxy's access log unless it is turned off.
     let default_filter = match &cli.command {
         Command::Proxy(args) if args.access_log == proxy::Switch::On => "warn,tlauth::access=info",

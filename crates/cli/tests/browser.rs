@@ -140,6 +140,7 @@ async fn a_user_connects_in_chromium_and_tlauth_data_answers() {
     let _one = ONE_BROWSER.lock().await;
     let started = Instant::now();
     let emulator = Emulator::start().await.unwrap();
+    emulator.set_loopback_redirects(true);
     let store = StoreDir::new();
     let env = emulator_env(&emulator);
     let driver = Chromedriver::start().await;
@@ -206,6 +207,7 @@ async fn denying_in_chromium_ends_in_the_clis_error_and_the_error_page() {
     let _one = ONE_BROWSER.lock().await;
     let started = Instant::now();
     let emulator = Emulator::start().await.unwrap();
+    emulator.set_loopback_redirects(true);
     let store = StoreDir::new();
     let driver = Chromedriver::start().await;
     let browser = browser(&driver, &store.dir.path().join("chromium")).await;

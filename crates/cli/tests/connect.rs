@@ -175,6 +175,7 @@ async fn connect(
 #[tokio::test(flavor = "multi_thread")]
 async fn connect_then_data_then_list_show_and_delete() {
     let emulator = Emulator::start().await.unwrap();
+    emulator.set_loopback_redirects(true);
     let store = StoreDir::new();
     let env = emulator_env(&emulator);
 
@@ -302,6 +303,7 @@ async fn connect_then_data_then_list_show_and_delete() {
 #[tokio::test(flavor = "multi_thread")]
 async fn form_post_callbacks_connect_too_and_other_paths_get_404_while_waiting() {
     let emulator = Emulator::start().await.unwrap();
+    emulator.set_loopback_redirects(true);
     let store = StoreDir::new();
     let env = emulator_env(&emulator);
     let cli = RunningConnect::start(
@@ -365,6 +367,7 @@ async fn form_post_callbacks_connect_too_and_other_paths_get_404_while_waiting()
 #[tokio::test(flavor = "multi_thread")]
 async fn denying_exits_non_zero_with_a_clear_message_and_an_error_page() {
     let emulator = Emulator::start().await.unwrap();
+    emulator.set_loopback_redirects(true);
     let store = StoreDir::new();
     let cli = RunningConnect::start(&["--store", store.arg()], &emulator_env(&emulator));
     let link = cli.link();
@@ -386,6 +389,7 @@ async fn denying_exits_non_zero_with_a_clear_message_and_an_error_page() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_code_from_a_redirect_page_finishes_by_hand() {
     let emulator = Emulator::start().await.unwrap();
+    emulator.set_loopback_redirects(true);
     let redirect = "https://console.example/redirect-page";
     assert!(emulator.allow_redirect_uri(emulator.client_id(), redirect));
     let store = StoreDir::new();
@@ -471,6 +475,7 @@ async fn the_embedded_emulator_connects_offline_and_says_the_connection_ends_wit
 #[tokio::test(flavor = "multi_thread")]
 async fn a_gone_emulator_is_named_as_the_likely_cause() {
     let emulator = Emulator::start().await.unwrap();
+    emulator.set_loopback_redirects(true);
     let store = StoreDir::new();
     let env = emulator_env(&emulator);
     let (id, _, _) = connect(&emulator, &store, &[]).await;
@@ -509,6 +514,7 @@ async fn a_gone_emulator_is_named_as_the_likely_cause() {
 #[tokio::test(flavor = "multi_thread")]
 async fn data_refuses_other_methods_and_reports_api_errors() {
     let emulator = Emulator::start().await.unwrap();
+    emulator.set_loopback_redirects(true);
     let store = StoreDir::new();
     let env = emulator_env(&emulator);
     let (id, _, _) = connect(
@@ -578,6 +584,7 @@ async fn data_refuses_other_methods_and_reports_api_errors() {
 #[tokio::test(flavor = "multi_thread")]
 async fn no_redirect_in_time_ends_the_wait() {
     let emulator = Emulator::start().await.unwrap();
+    emulator.set_loopback_redirects(true);
     let store = StoreDir::new();
     let cli = RunningConnect::start(
         &["--store", store.arg(), "--timeout", "1s"],
@@ -609,6 +616,7 @@ fn a_store_whose_key_is_gone_is_not_given_a_new_one() {
 #[tokio::test(flavor = "multi_thread")]
 async fn extend_renews_consent_or_prints_the_link_the_bank_wants_and_reconnect_keeps_the_id() {
     let emulator = Emulator::start().await.unwrap();
+    emulator.set_loopback_redirects(true);
     let store = StoreDir::new();
     let env = emulator_env(&emulator);
     let (id, _, _) = connect(&emulator, &store, &[]).await;

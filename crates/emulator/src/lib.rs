@@ -61,10 +61,13 @@
 //! `approve` and `deny`. The form carries only an opaque, single-use request id (valid
 //! [`DIALOG_REQUEST_LIFETIME`] on the emulator's clock); what the client asked for stays in
 //! the emulator. An unknown `client_id` or a `redirect_uri` not allowed for the client is a 400
-//! HTML page, never a redirect; the client's allow-list is set with
-//! [`Emulator::allow_redirect_uri`], and `http` loopback URIs (`127.0.0.1`, `localhost`,
-//! `[::1]`, any port) are allowed too unless [`Emulator::set_loopback_redirects`] says not
-//! (RFC 8252 §7.3). Later errors (`invalid_scope`, `invalid_request`,
+//! HTML page, never a redirect. As in TrueLayer Console, only the client's allow-listed
+//! redirect URIs are accepted, exactly ([`Emulator::allow_redirect_uri`]: absolute `http` or
+//! `https` URLs without a fragment). `http` loopback URIs (`127.0.0.1`, `localhost`,
+//! `[::1]`, any port, RFC 8252 §7.3) are refused too unless
+//! [`Emulator::set_loopback_redirects`] allows them: `tlauth emulator` and the command
+//! line's embedded emulator do, for `tlauth connect`'s free loopback port. The bank chosen
+//! must be one the page offered. Later errors (`invalid_scope`, `invalid_request`,
 //! `unsupported_response_type`) and a denial (`access_denied`) go back to the client with its
 //! `state`, as an approval's `code` does: a 303 to the `redirect_uri`, or with `form_post` a
 //! page that POSTs them there.
@@ -74,14 +77,16 @@
 //! `grant_type=authorization_code` exchanges it for a connection (one consent, listed by
 //! [`Emulator::connections`]) and its first tokens: an RS256 access token (audience
 //! [`DATA_AUDIENCE`], claims [`DataClaims`]) and, only with the `offline_access` scope, a
-//! refresh token. A code presented again is refused and revokes the connection it made
-//! (RFC 6749 §4.1.2). `grant_type=refresh_token` rotates both tokens: the refresh token sent
+//! refresh token. A code presented again is refused; when its client, redirect URI and PKCE
+//! verifier check, it also revokes the connection it made (RFC 6749 §4.1.2; so an
+//! intercepted code alone revokes nothing; [`Emulator::set_code_reuse_revocation`] turns
+//! the revocation off). `grant_type=refresh_token` rotates both tokens: the refresh token sent
 //! is spent and only the newest access token is valid. Presenting a spent refresh token
 //! revokes the whole connection (reuse detection, which TrueLayer does not document either
 //! way; [`Emulator::set_refresh_reuse_detection`] turns it off). A consent lasts
 //! [`CONSENT_LIFETIME`] and a refresh token must be used within [`REFRESH_TOKEN_LIFETIME`];
 //! past them, as for revoked connections and other clients' tokens, the answer is
-//! `invalid_grant`. Tests make refreshes slow ([`Emulator::delay_refreshes`]), fail
+//! `invalid_grant` (spent refresh tokens older than that window are forgotten). Tests make refreshes slow ([`Emulator::delay_refreshes`]), fail
 //! ([`Emulator::fail_next_refreshes`]), or lose their answer after rotating
 //! ([`Emulator::drop_next_refresh_answers`]), and count them ([`Emulator::data_stats`],
 //! [`ConnectionInfo`]).
@@ -91,14 +96,26 @@
 //! `transactions/pending`, `direct_debits` and `standing_orders`, and the same under `/cards`,
 //! with fake data that is the same for the same connection. A missing, expired, superseded
 //! or revoked token is a 401 `unauthorized` with `WWW-Authenticate: Bearer`; a scope not
-//! granted a 403 `access_denied`. `POST /data/v1/connections/extend` with a refresh token
-//! renews the consent and rotates both tokens (`no_action_needed`), or answers
-//! `authentication_needed` with a link to the dialog ([`Emulator::set_extend_action`]); and
+//! granted a 403 `access_denied`, as is any call once the consent has ended (the user must
+//! act: a refresh cannot help), but `/me`, whose `consent_status` then says `Expired`, and
+//! `DELETE /api/delete`. `POST /data/v1/connections/extend` with a refresh token,
+//! `user_has_reconfirmed_consent: true` and the client's `client_id` and `client_secret`
+//! (required by default, as TrueLayer's pages do not say either way:
+//! [`Emulator::set_extend_client_authentication`]) renews the consent and rotates both tokens
+//! (`no_action_needed`), or answers `authentication_needed` with a re-consent link to the
+//! dialog: when told to ([`Emulator::set_extend_action`]), when the user has not
+//! reconfirmed, and when the consent has already ended. The link sends its code to the
+//! body's `redirect_uri` (allow-list checked) or the connection's own, and exchanging that
+//! code renews the same connection (same id and `credentials_id`, a new pair, a new
+//! consent) instead of making one; it is single-use and lasts [`RECONSENT_LINK_LIFETIME`].
 //! `DELETE /api/delete` with an access token revokes its connection.
 //!
 //! Tests drive faults, statuses and webhooks through the [`Emulator`] handle; other tools use
 //! the admin routes under `/emulator/` ([`ADMIN_ROUTES`], also listed by
-//! `tlauth emulator --help`). A call the emulator refuses fails with an [`Error`].
+//! `tlauth emulator --help`). Since any web page can send requests to a loopback port, they
+//! refuse a body not sent as `Content-Type: application/json` (415) and a request whose
+//! `Origin` is not the emulator's own (403). A call the emulator refuses fails with an
+//! [`Error`].
 //!
 //! # Running it
 //!
@@ -150,7 +167,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-pub use auth::dialog::{CODE_LIFETIME, DIALOG_REQUEST_LIFETIME};
+pub use auth::dialog::{CODE_LIFETIME, DIALOG_REQUEST_LIFETIME, RECONSENT_LINK_LIFETIME};
 pub use auth::{AUDIENCE, Claims, DEFAULT_LIFETIME, KEY_ID, KNOWN_SCOPES};
 pub use data::{
     CONSENT_LIFETIME, ConnectionInfo, ConnectionStatus, DATA_AUDIENCE, DATA_SCOPES,
@@ -191,7 +208,8 @@ pub const DEFAULT_PAYMENT_STEP: Duration = Duration::from_secs(2);
 /// The admin routes under `/emulator/` (and the webhook JWKS), one a line, for a command
 /// line's help.
 pub const ADMIN_ROUTES: &str = "\
-Admin routes (JSON bodies):
+Admin routes (JSON bodies, sent with Content-Type: application/json: 415 otherwise; a
+request with an Origin header other than the emulator's own gets 403):
   POST   /emulator/faults                      {\"faults\": [...], \"random_rate\": 0.1, \"random\": [...]}
   DELETE /emulator/faults                      clear faults and latency
   POST   /emulator/latency                     {\"millis\": N}
@@ -206,8 +224,8 @@ Admin routes (JSON bodies):
                                                {\"status\": \"failed\", \"failure_reason\": \"expired\"}
   GET    /webhooks/jwks                        the webhook signing key (the jku)
 Data API (user grants):
-  POST   /emulator/clients/{id}/redirect-uris  {\"uri\": \"https://...\"}: allow-list it
-  POST   /emulator/loopback-redirects          {\"allow\": bool}: http loopback URIs too (default)
+  POST   /emulator/clients/{id}/redirect-uris  {\"uri\": \"https://...\"}: allow-list it (http(s), no #)
+  POST   /emulator/loopback-redirects          {\"allow\": bool}: http loopback URIs too (off by default)
   POST   /emulator/data-token-lifetime         {\"seconds\": N | null}
   POST   /emulator/refresh-reuse-detection     {\"enabled\": bool} (on by default)
   GET    /emulator/connections                 {\"connections\": [...]}
@@ -218,7 +236,8 @@ Data API (user grants):
   POST   /emulator/refresh-drops               {\"count\": N}: rotate, then close unanswered
   DELETE /emulator/refresh-faults              clear refresh delays, failures and drops
   POST   /emulator/extend-action               {\"action_needed\": \"no_action_needed\"} or
-                                               {\"action_needed\": \"authentication_needed\"}
+                                               {\"action_needed\": \"authentication_needed\"},
+                                               {\"client_authentication\": bool} (on by default)
   GET    /emulator/data-stats                  Data API counters
 ";
 
@@ -449,17 +468,48 @@ impl Emulator {
     }
 
     /// Adds `uri` to `client_id`'s redirect-URI allow-list (exact match), as allow-listing
-    /// it in TrueLayer Console does. Returns false for an unknown client.
+    /// it in TrueLayer Console does. Returns false for an unknown client, and for a `uri`
+    /// that is not an absolute `http` or `https` URL with a host and without a fragment
+    /// (nothing is added then).
     pub fn allow_redirect_uri(&self, client_id: &str, uri: &str) -> bool {
-        self.state.auth.allow_redirect_uri(client_id, uri)
+        auth::dialog::is_http_url(uri) && self.state.auth.allow_redirect_uri(client_id, uri)
     }
 
     /// Whether the dialog also accepts any `http://127.0.0.1:<port>/...`,
     /// `http://localhost:<port>/...` or `http://[::1]:<port>/...` redirect URI for every
-    /// client, as RFC 8252 §7.3 allows for native apps (default `true`). With `false`, only
-    /// allow-listed URIs ([`Emulator::allow_redirect_uri`]) are accepted.
+    /// client, as RFC 8252 §7.3 allows for native apps. Off by default: TrueLayer accepts
+    /// only the redirect URIs allow-listed in Console, exactly
+    /// ([`Emulator::allow_redirect_uri`]). `tlauth emulator` and the command line's embedded
+    /// emulator turn it on (through [`Emulator::set_loopback_redirects_by_default`]), for
+    /// `tlauth connect`, which listens on a free loopback port.
     pub fn set_loopback_redirects(&self, allow: bool) {
         self.state.dialog.set_loopback_redirects(allow);
+    }
+
+    /// Sets whether emulators started afterwards in this process allow loopback redirect
+    /// URIs ([`Emulator::set_loopback_redirects`]); `false` until called. For developer
+    /// tools, such as `tlauth`, that start emulators in several places; emulators already
+    /// running keep their setting.
+    pub fn set_loopback_redirects_by_default(allow: bool) {
+        auth::dialog::set_loopback_default(allow);
+    }
+
+    /// Whether an authorization code presented again revokes the connection it made (on by
+    /// default, as RFC 6749 §4.1.2 says it should): only a reuse by the code's client, with
+    /// its redirect URI and PKCE verifier, does; one failing those checks is just refused.
+    /// With `false`, every reuse is just refused.
+    pub fn set_code_reuse_revocation(&self, on: bool) {
+        self.state.dialog.set_code_reuse_revocation(on);
+    }
+
+    /// Whether `POST /data/v1/connections/extend` requires the client's credentials,
+    /// `client_id` and `client_secret`, in its body (on by default: without them, or with
+    /// wrong ones, it answers 401 `invalid_client`). TrueLayer's extend pages show only the
+    /// refresh token and `user_has_reconfirmed_consent`, so whether it requires them is not
+    /// confirmed; the strict choice is the default. With `false`, they are optional, but
+    /// checked when sent.
+    pub fn set_extend_client_authentication(&self, required: bool) {
+        self.state.data.set_extend_client_auth(required);
     }
 
     /// Sets the `expires_in` of Data API access tokens issued from now on (default
@@ -696,6 +746,7 @@ fn router(state: Arc<State>) -> Router {
         .merge(webhooks::routes())
         .merge(stats::routes())
         .merge(data::routes())
+        .layer(axum::middleware::from_fn(admin::guard))
         .with_state(state)
 }
 

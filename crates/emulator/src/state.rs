@@ -8,9 +8,9 @@
 //!
 //! Locks are never held across an `.await`. Only two paths hold two: a payment's change
 //! queues its webhooks under the payments lock (so they go out in the order of its
-//! statuses), taking the webhooks lock inside it; and a code exchange makes its connection
-//! (or revokes the one a reused code made) under the dialog lock, taking the data lock inside
-//! it. Nothing takes them the other way round.
+//! statuses), taking the webhooks lock inside it; and a code exchange makes (or, for a
+//! re-consent, renews) its connection, or revokes the one a reused code made, under the
+//! dialog lock, taking the data lock inside it. Nothing takes them the other way round.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 

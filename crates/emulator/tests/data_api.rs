@@ -13,6 +13,14 @@ const REDIRECT: &str = "http://127.0.0.1:9/callback";
 const ALL_SCOPES: &str =
     "info accounts balance cards transactions direct_debits standing_orders offline_access";
 
+/// An emulator whose default client has [`REDIRECT`] allow-listed (loopback redirect URIs
+/// are not allowed by default).
+async fn start() -> Emulator {
+    let emulator = Emulator::start().await.unwrap();
+    assert!(emulator.allow_redirect_uri(emulator.client_id(), REDIRECT));
+    emulator
+}
+
 /// A client that does not follow redirects: the tests look at them.
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
@@ -169,7 +177,7 @@ fn s(value: &Value) -> &str {
 
 #[tokio::test]
 async fn dialog_code_exchange_refresh_rotation_and_reuse_revokes_the_connection() {
-    let emulator = Emulator::start().await.unwrap();
+    let emulator = start().await;
     let params = [
         basic_link(&emulator, ALL_SCOPES),
         vec![("provider_id", "ob-mock-2")],
@@ -278,7 +286,7 @@ async fn dialog_code_exchange_refresh_rotation_and_reuse_revokes_the_connection(
 
 #[tokio::test]
 async fn a_superseded_access_token_gets_401_and_the_latest_works() {
-    let emulator = Emulator::start().await.unwrap();
+    let emulator = start().await;
     let first = connect(&emulator).await;
     let second: Value = refresh(&emulator, s(&first["refresh_token"]))
         .await
@@ -314,7 +322,7 @@ async fn a_superseded_access_token_gets_401_and_the_latest_works() {
 
 #[tokio::test]
 async fn form_post_answers_with_an_auto_submitting_form() {
-    let emulator = Emulator::start().await.unwrap();
+    let emulator = start().await;
     let params = [
         basic_link(&emulator, "accounts"),
         vec![("response_mode", "form_post"), ("provider_id", "mock")],
@@ -353,7 +361,7 @@ async fn form_post_answers_with_an_auto_submitting_form() {
 
 #[tokio::test]
 async fn deny_goes_back_with_access_denied_and_the_state() {
-    let emulator = Emulator::start().await.unwrap();
+    let emulator = start().await;
     let page = http()
         .get(link(&emulator, &basic_link(&emulator, "accounts")))
         .send()
@@ -382,7 +390,7 @@ async fn deny_goes_back_with_access_denied_and_the_state() {
 
 #[tokio::test]
 async fn codes_expire_after_five_minutes_and_a_reused_code_revokes_its_tokens() {
-    let emulator = Emulator::start().await.unwrap();
+    let emulator = start().await;
     let code = code_for(&emulator, &basic_link(&emulator, "accounts")).await;
     emulator.advance_clock(Duration::from_secs(301));
     let why = assert_invalid_grant(exchange(&emulator, &code, REDIRECT, None).await).await;
@@ -412,7 +420,7 @@ async fn codes_expire_after_five_minutes_and_a_reused_code_revokes_its_tokens() 
 
 #[tokio::test]
 async fn a_code_is_bound_to_its_client_and_redirect_uri() {
-    let emulator = Emulator::start().await.unwrap();
+    let emulator = start().await;
     emulator.add_client("other", "other-secret", ["payments"]);
     let code = code_for(&emulator, &basic_link(&emulator, "accounts")).await;
     let response = http()
@@ -462,7 +470,7 @@ async fn a_code_is_bound_to_its_client_and_redirect_uri() {
 
 #[tokio::test]
 async fn pkce_s256_verifiers_are_checked_and_plain_is_refused() {
-    let emulator = Emulator::start().await.unwrap();
+    let emulator = start().await;
     // RFC 7636 appendix B.
     let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
     let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
@@ -513,7 +521,7 @@ async fn pkce_s256_verifiers_are_checked_and_plain_is_refused() {
 
 #[tokio::test]
 async fn an_untrusted_client_or_redirect_uri_gets_a_400_page_never_a_redirect() {
-    let emulator = Emulator::start().await.unwrap();
+    let emulator = start().await;
     let elsewhere = "https://app.example/callback";
     let mut params = basic_link(&emulator, "accounts");
     params[2].1 = elsewhere;
@@ -527,13 +535,10 @@ async fn an_untrusted_client_or_redirect_uri_gets_a_400_page_never_a_redirect() 
     let answer = http().get(link(&emulator, &params)).send().await.unwrap();
     assert_eq!(answer.status(), 200);
 
-    // Loopback redirect URIs are allowed until told otherwise.
-    emulator.set_loopback_redirects(false);
-    let answer = http()
-        .get(link(&emulator, &basic_link(&emulator, "accounts")))
-        .send()
-        .await
-        .unwrap();
+    // Another loopback URI is not allowed: loopback redirects are off by default.
+    let mut params = basic_link(&emulator, "accounts");
+    params[2].1 = "http://127.0.0.1:9/other";
+    let answer = http().get(link(&emulator, &params)).send().await.unwrap();
     assert_eq!(answer.status(), 400);
     assert!(answer.headers().get("location").is_none());
 
@@ -546,7 +551,7 @@ async fn an_untrusted_client_or_redirect_uri_gets_a_400_page_never_a_redirect() 
 
 #[tokio::test]
 async fn errors_after_the_redirect_uri_is_trusted_go_back_to_the_client() {
-    let emulator = Emulator::start().await.unwrap();
+    let emulator = start().await;
     for (scope, response_type, error) in [
         ("accounts telepathy", "code", "invalid_scope"),
         ("", "code", "invalid_scope"),
@@ -564,7 +569,7 @@ async fn errors_after_the_redirect_uri_is_trusted_go_back_to_the_client() {
 
 #[tokio::test]
 async fn a_dialog_request_expires_after_ten_minutes() {
-    let emulator = Emulator::start().await.unwrap();
+    let emulator = start().await;
     let page = http()
         .get(link(&emulator, &basic_link(&emulator, "accounts")))
         .send()
@@ -581,7 +586,7 @@ async fn a_dialog_request_expires_after_ten_minutes() {
 
 #[tokio::test]
 async fn data_is_deterministic_per_connection_with_scopes_and_dates_checked() {
-    let emulator = Emulator::start().await.unwrap();
+    let emulator = start().await;
     let first = connect(&emulator).await;
     let token = s(&first["access_token"]);
     let accounts: Value = get(&emulator, "/accounts", token)
@@ -720,7 +725,7 @@ async fn data_is_deterministic_per_connection_with_scopes_and_dates_checked() {
 
 #[tokio::test]
 async fn a_scope_not_granted_is_403_access_denied() {
-    let emulator = Emulator::start().await.unwrap();
+    let emulator = start().await;
     let code = code_for(&emulator, &basic_link(&emulator, "accounts")).await;
     let answer: Value = exchange(&emulator, &code, REDIRECT, None)
         .await
@@ -749,7 +754,7 @@ async fn a_scope_not_granted_is_403_access_denied() {
 
 #[tokio::test]
 async fn consent_and_refresh_token_windows_end_in_invalid_grant() {
-    let emulator = Emulator::start().await.unwrap();
+    let emulator = start().await;
     let first = connect(&emulator).await;
     emulator.advance_clock(REFRESH_TOKEN_LIFETIME + Duration::from_secs(1));
     assert_invalid_grant(refresh(&emulator, s(&first["refresh_token"])).await).await;
@@ -773,7 +778,7 @@ async fn consent_and_refresh_token_windows_end_in_invalid_grant() {
 
 #[tokio::test]
 async fn without_reuse_detection_a_spent_token_is_refused_alone() {
-    let emulator = Emulator::start().await.unwrap();
+    let emulator = start().await;
     emulator.set_refresh_reuse_detection(false);
     let first = connect(&emulator).await;
     let second: Value = refresh(&emulator, s(&first["refresh_token"]))
@@ -794,7 +799,7 @@ async fn without_reuse_detection_a_spent_token_is_refused_alone() {
 
 #[tokio::test]
 async fn refresh_faults_fail_delay_and_drop_the_answer_after_rotating() {
-    let emulator = Emulator::start().await.unwrap();
+    let emulator = start().await;
     let first = connect(&emulator).await;
     let refresh1 = s(&first["refresh_token"]);
 
@@ -841,9 +846,22 @@ async fn refresh_faults_fail_delay_and_drop_the_answer_after_rotating() {
 }
 
 async fn extend(emulator: &Emulator, refresh_token: &str) -> reqwest::Response {
+    extend_with(
+        emulator,
+        json!({
+            "refresh_token": refresh_token,
+            "user_has_reconfirmed_consent": true,
+            "client_id": emulator.client_id(),
+            "client_secret": emulator.client_secret(),
+        }),
+    )
+    .await
+}
+
+async fn extend_with(emulator: &Emulator, body: Value) -> reqwest::Response {
     http()
         .post(format!("{}/connections/extend", emulator.data_url()))
-        .json(&json!({ "refresh_token": refresh_token, "user_has_reconfirmed_consent": true }))
+        .json(&body)
         .send()
         .await
         .unwrap()
@@ -851,7 +869,7 @@ async fn extend(emulator: &Emulator, refresh_token: &str) -> reqwest::Response {
 
 #[tokio::test]
 async fn extend_renews_the_consent_and_rotates_both_tokens() {
-    let emulator = Emulator::start().await.unwrap();
+    let emulator = start().await;
     let mut first = connect(&emulator).await;
     // 80 days on, refreshing within each refresh token's 30 days.
     for _ in 0..4 {
@@ -889,7 +907,7 @@ async fn extend_renews_the_consent_and_rotates_both_tokens() {
 
 #[tokio::test]
 async fn extend_can_ask_for_authentication_with_a_link_to_the_dialog() {
-    let emulator = Emulator::start().await.unwrap();
+    let emulator = start().await;
     let first = connect(&emulator).await;
     emulator.set_extend_action(ExtendAction::AuthenticationNeeded);
     let answer = extend(&emulator, s(&first["refresh_token"])).await;
@@ -906,13 +924,23 @@ async fn extend_can_ask_for_authentication_with_a_link_to_the_dialog() {
     let answer = decide(&emulator, &page, "mock", "approve").await;
     let params = location_params(&answer);
     let code = param(&params, "code").unwrap();
+    // Until the code is exchanged, nothing was rotated: the old access token still works.
+    assert_eq!(emulator.connections()[0].refresh_generation, 0);
     assert_eq!(
-        exchange(&emulator, code, REDIRECT, None).await.status(),
+        get(&emulator, "/me", s(&first["access_token"]))
+            .await
+            .status(),
         200
     );
-    // Nothing was rotated: the old refresh token still works.
+    // The code renews that connection: the same one, with a new pair.
+    let answer = exchange(&emulator, code, REDIRECT, None).await;
+    assert_eq!(answer.status(), 200);
+    let renewed: Value = answer.json().await.unwrap();
+    assert_eq!(emulator.connections().len(), 1);
+    assert_eq!(emulator.connections()[0].refresh_generation, 1);
+    assert_unauthorized(get(&emulator, "/me", s(&first["access_token"])).await).await;
     assert_eq!(
-        refresh(&emulator, s(&first["refresh_token"]))
+        refresh(&emulator, s(&renewed["refresh_token"]))
             .await
             .status(),
         200
@@ -921,7 +949,7 @@ async fn extend_can_ask_for_authentication_with_a_link_to_the_dialog() {
 
 #[tokio::test]
 async fn delete_revokes_the_connection() {
-    let emulator = Emulator::start().await.unwrap();
+    let emulator = start().await;
     let first = connect(&emulator).await;
     let response = http()
         .delete(format!("{}/api/delete", emulator.url()))
@@ -940,7 +968,7 @@ async fn delete_revokes_the_connection() {
 
 #[tokio::test]
 async fn admin_routes_drive_the_data_side() {
-    let emulator = Emulator::start().await.unwrap();
+    let emulator = start().await;
     let admin = |path: &str| format!("{}/emulator/{path}", emulator.url());
     let post = |path: String, body: Value| http().post(path).json(&body).send();
 
@@ -1060,7 +1088,7 @@ async fn admin_routes_drive_the_data_side() {
 
 #[tokio::test]
 async fn nothing_secret_in_debug_output() {
-    let emulator = Emulator::start().await.unwrap();
+    let emulator = start().await;
     let first = connect(&emulator).await;
     let debug = format!(
         "{emulator:?} {:?} {:?}",
@@ -1074,4 +1102,348 @@ async fn nothing_secret_in_debug_output() {
     ] {
         assert!(!debug.contains(secret), "{debug}");
     }
+}
+
+#[tokio::test]
+async fn loopback_redirect_uris_are_refused_unless_turned_on() {
+    let emulator = Emulator::start().await.unwrap();
+    for uri in [REDIRECT, "http://localhost:5555/cb", "http://[::1]:1/cb"] {
+        let mut params = basic_link(&emulator, "accounts");
+        params[2].1 = uri;
+        let answer = http().get(link(&emulator, &params)).send().await.unwrap();
+        assert_eq!(answer.status(), 400, "{uri}");
+        assert!(answer.headers().get("location").is_none());
+        emulator.set_loopback_redirects(true);
+        let answer = http().get(link(&emulator, &params)).send().await.unwrap();
+        assert_eq!(answer.status(), 200, "{uri}");
+        emulator.set_loopback_redirects(false);
+    }
+}
+
+#[tokio::test]
+async fn admin_posts_need_json_from_no_other_origin_and_redirect_uris_must_be_http() {
+    let emulator = start().await;
+    let first = connect(&emulator).await;
+    let id = emulator.connections()[0].id.clone();
+    let admin = |path: &str| format!("{}/emulator/{path}", emulator.url());
+    let redirect_uris = admin(&format!("clients/{}/redirect-uris", emulator.client_id()));
+    // What a `fetch(..., {mode: "no-cors"})` from any page can send: text/plain.
+    for (path, body) in [
+        (
+            redirect_uris.clone(),
+            r#"{"uri": "https://evil.example/cb"}"#,
+        ),
+        (admin("loopback-redirects"), r#"{"allow": true}"#),
+        (admin("refresh-reuse-detection"), r#"{"enabled": false}"#),
+    ] {
+        for content_type in [
+            Some("text/plain"),
+            Some("application/x-www-form-urlencoded"),
+            None,
+        ] {
+            let mut request = http().post(&path).body(body);
+            if let Some(content_type) = content_type {
+                request = request.header("content-type", content_type);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 415, "{path} {content_type:?}");
+        }
+    }
+    let mut params = basic_link(&emulator, "accounts");
+    params[2].1 = "https://evil.example/cb";
+    let answer = http().get(link(&emulator, &params)).send().await.unwrap();
+    assert_eq!(answer.status(), 400, "not allow-listed");
+    // A browser's cross-origin POST carries its Origin: refused, body or not.
+    for path in [admin(&format!("connections/{id}/revoke")), admin("revoke")] {
+        let response = http()
+            .post(&path)
+            .header("origin", "https://evil.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 403, "{path}");
+    }
+    assert_eq!(emulator.connections()[0].status, ConnectionStatus::Active);
+    assert_eq!(
+        get(&emulator, "/me", s(&first["access_token"]))
+            .await
+            .status(),
+        200
+    );
+    // Allow-listed redirect URIs are absolute http(s) URLs without a fragment.
+    for uri in [
+        "javascript:alert(1)",
+        "data:text/html,<script>alert(1)</script>",
+        "https://app.example/cb#fragment",
+        "/relative/cb",
+        "https://",
+        "ftp://app.example/cb",
+        "https://app.example/a b",
+    ] {
+        let response = http()
+            .post(&redirect_uris)
+            .json(&json!({ "uri": uri }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{uri}");
+        assert!(
+            !emulator.allow_redirect_uri(emulator.client_id(), uri),
+            "{uri}"
+        );
+    }
+    let response = http()
+        .post(&redirect_uris)
+        .json(&json!({ "uri": "HTTPS://app.example/cb?x=1" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    // JSON with a charset is JSON.
+    let response = http()
+        .post(admin("loopback-redirects"))
+        .header("content-type", "application/json; charset=utf-8")
+        .body(r#"{"allow": false}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+}
+
+#[tokio::test]
+async fn a_reused_code_revokes_only_once_its_redirect_uri_and_verifier_check() {
+    let emulator = start().await;
+    let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+    let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+    let params = [
+        basic_link(&emulator, "accounts offline_access"),
+        vec![
+            ("code_challenge", challenge),
+            ("code_challenge_method", "S256"),
+        ],
+    ]
+    .concat();
+    let code = code_for(&emulator, &params).await;
+    let answer = exchange(&emulator, &code, REDIRECT, Some(verifier)).await;
+    assert_eq!(answer.status(), 200);
+    // Someone with the intercepted code but not the verifier (or the redirect URI).
+    let wrong = "x".repeat(43);
+    for (redirect_uri, verifier) in [
+        (REDIRECT, None),
+        (REDIRECT, Some(wrong.as_str())),
+        ("http://127.0.0.1:9/other", Some(verifier)),
+    ] {
+        assert_invalid_grant(exchange(&emulator, &code, redirect_uri, verifier).await).await;
+        assert_eq!(
+            emulator.connections()[0].status,
+            ConnectionStatus::Active,
+            "{redirect_uri} {verifier:?}"
+        );
+    }
+    let why =
+        assert_invalid_grant(exchange(&emulator, &code, REDIRECT, Some(verifier)).await).await;
+    assert!(why.contains("already been used"), "{why}");
+    assert_eq!(
+        emulator.connections()[0].status,
+        ConnectionStatus::Revoked(RevocationReason::CodeReuse)
+    );
+}
+
+#[tokio::test]
+async fn revoking_on_code_reuse_can_be_turned_off() {
+    let emulator = start().await;
+    emulator.set_code_reuse_revocation(false);
+    let code = code_for(&emulator, &basic_link(&emulator, "accounts")).await;
+    assert_eq!(
+        exchange(&emulator, &code, REDIRECT, None).await.status(),
+        200
+    );
+    let why = assert_invalid_grant(exchange(&emulator, &code, REDIRECT, None).await).await;
+    assert!(why.contains("already been used"), "{why}");
+    assert_eq!(emulator.connections()[0].status, ConnectionStatus::Active);
+}
+
+#[tokio::test]
+async fn the_decision_takes_only_a_provider_the_dialog_offered() {
+    let emulator = start().await;
+    let mut params = basic_link(&emulator, "accounts");
+    params[6].1 = "mock";
+    let page = http()
+        .get(link(&emulator, &params))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!page.contains("provider-ob-mock-2"), "{page}");
+    let answer = decide(&emulator, &page, "ob-mock-2", "approve").await;
+    assert_eq!(answer.status(), 400);
+    assert!(answer.headers().get("location").is_none());
+    // The request is still pending: choosing an offered bank works.
+    let answer = decide(&emulator, &page, "mock", "approve").await;
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+    assert!(param(&location_params(&answer), "code").is_some());
+    // A preselected provider is offered too.
+    let params = [params, vec![("provider_id", "ob-mock-2")]].concat();
+    let page = http()
+        .get(link(&emulator, &params))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let answer = decide(&emulator, &page, "ob-mock-2", "approve").await;
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+}
+
+/// Follows an `authentication_needed` answer's link, approves with the mock bank, and
+/// returns where the code went and the code.
+async fn reconsent(emulator: &Emulator, answer: reqwest::Response) -> (String, String) {
+    assert_eq!(answer.status(), 200);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["action_needed"], "authentication_needed", "{body}");
+    let page = http()
+        .get(s(&body["user_input_link"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    let answer = decide(emulator, &page, "mock", "approve").await;
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+    let location = answer.headers()["location"].to_str().unwrap().to_owned();
+    let code = param(&location_params(&answer), "code").unwrap().to_owned();
+    (location, code)
+}
+
+#[tokio::test]
+async fn extending_an_expired_consent_needs_authentication_that_renews_the_same_connection() {
+    let emulator = start().await;
+    let first = connect(&emulator).await;
+    let before = emulator.connections()[0].clone();
+    emulator.advance_clock(Duration::from_secs(3600));
+    assert!(emulator.expire_consent(&before.id));
+    let answer = extend(&emulator, s(&first["refresh_token"])).await;
+    let (location, code) = reconsent(&emulator, answer).await;
+    assert!(location.starts_with(REDIRECT), "{location}");
+    let answer = exchange(&emulator, &code, REDIRECT, None).await;
+    assert_eq!(answer.status(), 200);
+    let renewed: Value = answer.json().await.unwrap();
+    let connections = emulator.connections();
+    assert_eq!(connections.len(), 1, "no new connection");
+    let after = &connections[0];
+    assert_eq!(after.id, before.id);
+    assert_eq!(after.credentials_id, before.credentials_id);
+    assert_eq!(after.status, ConnectionStatus::Active);
+    assert!(after.consent_expires_at >= before.consent_expires_at + 3600);
+    assert_eq!(after.refresh_generation, 1);
+    let me: Value = get(&emulator, "/me", s(&renewed["access_token"]))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["results"][0]["credentials_id"], before.credentials_id);
+    assert_eq!(me["results"][0]["consent_status"], "Authorised");
+    assert_eq!(
+        refresh(&emulator, s(&renewed["refresh_token"]))
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn extend_sends_the_code_to_the_redirect_uri_it_names_if_allowed() {
+    let emulator = start().await;
+    let renewed_uri = "https://app.example/renewed";
+    assert!(emulator.allow_redirect_uri(emulator.client_id(), renewed_uri));
+    emulator.set_extend_action(ExtendAction::AuthenticationNeeded);
+    let first = connect(&emulator).await;
+    let body = |redirect_uri: &str| {
+        json!({
+            "refresh_token": s(&first["refresh_token"]),
+            "user_has_reconfirmed_consent": true,
+            "client_id": emulator.client_id(),
+            "client_secret": emulator.client_secret(),
+            "redirect_uri": redirect_uri,
+        })
+    };
+    let answer = extend_with(&emulator, body("https://evil.example/cb")).await;
+    assert_eq!(answer.status(), 400);
+    let error: Value = answer.json().await.unwrap();
+    assert_eq!(error["error"], "invalid_request", "{error}");
+    let answer = extend_with(&emulator, body(renewed_uri)).await;
+    let (location, code) = reconsent(&emulator, answer).await;
+    assert!(location.starts_with(renewed_uri), "{location}");
+    assert_eq!(
+        exchange(&emulator, &code, renewed_uri, None).await.status(),
+        200
+    );
+    assert_eq!(emulator.connections().len(), 1);
+    assert_eq!(emulator.connections()[0].reconsents_served, 1);
+}
+
+#[tokio::test]
+async fn extend_needs_the_client_credentials_unless_told_otherwise() {
+    let emulator = start().await;
+    emulator.add_client("other", "other-secret", ["payments"]);
+    let first = connect(&emulator).await;
+    let token = s(&first["refresh_token"]);
+    for body in [
+        json!({ "refresh_token": token, "user_has_reconfirmed_consent": true }),
+        json!({ "refresh_token": token, "user_has_reconfirmed_consent": true,
+                "client_id": emulator.client_id() }),
+        json!({ "refresh_token": token, "user_has_reconfirmed_consent": true,
+                "client_id": emulator.client_id(), "client_secret": "wrong" }),
+    ] {
+        let answer = extend_with(&emulator, body.clone()).await;
+        assert_eq!(answer.status(), 401, "{body}");
+        let error: Value = answer.json().await.unwrap();
+        assert_eq!(error["error"], "invalid_client");
+    }
+    // Another client's credentials do not get a link to re-consent this connection.
+    for action in [
+        ExtendAction::AuthenticationNeeded,
+        ExtendAction::NoActionNeeded,
+    ] {
+        emulator.set_extend_action(action);
+        let answer = extend_with(
+            &emulator,
+            json!({ "refresh_token": token, "user_has_reconfirmed_consent": true,
+                    "client_id": "other", "client_secret": "other-secret" }),
+        )
+        .await;
+        assert_invalid_grant(answer).await;
+    }
+    assert_eq!(emulator.connections()[0].refresh_generation, 0);
+    emulator.set_extend_client_authentication(false);
+    let answer = extend_with(
+        &emulator,
+        json!({ "refresh_token": token, "user_has_reconfirmed_consent": true }),
+    )
+    .await;
+    assert_eq!(answer.status(), 200);
+}
+
+#[tokio::test]
+async fn access_tokens_stop_working_when_the_consent_ends() {
+    let emulator = start().await;
+    let first = connect(&emulator).await;
+    let token = s(&first["access_token"]);
+    let id = emulator.connections()[0].id.clone();
+    assert!(emulator.expire_consent(&id));
+    for path in ["/accounts", "/info", "/cards"] {
+        let response = get(&emulator, path, token).await;
+        assert_eq!(response.status(), 403, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "access_denied", "{body}");
+        assert!(s(&body["error_description"]).contains("consent"), "{body}");
+    }
+    // The metadata says why.
+    let me = get(&emulator, "/me", token).await;
+    assert_eq!(me.status(), 200);
+    let me: Value = me.json().await.unwrap();
+    assert_eq!(me["results"][0]["consent_status"], "Expired", "{me}");
 }

@@ -555,8 +555,17 @@ async fn the_admin_routes_set_the_url_schedule_and_statuses() {
         assert_eq!(response.status(), 400, "{body}");
         assert!(response.json::<Value>().await.unwrap()["error"].is_string());
     }
+    // A body not sent as JSON is refused before it is read (a web page could send it).
     let not_json = http
         .post(admin(&format!("payments/{id}/status")))
+        .body("settled")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_json.status(), 415);
+    let not_json = http
+        .post(admin(&format!("payments/{id}/status")))
+        .header("content-type", "application/json")
         .body("settled")
         .send()
         .await

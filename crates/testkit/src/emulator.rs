@@ -111,6 +111,10 @@ pub enum Choice {
 /// the redirect's query or, for `form_post`, the auto-submitting form's fields, as a query
 /// string for `PendingAuthorization::callback`.
 ///
+/// First it plays the developer in Console: the emulator accepts only allow-listed redirect
+/// URIs (loopback ones included, unless told otherwise), so the link's `redirect_uri` is
+/// allow-listed for its `client_id` through the emulator's admin route.
+///
 /// # Panics
 ///
 /// When the dialog does not answer as a dialog should (a test failure).
@@ -119,6 +123,25 @@ pub async fn consent(link: &url::Url, choice: Choice) -> String {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("a client builds");
+    let query = |name: &str| {
+        link.query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    };
+    if let (Some(client_id), Some(redirect_uri)) = (query("client_id"), query("redirect_uri")) {
+        let mut allow = link.clone();
+        allow.set_query(None);
+        allow
+            .path_segments_mut()
+            .expect("an http URL")
+            .clear()
+            .extend(["emulator", "clients", &client_id, "redirect-uris"]);
+        http.post(allow)
+            .json(&serde_json::json!({ "uri": redirect_uri }))
+            .send()
+            .await
+            .expect("the emulator answers its admin route");
+    }
     let page = http
         .get(link.clone())
         .send()
@@ -177,8 +200,12 @@ fn field(page: &str, marker: &str) -> Option<String> {
     )
 }
 
-/// A user's consent in the emulator's dialog, for its default client, a loopback redirect
-/// URI and `scopes`: the checked code, and what the link handed back.
+/// The redirect URI [`authorization_code`] allow-lists and uses.
+pub const REDIRECT_URI: &str = "http://127.0.0.1:9/callback";
+
+/// A user's consent in the emulator's dialog, for its default client, the redirect URI
+/// [`REDIRECT_URI`] (allow-listed for the client first, as Console would: the emulator
+/// accepts no other) and `scopes`: the checked code, and what the link handed back.
 pub async fn authorization_code(
     emulator: &Emulator,
     scopes: truelayer_auth::DataScopes,
@@ -186,10 +213,14 @@ pub async fn authorization_code(
     truelayer_auth::AuthorizationCode,
     truelayer_auth::PendingAuthorization,
 ) {
+    assert!(
+        emulator.allow_redirect_uri(emulator.client_id(), REDIRECT_URI),
+        "the default client exists and the URI is an http URL"
+    );
     let link = truelayer_auth::AuthLink::builder(
         environment(emulator),
         emulator.client_id(),
-        "http://127.0.0.1:9/callback",
+        REDIRECT_URI,
     )
     .scopes(scopes)
     .providers(["mock", "ob-mock-2"])

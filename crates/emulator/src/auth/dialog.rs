@@ -5,10 +5,17 @@
 //! single-use `request` id naming a pending authorization kept here, which expires after
 //! [`DIALOG_REQUEST_LIFETIME`]. Errors found before the `client_id` and `redirect_uri` are
 //! trusted are a 400 HTML page (never a redirect to an unchecked URI); later ones go back to
-//! the client on its chosen channel (`response_mode` `query` or `form_post`).
+//! the client on its chosen channel (`response_mode` `query` or `form_post`), and only to an
+//! `http`/`https` URL.
+//!
+//! An extension answered `authentication_needed` hands out a re-consent link: the auth link
+//! plus an opaque, single-use `reconsent` id (valid [`RECONSENT_LINK_LIFETIME`]) bound to the
+//! connection, its client, redirect URI, scopes and bank. Its code renews that connection
+//! instead of making a new one.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,6 +42,18 @@ pub const DIALOG_REQUEST_LIFETIME: Duration = Duration::from_secs(600);
 /// How long an authorization code can wait to be exchanged: 5 minutes.
 pub const CODE_LIFETIME: Duration = Duration::from_secs(300);
 
+/// How long the re-consent link of an `authentication_needed` extension stays usable: a
+/// day. (TrueLayer does not document how long its `user_input_link` lasts.)
+pub const RECONSENT_LINK_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// Whether emulators made from now on in this process allow loopback redirect URIs.
+static LOOPBACK_DEFAULT: AtomicBool = AtomicBool::new(false);
+
+/// Sets [`LOOPBACK_DEFAULT`].
+pub(crate) fn set_loopback_default(on: bool) {
+    LOOPBACK_DEFAULT.store(on, Ordering::Relaxed);
+}
+
 /// The dialog's pending authorizations and its codes.
 pub(crate) struct Dialog {
     inner: Mutex<Inner>,
@@ -43,8 +62,22 @@ pub(crate) struct Dialog {
 struct Inner {
     /// Also allow `http://127.0.0.1:<port>/...` and `http://localhost:<port>/...`.
     loopback_redirects: bool,
+    /// Whether a code presented again revokes the connection it made.
+    revoke_on_code_reuse: bool,
     pending: HashMap<String, Pending>,
     codes: HashMap<String, Code>,
+    reconsents: HashMap<String, Reconsent>,
+}
+
+/// What a re-consent link is bound to: the connection it renews, and what its dialog must
+/// ask for.
+pub(crate) struct Reconsent {
+    pub(crate) connection_id: String,
+    pub(crate) client_id: String,
+    pub(crate) redirect_uri: String,
+    pub(crate) scopes: Vec<String>,
+    pub(crate) provider_id: String,
+    pub(crate) expires_at: i64,
 }
 
 /// What the client asked for, checked, waiting for the user.
@@ -56,6 +89,10 @@ struct Pending {
     state: Option<String>,
     scopes: Vec<String>,
     challenge: Option<String>,
+    /// The providers the page offered: the decision must choose one of them.
+    offered: Vec<&'static str>,
+    /// The re-consent link this request came from, and the connection it renews.
+    reconsent: Option<(String, String)>,
     expires_at: i64,
 }
 
@@ -67,7 +104,9 @@ struct Code {
     scopes: Vec<String>,
     provider_id: String,
     expires_at: i64,
-    /// The connection made with it, once exchanged.
+    /// The connection it renews (a re-consent), rather than making a new one.
+    renews: Option<String>,
+    /// The connection made (or renewed) with it, once exchanged.
     connection_id: Option<String>,
 }
 
@@ -96,9 +135,11 @@ impl Dialog {
     pub(crate) fn new() -> Self {
         Dialog {
             inner: Mutex::new(Inner {
-                loopback_redirects: true,
+                loopback_redirects: LOOPBACK_DEFAULT.load(Ordering::Relaxed),
+                revoke_on_code_reuse: true,
                 pending: HashMap::new(),
                 codes: HashMap::new(),
+                reconsents: HashMap::new(),
             }),
         }
     }
@@ -112,13 +153,30 @@ impl Dialog {
         lock(&self.inner).loopback_redirects
     }
 
-    /// Exchanges `code` for a connection, made by `create` while the code is held, so a
-    /// second exchange cannot slip in between. A code presented again revokes the
-    /// connection it made (through `revoke`).
+    /// Whether a code presented again (by its client, with its redirect URI and verifier)
+    /// revokes the connection it made.
+    pub(crate) fn set_code_reuse_revocation(&self, on: bool) {
+        lock(&self.inner).revoke_on_code_reuse = on;
+    }
+
+    /// Keeps a re-consent link's binding; returns its id.
+    pub(crate) fn add_reconsent(&self, reconsent: Reconsent, now: i64) -> String {
+        let mut inner = lock(&self.inner);
+        inner.reconsents.retain(|_, r| r.expires_at > now);
+        let id = random_token("rc-");
+        inner.reconsents.insert(id.clone(), reconsent);
+        id
+    }
+
+    /// Exchanges `code` for a connection, made (or renewed) by `create` while the code is
+    /// held, so a second exchange cannot slip in between. A code presented again by its
+    /// client, with its redirect URI and verifier, is refused and revokes the connection it
+    /// made (through `revoke`), unless that is turned off; one that fails those checks is
+    /// only refused, so an intercepted code alone cannot revoke anything.
     pub(crate) fn redeem<T>(
         &self,
         exchange: &Exchange<'_>,
-        create: impl FnOnce(NewConnection) -> (String, T),
+        create: impl FnOnce(NewConnection) -> Result<(String, T), CodeRefused>,
         revoke: impl FnOnce(&str),
     ) -> Result<T, CodeRefused> {
         let Exchange {
@@ -129,6 +187,7 @@ impl Dialog {
             now,
         } = *exchange;
         let mut inner = lock(&self.inner);
+        let revoke_on_reuse = inner.revoke_on_code_reuse;
         let Some(record) = inner.codes.get_mut(code) else {
             return Err(CodeRefused("the authorization code is not valid"));
         };
@@ -136,15 +195,6 @@ impl Dialog {
             return Err(CodeRefused(
                 "the authorization code was issued to another client",
             ));
-        }
-        if let Some(id) = &record.connection_id {
-            revoke(id);
-            return Err(CodeRefused(
-                "the authorization code has already been used; the tokens issued with it are revoked",
-            ));
-        }
-        if now >= record.expires_at {
-            return Err(CodeRefused("the authorization code has expired"));
         }
         if redirect_uri != Some(record.redirect_uri.as_str()) {
             return Err(CodeRefused(
@@ -167,12 +217,27 @@ impl Dialog {
                 }
             }
         }
+        // Only now, with the client, the redirect URI and the verifier checked, is a second
+        // use a reuse by whoever holds all three.
+        if let Some(id) = &record.connection_id {
+            if revoke_on_reuse {
+                revoke(id);
+                return Err(CodeRefused(
+                    "the authorization code has already been used; the tokens issued with it are revoked",
+                ));
+            }
+            return Err(CodeRefused("the authorization code has already been used"));
+        }
+        if now >= record.expires_at {
+            return Err(CodeRefused("the authorization code has expired"));
+        }
         let (connection_id, answer) = create(NewConnection {
             client_id: record.client_id.clone(),
             redirect_uri: record.redirect_uri.clone(),
             scopes: record.scopes.clone(),
             provider_id: record.provider_id.clone(),
-        });
+            renews: record.renews.clone(),
+        })?;
         record.connection_id = Some(connection_id);
         Ok(answer)
     }
@@ -199,6 +264,7 @@ impl Dialog {
                 scopes: pending.scopes.clone(),
                 provider_id: provider_id.to_owned(),
                 expires_at: now + CODE_LIFETIME.as_secs() as i64,
+                renews: pending.reconsent.as_ref().map(|(_, id)| id.clone()),
                 connection_id: None,
             },
         );
@@ -217,6 +283,38 @@ fn is_pkce_value(value: &str) -> bool {
         && value
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+}
+
+/// Whether `uri` is an absolute `http` or `https` URL with a host, no user info and no
+/// fragment, in printable ASCII: what a redirect URI may be.
+pub(crate) fn is_http_url(uri: &str) -> bool {
+    if !uri.bytes().all(|b| b.is_ascii_graphic()) || uri.contains('#') {
+        return false;
+    }
+    let scheme_len = if uri
+        .get(..7)
+        .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
+    {
+        7
+    } else if uri
+        .get(..8)
+        .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+    {
+        8
+    } else {
+        return false;
+    };
+    let rest = &uri[scheme_len..];
+    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+    !authority.is_empty() && !authority.starts_with(':') && !authority.contains('@')
+}
+
+/// Whether the dialog accepts `uri` as `client_id`'s redirect URI: allow-listed, or a
+/// loopback URI while those are allowed.
+pub(crate) fn redirect_allowed(state: &State, client_id: &str, uri: &str) -> bool {
+    is_http_url(uri)
+        && (state.auth.redirect_uri_listed(client_id, uri)
+            || (state.dialog.loopback_redirects() && is_loopback(uri)))
 }
 
 /// Whether `uri` is an `http` loopback URI (`127.0.0.1`, `localhost` or `[::1]`, any port),
@@ -256,6 +354,8 @@ struct AuthLink {
     response_mode: Option<String>,
     code_challenge: Option<String>,
     code_challenge_method: Option<String>,
+    /// A re-consent link's id (see the module docs).
+    reconsent: Option<String>,
 }
 
 /// `GET /?response_type=code&client_id=...`: the consent page, or why not.
@@ -275,12 +375,7 @@ async fn dialog(AxumState(state): AxumState<Arc<State>>, RawQuery(query): RawQue
         Some(uri) if uri.contains('#') => {
             return error_page("The redirect_uri must not have a fragment.");
         }
-        Some(uri)
-            if state.auth.redirect_uri_listed(&client_id, uri)
-                || (state.dialog.loopback_redirects() && is_loopback(uri)) =>
-        {
-            uri.to_owned()
-        }
+        Some(uri) if redirect_allowed(&state, &client_id, uri) => uri.to_owned(),
         Some(_) => return error_page("The redirect_uri is not allowed for this client."),
     };
     let (mode, mode_error) = match link.response_mode.as_deref() {
@@ -346,15 +441,42 @@ async fn dialog(AxumState(state): AxumState<Arc<State>>, RawQuery(query): RawQue
             );
         }
     };
-    let preselected = match link.provider_id.as_deref() {
+    let mut preselected = match link.provider_id.as_deref() {
         None | Some("") => None,
         Some(id) => match provider(id) {
             Some(p) => Some(p.id),
             None => return fail("invalid_request", "unknown provider_id"),
         },
     };
-    let offered = offered_providers(link.providers.as_deref(), preselected);
+    let mut offered = offered_providers(link.providers.as_deref(), preselected);
     let now = state.clock.now_unix();
+    // A re-consent link asks for what the connection has, at its bank.
+    let reconsent = match link.reconsent.as_deref() {
+        None => None,
+        Some(id) => {
+            let inner = lock(&state.dialog.inner);
+            let bound = inner.reconsents.get(id).filter(|r| {
+                r.expires_at > now
+                    && r.client_id == client_id
+                    && r.redirect_uri == redirect_uri
+                    && same_scopes(&r.scopes, &scopes)
+            });
+            match bound.and_then(|r| Some((r, provider(&r.provider_id)?.id))) {
+                Some((r, bank)) => {
+                    preselected = Some(bank);
+                    offered = vec![bank];
+                    Some((id.to_owned(), r.connection_id.clone()))
+                }
+                None => {
+                    drop(inner);
+                    return fail(
+                        "invalid_request",
+                        "the re-consent link is unknown, expired, already used or altered",
+                    );
+                }
+            }
+        }
+    };
     let pending = Pending {
         client_id: client_id.clone(),
         redirect_uri: redirect_uri.clone(),
@@ -362,10 +484,17 @@ async fn dialog(AxumState(state): AxumState<Arc<State>>, RawQuery(query): RawQue
         state: link.state.clone(),
         scopes: scopes.clone(),
         challenge,
+        offered: offered.clone(),
+        reconsent,
         expires_at: now + DIALOG_REQUEST_LIFETIME.as_secs() as i64,
     };
     let request_id = state.dialog.add_pending(pending, now);
     consent_page(&client_id, &scopes, &offered, preselected, &request_id)
+}
+
+/// The same scopes, in any order.
+fn same_scopes(a: &[String], b: &[String]) -> bool {
+    a.len() == b.len() && a.iter().all(|s| b.contains(s))
 }
 
 fn is_base64url(b: u8) -> bool {
@@ -423,14 +552,24 @@ async fn decision(AxumState(state): AxumState<Arc<State>>, Form(form): Form<Deci
                 inner.pending.remove(&form.request);
                 return error_page("This authorization request has expired: start again.");
             }
-            // An approval without a bank leaves the request pending, to choose again.
-            Some(_) if approve && chosen.is_none() => {
-                return error_page("Choose your bank, then allow.");
+            // An approval without one of the banks offered leaves the request pending, to
+            // choose again.
+            Some(p) if approve && !chosen.is_some_and(|c| p.offered.contains(&c)) => {
+                return error_page("Choose one of the banks offered, then allow.");
             }
-            Some(_) => inner
-                .pending
-                .remove(&form.request)
-                .unwrap_or_else(|| unreachable!("just seen")),
+            Some(_) => {
+                let pending = inner
+                    .pending
+                    .remove(&form.request)
+                    .unwrap_or_else(|| unreachable!("just seen"));
+                // A re-consent link is spent by its first decision.
+                if let Some((id, _)) = &pending.reconsent
+                    && inner.reconsents.remove(id).is_none()
+                {
+                    return error_page("This re-consent link was already used.");
+                }
+                pending
+            }
         }
     };
     let mut params = Vec::new();
@@ -452,6 +591,10 @@ async fn decision(AxumState(state): AxumState<Arc<State>>, Form(form): Form<Deci
 /// The answer to the client: a 303 to `redirect_uri` with `params` in its query, or for
 /// `form_post` a page that POSTs them there.
 fn back_to_client(redirect_uri: &str, mode: Mode, params: &[(&str, String)]) -> Response {
+    // Never a `javascript:` (or any other) URL in the form's action or the Location.
+    if !is_http_url(redirect_uri) {
+        return error_page("The redirect_uri cannot be redirected to.");
+    }
     match mode {
         Mode::Query => {
             let query = serde_urlencoded::to_string(params).unwrap_or_default();
@@ -583,7 +726,8 @@ struct RedirectUriBody {
     uri: String,
 }
 
-/// `POST /emulator/clients/{id}/redirect-uris` with `{"uri": "..."}`: allow-lists it.
+/// `POST /emulator/clients/{id}/redirect-uris` with `{"uri": "..."}`: allow-lists it (an
+/// absolute `http(s)` URL without a fragment; 400 otherwise).
 pub(crate) async fn allow_redirect_uri_route(
     AxumState(state): AxumState<Arc<State>>,
     Path(client_id): Path<String>,
@@ -593,6 +737,9 @@ pub(crate) async fn allow_redirect_uri_route(
         Ok(b) => b,
         Err(why) => return bad_request(why),
     };
+    if !is_http_url(&body.uri) {
+        return bad_request("uri must be an absolute http(s) URL without a fragment");
+    }
     if state.auth.allow_redirect_uri(&client_id, &body.uri) {
         StatusCode::NO_CONTENT.into_response()
     } else {
@@ -650,6 +797,23 @@ mod tests {
             s256("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
             "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
         );
+    }
+
+    #[test]
+    fn the_answer_goes_only_to_http_urls() {
+        for uri in [
+            "javascript:alert(1)",
+            "data:text/html,x",
+            "JAVASCRIPT:alert(1)",
+        ] {
+            for mode in [Mode::FormPost, Mode::Query] {
+                let response = back_to_client(uri, mode, &[("code", "c".to_owned())]);
+                assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{uri}");
+                assert!(response.headers().get(header::LOCATION).is_none());
+            }
+        }
+        let response = back_to_client("https://app.example/cb", Mode::FormPost, &[]);
+        assert_eq!(response.status(), StatusCode::OK);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::dialog::{Exchange, revoke_for_code_reuse};
+use super::dialog::{CodeRefused, Exchange, revoke_for_code_reuse};
 use super::token_endpoint::{TokenForm, client_credentials, oauth_error};
 use crate::data::{Issued, RefreshFault};
 use crate::server::KillSwitch;
@@ -66,7 +66,12 @@ pub(super) fn authorization_code(state: &State, headers: &HeaderMap, form: Token
     };
     let result = state.dialog.redeem(
         &exchange,
-        |new| state.data.create(new, now),
+        |new| {
+            state
+                .data
+                .create(new, now)
+                .map_err(|why| CodeRefused(why.0))
+        },
         |connection_id| revoke_for_code_reuse(state, connection_id),
     );
     match result {

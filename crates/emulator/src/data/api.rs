@@ -15,7 +15,10 @@ use time::macros::format_description;
 use time::{Date, OffsetDateTime};
 
 use super::fake::{Bank, default_from, provider_json};
-use super::{Authorized, DATA_AUDIENCE, DataClaims, ExtendAction, RevocationReason};
+use super::{
+    Authorized, CONSENT_EXPIRED, DATA_AUDIENCE, DataClaims, ExtendAction, RevocationReason,
+};
+use crate::auth::dialog::{RECONSENT_LINK_LIFETIME, Reconsent, redirect_allowed};
 use crate::auth::{KEY_ID, signing_key};
 use crate::state::State;
 
@@ -148,11 +151,22 @@ fn verify(state: &State, token: &str, now: i64) -> Result<DataClaims, &'static s
 }
 
 /// The connection behind the request's bearer token, with `scopes` granted, or the 401 or
-/// 403 answer.
+/// 403 answer. Once the consent has ended, only `/me` and `DELETE /api/delete` answer
+/// (`any_consent`); the rest is a 403 `access_denied`, TrueLayer's answer that calls for
+/// the user (reconnect, or extend), as a 401 would call for a refresh that cannot help.
 fn authenticate(
     state: &State,
     headers: &HeaderMap,
     scopes: &[&str],
+) -> Result<Authorized, Box<Response>> {
+    authenticate_with(state, headers, scopes, false)
+}
+
+fn authenticate_with(
+    state: &State,
+    headers: &HeaderMap,
+    scopes: &[&str],
+    any_consent: bool,
 ) -> Result<Authorized, Box<Response>> {
     state.data.count(|s| s.api_requests += 1);
     let token = headers
@@ -167,12 +181,20 @@ fn authenticate(
     let Some(token) = token else {
         return Err(Box::new(unauthorized(state, "no bearer token")));
     };
-    let claims = verify(state, token, state.clock.now_unix())
-        .map_err(|why| Box::new(unauthorized(state, why)))?;
+    let now = state.clock.now_unix();
+    let claims = verify(state, token, now).map_err(|why| Box::new(unauthorized(state, why)))?;
     let connection = state
         .data
-        .authorize(&claims)
+        .authorize(&claims, now)
         .map_err(|why| Box::new(unauthorized(state, why)))?;
+    if connection.consent_expired && !any_consent {
+        state.data.count(|s| s.api_rejections += 1);
+        return Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            "access_denied",
+            "the consent has expired; the user must reconfirm it (extend the connection) or reconnect",
+        )));
+    }
     if let Some(missing) = scopes
         .iter()
         .find(|s| !connection.scopes.iter().any(|g| g == *s))
@@ -195,16 +217,21 @@ fn bank<'a>(state: &State, connection: &'a Authorized) -> Bank<'a> {
     }
 }
 
-/// `GET /data/v1/me`.
+/// `GET /data/v1/me`: answers past the consent too, with `consent_status` `Expired`.
 async fn me(AxumState(state): St, headers: HeaderMap) -> Response {
-    let c = match authenticate(&state, &headers, &[]) {
+    let c = match authenticate_with(&state, &headers, &[], true) {
         Ok(c) => c,
         Err(r) => return *r,
+    };
+    let consent_status = if c.consent_expired {
+        "Expired"
+    } else {
+        "Authorised"
     };
     results(vec![json!({
         "client_id": c.client_id,
         "credentials_id": c.credentials_id,
-        "consent_status": "Authorised",
+        "consent_status": consent_status,
         "consent_expires_at": crate::clock::rfc3339(c.consent_expires_at),
         "provider": provider_json(&c.provider_id),
         "scopes": c.scopes,
@@ -355,8 +382,13 @@ struct ExtendBody {
 }
 
 /// `POST /data/v1/connections/extend`: `no_action_needed` with new tokens and a renewed
-/// consent, or `authentication_needed` with a link to the dialog (the emulator's extend
-/// action, or when the user has not reconfirmed their consent).
+/// consent, or `authentication_needed` with a re-consent link to the dialog (the emulator's
+/// extend action, when the user has not reconfirmed their consent, or when the consent has
+/// already ended: TrueLayer says the user must then authenticate again). The link sends the
+/// code to the body's `redirect_uri` when given (it must be allowed for the client, 400
+/// `invalid_request` otherwise), else to the connection's own; exchanging that code renews
+/// this connection. With client authentication on (the default), the body must carry the
+/// connection's `client_id` and its `client_secret` (401 `invalid_client` otherwise).
 async fn extend(AxumState(state): St, body: Bytes) -> Response {
     let body: ExtendBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
@@ -364,21 +396,28 @@ async fn extend(AxumState(state): St, body: Bytes) -> Response {
             return error(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
-                "send {\"refresh_token\": ..., \"user_has_reconfirmed_consent\": true}",
+                "send {\"refresh_token\": ..., \"user_has_reconfirmed_consent\": true, \"client_id\": ..., \"client_secret\": ...}",
             );
         }
     };
-    // Client credentials are optional here; when sent they must be right.
-    let wrong_client = body.client_id.as_deref().is_some_and(|id| {
-        !state
+    let client_id = body.client_id.as_deref().filter(|id| !id.is_empty());
+    let required = state.data.extend_client_auth();
+    let client_ok = match client_id {
+        Some(id) => state
             .auth
-            .authenticate(id, body.client_secret.as_deref().unwrap_or(""))
-    });
-    if wrong_client {
+            .authenticate(id, body.client_secret.as_deref().unwrap_or("")),
+        // Client credentials are then optional here; when sent they must be right.
+        None => !required,
+    };
+    if !client_ok {
         return error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
-            "client authentication failed",
+            if client_id.is_none() {
+                "client_id and client_secret are required"
+            } else {
+                "client authentication failed"
+            },
         );
     }
     let now = state.clock.now_unix();
@@ -386,42 +425,67 @@ async fn extend(AxumState(state): St, body: Bytes) -> Response {
     if body.user_has_reconfirmed_consent
         && state.data.extend_action() == ExtendAction::NoActionNeeded
     {
-        return match state
-            .data
-            .rotate(body.client_id.as_deref(), &body.refresh_token, now, true)
-        {
+        match state.data.rotate(client_id, &body.refresh_token, now, true) {
             Ok(issued) => {
                 let mut answer = issued.to_json();
                 answer["action_needed"] = json!("no_action_needed");
-                ([(header::CACHE_CONTROL, "no-store")], Json(answer)).into_response()
+                return ([(header::CACHE_CONTROL, "no-store")], Json(answer)).into_response();
             }
-            Err(why) => invalid_grant(why.0),
-        };
-    }
-    match state.data.check_for_reconsent(&body.refresh_token, now) {
-        Ok(connection) => {
-            let redirect_uri = body.redirect_uri.unwrap_or(connection.redirect_uri);
-            let query = serde_urlencoded::to_string([
-                ("response_type", "code"),
-                ("client_id", &connection.client_id),
-                ("redirect_uri", &redirect_uri),
-                ("scope", &connection.scopes.join(" ")),
-                ("provider_id", &connection.provider_id),
-            ])
-            .unwrap_or_default();
-            Json(json!({
-                "action_needed": "authentication_needed",
-                "user_input_link": format!("{}/?{query}", state.auth.issuer()),
-            }))
-            .into_response()
+            // The consent has ended: the user must authenticate again.
+            Err(why) if why.0 == CONSENT_EXPIRED => {}
+            Err(why) => return invalid_grant(why.0),
         }
-        Err(why) => invalid_grant(why.0),
     }
+    let connection = match state
+        .data
+        .check_for_reconsent(client_id, &body.refresh_token, now)
+    {
+        Ok(connection) => connection,
+        Err(why) => return invalid_grant(why.0),
+    };
+    let redirect_uri = match body.redirect_uri {
+        Some(uri) if !redirect_allowed(&state, &connection.client_id, &uri) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "the redirect_uri is not allowed for this client",
+            );
+        }
+        Some(uri) => uri,
+        None => connection.redirect_uri,
+    };
+    let scope = connection.scopes.join(" ");
+    let reconsent = state.dialog.add_reconsent(
+        Reconsent {
+            connection_id: connection.renews.unwrap_or_default(),
+            client_id: connection.client_id.clone(),
+            redirect_uri: redirect_uri.clone(),
+            scopes: connection.scopes,
+            provider_id: connection.provider_id.clone(),
+            expires_at: now + RECONSENT_LINK_LIFETIME.as_secs() as i64,
+        },
+        now,
+    );
+    let query = serde_urlencoded::to_string([
+        ("response_type", "code"),
+        ("client_id", &connection.client_id),
+        ("redirect_uri", &redirect_uri),
+        ("scope", &scope),
+        ("provider_id", &connection.provider_id),
+        ("reconsent", &reconsent),
+    ])
+    .unwrap_or_default();
+    Json(json!({
+        "action_needed": "authentication_needed",
+        "user_input_link": format!("{}/?{query}", state.auth.issuer()),
+    }))
+    .into_response()
 }
 
-/// `DELETE /api/delete` with the connection's access token: revokes the connection (200).
+/// `DELETE /api/delete` with the connection's access token (past the consent too): revokes
+/// the connection (200).
 async fn delete_connection(AxumState(state): St, headers: HeaderMap) -> Response {
-    match authenticate(&state, &headers, &[]) {
+    match authenticate_with(&state, &headers, &[], true) {
         Ok(c) => {
             state
                 .data

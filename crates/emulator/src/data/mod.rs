@@ -9,7 +9,9 @@
 //! access token is valid. Whether TrueLayer revokes a connection whose spent refresh token is
 //! presented again is not documented: the emulator does (reuse detection, on by default,
 //! [`Emulator::set_refresh_reuse_detection`](crate::Emulator::set_refresh_reuse_detection)),
-//! as code must assume the worst.
+//! as code must assume the worst. Spent refresh tokens are kept for that until they are
+//! [`REFRESH_TOKEN_LIFETIME`] old, then pruned (at most once an hour of the emulator's
+//! clock): one presented after that is simply not valid.
 
 mod api;
 pub(crate) mod fake;
@@ -104,8 +106,9 @@ pub enum RevocationReason {
 pub enum ConnectionStatus {
     /// Its tokens work and its refresh token can be used.
     Active,
-    /// Its consent is past [`CONSENT_LIFETIME`] (or was expired by an admin): refreshes get
-    /// `invalid_grant`; an extension can renew it.
+    /// Its consent is past [`CONSENT_LIFETIME`] (or was expired by an admin): Data API calls
+    /// get 403 `access_denied`, refreshes `invalid_grant`, and an extension answers
+    /// `authentication_needed`, whose re-consent renews it.
     ConsentExpired,
     /// Revoked: no token of it works any more.
     Revoked(RevocationReason),
@@ -143,6 +146,9 @@ pub struct ConnectionInfo {
     pub refreshes_refused_as_reuse: u64,
     /// Extensions served (`no_action_needed`).
     pub extensions_served: u64,
+    /// Re-consents served: codes from an `authentication_needed` extension's link
+    /// exchanged, each renewing this connection.
+    pub reconsents_served: u64,
 }
 
 /// Counters of the Data API side of the emulator, over all connections.
@@ -214,6 +220,9 @@ pub(crate) struct NewConnection {
     pub(crate) redirect_uri: String,
     pub(crate) scopes: Vec<String>,
     pub(crate) provider_id: String,
+    /// The connection a re-consent renews: its pair is rotated and its consent renewed
+    /// instead of a new connection being made.
+    pub(crate) renews: Option<String>,
 }
 
 /// The connection a valid access token belongs to, as the Data API needs it.
@@ -224,6 +233,8 @@ pub(crate) struct Authorized {
     pub(crate) provider_id: String,
     pub(crate) scopes: Vec<String>,
     pub(crate) consent_expires_at: i64,
+    /// Whether the consent has ended (only `/me` and `DELETE /api/delete` still answer).
+    pub(crate) consent_expired: bool,
 }
 
 /// A refresh fault to serve instead of (or around) a refresh.
@@ -250,6 +261,10 @@ struct Inner {
     lifetime: Option<i64>,
     reuse_detection: bool,
     extend_action: ExtendAction,
+    /// Whether extend requires `client_id` and `client_secret` in its body.
+    extend_client_auth: bool,
+    /// When spent refresh tokens were last pruned (emulator clock).
+    last_prune: i64,
     /// The delay before refresh answers, and for how many more (`None`: until cleared).
     refresh_delay: Option<(Duration, Option<u32>)>,
     /// Faults for the next refreshes, in order.
@@ -274,6 +289,7 @@ struct Connection {
     refreshes_served: u64,
     reuse_refusals: u64,
     extensions_served: u64,
+    reconsents_served: u64,
 }
 
 struct RefreshRecord {
@@ -284,6 +300,13 @@ struct RefreshRecord {
 
 /// Why a refresh token was refused: `invalid_grant`, with this description.
 pub(crate) struct InvalidGrant(pub(crate) &'static str);
+
+/// The description of a refusal because the consent has ended.
+pub(crate) const CONSENT_EXPIRED: &str =
+    "the consent has expired; the user must reconnect or extend the connection";
+
+/// How often spent refresh tokens are pruned, at most (emulator clock): an hour.
+const PRUNE_INTERVAL: i64 = 3600;
 
 /// A random token of 32 bytes, hex, with a prefix.
 pub(crate) fn random_token(prefix: &str) -> String {
@@ -306,6 +329,8 @@ impl Data {
                 lifetime: None,
                 reuse_detection: true,
                 extend_action: ExtendAction::default(),
+                extend_client_auth: true,
+                last_prune: i64::MIN,
                 refresh_delay: None,
                 refresh_faults: std::collections::VecDeque::new(),
                 stats: DataStats::default(),
@@ -313,9 +338,35 @@ impl Data {
         }
     }
 
-    /// Makes a connection from an exchanged code and issues its first tokens. Returns its id.
-    pub(crate) fn create(&self, new: NewConnection, now: i64) -> (String, Issued) {
+    /// Makes a connection from an exchanged code and issues its first tokens, or for a
+    /// re-consent renews the connection it names: a new pair (the old one spent) and a new
+    /// consent, the same id and credentials id. Returns the connection's id.
+    pub(crate) fn create(
+        &self,
+        new: NewConnection,
+        now: i64,
+    ) -> Result<(String, Issued), InvalidGrant> {
         let mut inner = lock(&self.inner);
+        if let Some(id) = new.renews {
+            let connection = match inner.connections.get_mut(&id) {
+                Some(c) if c.client_id != new.client_id => {
+                    return Err(InvalidGrant(
+                        "the connection to renew belongs to another client",
+                    ));
+                }
+                Some(c) if c.revoked.is_some() => {
+                    return Err(InvalidGrant("the connection to renew has been revoked"));
+                }
+                Some(c) => c,
+                None => return Err(InvalidGrant("the connection to renew is unknown")),
+            };
+            connection.generation += 1;
+            connection.consent_expires_at = now + CONSENT_LIFETIME.as_secs() as i64;
+            connection.reconsents_served += 1;
+            inner.stats.codes_exchanged += 1;
+            let issued = self.issue(&mut inner, &id, now);
+            return Ok((id, issued));
+        }
         let seq = inner.next_seq;
         inner.next_seq += 1;
         let id = format!("conn-{seq}-{:08x}", fastrand::u32(..));
@@ -335,11 +386,29 @@ impl Data {
             refreshes_served: 0,
             reuse_refusals: 0,
             extensions_served: 0,
+            reconsents_served: 0,
         };
         inner.connections.insert(id.clone(), connection);
         inner.stats.codes_exchanged += 1;
         let issued = self.issue(&mut inner, &id, now);
-        (id, issued)
+        Ok((id, issued))
+    }
+
+    /// Forgets spent refresh tokens (and those of revoked connections) issued
+    /// [`REFRESH_TOKEN_LIFETIME`] ago or more, at most once per [`PRUNE_INTERVAL`].
+    fn prune(inner: &mut Inner, now: i64) {
+        if now.saturating_sub(inner.last_prune) < PRUNE_INTERVAL {
+            return;
+        }
+        inner.last_prune = now;
+        let window = REFRESH_TOKEN_LIFETIME.as_secs() as i64;
+        let connections = &inner.connections;
+        inner.refresh_tokens.retain(|_, record| {
+            let spent = connections
+                .get(&record.connection_id)
+                .is_none_or(|c| c.revoked.is_some() || record.generation < c.generation);
+            !spent || record.issued_at + window > now
+        });
     }
 
     /// New tokens for connection `id` at its current generation: the access token becomes
@@ -371,6 +440,7 @@ impl Data {
         let offline = connection.scopes.iter().any(|s| s == "offline_access");
         let generation = connection.generation;
         let refresh_token = offline.then(|| {
+            Self::prune(inner, now);
             let token = random_token("rt-");
             inner.refresh_tokens.insert(
                 token.clone(),
@@ -465,9 +535,7 @@ impl Data {
             return Err(InvalidGrant("the refresh token has already been used"));
         }
         if now >= connection.consent_expires_at {
-            return Err(InvalidGrant(
-                "the consent has expired; the user must reconnect or extend the connection",
-            ));
+            return Err(InvalidGrant(CONSENT_EXPIRED));
         }
         if now >= issued_at + REFRESH_TOKEN_LIFETIME.as_secs() as i64 {
             return Err(InvalidGrant("the refresh token has expired"));
@@ -475,19 +543,21 @@ impl Data {
         Ok(id)
     }
 
-    /// Checks a refresh token for an extension without rotating (the
-    /// `authentication_needed` answer): the connection's client, redirect URI, scopes and
-    /// provider for a re-consent link, or why not.
+    /// Checks a refresh token presented by `client_id` (when known) for an extension without
+    /// rotating (the `authentication_needed` answer): the connection's client, redirect URI,
+    /// scopes and provider for a re-consent link that renews it, or why not.
     pub(crate) fn check_for_reconsent(
         &self,
+        client_id: Option<&str>,
         refresh_token: &str,
         now: i64,
     ) -> Result<NewConnection, InvalidGrant> {
         let mut inner = lock(&self.inner);
-        // Past the consent, re-consent is what is needed: only spent or revoked tokens fail.
-        let id = match Self::check_refresh(&mut inner, None, refresh_token, now) {
+        // Past the consent, re-consent is what is needed: only spent or revoked tokens, and
+        // other clients' ones, fail.
+        let id = match Self::check_refresh(&mut inner, client_id, refresh_token, now) {
             Ok(id) => id,
-            Err(InvalidGrant(why)) if why.starts_with("the consent has expired") => inner
+            Err(InvalidGrant(CONSENT_EXPIRED)) => inner
                 .refresh_tokens
                 .get(refresh_token)
                 .map(|r| r.connection_id.clone())
@@ -500,12 +570,17 @@ impl Data {
             redirect_uri: connection.redirect_uri.clone(),
             scopes: connection.scopes.clone(),
             provider_id: connection.provider_id.clone(),
+            renews: Some(id),
         })
     }
 
     /// The connection a Data API access token's claims name, if the token is its latest and
-    /// it is not revoked.
-    pub(crate) fn authorize(&self, claims: &DataClaims) -> Result<Authorized, &'static str> {
+    /// it is not revoked, with whether its consent has ended at `now`.
+    pub(crate) fn authorize(
+        &self,
+        claims: &DataClaims,
+        now: i64,
+    ) -> Result<Authorized, &'static str> {
         let inner = lock(&self.inner);
         let Some(connection) = inner.connections.get(&claims.connection_id) else {
             return Err("unknown connection");
@@ -523,6 +598,7 @@ impl Data {
             provider_id: connection.provider_id.clone(),
             scopes: connection.scopes.clone(),
             consent_expires_at: connection.consent_expires_at,
+            consent_expired: now >= connection.consent_expires_at,
         })
     }
 
@@ -573,6 +649,7 @@ impl Data {
                 refreshes_served: c.refreshes_served,
                 refreshes_refused_as_reuse: c.reuse_refusals,
                 extensions_served: c.extensions_served,
+                reconsents_served: c.reconsents_served,
             })
             .collect()
     }
@@ -605,6 +682,16 @@ impl Data {
     /// What extensions answer.
     pub(crate) fn extend_action(&self) -> ExtendAction {
         lock(&self.inner).extend_action
+    }
+
+    /// Whether extend requires the client's credentials.
+    pub(crate) fn set_extend_client_auth(&self, required: bool) {
+        lock(&self.inner).extend_client_auth = required;
+    }
+
+    /// Whether extend requires the client's credentials (on by default).
+    pub(crate) fn extend_client_auth(&self) -> bool {
+        lock(&self.inner).extend_client_auth
     }
 
     /// Delays refresh answers by `delay`, for the next `count` refreshes (`None`: until
@@ -822,15 +909,27 @@ async fn clear_refresh_faults(AxumState(state): AxumState<Arc<State>>) -> Respon
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ExtendBody {
-    action_needed: ExtendAction,
+    #[serde(default)]
+    action_needed: Option<ExtendAction>,
+    #[serde(default)]
+    client_authentication: Option<bool>,
 }
 
 /// `POST /emulator/extend-action` with `{"action_needed": "no_action_needed" |
-/// "authentication_needed"}`.
+/// "authentication_needed"}` and/or `{"client_authentication": bool}`.
 async fn extend_action(AxumState(state): AxumState<Arc<State>>, body: Bytes) -> Response {
     match parse::<ExtendBody>(&body) {
+        Ok(ExtendBody {
+            action_needed: None,
+            client_authentication: None,
+        }) => bad_request("send action_needed, client_authentication, or both"),
         Ok(body) => {
-            state.data.set_extend_action(body.action_needed);
+            if let Some(action) = body.action_needed {
+                state.data.set_extend_action(action);
+            }
+            if let Some(required) = body.client_authentication {
+                state.data.set_extend_client_auth(required);
+            }
             StatusCode::NO_CONTENT.into_response()
         }
         Err(why) => bad_request(why),
@@ -840,4 +939,33 @@ async fn extend_action(AxumState(state): AxumState<Arc<State>>, body: Bytes) -> 
 /// `GET /emulator/data-stats`: [`DataStats`].
 async fn data_stats(AxumState(state): AxumState<Arc<State>>) -> Response {
     Json(state.data.stats()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 24 * 3600;
+
+    #[test]
+    fn spent_refresh_tokens_past_the_window_are_pruned() {
+        let data = Data::new("http://127.0.0.1:1".to_owned());
+        let new = NewConnection {
+            client_id: "c".to_owned(),
+            redirect_uri: "https://app.example/cb".to_owned(),
+            scopes: vec!["accounts".to_owned(), "offline_access".to_owned()],
+            provider_id: "mock".to_owned(),
+            renews: None,
+        };
+        let t0 = 1_700_000_000;
+        let (_, issued) = data.create(new, t0).ok().unwrap();
+        let mut token = issued.refresh_token.unwrap();
+        for at in [t0 + 1, t0 + 29 * DAY, t0 + 58 * DAY] {
+            let issued = data.rotate(Some("c"), &token, at, false).ok().unwrap();
+            token = issued.refresh_token.unwrap();
+        }
+        // Issued at t0 and t0 + 1, spent, and past 30 days: gone. The one issued at 29 days
+        // (spent, 29 days old) and the current one stay.
+        assert_eq!(lock(&data.inner).refresh_tokens.len(), 2);
+    }
 }
