@@ -5,7 +5,9 @@
 //!
 //! - Debian's `postgresql` package is installed if no `/usr/lib/postgresql/<ver>/bin/initdb`
 //!   is there (the highest version found is used);
-//! - a fresh cluster is made in `target/postgres/data` by `initdb` (superuser `postgres`,
+//! - a fresh cluster is made in `target/postgres/data` (as root, when the unprivileged owner
+//!   below cannot reach `target/`, as under a 0700 `/root`: in a directory of this checkout's
+//!   own under the system's temporary directory) by `initdb` (superuser `postgres`,
 //!   `trust` authentication: it listens on 127.0.0.1 only, on a free port, with no Unix
 //!   socket), and `postgres` runs as a child of xtask;
 //! - PostgreSQL refuses to run as root, so as root initdb and the server run as the system
@@ -23,6 +25,27 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::{free_port, root, run};
+
+/// Where the cluster lives: `target/postgres`, unless xtask runs as root and the
+/// unprivileged owner could not reach it (a checkout under `/root`, which is 0700), in which
+/// case a directory of this checkout's own under the system's temporary directory.
+fn cluster_dir(as_other_user: bool) -> PathBuf {
+    let in_target = root().join("target").join("postgres");
+    if !as_other_user || others_can_traverse(&root().join("target")) {
+        return in_target;
+    }
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    root().hash(&mut hasher);
+    std::env::temp_dir().join(format!("tlauth-postgres-{:016x}", hasher.finish()))
+}
+
+/// Whether every directory from `/` down to `dir` lets others search it (`o+x`).
+fn others_can_traverse(dir: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    dir.ancestors()
+        .all(|d| std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
+}
 
 /// The system user the cluster runs as when xtask runs as root.
 const USER: &str = "tlauth-pg";
@@ -50,9 +73,9 @@ impl Postgres {
     /// Installs PostgreSQL if needed and starts a fresh cluster in `target/postgres`.
     pub(crate) fn start() -> Result<Self, String> {
         let bin = ensure_postgresql()?;
-        let dir = root().join("target").join("postgres");
-        let data = dir.join("data");
         let owner = unprivileged_owner()?;
+        let dir = cluster_dir(owner.is_some());
+        let data = dir.join("data");
 
         // A server left running by an xtask that was killed: stop it before wiping its data.
         if data.join("postmaster.pid").exists() {
@@ -146,8 +169,9 @@ impl Drop for Postgres {
             return;
         };
         // SIGINT is PostgreSQL's fast shutdown: it ends the sessions and stops at once.
-        let _ = Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
+        // The shell's own `kill`: procps (/bin/kill) is not on every minimal image.
+        let _ = Command::new("sh")
+            .args(["-c", &format!("kill -INT {}", child.id())])
             .status();
         for _ in 0..100 {
             if matches!(child.try_wait(), Ok(Some(_))) {

@@ -109,29 +109,16 @@ impl Shared {
         }
     }
 
-    /// The `refresh_token` grant, with one reload of the credentials on `invalid_client`
-    /// (a rotated secret): TrueLayer spends a refresh token only when it accepts the client.
+    /// The `refresh_token` grant, once. (`refresh.rs` retries an `invalid_client` with
+    /// reloaded credentials, after confirming the lock.)
     pub(crate) async fn refresh_grant(
         &self,
-        creds: ClientCredentials,
+        creds: &ClientCredentials,
         refresh_token: &SecretString,
     ) -> Result<UserTokens, TokenError> {
-        match self
-            .client
-            .refresh_user_token(&self.environment, &creds, refresh_token)
+        self.client
+            .refresh_user_token(&self.environment, creds, refresh_token)
             .await
-        {
-            Err(e) if e.is_invalid_client() => {
-                let fresh = self.credentials(true).await?;
-                if fresh.client_secret().expose_secret() == creds.client_secret().expose_secret() {
-                    return Err(e);
-                }
-                self.client
-                    .refresh_user_token(&self.environment, &fresh, refresh_token)
-                    .await
-            }
-            other => other,
-        }
     }
 }
 
@@ -664,6 +651,10 @@ impl ConnectionManager {
                     id: id.clone(),
                     stored: row.client_id.clone(),
                 });
+            }
+            // The refresh token is spent by the call: only while the store confirms the lock.
+            if !matches!(lock.confirm().await, Ok(true)) {
+                return Err(ConnectionError::Writing(id.clone()));
             }
             let url = format!(
                 "{}/connections/extend",

@@ -830,6 +830,8 @@ impl Drop for Held {
 struct PgLock {
     id: ConnectionId,
     release: Option<oneshot::Sender<oneshot::Sender<Result<(), StoreError>>>>,
+    /// Asks the keeping task for a ping now: `confirm`.
+    confirm: tokio::sync::mpsc::Sender<oneshot::Sender<bool>>,
     state: Arc<LockState>,
 }
 
@@ -843,14 +845,22 @@ struct LockState {
 }
 
 impl LockState {
-    fn heard(&self) {
-        let ms = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.heard_ms.store(ms, Ordering::SeqCst);
+    /// Now, as the time a ping is sent: a safe lower bound for when the server last heard
+    /// from the session once the ping is answered.
+    fn now(&self) -> u64 {
+        u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    fn heard(&self, sent_ms: u64) {
+        self.heard_ms.fetch_max(sent_ms, Ordering::SeqCst);
+    }
+
+    /// Lost when a ping failed, or when half the lease has passed since the last ping that
+    /// was answered was sent: the server's own bounds (its idle timeout at the lease, its
+    /// keepalives) cannot have ended the session before that.
     fn is_lost(&self) -> bool {
         let heard = Duration::from_millis(self.heard_ms.load(Ordering::SeqCst));
-        self.lost.load(Ordering::SeqCst) || self.since.elapsed() >= heard + self.lease
+        self.lost.load(Ordering::SeqCst) || self.since.elapsed() >= heard + self.lease / 2
     }
 }
 
@@ -929,6 +939,8 @@ impl PgLock {
             }
             Err(e) => return Err(backend(e)),
         }
+        // `since` is stamped before the lock's statement was answered would be better still;
+        // it is stamped at once after, and `is_lost` keeps half the lease in hand.
         let state = Arc::new(LockState {
             lost: AtomicBool::new(false),
             heard_ms: AtomicU64::new(0),
@@ -936,19 +948,34 @@ impl PgLock {
             lease: inner.lease,
         });
         let (release, released) = oneshot::channel();
-        tokio::spawn(keep(held, released, Arc::clone(&state)));
+        let (confirm, confirms) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(keep(held, released, confirms, Arc::clone(&state)));
         Ok(PgLock {
             id,
             release: Some(release),
+            confirm,
             state,
         })
     }
+}
+
+/// One ping of the lock's session: answered within `limit`, on a connection still open. The
+/// time it was sent counts as heard.
+async fn ping(held: &Held, state: &LockState, limit: Duration) -> bool {
+    let sent = state.now();
+    let answered = tokio::time::timeout(limit, held.client().simple_query("SELECT 1")).await;
+    let ok = matches!(answered, Ok(Ok(_))) && !held.is_closed();
+    if ok {
+        state.heard(sent);
+    }
+    ok
 }
 
 /// Keeps the lock's session alive until release (or the guard's drop), then ends it.
 async fn keep(
     held: Held,
     mut released: oneshot::Receiver<oneshot::Sender<Result<(), StoreError>>>,
+    mut confirms: tokio::sync::mpsc::Receiver<oneshot::Sender<bool>>,
     state: Arc<LockState>,
 ) {
     let every = state.lease / 3;
@@ -967,10 +994,18 @@ async fn keep(
                 }
                 return;
             }
+            Some(reply) = confirms.recv() => {
+                let ok = !held.is_closed() && ping(&held, &state, every).await && !held.is_closed();
+                let _ = reply.send(ok && !state.is_lost());
+                if !ok {
+                    tracing::warn!("a connection lock's database connection failed; the lock is lost");
+                    state.lost.store(true, Ordering::SeqCst);
+                    return;
+                }
+            }
             () = tokio::time::sleep(every) => {
-                let ping = tokio::time::timeout(every, held.client().simple_query("SELECT 1")).await;
-                if matches!(ping, Ok(Ok(_))) && !held.is_closed() {
-                    state.heard();
+                if !held.is_closed() && ping(&held, &state, every).await && !held.is_closed() {
+                    // Heard: stamped by the ping.
                 } else {
                     tracing::warn!("a connection lock's database connection failed; the lock is lost");
                     state.lost.store(true, Ordering::SeqCst);
@@ -1000,5 +1035,18 @@ impl ConnectionLock for PgLock {
 
     fn is_lost(&self) -> bool {
         self.state.is_lost()
+    }
+
+    fn confirm(&self) -> StoreFuture<'_, bool> {
+        Box::pin(async move {
+            if self.state.is_lost() {
+                return Ok(false);
+            }
+            let (reply, answer) = oneshot::channel();
+            if self.confirm.send(reply).await.is_err() {
+                return Ok(false);
+            }
+            Ok(answer.await.unwrap_or(false))
+        })
     }
 }

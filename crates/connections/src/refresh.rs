@@ -182,11 +182,37 @@ impl ConnectionRefresh {
                 }),
             );
         }
-        // A lapsed lease means another holder may be reading this same refresh token now.
-        if lock.is_lost() {
+        // Spend only while the store confirms the lock, now: a lapsed lease or an ended
+        // database session means another holder may be reading this same refresh token.
+        if !matches!(lock.confirm().await, Ok(true)) {
             return Step::Release(lock, Err(ConnectionError::Writing(self.id.clone())));
         }
-        match self.shared.refresh_grant(creds, &spent).await {
+        let mut answer = self.shared.refresh_grant(&creds, &spent).await;
+        if answer
+            .as_ref()
+            .is_err_and(truelayer_auth::Error::is_invalid_client)
+        {
+            // A rotated secret? TrueLayer spends a refresh token only for a client it accepts,
+            // so the same token is sent once more with reloaded credentials, if they differ
+            // and the lock still holds.
+            match self.shared.credentials(true).await {
+                Ok(fresh)
+                    if fresh.client_id() == creds.client_id()
+                        && fresh.client_secret().expose_secret()
+                            != creds.client_secret().expose_secret() =>
+                {
+                    if !matches!(lock.confirm().await, Ok(true)) {
+                        return Step::Release(lock, Err(ConnectionError::Writing(self.id.clone())));
+                    }
+                    warn!(
+                        "invalid_client, and the credentials source had new credentials (a rotation?); retrying once with them"
+                    );
+                    answer = self.shared.refresh_grant(&fresh, &spent).await;
+                }
+                _ => {}
+            }
+        }
+        match answer {
             Ok(tokens) => {
                 let (access, refresh) = tokens.into_parts();
                 let now = SystemTime::now();
@@ -351,6 +377,8 @@ pub(crate) async fn write_until_done(
         };
         let failure = match store.update(&next).await {
             Ok(_) => break Ok(Written::Ours),
+            // The row was removed from the store (by hand): nothing to write to.
+            Err(StoreError::NotFound(_)) => break Ok(Written::Theirs),
             Err(StoreError::VersionConflict { .. }) => match store.get(&id).await {
                 // Someone wrote while we held the lock (a lapsed lease, a metadata write): if
                 // the row still holds the spent token, ours is the only valid pair.
@@ -381,8 +409,10 @@ pub(crate) async fn write_until_done(
 }
 
 /// The row's access token if it is worth serving rather than refreshing: more than a
-/// quarter of its lifetime left. The lifetime is counted from the row's last write, which
-/// follows the token's issue.
+/// quarter of its lifetime left, counted as the refresh engine counts it (less the second a
+/// whole-second expiry can cost), so the engine never finds it past its hard margin (at most
+/// a quarter of that lifetime) on arrival. The lifetime is counted from the row's last write,
+/// which follows the token's issue.
 fn usable(row: &ConnectionRecord) -> Option<AccessToken> {
     let now = SystemTime::now();
     let remaining = row.access_expires_at.duration_since(now).ok()?;
@@ -391,7 +421,15 @@ fn usable(row: &ConnectionRecord) -> Option<AccessToken> {
         .duration_since(row.updated_at)
         .unwrap_or(remaining)
         .max(remaining);
-    if remaining * 4 <= lifetime {
+    // As the engine's plan: a token of 2 s or more is good until a second before its
+    // expiry, a shorter one until half its lifetime.
+    let lost = if lifetime >= Duration::from_secs(2) {
+        Duration::from_secs(1)
+    } else {
+        lifetime / 2
+    };
+    let (effective, left) = (lifetime - lost, remaining.checked_sub(lost)?);
+    if left * 4 <= effective {
         return None;
     }
     // The monotonic clock may not reach back to the token's issue (a machine up for less

@@ -835,6 +835,42 @@ impl ConnectionLock for SqliteLock {
         self.state.lost.load(Ordering::SeqCst)
             || now_ms() >= self.state.expires_at.load(Ordering::SeqCst)
     }
+
+    /// Renews the lease now, if the row is still ours and has not lapsed: held, and for a
+    /// whole lease more.
+    fn confirm(&self) -> StoreFuture<'_, bool> {
+        let (id, holder, state) = (
+            self.id.clone(),
+            self.holder.clone(),
+            Arc::clone(&self.state),
+        );
+        Box::pin(async move {
+            if self.is_lost() {
+                return Ok(false);
+            }
+            let renewed = run(Arc::clone(&self.inner), move |conn, inner| {
+                let now = now_ms();
+                let expires_at = now.saturating_add(lease_ms(inner.lease));
+                let changed = conn.execute(
+                    "UPDATE connection_locks SET expires_at = ?1 \
+                     WHERE connection_id = ?2 AND holder = ?3 AND expires_at > ?4",
+                    params![expires_at, id.as_str(), holder, now],
+                )?;
+                Ok((changed == 1).then_some(expires_at))
+            })
+            .await?;
+            match renewed {
+                Some(expires_at) => {
+                    state.expires_at.fetch_max(expires_at, Ordering::SeqCst);
+                    Ok(true)
+                }
+                None => {
+                    state.lost.store(true, Ordering::SeqCst);
+                    Ok(false)
+                }
+            }
+        })
+    }
 }
 
 /// Releases a lock attempt's lease row when the attempt is abandoned (see `lock`).

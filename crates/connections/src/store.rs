@@ -203,6 +203,14 @@ pub trait ConnectionLock: Send + fmt::Debug {
     /// Whether the lease may have lapsed (a renewal failed or came too late): a writer should
     /// rely on the fenced write, not on the lock, from here on.
     fn is_lost(&self) -> bool;
+
+    /// Asks the store, now, whether the lock is still held: one round trip. A refresh calls
+    /// it right before it spends a refresh token, since [`is_lost`](Self::is_lost) only
+    /// knows what the last renewal saw. The default trusts `is_lost`.
+    fn confirm(&self) -> StoreFuture<'_, bool> {
+        let held = !self.is_lost();
+        Box::pin(async move { Ok(held) })
+    }
 }
 
 /// A durable home for connections, shared by every process that serves them.

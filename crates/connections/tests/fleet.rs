@@ -480,16 +480,10 @@ async fn fleet_race_ours_loses_nothing_naive_loses_connections() {
     assert_eq!(ours.connections, connections);
     assert_eq!(ours.lost, 0, "{ours:?}");
     assert_eq!(ours.refused, 0, "{ours:?}");
+    // Not one caller error: a row's token is used only while the engine will accept it
+    // (before this was so, 326 callers in 225,890 got `slow_fetch`).
     let errs = errors(&results);
-    for kind in errs.keys() {
-        // `slow_fetch`: the engine refusing a row's token with less than its hard margin
-        // left, retried at once; counted and reported, not a loss (see reliability.md).
-        assert_eq!(kind, "slow_fetch", "{errs:?}");
-    }
-    assert!(
-        errs.get("slow_fetch").copied().unwrap_or(0) * 100 < total(&results, "calls"),
-        "{errs:?}"
-    );
+    assert!(errs.is_empty(), "{errs:?}");
     assert_eq!(total(&results, "api_failures"), 0);
     assert!(total(&results, "calls") > 10_000);
     // One refresh per token life per connection across the fleet. The engine refreshes

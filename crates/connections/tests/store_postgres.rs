@@ -273,7 +273,11 @@ async fn a_lock_whose_session_is_ended_is_lost_and_taken_over() {
         .await
         .unwrap();
     let taken = two.lock(&id("a"), Duration::from_secs(2)).await.unwrap();
-    // The holder finds out at its next ping, within a third of its lease.
+    // Asked before it spends, the holder learns at once that it no longer holds the lock
+    // (its last ping is too recent for `is_lost` to know).
+    assert!(!held.confirm().await.unwrap());
+    assert!(taken.confirm().await.unwrap());
+    // And without asking, at its next ping, within a third of its lease.
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(held.is_lost());
     held.release().await.unwrap();

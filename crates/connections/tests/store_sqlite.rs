@@ -177,7 +177,10 @@ async fn a_held_lease_is_renewed_and_a_lapsed_one_is_taken_over() {
     h.execute("UPDATE connection_locks SET expires_at = 0")
         .await;
     let taken = other.lock(&id("a"), Duration::ZERO).await.unwrap();
-    // The first holder finds out at its next renewal (within a third of the lease), before
+    // Asked before it spends, the first holder learns at once that it lost the lease.
+    assert!(!held.confirm().await.unwrap());
+    assert!(taken.confirm().await.unwrap());
+    // Without asking, it finds out at its next renewal (within a third of the lease), before
     // its own idea of the lease's end (at least two thirds away), and cannot release the
     // new holder's lock.
     tokio::time::sleep(lease / 2).await;
