@@ -529,3 +529,31 @@ async fn wal(client: &tokio_postgres::Client) -> i64 {
         .unwrap()
         .get(0)
 }
+
+#[tokio::test]
+async fn sslmode_verify_full_is_read_as_tls_required_not_a_bad_url() {
+    let Some(pg) = pg().await else { return };
+    let with = |mode: &str| {
+        let mut url = url::Url::parse(&pg.url).unwrap();
+        url.query_pairs_mut().append_pair("sslmode", mode);
+        url.to_string()
+    };
+    // tokio-postgres alone refuses the URL; the store reads it as "TLS, verified": the
+    // test server offers no TLS, so the connection fails at TLS, not at parsing.
+    for mode in ["verify-full", "verify-ca"] {
+        let error = PostgresStore::connect(&with(mode), keys())
+            .await
+            .unwrap_err();
+        let chain = format!("{error:?}");
+        assert!(!chain.contains("could not be parsed"), "{mode}: {chain}");
+    }
+    // Prefer on loopback stays prefer: plain, as the server offers no TLS.
+    PostgresStore::connect(&with("prefer"), keys())
+        .await
+        .unwrap();
+    assert!(
+        PostgresStore::connect(&with("bogus"), keys())
+            .await
+            .is_err()
+    );
+}

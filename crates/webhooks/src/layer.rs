@@ -234,6 +234,7 @@ where
                             event_id: id,
                             number,
                             settled: false,
+                            succeeded: false,
                         });
                     }
                     Ok(Begin::Done) => {
@@ -262,15 +263,21 @@ where
             if let Some(mut claim) = claim
                 && response.status().is_success()
             {
+                // From here the claim is completed, never released: if this future is
+                // dropped while `complete` waits (the client hung up), the drop completes it.
+                claim.succeeded = true;
                 match claim.ledger.complete(&claim.event_id, claim.number).await {
                     Ok(()) => claim.settled = true,
-                    // Dropped unsettled below: released, so a retry reaches the handler
-                    // again (at least once, rather than lost).
-                    Err(error) => tracing::warn!(
-                        event_id = %truncate(&claim.event_id, 100),
-                        error = %error_chain(&error),
-                        "webhook handled but not recorded; a retry will reach the handler again"
-                    ),
+                    // Dropped below and released, so a retry reaches the handler again (at
+                    // least once, rather than lost).
+                    Err(error) => {
+                        claim.succeeded = false;
+                        tracing::warn!(
+                            event_id = %truncate(&claim.event_id, 100),
+                            error = %error_chain(&error),
+                            "webhook handled but not recorded; a retry will reach the handler again"
+                        );
+                    }
                 }
             }
             // A claim not settled is dropped here: released, so TrueLayer's retry is handled.
@@ -279,19 +286,52 @@ where
     }
 }
 
-/// A claimed `event_id`: released on drop unless the handler succeeded.
+/// A claimed `event_id`: released on drop unless the handler succeeded; completed on drop
+/// (in a task on the current runtime) when the handler succeeded but the `complete` awaited
+/// for it was cancelled.
 struct Claim {
     ledger: Arc<dyn EventLedger>,
     event_id: String,
     number: u64,
+    /// `complete` or `release` done.
     settled: bool,
+    /// The handler answered 2xx: the claim may only be completed.
+    succeeded: bool,
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        if !self.settled {
-            self.ledger.release(&self.event_id, self.number);
+        if self.settled {
+            return;
         }
+        if !self.succeeded {
+            self.ledger.release(&self.event_id, self.number);
+            return;
+        }
+        // The handler succeeded and the request's future was dropped while `complete` ran:
+        // finish it in the background. Releasing would let TrueLayer's retry run the
+        // handler again. Outside a runtime the claim is left to its lease.
+        let (ledger, event_id, number) = (
+            Arc::clone(&self.ledger),
+            std::mem::take(&mut self.event_id),
+            self.number,
+        );
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(
+                event_id = %truncate(&event_id, 100),
+                "webhook handled but not recorded (no runtime); a retry after the lease will reach the handler again"
+            );
+            return;
+        };
+        runtime.spawn(async move {
+            if let Err(error) = ledger.complete(&event_id, number).await {
+                tracing::warn!(
+                    event_id = %truncate(&event_id, 100),
+                    error = %error_chain(&error),
+                    "webhook handled but not recorded; a retry will reach the handler again"
+                );
+            }
+        });
     }
 }
 

@@ -45,8 +45,11 @@ pub type LedgerFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, LedgerError
 ///
 /// The layer calls [`begin`](Self::begin) before the handler; then
 /// [`complete`](Self::complete) when the handler answered 2xx, or
-/// [`release`](Self::release) when it did not, or its future was dropped (the client hung
-/// up), so a retry is handled: nothing is lost to a handler that failed.
+/// [`release`](Self::release) when it did not, or its future was dropped before it
+/// answered (the client hung up), so a retry is handled: nothing is lost to a handler that
+/// failed. Once the handler answered 2xx the claim is never released: if the request's
+/// future is dropped while `complete` is awaited, the layer calls `complete` again in a task
+/// on the current tokio runtime, so `complete` must be idempotent for its claim.
 ///
 /// A claim is a lease: a process that dies between `begin` and `complete` releases nothing,
 /// so an implementation must let a claim older than its lease count as new again. The claim

@@ -10,6 +10,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -83,7 +84,8 @@ const PRUNE: &str = "DELETE FROM tlauth_webhook_events \
          WHERE coalesce(completed_at, lease_expires) < now() - $1::bigint * interval '1 millisecond' \
          LIMIT $2)";
 
-/// Whether the ledger's database connections use TLS: the `sslmode` of a connection string.
+/// Whether the ledger's database connections use TLS: the `sslmode` of a connection string
+/// (`disable`; `allow` or `prefer`; `require`, `verify-ca` or `verify-full`).
 ///
 /// The certificate is always verified, host name included (libpq's `verify-full`), against
 /// the system's trust store or the roots of [`PostgresLedgerBuilder::tls_config`].
@@ -100,7 +102,8 @@ const PRUNE: &str = "DELETE FROM tlauth_webhook_events \
 pub enum TlsMode {
     /// Plain TCP. The default for a server on loopback (or a Unix socket).
     Disable,
-    /// TLS if the server offers it, plain otherwise.
+    /// TLS if the server offers it, plain otherwise; for a server off loopback, `Require`
+    /// (else anyone on the path could answer "no TLS").
     Prefer,
     /// TLS or no connection. The default for any other server.
     Require,
@@ -132,12 +135,14 @@ pub enum TlsMode {
 ///   to `tlauth_webhook_events` (and the sequence `tlauth_webhook_claims`);
 ///   [`connect`](PostgresLedgerBuilder::connect) applies the missing ones in one
 ///   transaction under an advisory lock, and refuses a database migrated by a newer library.
-/// - An `event_id` longer than [`MAX_EVENT_ID_BYTES`] is refused with a [`LedgerError`]
-///   (the layer answers 503); TrueLayer's are UUIDs.
+/// - An `event_id` longer than [`MAX_EVENT_ID_BYTES`], or with a NUL character, is refused
+///   with a [`LedgerError`] (the layer answers 503); TrueLayer's are UUIDs.
+/// - [`complete`](EventLedger::complete) runs in a task of its own, so a caller that gives up
+///   (a client that hung up) does not cancel it half-way.
 ///
 /// TLS as the connections store does it: rustls with aws-lc-rs, required off loopback
-/// unless the URL's `sslmode` or [`tls_mode`](PostgresLedgerBuilder::tls_mode) says
-/// otherwise, the certificate and host name verified. `Debug` shows the hosts and the
+/// unless the URL's `sslmode=disable` or [`TlsMode::Disable`] asks for plain text (logged
+/// as a warning), the certificate and host name verified. `Debug` shows the hosts and the
 /// database name only, never a password.
 ///
 /// # Example
@@ -243,8 +248,9 @@ impl PostgresLedgerBuilder {
         self
     }
 
-    /// How long a handled event is remembered (7 days unless set): a delivery after that
-    /// reaches the handler again. Keep it above TrueLayer's 72 hours of retries.
+    /// How long a handled event is remembered (7 days unless set; never less than the
+    /// [`lease`](Self::lease), so zero does not switch deduplication off): a delivery after
+    /// that reaches the handler again. Keep it above TrueLayer's 72 hours of retries.
     ///
     /// ```
     /// # use std::time::Duration;
@@ -289,7 +295,8 @@ impl PostgresLedgerBuilder {
     }
 
     /// `statement_timeout` of the ledger's sessions, and how long `begin` waits for a free
-    /// database connection (10 s unless set; at least 100 ms).
+    /// database connection (10 s unless set; at least 100 ms). A connection whose sent data
+    /// goes unacknowledged 5 s longer than this is counted dead (`TCP_USER_TIMEOUT`).
     ///
     /// ```
     /// # use std::time::Duration;
@@ -305,7 +312,8 @@ impl PostgresLedgerBuilder {
 
     /// Plain or TLS ([`TlsMode`]). Unless set: the URL's `sslmode` when it has one, else
     /// [`TlsMode::Disable`] for a server on loopback or a Unix socket and
-    /// [`TlsMode::Require`] for any other.
+    /// [`TlsMode::Require`] for any other. Off loopback, [`TlsMode::Prefer`] is
+    /// [`TlsMode::Require`], and [`TlsMode::Disable`] is logged as a warning.
     ///
     /// ```
     /// # use std::time::Duration;
@@ -360,22 +368,19 @@ impl PostgresLedgerBuilder {
     /// A [`LedgerError`]: a bad URL, the server unreachable or refusing, TLS, a database
     /// migrated by a newer library, or a `tlauth_webhook_events` table that is not ours.
     pub async fn connect(self) -> Result<PostgresLedger, LedgerError> {
-        let url = self.url.expose_secret();
+        let (url, asked) = take_sslmode(self.url.expose_secret()).map_err(problem)?;
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|_| problem("the PostgreSQL URL could not be parsed"))?;
-        let explicit_ssl = url.to_ascii_lowercase().contains("sslmode=");
+        drop(url);
         let target = describe(&config);
-        let mode = match self.tls_mode {
-            Some(mode) => mode,
-            None if explicit_ssl => match config.get_ssl_mode() {
-                SslMode::Disable => TlsMode::Disable,
-                SslMode::Require => TlsMode::Require,
-                _ => TlsMode::Prefer,
-            },
-            None if is_local(&config) => TlsMode::Disable,
-            None => TlsMode::Require,
-        };
+        let (mode, plain_off_loopback) = choose_tls(self.tls_mode.or(asked), is_local(&config));
+        if plain_off_loopback {
+            tracing::warn!(
+                target = %target,
+                "the webhook ledger connects to a server off loopback without TLS, as asked (sslmode=disable)"
+            );
+        }
         config.ssl_mode(match mode {
             TlsMode::Disable => SslMode::Disable,
             TlsMode::Prefer => SslMode::Prefer,
@@ -391,7 +396,10 @@ impl PostgresLedgerBuilder {
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(10))
             .keepalives_interval(Duration::from_secs(5))
-            .keepalives_retries(3);
+            .keepalives_retries(3)
+            // A connection whose sent data goes unacknowledged this long is dead, even if
+            // the kernel would retransmit for minutes: statements end within the timeout.
+            .tcp_user_timeout(self.statement_timeout + Duration::from_secs(5));
         if config.get_application_name().is_none() {
             config.application_name("truelayer-auth-webhooks");
         }
@@ -423,7 +431,8 @@ impl PostgresLedgerBuilder {
             inner: Arc::new(Inner {
                 pool,
                 lease: self.lease,
-                retention: self.retention,
+                // Never shorter than a lease: retention zero would switch deduplication off.
+                retention: self.retention.max(self.lease),
                 prune_every: self.prune_every,
                 target,
                 begins: AtomicU64::new(0),
@@ -526,25 +535,21 @@ impl PostgresLedger {
         }
     }
 
-    /// Runs `task` in the background on the current runtime, counted for [`flush`](Self::flush);
-    /// false (and nothing run) outside a tokio runtime.
-    fn spawn<F>(&self, task: impl FnOnce(Arc<Inner>) -> F) -> bool
+    /// Runs `task` in the background on the current runtime, counted for [`flush`](Self::flush)
+    /// until it ends or is dropped (a runtime shutting down drops it unrun); `None` (and
+    /// nothing run) outside a tokio runtime.
+    fn spawn<F>(&self, task: impl FnOnce(Arc<Inner>) -> F) -> Option<JoinHandle<F::Output>>
     where
-        F: Future<Output = ()> + Send + 'static,
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
     {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return false;
-        };
-        let inner = Arc::clone(&self.inner);
-        inner.pending.fetch_add(1, Ordering::SeqCst);
-        let task = task(Arc::clone(&inner));
-        runtime.spawn(async move {
-            task.await;
-            if inner.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
-                inner.idle.notify_waiters();
-            }
-        });
-        true
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let pending = Pending::new(Arc::clone(&self.inner));
+        let task = task(Arc::clone(&self.inner));
+        Some(runtime.spawn(async move {
+            let _pending = pending;
+            task.await
+        }))
     }
 
     fn maybe_prune(&self) {
@@ -557,7 +562,10 @@ impl PostgresLedger {
         if self.inner.pruning.swap(true, Ordering::SeqCst) {
             return;
         }
-        let spawned = self.spawn(|inner| async move {
+        // Reset when the task ends or is dropped unrun, or here outside a runtime.
+        let pruning = Pruning(Arc::clone(&self.inner));
+        self.spawn(|inner| async move {
+            let _pruning = pruning;
             match inner.prune_batch().await {
                 Ok(n) => tracing::debug!(pruned = n, "webhook ledger pruned"),
                 Err(error) => tracing::warn!(
@@ -565,11 +573,34 @@ impl PostgresLedger {
                     "webhook ledger pruning failed"
                 ),
             }
-            inner.pruning.store(false, Ordering::SeqCst);
         });
-        if !spawned {
-            self.inner.pruning.store(false, Ordering::SeqCst);
+    }
+}
+
+/// One background task counted in `pending`, until dropped (with the task, run or not).
+struct Pending(Arc<Inner>);
+
+impl Pending {
+    fn new(inner: Arc<Inner>) -> Self {
+        inner.pending.fetch_add(1, Ordering::SeqCst);
+        Pending(inner)
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.0.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
         }
+    }
+}
+
+/// A background prune under way: `pruning` is reset when it is dropped.
+struct Pruning(Arc<Inner>);
+
+impl Drop for Pruning {
+    fn drop(&mut self) {
+        self.0.pruning.store(false, Ordering::SeqCst);
     }
 }
 
@@ -592,6 +623,11 @@ impl Inner {
                 "an event_id of {} bytes (at most {MAX_EVENT_ID_BYTES} are kept)",
                 event_id.len()
             )));
+        }
+        if event_id.contains('\0') {
+            return Err(problem(
+                "an event_id containing a NUL character (PostgreSQL text cannot hold one)",
+            ));
         }
         let client = self.client().await?;
         let begin = client
@@ -667,8 +703,21 @@ impl EventLedger for PostgresLedger {
         })
     }
 
+    /// Runs in a task on the current tokio runtime (counted for
+    /// [`flush`](PostgresLedger::flush)) that the future awaits: a caller that gives up (a
+    /// client that hung up) does not cancel it, so a handled event is recorded, never
+    /// forgotten half-way.
     fn complete<'a>(&'a self, event_id: &'a str, claim: u64) -> LedgerFuture<'a, ()> {
-        Box::pin(self.inner.complete(event_id, claim))
+        let owned = event_id.to_owned();
+        let task = self.spawn(|inner| async move { inner.complete(&owned, claim).await });
+        Box::pin(async move {
+            match task {
+                Some(task) => task
+                    .await
+                    .unwrap_or_else(|error| Err(LedgerError::new(error))),
+                None => self.inner.complete(event_id, claim).await,
+            }
+        })
     }
 
     /// Deletes the claim in a task on the current tokio runtime (outside one, the claim is
@@ -678,7 +727,7 @@ impl EventLedger for PostgresLedger {
             return;
         };
         let event_id = event_id.to_owned();
-        self.spawn(|inner| async move {
+        let _ = self.spawn(|inner| async move {
             if let Err(error) = inner.release(&event_id, claim).await {
                 tracing::warn!(
                     error = &error as &dyn std::error::Error,
@@ -794,6 +843,130 @@ fn describe(config: &tokio_postgres::Config) -> String {
     )
 }
 
+/// The connection string without its `sslmode`, and the [`TlsMode`] that asked for:
+/// libpq's `verify-ca` and `verify-full` are [`TlsMode::Require`] (certificates and host
+/// names are always verified) and `allow` is [`TlsMode::Prefer`]. tokio-postgres refuses
+/// `verify-*`, hence the string without it. A string that does not parse is returned as it
+/// is, for tokio-postgres to refuse.
+///
+/// The same as the connections crate's `PostgresStore` (duplicated: the crates share no
+/// private code).
+fn take_sslmode(s: &str) -> Result<(String, Option<TlsMode>), String> {
+    for prefix in ["postgres://", "postgresql://"] {
+        let Some(rest) = s.strip_prefix(prefix) else {
+            continue;
+        };
+        // As tokio-postgres reads a URL: the credentials end at the first '@', and the
+        // parameters start at the first '?' after them; `key=value` pairs joined by '&'.
+        let from = rest.find('@').map_or(0, |at| at + 1);
+        let Some(query) = rest[from..].find('?').map(|i| from + i) else {
+            return Ok((s.to_owned(), None));
+        };
+        let mut mode = None;
+        let mut kept = Vec::new();
+        for pair in rest[query + 1..].split('&') {
+            let decoded = url::form_urlencoded::parse(pair.as_bytes()).next();
+            match decoded {
+                Some((key, value)) if pair.contains('=') && key == "sslmode" => {
+                    mode = Some(sslmode(&value)?);
+                }
+                _ => kept.push(pair),
+            }
+        }
+        let mut out = format!("{prefix}{}", &rest[..query]);
+        if !kept.is_empty() {
+            out.push('?');
+            out.push_str(&kept.join("&"));
+        }
+        return Ok((out, mode));
+    }
+    // libpq's `key = value` form, values plain or in single quotes, '\' escaping.
+    let Some(pairs) = key_values(s) else {
+        return Ok((s.to_owned(), None));
+    };
+    let mut mode = None;
+    let mut out = Vec::new();
+    for (key, value) in pairs {
+        if key == "sslmode" {
+            mode = Some(sslmode(&value)?);
+        } else {
+            let value = value.replace('\\', "\\\\").replace('\'', "\\'");
+            out.push(format!("{key}='{value}'"));
+        }
+    }
+    Ok((out.join(" "), mode))
+}
+
+fn sslmode(value: &str) -> Result<TlsMode, String> {
+    match value {
+        "disable" => Ok(TlsMode::Disable),
+        "allow" | "prefer" => Ok(TlsMode::Prefer),
+        "require" | "verify-ca" | "verify-full" => Ok(TlsMode::Require),
+        other => Err(format!(
+            "sslmode `{}` is not one of disable, allow, prefer, require, verify-ca, verify-full",
+            other.escape_debug()
+        )),
+    }
+}
+
+/// The `key = value` pairs of a libpq connection string, as tokio-postgres reads them;
+/// `None` when it is not one.
+fn key_values(s: &str) -> Option<Vec<(String, String)>> {
+    let mut pairs = Vec::new();
+    let mut it = s.chars().peekable();
+    loop {
+        while it.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut key = String::new();
+        while let Some(c) = it.next_if(|c| !c.is_whitespace() && *c != '=') {
+            key.push(c);
+        }
+        if key.is_empty() {
+            return (it.peek().is_none()).then_some(pairs);
+        }
+        while it.next_if(|c| c.is_whitespace()).is_some() {}
+        it.next_if_eq(&'=')?;
+        while it.next_if(|c| c.is_whitespace()).is_some() {}
+        let quoted = it.next_if_eq(&'\'').is_some();
+        let mut value = String::new();
+        loop {
+            match it.peek() {
+                None if quoted => return None,
+                None => break,
+                Some('\'') if quoted => {
+                    it.next();
+                    break;
+                }
+                Some(c) if !quoted && c.is_whitespace() => break,
+                Some('\\') => {
+                    it.next();
+                    value.extend(it.next());
+                }
+                Some(&c) => {
+                    it.next();
+                    value.push(c);
+                }
+            }
+        }
+        if !quoted && value.is_empty() {
+            return None;
+        }
+        pairs.push((key, value));
+    }
+}
+
+/// The mode used, given the one asked for (the builder's, else the string's) and whether
+/// every host is on this machine; and whether it is plain text off loopback (to warn of).
+/// Off loopback, `Prefer` is `Require` (else anyone on the path could answer "no TLS" and
+/// read the session), and plain text is only what was asked for explicitly.
+fn choose_tls(asked: Option<TlsMode>, local: bool) -> (TlsMode, bool) {
+    match (asked, local) {
+        (None, true) => (TlsMode::Disable, false),
+        (None, false) | (Some(TlsMode::Prefer), false) => (TlsMode::Require, false),
+        (Some(TlsMode::Disable), false) => (TlsMode::Disable, true),
+        (Some(mode), _) => (mode, false),
+    }
+}
+
 /// Whether every host is on this machine: loopback or a Unix socket.
 fn is_local(config: &tokio_postgres::Config) -> bool {
     let addrs_local = config.get_hostaddrs().iter().all(IpAddr::is_loopback);
@@ -837,4 +1010,108 @@ fn no_roots() -> Result<rustls::ClientConfig, LedgerError> {
 
 fn problem(what: impl Into<String>) -> LedgerError {
     LedgerError::new(what.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn take(s: &str) -> (String, Option<TlsMode>) {
+        take_sslmode(s).unwrap()
+    }
+
+    #[test]
+    fn sslmode_is_read_from_a_urls_parameters_only() {
+        // In the password or another parameter's value, "sslmode=" is not a setting.
+        let url = "postgres://app:p%40ss?sslmode=disable@db.internal/app?application_name=x-sslmode=disable";
+        assert_eq!(take(url), (url.to_owned(), None));
+        let url = "postgres://app:sslmode=disable@db.internal/app";
+        assert_eq!(take(url), (url.to_owned(), None));
+        assert_eq!(
+            take("postgresql://db.internal/app?sslmode=disable&application_name=a"),
+            (
+                "postgresql://db.internal/app?application_name=a".to_owned(),
+                Some(TlsMode::Disable)
+            )
+        );
+        assert_eq!(
+            take("postgres://db.internal/app?ssl%6Dode=prefer"),
+            (
+                "postgres://db.internal/app".to_owned(),
+                Some(TlsMode::Prefer)
+            )
+        );
+        assert_eq!(
+            take("postgres://db.internal/app"),
+            ("postgres://db.internal/app".to_owned(), None)
+        );
+    }
+
+    #[test]
+    fn verify_full_and_verify_ca_are_require_and_parse() {
+        for mode in ["require", "verify-ca", "verify-full"] {
+            let (url, asked) = take(&format!(
+                "postgres://u@db.internal:5433/app?sslmode={mode}&connect_timeout=3"
+            ));
+            assert_eq!(asked, Some(TlsMode::Require), "{mode}");
+            assert_eq!(url, "postgres://u@db.internal:5433/app?connect_timeout=3");
+            let config: tokio_postgres::Config = url.parse().unwrap();
+            assert_eq!(config.get_dbname(), Some("app"));
+            let (kv, asked) = take(&format!("host=db.internal sslmode = {mode} dbname=app"));
+            assert_eq!(asked, Some(TlsMode::Require), "{mode}");
+            assert!(kv.parse::<tokio_postgres::Config>().is_ok(), "{kv}");
+        }
+        assert!(take_sslmode("postgres://db.internal/app?sslmode=bogus").is_err());
+        assert!(take_sslmode("host=db.internal sslmode=bogus").is_err());
+    }
+
+    #[test]
+    fn key_value_strings_are_tokenized_not_searched() {
+        // Spaces around '=': still the setting.
+        assert_eq!(
+            take("host=db.internal sslmode = disable").1,
+            Some(TlsMode::Disable)
+        );
+        // Inside a quoted value: not a setting; the value survives the rewrite.
+        let (kv, asked) =
+            take(r"host=db.internal password='it\'s sslmode=disable' application_name=a\ b");
+        assert_eq!(asked, None);
+        let config: tokio_postgres::Config = kv.parse().unwrap();
+        assert_eq!(config.get_password(), Some(&b"it's sslmode=disable"[..]));
+        assert_eq!(config.get_application_name(), Some("a b"));
+        // The last one counts, as in tokio-postgres.
+        assert_eq!(
+            take("sslmode=disable host=db.internal sslmode=verify-full").1,
+            Some(TlsMode::Require)
+        );
+        // Not a key=value string: left for tokio-postgres to refuse.
+        assert_eq!(take("host=").1, None);
+        assert_eq!(take("host='db").1, None);
+    }
+
+    #[test]
+    fn prefer_off_loopback_is_require_and_disable_only_when_asked() {
+        assert_eq!(choose_tls(None, true), (TlsMode::Disable, false));
+        assert_eq!(choose_tls(None, false), (TlsMode::Require, false));
+        assert_eq!(
+            choose_tls(Some(TlsMode::Prefer), false),
+            (TlsMode::Require, false)
+        );
+        assert_eq!(
+            choose_tls(Some(TlsMode::Prefer), true),
+            (TlsMode::Prefer, false)
+        );
+        assert_eq!(
+            choose_tls(Some(TlsMode::Disable), false),
+            (TlsMode::Disable, true)
+        );
+        assert_eq!(
+            choose_tls(Some(TlsMode::Disable), true),
+            (TlsMode::Disable, false)
+        );
+        assert_eq!(
+            choose_tls(Some(TlsMode::Require), true),
+            (TlsMode::Require, false)
+        );
+    }
 }

@@ -103,7 +103,9 @@ async fn handled_events_are_forgotten_after_the_retention_not_before() {
         .connect()
         .await
         .unwrap();
+    // Retention zero is raised to the lease: a handled event is never forgotten sooner.
     let forgetful = PostgresLedger::builder(&url)
+        .lease(Duration::from_millis(300))
         .retention(Duration::ZERO)
         .prune_every(0)
         .connect()
@@ -113,8 +115,10 @@ async fn handled_events_are_forgotten_after_the_retention_not_before() {
     kept.complete("a", a).await.unwrap();
     let _b = claim(kept.begin("b").await.unwrap());
     assert_eq!(kept.prune().await.unwrap(), 0, "seven days not over");
+    assert_eq!(forgetful.prune().await.unwrap(), 0, "the lease not over");
     assert_eq!(kept.begin("a").await.unwrap(), Begin::Done);
-    // Retention zero: the handled event goes, the live claim stays.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Past the (raised) retention: the handled event goes, the live claim stays.
     assert_eq!(forgetful.prune().await.unwrap(), 1);
     assert!(
         matches!(kept.begin("a").await.unwrap(), Begin::New(_)),
@@ -145,7 +149,8 @@ async fn abandoned_claims_are_pruned_and_pruning_runs_every_n_begins() {
     let _abandoned = claim(ledger.begin("abandoned").await.unwrap());
     ledger.flush().await;
     assert_eq!(count().await, 2, "two begins: not pruned yet");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Retention zero counts as the lease (200 ms), after the lease ran out.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     // The third begin prunes in the background: the handled event, the lapsed claim.
     let _live = claim(ledger.begin("live").await.unwrap());
     ledger.flush().await;
@@ -233,6 +238,79 @@ async fn an_overlong_event_id_is_an_error_not_a_claim() {
 }
 
 #[tokio::test]
+async fn an_event_id_with_a_nul_is_an_error_that_says_so() {
+    let Some(url) = database().await else { return };
+    let ledger = ledger(&url, Duration::from_secs(60)).await;
+    let error = ledger.begin("evt\0x").await.unwrap_err();
+    let chain = format!("{:?}", error);
+    assert!(chain.contains("NUL"), "{chain}");
+}
+
+#[tokio::test]
+async fn a_complete_whose_caller_gave_up_waiting_for_a_connection_still_completes() {
+    let Some(url) = database().await else { return };
+    let ledger = PostgresLedger::builder(&url)
+        .pool_size(1)
+        .prune_every(0)
+        .connect()
+        .await
+        .unwrap();
+    let _blocker = claim(ledger.begin("blocker").await.unwrap());
+    let e = claim(ledger.begin("e").await.unwrap());
+    // Another session locks the row "blocker": a begin of it holds the one pooled
+    // connection until that session commits.
+    let mut db = raw(&url).await;
+    let tx = db.transaction().await.unwrap();
+    tx.execute(
+        "SELECT 1 FROM tlauth_webhook_events WHERE event_id = 'blocker' FOR UPDATE",
+        &[],
+    )
+    .await
+    .unwrap();
+    let stuck = {
+        let ledger = ledger.clone();
+        tokio::spawn(async move { ledger.begin("blocker").await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The handler succeeded; its caller (the layer, a client that hung up) gives up while
+    // complete waits for the connection.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), ledger.complete("e", e))
+            .await
+            .is_err()
+    );
+    tx.commit().await.unwrap();
+    assert_eq!(stuck.await.unwrap().unwrap(), Begin::InProgress);
+    ledger.flush().await;
+    assert_eq!(ledger.begin("e").await.unwrap(), Begin::Done);
+}
+
+#[tokio::test]
+async fn a_release_spawned_onto_a_runtime_shutting_down_does_not_hang_flush() {
+    let Some(url) = database().await else { return };
+    let ledger = ledger(&url, Duration::from_secs(60)).await;
+    let c = claim(ledger.begin("x").await.unwrap());
+    let other = ledger.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let handle = runtime.handle().clone();
+        drop(runtime);
+        let _entered = handle.enter();
+        other.release("x", c); // spawned, and dropped unrun
+    })
+    .join()
+    .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), ledger.flush())
+            .await
+            .is_ok(),
+        "flush waits for a task that will never run"
+    );
+}
+
+#[tokio::test]
 async fn replicas_starting_at_once_migrate_once_and_a_newer_schema_is_refused() {
     let Some(url) = database().await else { return };
     let starts = (0..4).map(|_| {
@@ -317,6 +395,7 @@ async fn a_runtime_role_with_the_documented_grants_is_enough() {
         .await
         .unwrap();
     let ledger = PostgresLedger::builder(&as_role(&runtime))
+        .lease(Duration::from_millis(100))
         .retention(Duration::ZERO)
         .prune_every(0)
         .connect()
@@ -327,6 +406,7 @@ async fn a_runtime_role_with_the_documented_grants_is_enough() {
     ledger.complete("a", a).await.unwrap();
     ledger.release("b", b);
     ledger.flush().await;
+    tokio::time::sleep(Duration::from_millis(200)).await; // retention: the lease
     assert_eq!(ledger.prune().await.unwrap(), 1);
     assert!(matches!(ledger.begin("b").await.unwrap(), Begin::New(_)));
     // And it cannot change the schema.

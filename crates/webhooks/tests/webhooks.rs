@@ -1191,3 +1191,78 @@ async fn a_webhook_signed_by_truelayers_own_crate_passes_the_layer() {
     );
     assert_eq!(seen.events().len(), 1);
 }
+
+/// An [`InMemoryLedger`] whose `complete` waits until the test opens its gate (as a
+/// database ledger waits for a free connection); counts releases.
+#[derive(Debug, Clone)]
+struct GatedLedger(Arc<Gated>);
+
+#[derive(Debug)]
+struct Gated {
+    inner: InMemoryLedger,
+    gate: tokio::sync::Semaphore,
+    releases: AtomicUsize,
+}
+
+impl truelayer_auth_webhooks::EventLedger for GatedLedger {
+    fn begin<'a>(
+        &'a self,
+        event_id: &'a str,
+    ) -> truelayer_auth_webhooks::LedgerFuture<'a, truelayer_auth_webhooks::Begin> {
+        self.0.inner.begin(event_id)
+    }
+
+    fn complete<'a>(
+        &'a self,
+        event_id: &'a str,
+        claim: u64,
+    ) -> truelayer_auth_webhooks::LedgerFuture<'a, ()> {
+        Box::pin(async move {
+            let _permit = self.0.gate.acquire().await.unwrap();
+            self.0.inner.complete(event_id, claim).await
+        })
+    }
+
+    fn release(&self, event_id: &str, claim: u64) {
+        self.0.releases.fetch_add(1, Ordering::SeqCst);
+        self.0.inner.release(event_id, claim);
+    }
+}
+
+#[tokio::test]
+async fn a_request_dropped_while_its_success_is_being_recorded_is_completed_not_released() {
+    let signer = Signer::generate("k");
+    let jwks = JwksServer::start(vec![signer.public_jwk().unwrap()]).await;
+    let ledger = GatedLedger(Arc::new(Gated {
+        inner: InMemoryLedger::new(100),
+        gate: tokio::sync::Semaphore::new(0),
+        releases: AtomicUsize::new(0),
+    }));
+    let layer = VerifyWebhooksLayer::new(verifier_for(&[&jwks.jku()]).build().unwrap())
+        .ledger(ledger.clone());
+    let seen = Seen::default();
+    let up = app(layer, seen.clone(), StatusCode::OK);
+    let body = settled_body("evt-hangup");
+    let first = webhook(&signer, &jwks.jku(), "/tl-webhook", &body).await;
+    // The handler answers 200; the layer waits to record it; the client hangs up meanwhile.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), send(&up, first))
+            .await
+            .is_err()
+    );
+    assert_eq!(seen.events().len(), 1);
+    ledger.0.gate.add_permits(100);
+    settle().await;
+    assert_eq!(
+        ledger.0.releases.load(Ordering::SeqCst),
+        0,
+        "never released"
+    );
+    let retry = webhook(&signer, &jwks.jku(), "/tl-webhook", &body).await;
+    assert_eq!(
+        send(&up, retry).await,
+        (StatusCode::OK, "already handled".into()),
+        "the handler's success was recorded"
+    );
+    assert_eq!(seen.events().len(), 1, "the handler ran once");
+}
