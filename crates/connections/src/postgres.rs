@@ -608,8 +608,10 @@ fn pool_error(e: PoolError) -> StoreError {
     StoreError::Backend(Box::new(e))
 }
 
+/// Whole milliseconds, rounded up: a server-side timeout never ends before the wait asked
+/// for (a wait of 149.7 ms cut to 149 let a lock wait end short of it).
 fn millis(d: Duration) -> u128 {
-    d.as_millis().max(1)
+    d.as_nanos().div_ceil(1_000_000).max(1)
 }
 
 /// The schema version of the database: 0 when it has no store.
