@@ -97,6 +97,11 @@ pub(crate) enum Fallback {
 }
 
 impl ClientArgs {
+    /// Whether the client secret is to be read from standard input.
+    pub(crate) fn secret_from_stdin(&self) -> bool {
+        self.client_secret_stdin
+    }
+
     pub(crate) async fn resolve(self, fallback: Fallback) -> Result<Client, Failure> {
         // A mistake in the environment is named even when something else is missing too.
         let environment = self.environment.as_deref().map(parse_env).transpose()?;

@@ -67,9 +67,25 @@ pub(crate) enum ConnectionsCommand {
         store: StoreArgs,
     },
     /// Extend a connection's consent by 90 days (UK): done, or a link the user must follow.
+    ///
+    /// When the bank wants the user to authenticate again, the link's code goes to a
+    /// redirect URI: with --redirect-uri (a loopback one allow-listed for the client), this
+    /// command listens there, receives the code and renews the same connection with it.
     Extend {
         /// The connection's id.
         id: ConnectionId,
+        /// Where the bank's new code is sent when the user must authenticate again: a
+        /// loopback URI (`http://127.0.0.1:PORT/callback`) allow-listed for the client in
+        /// Console, listened on until the code comes back.
+        #[arg(long, value_name = "URL")]
+        redirect_uri: Option<String>,
+        /// Open the link in the default browser (with --redirect-uri).
+        #[arg(long, requires = "redirect_uri")]
+        open: bool,
+        /// How long to wait for the redirect (with --redirect-uri): seconds, or with a
+        /// unit (`90s`, `10m`).
+        #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = crate::connect::parse_duration)]
+        timeout: std::time::Duration,
         #[command(flatten)]
         client: ClientArgs,
         #[command(flatten)]
@@ -83,11 +99,16 @@ async fn manager(
     store: &StoreArgs,
 ) -> Result<(Client, ConnectionManager), Failure> {
     let client = client.resolve(Fallback::Refuse(NO_EMBEDDED)).await?;
+    let manager = manager_for(&client, store).await?;
+    Ok((client, manager))
+}
+
+/// The store's manager for a resolved client.
+async fn manager_for(client: &Client, store: &StoreArgs) -> Result<ConnectionManager, Failure> {
     let Some(sqlite) = store.open(false).await? else {
         return Err(no_store(store));
     };
-    let manager = store::manager(&client, sqlite)?;
-    Ok((client, manager))
+    store::manager(client, sqlite)
 }
 
 fn no_store(store: &StoreArgs) -> Failure {
@@ -138,8 +159,9 @@ pub(crate) async fn data(args: DataArgs) -> Result<(), Failure> {
             args.method
         )));
     }
-    let (client, manager) = manager(args.client, &args.store).await?;
+    let client = args.client.resolve(Fallback::Refuse(NO_EMBEDDED)).await?;
     let url = data_url(&client.environment, &args.path)?;
+    let manager = manager_for(&client, &args.store).await?;
     usable(&manager, &client, &args.connection).await?;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -226,10 +248,19 @@ fn data_url(environment: &Environment, path: &str) -> Result<url::Url, Failure> 
         Some((p, q)) => (p, Some(q)),
         None => (path, None),
     };
-    if path_only.split('/').any(|s| s == ".." || s == ".") {
-        return Err(Failure::usage(format!(
-            "`{path}`: a path with `.` or `..` segments is refused"
-        )));
+    let refused = || {
+        Failure::usage(format!(
+            "`{path}`: a path that leaves the Data API (`.` or `..` segments, encoded or not, \
+             or `\\`) is refused"
+        ))
+    };
+    // `\` is a `/` to a URL parser, and `%2e` a `.` in a segment.
+    let dots = |segment: &str| {
+        let decoded = segment.replace("%2e", ".").replace("%2E", ".");
+        decoded == "." || decoded == ".."
+    };
+    if path_only.contains('\\') || path_only.split('/').any(dots) {
+        return Err(refused());
     }
     let trimmed = path_only.trim_start_matches('/');
     let rest = trimmed
@@ -238,9 +269,14 @@ fn data_url(environment: &Environment, path: &str) -> Result<url::Url, Failure> 
         .unwrap_or(trimmed)
         .trim_start_matches('/');
     let mut url = environment.data_api_url();
+    let origin = url.origin();
     let base = url.path().trim_end_matches('/').to_owned();
     url.set_path(&format!("{base}/{rest}"));
     url.set_query(query);
+    // Whatever the parser made of it, the request stays under the Data API.
+    if url.origin() != origin || !url.path().starts_with(&format!("{base}/")) {
+        return Err(refused());
+    }
     Ok(url)
 }
 
@@ -387,9 +423,27 @@ pub(crate) async fn connections(command: ConnectionsCommand) -> Result<(), Failu
             eprintln!("tlauth: connection {id} revoked at TrueLayer and marked deleted");
             Ok(())
         }
-        ConnectionsCommand::Extend { id, client, store } => {
+        ConnectionsCommand::Extend {
+            id,
+            redirect_uri,
+            open,
+            timeout,
+            client,
+            store,
+        } => {
             let (client, manager) = manager(client, &store).await?;
-            usable(&manager, &client, &id).await?;
+            let connection = usable(&manager, &client, &id).await?;
+            if let Some(uri) = redirect_uri {
+                return crate::connect::extend_listening(
+                    &manager,
+                    &client,
+                    &connection,
+                    &uri,
+                    open,
+                    timeout,
+                )
+                .await;
+            }
             match manager
                 .extend(&id)
                 .await
@@ -403,8 +457,12 @@ pub(crate) async fn connections(command: ConnectionsCommand) -> Result<(), Failu
                 }
                 Extension::AuthenticationNeeded { user_input_link } => {
                     eprintln!(
-                        "tlauth: the bank needs the user to authenticate again: send them to this \
-                         link; it ends in a new code for this connection"
+                        "tlauth: the bank needs the user to authenticate again. The link below \
+                         sends its code to the redirect URI the connection was made with, where \
+                         nothing of tlauth receives it now: to finish, run `tlauth connections \
+                         extend {id} --redirect-uri http://127.0.0.1:PORT/callback` (a loopback \
+                         URI allow-listed for the client), which listens for the code and renews \
+                         this connection, or reconnect with `tlauth connect --connection {id}`"
                     );
                     println!("{user_input_link}");
                 }
@@ -417,6 +475,11 @@ pub(crate) async fn connections(command: ConnectionsCommand) -> Result<(), Failu
             Ok(())
         }
     }
+}
+
+/// A connection error with what to do about it (for `connect`'s extension).
+pub(crate) fn explained(e: &ConnectionError, env: &Environment) -> Failure {
+    explain(e, env)
 }
 
 fn store_failure(e: &truelayer_auth_connections::StoreError) -> Failure {
@@ -545,6 +608,11 @@ mod tests {
             "https://evil.example/x",
             "//evil.example/x",
             "/data/v1/../../x",
+            "/data/v1/%2e%2e/%2e%2e/x",
+            "/data/v1/.%2e/x",
+            "/data/v1/%2E./x",
+            "/accounts/..\\..\\..\\x",
+            "\\..\\x",
         ] {
             assert!(data_url(&env, bad).is_err(), "{bad}");
         }

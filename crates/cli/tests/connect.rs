@@ -102,6 +102,44 @@ fn unescape(s: &str) -> String {
         .replace("&amp;", "&")
 }
 
+/// `tlauth ARGS` with `env`, fed `stdin`.
+fn run_with_stdin(args: &[&str], env: &[(String, String)], stdin: &str) -> Finished {
+    let env: Vec<(&str, &str)> = env.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    let out = support::tlauth(args, &env, Some(stdin));
+    Finished {
+        status: out.status,
+        stdout: support::text(&out.stdout),
+        stderr: support::text(&out.stderr),
+    }
+}
+
+/// Where `tlauth connect --redirect-uri` keeps its pending authorization: beside the store,
+/// named after it.
+fn pending_path(store: &StoreDir) -> std::path::PathBuf {
+    let mut name = store.path.as_os_str().to_owned();
+    name.push(".pending.json");
+    std::path::PathBuf::from(name)
+}
+
+/// A loopback port nobody listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The link's `redirect_uri`.
+fn redirect_of(link: &url::Url) -> url::Url {
+    let uri = link
+        .query_pairs()
+        .find(|(k, _)| k == "redirect_uri")
+        .map(|(_, v)| v.into_owned())
+        .expect("the link names its redirect URI");
+    url::Url::parse(&uri).unwrap()
+}
+
 /// The `code` of callback parameters.
 fn code_of(params: &str) -> Option<String> {
     url::form_urlencoded::parse(params.as_bytes())
@@ -330,9 +368,13 @@ async fn form_post_callbacks_connect_too_and_other_paths_get_404_while_waiting()
     let mut favicon = redirect.clone();
     favicon.set_path("/favicon.ico");
     assert_eq!(http.get(favicon).send().await.unwrap().status(), 404);
-    let mut forged = redirect.clone();
-    forged.set_query(Some("code=stolen&state=forged"));
-    let answer = http.get(forged).send().await.unwrap();
+    let answer = http
+        .post(redirect.clone())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("code=stolen&state=forged")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(answer.status(), 400);
     let page = answer.text().await.unwrap();
     assert!(
@@ -407,9 +449,17 @@ async fn a_code_from_a_redirect_page_finishes_by_hand() {
     );
     assert!(started.status.success(), "{started:?}");
     let link = url::Url::parse(started.stdout.trim()).unwrap();
-    let pending = store.path.parent().unwrap().join("connect-pending.json");
+    let pending = pending_path(&store);
     assert_eq!(mode(&pending), 0o600);
-    assert!(started.stderr.contains("--code"), "{started:?}");
+    assert!(started.stderr.contains("--code -"), "{started:?}");
+    assert!(
+        !store
+            .path
+            .parent()
+            .unwrap()
+            .join("connect-pending.json")
+            .exists()
+    );
 
     // The redirect page shows the code; the user copies it.
     let params = truelayer_auth_testkit::emulator::consent(
@@ -418,7 +468,12 @@ async fn a_code_from_a_redirect_page_finishes_by_hand() {
     )
     .await;
     let code = code_of(&params).unwrap();
-    let finished = run(&["connect", "--code", &code, "--store", store.arg()], &env);
+    // From standard input, as the hint says: not in argv, where `ps` shows it.
+    let finished = run_with_stdin(
+        &["connect", "--code", "-", "--store", store.arg()],
+        &env,
+        &format!("{code}\n"),
+    );
     assert!(finished.status.success(), "{finished:?}");
     assert!(
         !pending.exists(),
@@ -753,4 +808,382 @@ async fn a_postgres_store_needs_a_key_and_is_shared_by_connect_data_and_connecti
             "the password was printed: {out:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_error_callback_does_not_end_the_wait() {
+    let emulator = Emulator::start().await.unwrap();
+    emulator.set_loopback_redirects(true);
+    let store = StoreDir::new();
+    let cli = RunningConnect::start(&["--store", store.arg()], &emulator_env(&emulator));
+    let link = cli.link();
+    let redirect = redirect_of(&link);
+    let http = reqwest::Client::new();
+    // Any page can make the browser load these: without a state, with another link's.
+    for forged in [
+        "error=access_denied",
+        "error=access_denied&state=not-this-links",
+        "error=access_denied&error_description=x&state=",
+    ] {
+        let mut url = redirect.clone();
+        url.set_query(Some(forged));
+        let answer = http.get(url).send().await.unwrap();
+        assert_eq!(answer.status(), 400, "{forged}");
+        let page = answer.text().await.unwrap();
+        assert!(page.contains("id=\"error\""), "{page}");
+    }
+    // The real redirect still connects.
+    let (status, page, _) = consent(&link, Choice::Approve).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("id=\"connected\""), "{page}");
+    let done = cli.finish();
+    assert!(done.status.success(), "{done:?}");
+    assert!(!done.stderr.contains("declined"), "{done:?}");
+    assert_eq!(emulator.connections().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_browser_that_disconnects_during_the_exchange_still_connects() {
+    use tokio::io::AsyncWriteExt as _;
+    let emulator = Emulator::start().await.unwrap();
+    emulator.set_loopback_redirects(true);
+    let store = StoreDir::new();
+    let env = emulator_env(&emulator);
+    let cli = RunningConnect::start(&["--store", store.arg()], &env);
+    let link = cli.link();
+    let redirect = redirect_of(&link);
+    let params = truelayer_auth_testkit::emulator::consent(
+        &link,
+        truelayer_auth_testkit::emulator::Choice::Approve("mock"),
+    )
+    .await;
+    // The exchange takes a while; the browser (a tab closed) goes before it ends.
+    emulator.set_latency(std::time::Duration::from_millis(1500));
+    let mut socket =
+        tokio::net::TcpStream::connect((redirect.host_str().unwrap(), redirect.port().unwrap()))
+            .await
+            .unwrap();
+    let request = format!(
+        "GET {}?{params} HTTP/1.1\r\nHost: {}\r\n\r\n",
+        redirect.path(),
+        redirect.authority()
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    socket.flush().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    drop(socket);
+    let done = cli.finish();
+    assert!(done.status.success(), "{done:?}");
+    let id = done.stdout.trim();
+    assert!(!id.is_empty(), "{done:?}");
+    let listed = run(
+        &["connections", "list", "--json", "--store", store.arg()],
+        &env,
+    );
+    let listed: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+    assert_eq!(listed[0]["id"], id, "{listed}");
+    assert_eq!(listed[0]["status"], "active", "{listed}");
+    assert_eq!(emulator.connections().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pending_authorization_is_per_store_not_replaced_and_checked_before_use() {
+    let emulator = Emulator::start().await.unwrap();
+    emulator.set_loopback_redirects(true);
+    let redirect = "https://console.example/redirect-page";
+    assert!(emulator.allow_redirect_uri(emulator.client_id(), redirect));
+    let store = StoreDir::new();
+    let env = emulator_env(&emulator);
+    let start = |store: &StoreDir| {
+        run(
+            &[
+                "connect",
+                "--redirect-uri",
+                redirect,
+                "--store",
+                store.arg(),
+            ],
+            &env,
+        )
+    };
+    let first = start(&store);
+    assert!(first.status.success(), "{first:?}");
+    let pending = pending_path(&store);
+    let saved = std::fs::read(&pending).unwrap();
+
+    // A second link while the first is pending: refused, the first kept.
+    let second = start(&store);
+    assert_eq!(second.status.code(), Some(2), "{second:?}");
+    assert!(second.stderr.contains("already pending"), "{second:?}");
+    assert_eq!(std::fs::read(&pending).unwrap(), saved);
+
+    // Another store in the same directory has its own.
+    let other = StoreDir {
+        path: store.path.with_file_name("other.db"),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let beside = start(&other);
+    assert!(beside.status.success(), "{beside:?}");
+    assert!(pending_path(&other).exists());
+
+    // The code on standard input and the secret too: refused, clearly.
+    let both = run_with_stdin(
+        &[
+            "connect",
+            "--code",
+            "-",
+            "--client-secret-stdin",
+            "--client-id",
+            emulator.client_id(),
+            "--env",
+            &emulator.url(),
+            "--store",
+            store.arg(),
+        ],
+        &[],
+        "code\nsecret\n",
+    );
+    assert_eq!(both.status.code(), Some(2), "{both:?}");
+    assert!(
+        both.stderr.contains("--code -") && both.stderr.contains("--client-secret-stdin"),
+        "{both:?}"
+    );
+
+    // Not this user's file's mode: refused.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&pending, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let loose = run_with_stdin(
+        &["connect", "--code", "-", "--store", store.arg()],
+        &env,
+        "somecode\n",
+    );
+    assert_eq!(loose.status.code(), Some(1), "{loose:?}");
+    assert!(loose.stderr.contains("0600"), "{loose:?}");
+    std::fs::set_permissions(&pending, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // A link in its place: refused, not followed.
+    let elsewhere = store.dir.path().join("elsewhere.json");
+    std::fs::rename(&pending, &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &pending).unwrap();
+    let linked = run_with_stdin(
+        &["connect", "--code", "-", "--store", store.arg()],
+        &env,
+        "somecode\n",
+    );
+    assert_eq!(linked.status.code(), Some(1), "{linked:?}");
+    assert!(linked.stderr.contains("symbolic link"), "{linked:?}");
+    std::fs::remove_file(&pending).unwrap();
+
+    // A file without a PKCE verifier: refused.
+    let mut json: serde_json::Value = serde_json::from_slice(&saved).unwrap();
+    json["code_verifier"] = serde_json::Value::Null;
+    std::fs::write(&pending, json.to_string()).unwrap();
+    std::fs::set_permissions(&pending, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let unverified = run_with_stdin(
+        &["connect", "--code", "-", "--store", store.arg()],
+        &env,
+        "somecode\n",
+    );
+    assert_eq!(unverified.status.code(), Some(1), "{unverified:?}");
+    assert!(
+        unverified.stderr.contains("PKCE verifier"),
+        "{unverified:?}"
+    );
+    assert!(emulator.connections().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn data_refuses_paths_that_leave_the_data_api_however_encoded() {
+    let emulator = Emulator::start().await.unwrap();
+    emulator.set_loopback_redirects(true);
+    let store = StoreDir::new();
+    let env = emulator_env(&emulator);
+    let (id, _, _) = connect(&emulator, &store, &[]).await;
+    for path in [
+        "/data/v1/%2e%2e/%2e%2e/admin",
+        "/data/v1/%2E%2E/x",
+        "/data/v1/.%2e/x",
+        "/data/v1/%2e./x",
+        "/accounts/..\\..\\..\\x",
+        "\\..\\x",
+        "/data/v1/a\\..\\..\\..\\x",
+    ] {
+        let out = run(
+            &[
+                "data",
+                "GET",
+                path,
+                "--connection",
+                &id,
+                "--store",
+                store.arg(),
+            ],
+            &env,
+        );
+        assert_eq!(out.status.code(), Some(2), "{path}: {out:?}");
+        assert!(out.stderr.contains("refused"), "{path}: {out:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_listener_takes_the_callback_only_as_the_link_asked() {
+    let emulator = Emulator::start().await.unwrap();
+    emulator.set_loopback_redirects(true);
+    let store = StoreDir::new();
+    let env = emulator_env(&emulator);
+    let http = reqwest::Client::new();
+    for (mode, wrong_is_post) in [("form_post", false), ("query", true)] {
+        let cli = RunningConnect::start(&["--store", store.arg(), "--response-mode", mode], &env);
+        let link = cli.link();
+        let redirect = redirect_of(&link);
+        let params = truelayer_auth_testkit::emulator::consent(
+            &link,
+            truelayer_auth_testkit::emulator::Choice::Approve("mock"),
+        )
+        .await;
+        let get = |params: &str| {
+            let mut url = redirect.clone();
+            url.set_query(Some(params));
+            http.get(url).send()
+        };
+        let post = |params: &str| {
+            http.post(redirect.clone())
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(params.to_owned())
+                .send()
+        };
+        // The real code and state, the wrong way: refused, the code not spent.
+        let wrong = if wrong_is_post {
+            post(&params).await.unwrap()
+        } else {
+            get(&params).await.unwrap()
+        };
+        assert_eq!(wrong.status(), 405, "{mode}");
+        assert!(
+            wrong.text().await.unwrap().contains("id=\"error\""),
+            "{mode}"
+        );
+        let right = if wrong_is_post {
+            get(&params).await.unwrap()
+        } else {
+            post(&params).await.unwrap()
+        };
+        assert_eq!(right.status(), 200, "{mode}");
+        assert!(
+            right.text().await.unwrap().contains("id=\"connected\""),
+            "{mode}"
+        );
+        let done = cli.finish();
+        assert!(done.status.success(), "{mode}: {done:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_localhost_redirect_is_listened_on_for_ipv4_and_ipv6() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipped: this system has no IPv6 loopback");
+        return;
+    }
+    let emulator = Emulator::start().await.unwrap();
+    emulator.set_loopback_redirects(true);
+    let store = StoreDir::new();
+    let env = emulator_env(&emulator);
+    let port = free_port();
+    let uri = format!("http://localhost:{port}/callback");
+    let cli = RunningConnect::start(&["--store", store.arg(), "--redirect-uri", &uri], &env);
+    let link = cli.link();
+    assert_eq!(redirect_of(&link).as_str(), uri);
+    let http = reqwest::Client::new();
+    for host in ["127.0.0.1", "[::1]"] {
+        let answer = http
+            .get(format!("http://{host}:{port}/callback?code=x&state=forged"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{host}: {e}"));
+        assert_eq!(answer.status(), 400, "{host}");
+    }
+    let (status, page, _) = consent(&link, Choice::Approve).await;
+    assert_eq!(status, 200, "{page}");
+    let done = cli.finish();
+    assert!(done.status.success(), "{done:?}");
+
+    // One of the two taken: said, not half-listened.
+    let taken = std::net::TcpListener::bind(("::1", port)).unwrap();
+    let refused = run(
+        &["connect", "--store", store.arg(), "--redirect-uri", &uri],
+        &env,
+    );
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    assert!(
+        refused.stderr.contains("[::1]") && refused.stderr.contains("another process"),
+        "{refused:?}"
+    );
+    drop(taken);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn extend_with_a_redirect_uri_receives_the_banks_code_and_renews_the_same_connection() {
+    let emulator = Emulator::start().await.unwrap();
+    emulator.set_loopback_redirects(true);
+    let store = StoreDir::new();
+    let env = emulator_env(&emulator);
+    let (id, _, _) = connect(&emulator, &store, &[]).await;
+    let at_emulator = emulator.connections()[0].clone();
+    assert!(emulator.expire_consent(&at_emulator.id));
+    let data_args = [
+        "data",
+        "GET",
+        "/data/v1/accounts",
+        "--connection",
+        &id,
+        "--store",
+        store.arg(),
+    ];
+    let expired = run(&data_args, &env);
+    assert_eq!(expired.status.code(), Some(1), "{expired:?}");
+
+    // Without a redirect URI: the link, and no promise that anything will receive its code.
+    let plain = run(
+        &["connections", "extend", &id, "--store", store.arg()],
+        &env,
+    );
+    assert!(plain.status.success(), "{plain:?}");
+    assert!(plain.stdout.trim().starts_with("http"), "{plain:?}");
+    assert!(plain.stderr.contains("--redirect-uri"), "{plain:?}");
+
+    let uri = format!("http://127.0.0.1:{}/callback", free_port());
+    let cli = RunningConnect::start_command(
+        &["connections", "extend", &id],
+        &["--store", store.arg(), "--redirect-uri", &uri],
+        &env,
+    );
+    let link = cli.link();
+    assert!(link.as_str().starts_with(&emulator.url()), "{link}");
+    assert_eq!(redirect_of(&link).as_str(), uri);
+    // A forged code (no state) does not end the wait.
+    let answer = reqwest::get(format!("{uri}?code=forged")).await.unwrap();
+    assert_eq!(answer.status(), 400);
+    let (status, page, _) = consent(&link, Choice::Approve).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("id=\"connected\""), "{page}");
+    let done = cli.finish();
+    assert!(done.status.success(), "{done:?}");
+    assert_eq!(done.stdout.trim(), "Extended", "{done:?}");
+
+    // The same connection, renewed.
+    let after = emulator.connections();
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].id, at_emulator.id);
+    assert_eq!(
+        after[0].status,
+        truelayer_auth_emulator::ConnectionStatus::Active
+    );
+    let data = run(&data_args, &env);
+    assert!(data.status.success(), "{data:?}");
+    let listed = run(
+        &["connections", "list", "--json", "--store", store.arg()],
+        &env,
+    );
+    let listed: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
 }

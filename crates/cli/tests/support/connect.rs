@@ -63,7 +63,16 @@ pub(crate) struct RunningConnect {
 
 impl RunningConnect {
     pub(crate) fn start(args: &[&str], env: &[(String, String)]) -> RunningConnect {
-        let mut cmd = super::command(&["connect"]);
+        Self::start_command(&["connect"], args, env)
+    }
+
+    /// `tlauth COMMAND ARGS` running (`connections extend ...`, which listens too).
+    pub(crate) fn start_command(
+        command: &[&str],
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> RunningConnect {
+        let mut cmd = super::command(command);
         cmd.args(args)
             .envs(env.iter().map(|(n, v)| (n.as_str(), v.as_str())))
             .stdin(Stdio::null())
@@ -104,6 +113,11 @@ impl RunningConnect {
                 return url::Url::parse(&line).unwrap();
             }
         }
+    }
+
+    /// Standard error so far.
+    pub(crate) fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
     }
 
     /// Waits (up to a minute) for it to end.
