@@ -1,20 +1,16 @@
 //! [`PostgresStore`]: connections in PostgreSQL, for a fleet; their tokens encrypted.
 
 use std::fmt;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use deadpool_postgres::{
-    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, Timeouts,
-};
+use deadpool_postgres::{Object, Pool, PoolError, Timeouts};
 use secrecy::SecretString;
 use tokio::sync::oneshot;
-use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Row, SimpleQueryMessage};
-use tokio_postgres_rustls::MakeRustlsConnect;
+use truelayer_auth_postgres::{CONNECT_TIMEOUT, Schema, Session, Settings};
 
 use crate::crypto::EncryptionKeys;
 use crate::store::{
@@ -22,11 +18,20 @@ use crate::store::{
     StoreFuture,
 };
 
-/// The schema migrations, in order: migration `n` (from 0) takes the schema from version `n`
-/// to `n + 1`. A released migration is never edited; a change is a new one.
-const MIGRATIONS: &[&str] = &[
-    // 1: one row per connection, with both tokens (encrypted).
-    "CREATE TABLE tlauth_connections (
+pub use truelayer_auth_postgres::TlsMode;
+
+/// The schema: its migrations, in order (migration `n`, from 0, takes the schema from
+/// version `n` to `n + 1`; a released migration is never edited, a change is a new one),
+/// listed as applied in `tlauth_schema_migrations`.
+const SCHEMA: Schema = Schema {
+    name: "connections store",
+    migrations_table: "tlauth_schema_migrations",
+    table: "tlauth_connections",
+    // The advisory lock (one bigint key) that serialises migrations: "TLC1" then "MIGR".
+    lock: 0x544C_4331_4D49_4752,
+    migrations: &[
+        // 1: one row per connection, with both tokens (encrypted).
+        "CREATE TABLE tlauth_connections (
         id text PRIMARY KEY CHECK (length(id) BETWEEN 1 AND 64),
         client_id text NOT NULL,
         scopes text NOT NULL,
@@ -40,13 +45,8 @@ const MIGRATIONS: &[&str] = &[
         status text NOT NULL CHECK (status IN ('active', 'needs_reconnect', 'deleted')),
         version bigint NOT NULL CHECK (version >= 1)
     );",
-];
-
-/// The schema version this library writes and reads.
-const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
-
-/// The advisory lock (one bigint key) that serialises migrations: "TLC1" then "MIGR".
-const MIGRATION_LOCK: i64 = 0x544C_4331_4D49_4752;
+    ],
+};
 
 /// The lock bound when the builder is not told otherwise.
 const DEFAULT_LEASE: Duration = Duration::from_secs(30);
@@ -58,31 +58,11 @@ const DEFAULT_LOCK_POOL_SIZE: usize = 16;
 /// `statement_timeout` of the store's sessions when the builder is not told otherwise.
 const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long opening one database connection may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
 const COLUMNS: &str = "id, client_id, scopes, provider_id, credentials_id, access_token_enc, \
     access_expires_at, refresh_token_enc, consented_at, updated_at, status, version";
 
 const ACCESS_TOKEN: &str = "access_token";
 const REFRESH_TOKEN: &str = "refresh_token";
-
-/// Whether the store's database connections use TLS: the `sslmode` of a connection string
-/// (`disable`; `allow` or `prefer`; `require`, `verify-ca` or `verify-full`).
-///
-/// The certificate is always verified, host name included (libpq's `verify-full`), against
-/// the system's trust store or the roots of [`PostgresStoreBuilder::tls_config`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum TlsMode {
-    /// Plain TCP. The default for a server on loopback (or a Unix socket).
-    Disable,
-    /// TLS if the server offers it, plain otherwise; for a server off loopback, `Require`
-    /// (else anyone on the path could answer "no TLS").
-    Prefer,
-    /// TLS or no connection. The default for any other server.
-    Require,
-}
 
 /// A [`ConnectionStore`] in PostgreSQL, for a fleet: every replica that connects to the same
 /// database shares its connections and its locks.
@@ -233,67 +213,39 @@ impl PostgresStoreBuilder {
     /// refusing, TLS).
     pub async fn connect(self) -> Result<PostgresStore, StoreError> {
         use secrecy::ExposeSecret;
-        let (url, asked) = take_sslmode(self.url.expose_secret()).map_err(problem)?;
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|_| problem("the PostgreSQL URL could not be parsed"))?;
-        drop(url);
-        let target = describe(&config);
-        let (mode, plain_off_loopback) = choose_tls(self.tls_mode.or(asked), is_local(&config));
-        if plain_off_loopback {
+        // A dead server is found by TCP keepalives within about a lease; a session whose
+        // client vanished is ended by the server (a lock's idle timeout, its keepalives).
+        let lease = self.lease;
+        let idle = (lease / 3).as_secs().max(1);
+        let session = Session {
+            application_name: "truelayer-auth-connections",
+            keepalives_idle: (lease / 3).max(Duration::from_secs(1)),
+            keepalives_interval: (lease / 9).max(Duration::from_secs(1)),
+            tcp_user_timeout: lease,
+            options: format!(
+                "-c statement_timeout={} -c tcp_keepalives_idle={idle} \
+                 -c tcp_keepalives_interval={} -c tcp_keepalives_count=3",
+                millis(self.statement_timeout),
+                (idle / 3).max(1),
+            ),
+        };
+        let settings = Settings::read(
+            self.url.expose_secret(),
+            self.tls_mode,
+            self.tls_config,
+            &session,
+        )
+        .map_err(shared_error)?;
+        let target = settings.target().to_owned();
+        if settings.plain_off_loopback() {
             tracing::warn!(
                 target = %target,
                 "the connection store connects to a server off loopback without TLS, as asked (sslmode=disable)"
             );
         }
-        config.ssl_mode(match mode {
-            TlsMode::Disable => SslMode::Disable,
-            TlsMode::Prefer => SslMode::Prefer,
-            TlsMode::Require => SslMode::Require,
-        });
-        let tls = match (self.tls_config, mode) {
-            (Some(config), _) => config,
-            (None, TlsMode::Disable) => no_roots()?,
-            (None, _) => platform_roots()?,
-        };
-        // A dead server is found by TCP keepalives within about a lease; a session whose
-        // client vanished is ended by the server (a lock's idle timeout, its keepalives).
-        let lease = self.lease;
-        config
-            .connect_timeout(CONNECT_TIMEOUT)
-            .keepalives(true)
-            .keepalives_idle((lease / 3).max(Duration::from_secs(1)))
-            .keepalives_interval((lease / 9).max(Duration::from_secs(1)))
-            .keepalives_retries(3)
-            .tcp_user_timeout(lease);
-        if config.get_application_name().is_none() {
-            config.application_name("truelayer-auth-connections");
-        }
-        let idle = (lease / 3).as_secs().max(1);
-        let options = format!(
-            "{} -c statement_timeout={} -c tcp_keepalives_idle={idle} \
-             -c tcp_keepalives_interval={} -c tcp_keepalives_count=3",
-            config.get_options().unwrap_or_default(),
-            millis(self.statement_timeout),
-            (idle / 3).max(1),
-        );
-        config.options(options.trim_start());
-
         let pool = |size: usize| {
-            let manager = Manager::from_config(
-                config.clone(),
-                MakeRustlsConnect::new(tls.clone()),
-                ManagerConfig {
-                    recycling_method: RecyclingMethod::Fast,
-                },
-            );
-            Pool::builder(manager)
-                .max_size(size)
-                .runtime(Runtime::Tokio1)
-                .wait_timeout(Some(self.statement_timeout))
-                .create_timeout(Some(CONNECT_TIMEOUT))
-                .recycle_timeout(Some(CONNECT_TIMEOUT))
-                .build()
+            settings
+                .pool(size, self.statement_timeout)
                 .map_err(|e| StoreError::Backend(Box::new(e)))
         };
         let inner = Inner {
@@ -304,7 +256,7 @@ impl PostgresStoreBuilder {
             target,
         };
         let mut client = inner.pool.get().await.map_err(pool_error)?;
-        migrate(&mut client).await?;
+        SCHEMA.migrate(&mut client).await.map_err(shared_error)?;
         drop(client);
         Ok(PostgresStore {
             inner: Arc::new(inner),
@@ -392,194 +344,6 @@ impl PostgresStore {
     }
 }
 
-/// "host:port/dbname" of each host, for `Debug` and messages: never the user or password.
-fn describe(config: &tokio_postgres::Config) -> String {
-    let ports = config.get_ports();
-    let hosts: Vec<String> = config
-        .get_hosts()
-        .iter()
-        .enumerate()
-        .map(|(i, host)| {
-            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
-            match host {
-                Host::Tcp(name) => format!("{name}:{port}"),
-                #[cfg(unix)]
-                Host::Unix(path) => format!("{}:{port}", path.display()),
-            }
-        })
-        .collect();
-    format!(
-        "{}/{}",
-        hosts.join(","),
-        config.get_dbname().unwrap_or("(default)")
-    )
-}
-
-/// The connection string without its `sslmode`, and the [`TlsMode`] that asked for:
-/// libpq's `verify-ca` and `verify-full` are [`TlsMode::Require`] (certificates and host
-/// names are always verified) and `allow` is [`TlsMode::Prefer`]. tokio-postgres refuses
-/// `verify-*`, hence the string without it. A string that does not parse is returned as it
-/// is, for tokio-postgres to refuse.
-///
-/// The same as the webhooks crate's `PostgresLedger` (duplicated: the crates share no
-/// private code).
-fn take_sslmode(s: &str) -> Result<(String, Option<TlsMode>), String> {
-    for prefix in ["postgres://", "postgresql://"] {
-        let Some(rest) = s.strip_prefix(prefix) else {
-            continue;
-        };
-        // As tokio-postgres reads a URL: the credentials end at the first '@', and the
-        // parameters start at the first '?' after them; `key=value` pairs joined by '&'.
-        let from = rest.find('@').map_or(0, |at| at + 1);
-        let Some(query) = rest[from..].find('?').map(|i| from + i) else {
-            return Ok((s.to_owned(), None));
-        };
-        let mut mode = None;
-        let mut kept = Vec::new();
-        for pair in rest[query + 1..].split('&') {
-            let decoded = url::form_urlencoded::parse(pair.as_bytes()).next();
-            match decoded {
-                Some((key, value)) if pair.contains('=') && key == "sslmode" => {
-                    mode = Some(sslmode(&value)?);
-                }
-                _ => kept.push(pair),
-            }
-        }
-        let mut out = format!("{prefix}{}", &rest[..query]);
-        if !kept.is_empty() {
-            out.push('?');
-            out.push_str(&kept.join("&"));
-        }
-        return Ok((out, mode));
-    }
-    // libpq's `key = value` form, values plain or in single quotes, '\' escaping.
-    let Some(pairs) = key_values(s) else {
-        return Ok((s.to_owned(), None));
-    };
-    let mut mode = None;
-    let mut out = Vec::new();
-    for (key, value) in pairs {
-        if key == "sslmode" {
-            mode = Some(sslmode(&value)?);
-        } else {
-            let value = value.replace('\\', "\\\\").replace('\'', "\\'");
-            out.push(format!("{key}='{value}'"));
-        }
-    }
-    Ok((out.join(" "), mode))
-}
-
-fn sslmode(value: &str) -> Result<TlsMode, String> {
-    match value {
-        "disable" => Ok(TlsMode::Disable),
-        "allow" | "prefer" => Ok(TlsMode::Prefer),
-        "require" | "verify-ca" | "verify-full" => Ok(TlsMode::Require),
-        other => Err(format!(
-            "sslmode `{}` is not one of disable, allow, prefer, require, verify-ca, verify-full",
-            other.escape_debug()
-        )),
-    }
-}
-
-/// The `key = value` pairs of a libpq connection string, as tokio-postgres reads them;
-/// `None` when it is not one.
-fn key_values(s: &str) -> Option<Vec<(String, String)>> {
-    let mut pairs = Vec::new();
-    let mut it = s.chars().peekable();
-    loop {
-        while it.next_if(|c| c.is_whitespace()).is_some() {}
-        let mut key = String::new();
-        while let Some(c) = it.next_if(|c| !c.is_whitespace() && *c != '=') {
-            key.push(c);
-        }
-        if key.is_empty() {
-            return (it.peek().is_none()).then_some(pairs);
-        }
-        while it.next_if(|c| c.is_whitespace()).is_some() {}
-        it.next_if_eq(&'=')?;
-        while it.next_if(|c| c.is_whitespace()).is_some() {}
-        let quoted = it.next_if_eq(&'\'').is_some();
-        let mut value = String::new();
-        loop {
-            match it.peek() {
-                None if quoted => return None,
-                None => break,
-                Some('\'') if quoted => {
-                    it.next();
-                    break;
-                }
-                Some(c) if !quoted && c.is_whitespace() => break,
-                Some('\\') => {
-                    it.next();
-                    value.extend(it.next());
-                }
-                Some(&c) => {
-                    it.next();
-                    value.push(c);
-                }
-            }
-        }
-        if !quoted && value.is_empty() {
-            return None;
-        }
-        pairs.push((key, value));
-    }
-}
-
-/// The mode used, given the one asked for (the builder's, else the string's) and whether
-/// every host is on this machine; and whether it is plain text off loopback (to warn of).
-/// Off loopback, `Prefer` is `Require` (else anyone on the path could answer "no TLS" and
-/// read the session), and plain text is only what was asked for explicitly.
-fn choose_tls(asked: Option<TlsMode>, local: bool) -> (TlsMode, bool) {
-    match (asked, local) {
-        (None, true) => (TlsMode::Disable, false),
-        (None, false) | (Some(TlsMode::Prefer), false) => (TlsMode::Require, false),
-        (Some(TlsMode::Disable), false) => (TlsMode::Disable, true),
-        (Some(mode), _) => (mode, false),
-    }
-}
-
-/// Whether every host is on this machine: loopback or a Unix socket.
-fn is_local(config: &tokio_postgres::Config) -> bool {
-    let addrs_local = config.get_hostaddrs().iter().all(IpAddr::is_loopback);
-    let hosts_local = config.get_hosts().iter().all(|host| match host {
-        Host::Tcp(name) => {
-            name == "localhost"
-                || name
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .parse::<IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback())
-        }
-        #[cfg(unix)]
-        Host::Unix(_) => true,
-    });
-    addrs_local && hosts_local
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
-
-fn platform_roots() -> Result<rustls::ClientConfig, StoreError> {
-    use rustls_platform_verifier::BuilderVerifierExt;
-    Ok(rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| StoreError::Backend(Box::new(e)))?
-        .with_platform_verifier()
-        .map_err(|e| StoreError::Backend(Box::new(e)))?
-        .with_no_client_auth())
-}
-
-/// TLS settings that are never used (plain TCP), but the pool wants one connector type.
-fn no_roots() -> Result<rustls::ClientConfig, StoreError> {
-    Ok(rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| StoreError::Backend(Box::new(e)))?
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth())
-}
-
 /// A failure of the store's own, as text.
 #[derive(Debug)]
 struct Problem(String);
@@ -608,88 +372,21 @@ fn pool_error(e: PoolError) -> StoreError {
     StoreError::Backend(Box::new(e))
 }
 
+fn shared_error(e: truelayer_auth_postgres::Error) -> StoreError {
+    use truelayer_auth_postgres::Error;
+    match e {
+        Error::Config(what) => problem(what),
+        Error::Tls(e) => StoreError::Backend(Box::new(e)),
+        Error::Database(e) => backend(e),
+        Error::Corrupt(what) => corrupt(what),
+        Error::NewerSchema { found, supported } => StoreError::NewerSchema { found, supported },
+    }
+}
+
 /// Whole milliseconds, rounded up: a server-side timeout never ends before the wait asked
 /// for (a wait of 149.7 ms cut to 149 let a lock wait end short of it).
 fn millis(d: Duration) -> u128 {
     d.as_nanos().div_ceil(1_000_000).max(1)
-}
-
-/// The schema version of the database: 0 when it has no store.
-///
-/// # Errors
-///
-/// [`StoreError::Corrupt`] when `tlauth_connections` is there without our migrations table,
-/// or the migrations table says a version whose tables are missing.
-async fn schema_version(client: &impl deadpool_postgres::GenericClient) -> Result<u32, StoreError> {
-    let row = client
-        .query_one(
-            "SELECT to_regclass('tlauth_schema_migrations') IS NOT NULL, \
-                    to_regclass('tlauth_connections') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(backend)?;
-    let (migrations, connections): (bool, bool) = (row.get(0), row.get(1));
-    if !migrations {
-        if connections {
-            return Err(corrupt(
-                "the table tlauth_connections exists without tlauth_schema_migrations: not a connections store",
-            ));
-        }
-        return Ok(0);
-    }
-    let version: Option<i32> = client
-        .query_one("SELECT max(version) FROM tlauth_schema_migrations", &[])
-        .await
-        .map_err(backend)?
-        .get(0);
-    let version =
-        u32::try_from(version.unwrap_or(0)).map_err(|_| corrupt("a negative schema version"))?;
-    if version > SCHEMA_VERSION {
-        return Err(StoreError::NewerSchema {
-            found: version,
-            supported: SCHEMA_VERSION,
-        });
-    }
-    if version >= 1 && !connections {
-        return Err(corrupt("the connections store's table is missing"));
-    }
-    Ok(version)
-}
-
-/// Brings the schema to [`SCHEMA_VERSION`] in one transaction under the migration lock,
-/// reading the version under it (another replica may have migrated meanwhile).
-async fn migrate(client: &mut Object) -> Result<(), StoreError> {
-    let tx = client.transaction().await.map_err(backend)?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-        .await
-        .map_err(backend)?;
-    let from = schema_version(&tx).await?;
-    if from == SCHEMA_VERSION {
-        // Nothing to write; ending the transaction releases the lock.
-        return tx.rollback().await.map_err(backend);
-    }
-    if from == 0 {
-        tx.batch_execute(
-            "CREATE TABLE tlauth_schema_migrations (
-                version integer PRIMARY KEY,
-                applied_at timestamptz NOT NULL DEFAULT now()
-            )",
-        )
-        .await
-        .map_err(backend)?;
-    }
-    for (n, migration) in MIGRATIONS.iter().enumerate().skip(from as usize) {
-        tx.batch_execute(migration).await.map_err(backend)?;
-        let version = i32::try_from(n + 1).unwrap_or(i32::MAX);
-        tx.execute(
-            "INSERT INTO tlauth_schema_migrations (version) VALUES ($1)",
-            &[&version],
-        )
-        .await
-        .map_err(backend)?;
-    }
-    tx.commit().await.map_err(backend)
 }
 
 fn parse_id(id: &str) -> Result<ConnectionId, StoreError> {
@@ -1169,109 +866,5 @@ impl ConnectionLock for PgLock {
             }
             Ok(answer.await.unwrap_or(false))
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn take(s: &str) -> (String, Option<TlsMode>) {
-        take_sslmode(s).unwrap()
-    }
-
-    #[test]
-    fn sslmode_is_read_from_a_urls_parameters_only() {
-        // In the password or another parameter's value, "sslmode=" is not a setting.
-        let url = "postgres://app:p%40ss?sslmode=disable@db.internal/app?application_name=x-sslmode=disable";
-        assert_eq!(take(url), (url.to_owned(), None));
-        let url = "postgres://app:sslmode=disable@db.internal/app";
-        assert_eq!(take(url), (url.to_owned(), None));
-        assert_eq!(
-            take("postgresql://db.internal/app?sslmode=disable&application_name=a"),
-            (
-                "postgresql://db.internal/app?application_name=a".to_owned(),
-                Some(TlsMode::Disable)
-            )
-        );
-        assert_eq!(
-            take("postgres://db.internal/app?ssl%6Dode=prefer"),
-            (
-                "postgres://db.internal/app".to_owned(),
-                Some(TlsMode::Prefer)
-            )
-        );
-        assert_eq!(
-            take("postgres://db.internal/app"),
-            ("postgres://db.internal/app".to_owned(), None)
-        );
-    }
-
-    #[test]
-    fn verify_full_and_verify_ca_are_require_and_parse() {
-        for mode in ["require", "verify-ca", "verify-full"] {
-            let (url, asked) = take(&format!(
-                "postgres://u@db.internal:5433/app?sslmode={mode}&connect_timeout=3"
-            ));
-            assert_eq!(asked, Some(TlsMode::Require), "{mode}");
-            assert_eq!(url, "postgres://u@db.internal:5433/app?connect_timeout=3");
-            let config: tokio_postgres::Config = url.parse().unwrap();
-            assert_eq!(config.get_dbname(), Some("app"));
-            let (kv, asked) = take(&format!("host=db.internal sslmode = {mode} dbname=app"));
-            assert_eq!(asked, Some(TlsMode::Require), "{mode}");
-            assert!(kv.parse::<tokio_postgres::Config>().is_ok(), "{kv}");
-        }
-        assert!(take_sslmode("postgres://db.internal/app?sslmode=bogus").is_err());
-        assert!(take_sslmode("host=db.internal sslmode=bogus").is_err());
-    }
-
-    #[test]
-    fn key_value_strings_are_tokenized_not_searched() {
-        // Spaces around '=': still the setting.
-        assert_eq!(
-            take("host=db.internal sslmode = disable").1,
-            Some(TlsMode::Disable)
-        );
-        // Inside a quoted value: not a setting; the value survives the rewrite.
-        let (kv, asked) =
-            take(r"host=db.internal password='it\'s sslmode=disable' application_name=a\ b");
-        assert_eq!(asked, None);
-        let config: tokio_postgres::Config = kv.parse().unwrap();
-        assert_eq!(config.get_password(), Some(&b"it's sslmode=disable"[..]));
-        assert_eq!(config.get_application_name(), Some("a b"));
-        // The last one counts, as in tokio-postgres.
-        assert_eq!(
-            take("sslmode=disable host=db.internal sslmode=verify-full").1,
-            Some(TlsMode::Require)
-        );
-        // Not a key=value string: left for tokio-postgres to refuse.
-        assert_eq!(take("host=").1, None);
-        assert_eq!(take("host='db").1, None);
-    }
-
-    #[test]
-    fn prefer_off_loopback_is_require_and_disable_only_when_asked() {
-        assert_eq!(choose_tls(None, true), (TlsMode::Disable, false));
-        assert_eq!(choose_tls(None, false), (TlsMode::Require, false));
-        assert_eq!(
-            choose_tls(Some(TlsMode::Prefer), false),
-            (TlsMode::Require, false)
-        );
-        assert_eq!(
-            choose_tls(Some(TlsMode::Prefer), true),
-            (TlsMode::Prefer, false)
-        );
-        assert_eq!(
-            choose_tls(Some(TlsMode::Disable), false),
-            (TlsMode::Disable, true)
-        );
-        assert_eq!(
-            choose_tls(Some(TlsMode::Disable), true),
-            (TlsMode::Disable, false)
-        );
-        assert_eq!(
-            choose_tls(Some(TlsMode::Require), true),
-            (TlsMode::Require, false)
-        );
     }
 }
