@@ -878,8 +878,11 @@ fn load_pending(path: &Path) -> Result<Option<PendingFile>, Failure> {
     }
     let mut options = std::fs::OpenOptions::new();
     options.read(true);
-    #[cfg(target_os = "linux")]
-    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, O_NOFOLLOW);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(
+        &mut options,
+        rustix::fs::OFlags::NOFOLLOW.bits() as i32,
+    );
     let mut file = options.open(path).map_err(|e| refused(e.to_string()))?;
     let opened = file.metadata().map_err(|e| refused(e.to_string()))?;
     #[cfg(unix)]
@@ -913,34 +916,10 @@ fn load_pending(path: &Path) -> Result<Option<PendingFile>, Failure> {
     })
 }
 
-/// `O_NOFOLLOW` on Linux (the generic value; a few architectures differ).
-#[cfg(all(
-    target_os = "linux",
-    any(
-        target_arch = "x86_64",
-        target_arch = "x86",
-        target_arch = "aarch64",
-        target_arch = "riscv64"
-    )
-))]
-const O_NOFOLLOW: i32 = 0o400_000;
-#[cfg(all(
-    target_os = "linux",
-    not(any(
-        target_arch = "x86_64",
-        target_arch = "x86",
-        target_arch = "aarch64",
-        target_arch = "riscv64"
-    ))
-))]
-const O_NOFOLLOW: i32 = 0;
-
-/// This process's user, as the owner of a file it makes (the standard library has no
-/// `geteuid`).
+/// This process's effective user id.
 #[cfg(unix)]
 fn own_uid() -> Option<u32> {
-    use std::os::unix::fs::MetadataExt as _;
-    tempfile::tempfile().ok()?.metadata().ok().map(|m| m.uid())
+    Some(rustix::process::geteuid().as_raw())
 }
 
 /// `--code`'s value, or standard input's first line for `-`.
