@@ -10,35 +10,14 @@ use truelayer_auth::{
 };
 use truelayer_auth_emulator::{Emulator, Fault};
 use truelayer_auth_testkit::emulator::{authorization_code, credentials, environment};
+use truelayer_auth_testkit::logs::{assert_no_markers, every_form_of};
 
 const CODE: &str = "MARKER-CODE-41c7";
 const REFRESH: &str = "MARKER-REFRESH-9b03";
 const VERIFIER: &str = "MARKER-VERIFIER-0000000000000000000000000000000000000000";
 
-/// Checks that none of the secrets a request carried is in `text` (as written or
-/// percent-decoded). A server can echo only what it was sent: an exchange carries the code and
-/// verifier, a refresh the refresh token.
-fn assert_clean_of(markers: &[&str], what: &str, text: &str) {
-    let decoded = percent_encoding::percent_decode_str(text).decode_utf8_lossy();
-    for text in [text, &decoded] {
-        for marker in markers {
-            assert!(!text.contains(marker), "{what} leaks {marker}: {text}");
-        }
-    }
-}
-
 fn assert_clean(what: &str, text: &str) {
-    assert_clean_of(&[CODE, REFRESH, VERIFIER], what, text);
-}
-
-fn chain(e: &Error) -> String {
-    let mut out = format!("{e} {e:?}");
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        out.push_str(&format!(" {s} {s:?}"));
-        source = s.source();
-    }
-    out
+    assert_no_markers(&[CODE, REFRESH, VERIFIER], what, text);
 }
 
 async fn code_for(emulator: &Emulator) -> (AuthorizationCode, PendingAuthorization) {
@@ -213,5 +192,5 @@ async fn a_refresh_answer_with_a_new_refresh_token_but_an_unusable_access_token_
         e.salvaged_refresh_token().map(|t| t.expose_secret()),
         Some(REFRESH)
     );
-    assert_clean("the salvage error", &chain(&e));
+    assert_clean("the salvage error", &every_form_of(&e));
 }

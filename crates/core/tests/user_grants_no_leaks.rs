@@ -3,39 +3,18 @@
 //! tests running beside it on other threads could register `tracing`'s call sites first.
 
 use secrecy::{ExposeSecret, SecretString};
-use truelayer_auth::{AuthorizationCode, DataScopes, Error, PendingAuthorization, TokenClient};
+use truelayer_auth::{AuthorizationCode, DataScopes, PendingAuthorization, TokenClient};
 use truelayer_auth_emulator::{Emulator, Fault};
 use truelayer_auth_testkit::emulator::{authorization_code, credentials, environment};
 use truelayer_auth_testkit::logs::LogCapture;
+use truelayer_auth_testkit::logs::{assert_no_markers, every_form_of};
 
 const CODE: &str = "MARKER-CODE-41c7";
 const REFRESH: &str = "MARKER-REFRESH-9b03";
 const VERIFIER: &str = "MARKER-VERIFIER-0000000000000000000000000000000000000000";
 
-/// Checks that none of `markers` is in `text` (as written or percent-decoded). A server can
-/// echo only what it was sent: an exchange carries the code and verifier, a refresh the
-/// refresh token.
-fn assert_clean_of(markers: &[&str], what: &str, text: &str) {
-    let decoded = percent_encoding::percent_decode_str(text).decode_utf8_lossy();
-    for text in [text, &decoded] {
-        for marker in markers {
-            assert!(!text.contains(marker), "{what} leaks {marker}: {text}");
-        }
-    }
-}
-
 fn assert_clean(what: &str, text: &str) {
-    assert_clean_of(&[CODE, REFRESH, VERIFIER], what, text);
-}
-
-fn chain(e: &Error) -> String {
-    let mut out = format!("{e} {e:?}");
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        out.push_str(&format!(" {s} {s:?}"));
-        source = s.source();
-    }
-    out
+    assert_no_markers(&[CODE, REFRESH, VERIFIER], what, text);
 }
 
 async fn code_for(emulator: &Emulator) -> (AuthorizationCode, PendingAuthorization) {
@@ -97,10 +76,10 @@ async fn no_code_verifier_or_refresh_token_reaches_debug_display_errors_or_logs(
     for fault in faults() {
         emulator.fail_next([fault.clone()]);
         let e = client.exchange_code(&env, &creds, &code).await.unwrap_err();
-        assert_clean_of(
+        assert_no_markers(
             &[CODE, VERIFIER],
             &format!("exchange error for {fault:?}"),
-            &chain(&e),
+            &every_form_of(&e),
         );
     }
     for fault in faults() {
@@ -109,10 +88,10 @@ async fn no_code_verifier_or_refresh_token_reaches_debug_display_errors_or_logs(
             .refresh_user_token(&env, &creds, &SecretString::from(REFRESH))
             .await
             .unwrap_err();
-        assert_clean_of(
+        assert_no_markers(
             &[REFRESH],
             &format!("refresh error for {fault:?}"),
-            &chain(&e),
+            &every_form_of(&e),
         );
     }
     // A real exchange and refresh, logged at TRACE.

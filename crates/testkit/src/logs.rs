@@ -63,3 +63,30 @@ impl<'a> MakeWriter<'a> for LogCapture {
         self.clone()
     }
 }
+
+/// Asserts that no marker secret is in `text`, as written or percent-decoded (a leak may be
+/// escaped); `what` names the text in the failure.
+///
+/// # Panics
+///
+/// When a marker is found: that is the test failing.
+pub fn assert_no_markers(markers: &[&str], what: &str, text: &str) {
+    let decoded = percent_encoding::percent_decode_str(text).decode_utf8_lossy();
+    for text in [text, &decoded] {
+        for marker in markers {
+            assert!(!text.contains(marker), "{what} leaks {marker}: {text}");
+        }
+    }
+}
+
+/// An error's `Display` and `Debug`, and those of every error in its `source()` chain: all
+/// the text an error can put in front of a user or into a log line.
+pub fn every_form_of(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = format!("{error} {error:?}");
+    let mut source = error.source();
+    while let Some(s) = source {
+        out.push_str(&format!(" {s} {s:?}"));
+        source = s.source();
+    }
+    out
+}
